@@ -1,0 +1,42 @@
+# lookalike: `make demo` runs the pipeline on the shipped sample; `make test` runs the test suite.
+# Both set themselves up first (a .venv with pinned versions, and a Java check).
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+EXTRAS ?= test,query,notebook,bench
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test bench clean help
+
+help:
+	@echo "make demo   - set up, then run the pipeline on samples/clothing and show some results"
+	@echo "make test   - set up with test extras, then run the whole test suite"
+	@echo "make bench  - run the benchmarks in bench/ (uses ../shared/data when present)"
+	@echo "make clean  - remove outputs and the virtualenv"
+
+setup: $(VENV)/.installed-$(subst /,_,$(subst $(comma),_,$(EXTRAS)))
+
+comma := ,
+$(VENV)/.installed-%: setup.py constraints.txt
+	@scripts/check-java.sh
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "lookalike needs Python 3.10+, found " + sys.version.split()[0])'
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade "pip>=24" wheel "setuptools<81"
+	@echo "Installing lookalike and pinned dependencies (first time: pyspark builds from source, 1-2 min)..."
+	$(PY) -m pip install -q -c constraints.txt -e ".[$(EXTRAS)]"
+	@touch $@
+
+demo: setup
+	@scripts/demo.sh
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS) tests
+
+bench: setup
+	$(PY) bench/embed_throughput.py
+	$(PY) bench/neighbours.py
+
+clean:
+	rm -rf output bench/results spark-warehouse
+	rm -rf $(VENV)

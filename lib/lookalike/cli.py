@@ -1,0 +1,46 @@
+"""The ``lookalike`` command: tools that read the jobs' tables without starting Spark.
+
+Each subcommand lives in its own module, which provides ``add_arguments(parser)`` and
+``command(args) -> int``; modules are imported only when their subcommand runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from typing import Optional
+
+from .errors import LookalikeError
+
+SUBCOMMANDS = {
+    "similar": ("lookalike.query", "print one item's recommendations from the neighbour table"),
+    "report": ("lookalike.report", "write a self-contained HTML page of items and their neighbours"),
+    "evaluate": ("lookalike.evaluate", "precision/recall/mAP@k of the neighbour table against labels"),
+}
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="lookalike", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    chosen = argv[0] if argv and argv[0] in SUBCOMMANDS else None
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
+        sub_parser = sub.add_parser(name, help=help_text, description=help_text)
+        if name == chosen:
+            importlib.import_module(module_name).add_arguments(sub_parser)
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return importlib.import_module(SUBCOMMANDS[args.command][0]).command(args)
+    except LookalikeError as exc:
+        print(f"lookalike {args.command}: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

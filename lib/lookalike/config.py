@@ -1,0 +1,330 @@
+"""Job configuration: YAML in ``conf/`` parsed into frozen dataclasses and validated at start.
+
+Every problem is reported with the dotted key, what was given and what is allowed, so that a
+scheduled run fails before it touches any data instead of half way through.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import os
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import yaml
+
+from .errors import ConfigError
+
+DEFAULT_IMAGE_PATTERN = "*.jpg|*.jpeg|*.png|*.webp|*.gif|*.bmp|*.tif|*.tiff"
+
+
+@dataclass(frozen=True)
+class SparkConfig:
+    master: str = "local[*]"
+    app_name: str = "lookalike"
+    # Extra Spark settings passed to the session builder, e.g. {"spark.executor.memory": "4g"}.
+    conf: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class InputConfig:
+    uri: Optional[str] = None
+    # '|'-separated globs matched case-insensitively against the file name.
+    pattern: str = DEFAULT_IMAGE_PATTERN
+    # Regex applied to the key relative to input.uri; group 'id' (or group 1, or the whole match)
+    # is the item id. Default: the relative key without its extension.
+    id_regex: Optional[str] = None
+    # A Parquet or CSV table of keys (S3 Inventory or any table with a key column) read instead of
+    # listing; see README "Inputs at catalogue scale".
+    manifest: Optional[str] = None
+    manifest_key_column: str = "key"
+    # Images whose declared width*height exceeds this are refused before decoding (decompression
+    # bombs); 0 disables the check.
+    max_pixels: int = 50_000_000
+    max_bytes: int = 50 * 1024 * 1024
+    # Fail the run (and publish nothing) when more than this share of images fail.
+    max_error_fraction: float = 0.05
+    # Skip images whose key and version are unchanged since the previous embeddings table.
+    incremental: bool = False
+    # Images per Spark task; small enough that progress and retries are fine-grained.
+    partition_size: int = 128
+
+
+@dataclass(frozen=True)
+class S3Config:
+    endpoint_url: Optional[str] = None
+    region: str = "us-east-1"
+    max_attempts: int = 8
+    retry_mode: str = "standard"
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+    max_pool_connections: int = 16
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "vgg16"
+    # imagenet (Keras' own download) | a local .h5/.weights.h5 path | an s3:// URI | none
+    weights: str = "imagenet"
+    # Expected md5 of a weights file; files named like Keras' published ones are checked anyway.
+    weights_md5: Optional[str] = None
+    # What to do when model.weights=imagenet cannot be obtained (no network): fail, or run with
+    # random-init weights and mark every row as such (the demo does this, loudly).
+    on_missing_weights: str = "fail"
+    pooling: str = "avg"
+    batch_size: int = 32
+    seed: int = 0
+    precision: str = "float32"
+    # TensorFlow threads per Python worker; 0 = spark.task.cpus (one per concurrently running task).
+    threads: int = 0
+    cache_dir: str = "~/.cache/lookalike/weights"
+
+
+@dataclass(frozen=True)
+class NeighboursConfig:
+    k: int = 10
+    min_score: Optional[float] = None
+    broadcast_max_mb: float = 256.0
+    block_rows: int = 1024
+    # Item ids that may be recommended: a list, or a path to a CSV/Parquet table with item_id.
+    candidates: Any = None
+    method: str = "exact"
+    nlist: int = 0
+    nprobe: int = 8
+    recall_sample: int = 0
+    partitions: int = 0
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    embeddings: str = "output/embeddings"
+    errors: str = "output/errors"
+    neighbours: str = "output/neighbours"
+    # Remove a lock left by a crashed run (see README "Scheduled runs").
+    force_unlock: bool = False
+
+
+@dataclass(frozen=True)
+class Config:
+    spark: SparkConfig = field(default_factory=SparkConfig)
+    input: InputConfig = field(default_factory=InputConfig)
+    s3: S3Config = field(default_factory=S3Config)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    neighbours: NeighboursConfig = field(default_factory=NeighboursConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def fingerprint(self, section: str) -> str:
+        """A short stable hash of one section, stored with outputs to detect changed settings."""
+        payload = json.dumps(dataclasses.asdict(getattr(self, section)), sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+CHOICES = {
+    "model.name": ("vgg16",),
+    "model.pooling": ("avg", "max", "flatten"),
+    "model.on_missing_weights": ("fail", "random"),
+    "model.precision": ("float32", "bfloat16", "float16"),
+    "s3.retry_mode": ("standard", "adaptive", "legacy"),
+    "neighbours.method": ("exact", "ivf"),
+}
+
+# (key, predicate, what is allowed)
+BOUNDS = [
+    ("model.batch_size", lambda v: v >= 1, "a positive integer"),
+    ("model.threads", lambda v: v >= 0, "0 (auto) or a positive integer"),
+    ("input.max_pixels", lambda v: v >= 0, "0 (no limit) or a positive integer"),
+    ("input.max_bytes", lambda v: v >= 1, "a positive integer"),
+    ("input.max_error_fraction", lambda v: 0 <= v <= 1, "a number between 0 and 1"),
+    ("input.partition_size", lambda v: v >= 1, "a positive integer"),
+    ("s3.max_attempts", lambda v: v >= 1, "a positive integer"),
+    ("neighbours.k", lambda v: v >= 1, "a positive integer"),
+    ("neighbours.broadcast_max_mb", lambda v: v > 0, "a positive number of megabytes"),
+    ("neighbours.block_rows", lambda v: v >= 1, "a positive integer"),
+    ("neighbours.min_score", lambda v: v is None or -1 <= v <= 1, "null or a cosine in [-1, 1]"),
+    ("neighbours.nlist", lambda v: v >= 0, "0 (auto, about sqrt(N)) or a positive integer"),
+    ("neighbours.nprobe", lambda v: v >= 1, "a positive integer"),
+    ("neighbours.recall_sample", lambda v: v >= 0, "0 (off) or a number of sampled queries"),
+    ("neighbours.partitions", lambda v: v >= 0, "0 (auto) or a positive integer"),
+]
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return " or ".join(_type_name(a) for a in args) + " or null"
+    if tp is Any:
+        return "any value"
+    return {str: "a string", int: "an integer", float: "a number", bool: "true/false",
+            dict: "a mapping"}.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Check ``value`` against the annotation ``tp``; ints are accepted where floats are expected."""
+    if tp is Any:
+        return value
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None:
+            return None
+        (inner,) = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _coerce(key, value, inner)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is int and isinstance(value, bool):
+        pass  # bool is an int subclass; reject below
+    elif isinstance(value, tp):
+        return value
+    raise ConfigError(
+        f"config key '{key}': expected {_type_name(tp)}, got {value!r} ({type(value).__name__}). "
+        f"Fix it in the YAML file or with --set {key}=..."
+    )
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config section '{prefix or 'top level'}' must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in data if k not in names]
+    if unknown:
+        key = unknown[0]
+        close = difflib.get_close_matches(str(key), names, n=1)
+        hint = f" Did you mean '{prefix}{close[0]}'?" if close else ""
+        raise ConfigError(
+            f"unknown config key '{prefix}{key}'.{hint} Allowed keys in "
+            f"'{prefix.rstrip('.') or 'top level'}': {', '.join(names)}"
+        )
+    kwargs = {}
+    for name in names:
+        if name not in data:
+            continue
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, data[name], f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(f"{prefix}{name}", data[name], tp)
+    return cls(**kwargs)
+
+
+def _get(cfg: Config, dotted: str) -> Any:
+    value: Any = cfg
+    for part in dotted.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def validate(cfg: Config, require: tuple[str, ...] = ()) -> Config:
+    """Check choices, bounds and the keys a job needs; return ``cfg`` unchanged."""
+    for key, allowed in CHOICES.items():
+        value = _get(cfg, key)
+        if value not in allowed:
+            raise ConfigError(f"config key '{key}': {value!r} is not one of {', '.join(allowed)}")
+    for key, ok, allowed in BOUNDS:
+        value = _get(cfg, key)
+        if not ok(value):
+            raise ConfigError(f"config key '{key}': {value!r} is not allowed; use {allowed}")
+    for key in require:
+        if _get(cfg, key) in (None, ""):
+            raise ConfigError(
+                f"config key '{key}' is required for this job; set it in the YAML file "
+                f"or with --set {key}=..."
+            )
+    if cfg.input.id_regex is not None:
+        try:
+            re.compile(cfg.input.id_regex)
+        except re.error as exc:
+            raise ConfigError(f"config key 'input.id_regex': not a valid regular expression ({exc})")
+    weights = cfg.model.weights
+    if weights not in ("imagenet", "none") and not (
+        weights.startswith("s3://") or weights.endswith(".h5") or os.path.exists(_local(weights))
+    ):
+        raise ConfigError(
+            f"config key 'model.weights': {weights!r} is neither 'imagenet', 'none', an s3:// URI "
+            f"nor an existing .h5 file"
+        )
+    candidates = cfg.neighbours.candidates
+    if candidates is not None and not isinstance(candidates, (str, list)):
+        raise ConfigError(
+            "config key 'neighbours.candidates': expected null, a list of item ids or the path of "
+            f"a CSV/Parquet table with an item_id column; got {candidates!r}"
+        )
+    return cfg
+
+
+def _local(path: str) -> str:
+    return path[len("file://"):] if path.startswith("file://") else path
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b=value`` -> (["a", "b"], value typed as YAML would type it)."""
+    if "=" not in text:
+        raise ConfigError(f"--set expects key=value, got {text!r} (example: --set model.batch_size=16)")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not p for p in key.split(".")):
+        raise ConfigError(f"--set expects a dotted key such as model.batch_size, got {key!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {key}: cannot parse {raw!r} as a YAML value ({exc})") from None
+    return key.split("."), value
+
+
+def load_dict(path: Optional[str]) -> dict:
+    if path is None:
+        return {}
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = yaml.safe_load(handle)  # safe_load: configs never construct Python objects
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def load_config(
+    path: Optional[str] = None,
+    overrides: tuple[str, ...] | list[str] = (),
+    require: tuple[str, ...] = (),
+) -> Config:
+    """Read a YAML file, apply ``--set`` overrides, type-check and validate."""
+    data = load_dict(path)
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = data
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {text}: '{part}' is not a section")
+            node = child
+        node[parts[-1]] = value
+    return validate(from_dict(data), require)
+
+
+def from_dict(data: dict) -> Config:
+    return _build(Config, data, "")
+
+
+def replace(cfg: Config, **sections: dict) -> Config:
+    """A copy of ``cfg`` with some keys of some sections changed, e.g. replace(c, model={"seed": 1})."""
+    changes = {name: dataclasses.replace(getattr(cfg, name), **values) for name, values in sections.items()}
+    return validate(dataclasses.replace(cfg, **changes))

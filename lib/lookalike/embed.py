@@ -1,0 +1,163 @@
+"""The embed stage as DataFrame -> DataFrame: keys in, one result row per key out.
+
+Each Python worker builds its S3 client and its Keras model once (``model.get_embedder``) and
+reuses them for every batch of every task it runs; decoding of the next batch overlaps inference
+of the current one on a small thread pool.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Iterator, Optional
+
+import numpy as np
+import pandas as pd
+
+from . import images, model, schemas, storage
+from .config import Config
+
+log = logging.getLogger(__name__)
+
+ITEMS = [
+    schemas.Column("item_id", "string", False, ""),
+    schemas.Column("uri", "string", False, ""),
+    schemas.Column("source_version", "string", True, ""),
+    schemas.Column("source_bytes", "long", True, ""),
+]
+
+# One row per key: the embeddings columns (embedding null on failure) plus the error columns.
+RESULT = [c._replace(nullable=True) if c.name in ("embedding", "embedded_at") else c for c in schemas.EMBEDDINGS] + [
+    schemas.Column("error", "string", True, ""),
+    schemas.Column("message", "string", True, ""),
+]
+
+
+def items_frame(listed: list[tuple[str, storage.Listed]]) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "item_id": [item_id for item_id, _ in listed],
+            "uri": [obj.uri for _, obj in listed],
+            "source_version": [obj.version for _, obj in listed],
+            "source_bytes": pd.array([obj.size for _, obj in listed], dtype="Int64"),
+        },
+        columns=schemas.names(ITEMS),
+    )
+
+
+def _load(uri: str, cfg: Config) -> tuple[Optional[np.ndarray], tuple[int, int], str, str]:
+    """Fetch and decode one image: (pixels or None, size, error kind, message)."""
+    try:
+        data = storage.fetch(uri, cfg.s3, cfg.input.max_bytes)
+        pixels, size = images.decode(data, cfg.input.max_pixels)
+        return pixels, size, "", ""
+    except (storage.FetchError, images.ImageError) as exc:
+        return None, (0, 0), exc.kind, exc.message
+    except Exception as exc:  # one odd file must never fail the task and its neighbours
+        return None, (0, 0), "decode_error", f"unexpected {type(exc).__name__}: {exc}"
+
+
+def worker_threads(cfg: Config, task_cpus: int) -> int:
+    return cfg.model.threads or max(1, task_cpus)
+
+
+def make_embed_function(cfg: Config, run_id: str, task_cpus: int = 1, loads=None):
+    """The mapInPandas function for ``cfg``. ``loads`` (an accumulator) counts model builds."""
+    batch_size = cfg.model.batch_size
+    threads = worker_threads(cfg, task_cpus)
+    crash_marker = os.environ.get("LOOKALIKE_TEST_CRASH_ONCE")
+
+    def embed_partition(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        before = model.LOADS["count"]
+        embedder = model.get_embedder(cfg.model, cfg.s3, threads)
+        if loads is not None and model.LOADS["count"] > before:
+            loads.add(1)
+        pool = ThreadPoolExecutor(max_workers=max(2, threads), thread_name_prefix="lookalike-decode")
+        try:
+            for frame in frames:
+                yield _embed_frame(frame, embedder, pool, cfg, batch_size, run_id, crash_marker)
+        finally:
+            pool.shutdown(wait=False)
+
+    return embed_partition
+
+
+def _embed_frame(frame, embedder, pool, cfg, batch_size, run_id, crash_marker) -> pd.DataFrame:
+    n = len(frame)
+    uris = frame["uri"].tolist()
+    vectors: list = [None] * n
+    widths = np.zeros(n, dtype=np.int32)
+    heights = np.zeros(n, dtype=np.int32)
+    errors: list = [None] * n
+    messages: list = [None] * n
+    starts = list(range(0, n, batch_size))
+
+    def submit(start: int):
+        return [pool.submit(_load, uri, cfg) for uri in uris[start:start + batch_size]]
+
+    pending = submit(starts[0]) if starts else []
+    for index, start in enumerate(starts):
+        loaded = [f.result() for f in pending]
+        # Decode the next batch while the model works on this one.
+        pending = submit(starts[index + 1]) if index + 1 < len(starts) else []
+        good = []
+        for offset, (pixels, size, kind, message) in enumerate(loaded):
+            row = start + offset
+            if pixels is None:
+                errors[row], messages[row] = kind, message
+            else:
+                good.append((row, pixels))
+                widths[row], heights[row] = size
+        if good:
+            out = embedder.embed(np.stack([p for _, p in good]))
+            for (row, _), vector in zip(good, out):
+                vectors[row] = vector
+        if crash_marker and not os.path.exists(crash_marker):
+            # Test hook for "a worker dies mid-task": die once, after real work, before output.
+            open(crash_marker, "w").close()
+            os._exit(17)
+
+    now = pd.Timestamp.now(tz="UTC")
+    ok = np.array([v is not None for v in vectors], dtype=bool)
+    return pd.DataFrame(
+        {
+            "item_id": frame["item_id"],
+            "uri": frame["uri"],
+            "source_version": frame["source_version"],
+            "source_bytes": frame["source_bytes"],
+            "width": pd.Series(widths, dtype="Int32").where(ok),
+            "height": pd.Series(heights, dtype="Int32").where(ok),
+            "model": cfg.model.name,
+            "weights": embedder.weights_tag,
+            "pooling": cfg.model.pooling,
+            "dim": embedder.dim,
+            "embedding": vectors,
+            "model_fingerprint": embedder.fingerprint,
+            "run_id": run_id,
+            "embedded_at": [now if good_row else None for good_row in ok],
+            "error": errors,
+            "message": messages,
+        }
+    )[schemas.names(RESULT)]
+
+
+def embed_items(items, cfg: Config, run_id: str, loads=None):
+    """items: DataFrame(item_id, uri, source_version, source_bytes) -> RESULT rows, one per item."""
+    spark = items.sparkSession
+    task_cpus = int(spark.conf.get("spark.task.cpus", "1"))
+    function = make_embed_function(cfg, run_id, task_cpus, loads)
+    return items.mapInPandas(function, schema=schemas.spark_schema(RESULT))
+
+
+def split_results(results):
+    """RESULT rows -> (embeddings DataFrame, errors DataFrame) in the published schemas."""
+    from pyspark.sql import functions as F
+
+    embeddings = results.filter(F.col("error").isNull()).select(*schemas.names(schemas.EMBEDDINGS))
+    errors = (
+        results.filter(F.col("error").isNotNull())
+        .withColumn("failed_at", F.current_timestamp())
+        .select(*schemas.names(schemas.ERRORS))
+    )
+    return embeddings, errors

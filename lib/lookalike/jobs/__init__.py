@@ -1,0 +1,1 @@
+"""Job modules: each exposes ``run(spark, config) -> summary`` and a thin ``main(argv)``."""

@@ -1,0 +1,86 @@
+"""The output tables, defined once. README section "Output tables" documents the same columns.
+
+Each schema is a list of (name, type, nullable, description); Spark and Arrow schemas are derived
+from it so that the jobs, the readers and the query command cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class Column(NamedTuple):
+    name: str
+    type: str  # string | int | long | float | double | boolean | timestamp | array<float>
+    nullable: bool
+    doc: str
+
+
+EMBEDDINGS = [
+    Column("item_id", "string", False, "Item id derived from the key (input.id_regex)."),
+    Column("uri", "string", False, "Where the image was read from (s3://..., file:///..., hdfs://...)."),
+    Column("source_version", "string", True, "S3 ETag, or size-mtime for files: what incremental runs compare."),
+    Column("source_bytes", "long", True, "Size of the image file in bytes."),
+    Column("width", "int", True, "Width of the decoded image before resizing (after EXIF rotation)."),
+    Column("height", "int", True, "Height of the decoded image before resizing (after EXIF rotation)."),
+    Column("model", "string", False, "Keras application, e.g. vgg16."),
+    Column("weights", "string", False, "imagenet, file:<name>@md5:<md5>, or random-init:seed=<n> (never a real recommendation)."),
+    Column("pooling", "string", False, "avg | max | flatten."),
+    Column("dim", "int", False, "Length of the embedding."),
+    Column("embedding", "array<float>", False, "The embedding, not normalised."),
+    Column("model_fingerprint", "string", False, "Hash of model settings; a change forces a full recompute."),
+    Column("run_id", "string", False, "Run that computed this row."),
+    Column("embedded_at", "timestamp", False, "When the row was computed (UTC)."),
+]
+
+ERRORS = [
+    Column("item_id", "string", False, "Item id derived from the key."),
+    Column("uri", "string", False, "Where the image was read from."),
+    Column("source_version", "string", True, "S3 ETag, or size-mtime for files."),
+    Column("error", "string", False, "Kind: not_found, empty, too_large, decode_error, fetch_error, unsupported."),
+    Column("message", "string", False, "What went wrong, for a person."),
+    Column("run_id", "string", False, "Run that tried this item."),
+    Column("failed_at", "timestamp", False, "When it failed (UTC)."),
+]
+
+NEIGHBOURS = [
+    Column("item_id", "string", False, "The query item."),
+    Column("rank", "int", False, "1 = most similar."),
+    Column("neighbour_id", "string", False, "A recommended item, never item_id itself."),
+    Column("score", "float", False, "Cosine similarity of the two embeddings."),
+]
+
+TABLES = {"embeddings": EMBEDDINGS, "errors": ERRORS, "neighbours": NEIGHBOURS}
+
+
+def spark_schema(columns: list[Column]):
+    from pyspark.sql import types as T
+
+    simple = {
+        "string": T.StringType(), "int": T.IntegerType(), "long": T.LongType(),
+        "float": T.FloatType(), "double": T.DoubleType(), "boolean": T.BooleanType(),
+        "timestamp": T.TimestampType(), "array<float>": T.ArrayType(T.FloatType(), False),
+    }
+    return T.StructType([T.StructField(c.name, simple[c.type], c.nullable) for c in columns])
+
+
+def arrow_schema(columns: list[Column]):
+    import pyarrow as pa
+
+    simple = {
+        "string": pa.string(), "int": pa.int32(), "long": pa.int64(), "float": pa.float32(),
+        "double": pa.float64(), "boolean": pa.bool_(), "timestamp": pa.timestamp("us", tz="UTC"),
+        "array<float>": pa.list_(pa.float32()),
+    }
+    return pa.schema([pa.field(c.name, simple[c.type], c.nullable) for c in columns])
+
+
+def names(columns: list[Column]) -> list[str]:
+    return [c.name for c in columns]
+
+
+def markdown(columns: list[Column]) -> str:
+    """The README's table for one schema (kept in sync by tests/test_schemas.py)."""
+    rows = ["| column | type | description |", "| --- | --- | --- |"]
+    rows += [f"| `{c.name}` | {c.type}{'' if c.nullable else ' not null'} | {c.doc} |" for c in columns]
+    return "\n".join(rows)

@@ -1,0 +1,40 @@
+"""lookalike: "you may also like" recommendations from pictures alone, as Spark batch jobs.
+
+Ranges here say what the code supports; constraints.txt pins the versions that `make setup`
+installs, so that a fresh install is reproducible (`pip install -c constraints.txt -e .`).
+"""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="lookalike",
+    version="0.1.0",
+    description="Visual 'you may also like' recommendations: CNN embeddings and exact top-k neighbours on Spark",
+    long_description=open("README.md", encoding="utf-8").read() if __import__("os").path.exists("README.md") else "",
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    package_dir={"": "lib"},
+    packages=find_packages("lib"),
+    install_requires=[
+        "pyspark>=3.5,<5",
+        "numpy>=1.26,<3",
+        "pandas>=2.2,<3",
+        "pyarrow>=14",
+        "keras>=3.3,<4",
+        'tensorflow-cpu>=2.16,<3; sys_platform == "linux" and platform_machine == "x86_64"',
+        'tensorflow>=2.16,<3; sys_platform != "linux" or platform_machine != "x86_64"',
+        "pillow>=10",
+        "boto3>=1.34",
+        "pyyaml>=6",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "moto[server]>=5"],
+        "query": ["duckdb>=1.0"],
+        "bench": ["faiss-cpu>=1.8", "psutil>=5"],
+        "notebook": ["nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6", "matplotlib>=3.8"],
+        "petastorm": ["petastorm==0.13.1"],
+        "cluster": ["venv-pack>=0.2"],
+    },
+    entry_points={"console_scripts": ["lookalike=lookalike.cli:main"]},
+)
