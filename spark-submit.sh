@@ -1,24 +1,32 @@
 #!/usr/bin/env bash
 # Run a lookalike job through the spark-submit that ships with the installed pyspark.
 #
-#   ./spark-submit.sh <job> [--config FILE] [--set key=value ...] [--master URL] [spark-submit args...]
+#   ./spark-submit.sh <job> [--config FILE] [--set key=value ...] [--master URL] [--env ARCHIVE]
+#                           [spark-submit args...]
+#   ./spark-submit.sh --package-env [--output FILE] [--python PYTHON] [--extra REQ ...]
 #
 # Jobs: embed, neighbours, pipeline. --config defaults to conf/local.yaml and is shipped with
-# --files so that cluster-mode drivers find it too. Anything else is passed to spark-submit
-# before the application (e.g. --conf spark.executor.memory=4g, --archives env.tar.gz#environment).
+# --files so that cluster-mode drivers find it too. --env ARCHIVE runs the executors' Python from a
+# venv-pack archive (built by --package-env, see scripts/package-env.sh --help): it is shipped with
+# --archives ARCHIVE#environment and executors run ./environment/bin/python. Anything else is
+# passed to spark-submit before the application (e.g. --conf spark.executor.memory=4g).
 # Returns the job's exit status.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-usage() { sed -n '2,10p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
+usage() { sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
 
 [ $# -ge 1 ] || usage
-case "$1" in -h|--help) usage 0 ;; esac
+case "$1" in
+  -h|--help) usage 0 ;;
+  --package-env) shift; exec "$root/scripts/package-env.sh" "$@" ;;
+esac
 job=$1; shift
 [ -f "$root/jobs/$job.py" ] || { echo "spark-submit.sh: unknown job '$job' (have: $(cd "$root/jobs" && ls *.py | grep -v '^_' | sed 's/\.py$//' | tr '\n' ' '))" >&2; exit 2; }
 
 config="$root/conf/local.yaml"
 master=""
+env_archive=""
 job_args=()
 submit_args=()
 while [ $# -gt 0 ]; do
@@ -30,6 +38,8 @@ while [ $# -gt 0 ]; do
     --master) master=$2; shift 2 ;;
     --master=*) master=${1#--master=}; shift ;;
     --log-level) job_args+=(--log-level "$2"); shift 2 ;;
+    --env) env_archive=$2; shift 2 ;;
+    --env=*) env_archive=${1#--env=}; shift ;;
     *) submit_args+=("$1"); shift ;;
   esac
 done
@@ -47,6 +57,30 @@ export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
 export PYTHONUNBUFFERED=1
 export SPARK_CONF_DIR=${SPARK_CONF_DIR:-$root/conf/spark}
 
+# Cluster deploy mode starts the driver on the cluster, where --files puts the config in the
+# working directory under its own name.
+config_arg=$config
+deploy_mode=client
+for ((i = 0; i < ${#submit_args[@]}; i++)); do
+  case "${submit_args[$i]}" in
+    --deploy-mode) deploy_mode=${submit_args[$((i + 1))]:-client} ;;
+    --deploy-mode=*) deploy_mode=${submit_args[$i]#--deploy-mode=} ;;
+  esac
+done
+[ "$deploy_mode" = cluster ] && config_arg=$(basename "$config")
+
+if [ -n "$env_archive" ]; then
+  case "$env_archive" in
+    *://*) ;;  # s3://, hdfs://: fetched by the cluster
+    *) [ -f "$env_archive" ] || { echo "spark-submit.sh: --env archive not found: $env_archive (build it with ./spark-submit.sh --package-env)" >&2; exit 2; } ;;
+  esac
+  # The executors (and a cluster-mode driver) run the archive's interpreter; a client-mode driver
+  # runs here, with this checkout's Python. Spark settings rather than PYSPARK_PYTHON so that a
+  # cluster's spark-defaults.conf cannot override them.
+  submit_args=(--archives "$env_archive#environment" --conf spark.pyspark.python=./environment/bin/python "${submit_args[@]}")
+  [ "$deploy_mode" = cluster ] || submit_args=(--conf "spark.pyspark.driver.python=$python" "${submit_args[@]}")
+fi
+
 if [ -n "$master" ]; then
   export LOOKALIKE_MASTER_FROM_SUBMIT=1
   submit_args=(--master "$master" "${submit_args[@]}")
@@ -62,6 +96,6 @@ set +e
   --conf spark.ui.showConsoleProgress=false \
   --files "$config" \
   "${submit_args[@]}" \
-  "$root/jobs/$job.py" --config "$config" "${job_args[@]+"${job_args[@]}"}"
+  "$root/jobs/$job.py" --config "$config_arg" "${job_args[@]+"${job_args[@]}"}"
 status=$?
 exit $status

@@ -44,6 +44,10 @@ class InputConfig:
     # listing; see README "Inputs at catalogue scale".
     manifest: Optional[str] = None
     manifest_key_column: str = "key"
+    # Column names of CSV manifest files that have no header row, comma-separated like the
+    # fileSchema of an S3 Inventory manifest.json (which is used instead when input.manifest points
+    # at one), e.g. "Bucket, Key, Size, ETag". Unset: such files must have exactly Bucket, Key.
+    manifest_schema: Optional[str] = None
     # Images whose declared width*height exceeds this are refused before decoding (decompression
     # bombs); 0 disables the check.
     max_pixels: int = 50_000_000
@@ -80,7 +84,13 @@ class ModelConfig:
     pooling: str = "avg"
     batch_size: int = 32
     seed: int = 0
+    # float32 | bfloat16 | float16: the compute dtype (weights stay float32, outputs are float32).
+    # bfloat16 roughly doubles GPU throughput; on CPUs without bf16 units it is slower.
     precision: str = "float32"
+    # XLA compilation of the model: null = Keras' choice (on for GPUs and for JAX, off on CPU-only
+    # TensorFlow), true/false to force it. Batches are then padded to model.batch_size so that
+    # one compiled program serves every batch.
+    jit_compile: Optional[bool] = None
     # TensorFlow threads per Python worker; 0 = spark.task.cpus (one per concurrently running task).
     threads: int = 0
     cache_dir: str = "~/.cache/lookalike/weights"
@@ -99,6 +109,8 @@ class NeighboursConfig:
     nprobe: int = 8
     recall_sample: int = 0
     partitions: int = 0
+    # Rows per Parquet row group of the neighbour table (whole items only): what a point lookup reads.
+    row_group_rows: int = 65536
 
 
 @dataclass(frozen=True)
@@ -154,6 +166,7 @@ BOUNDS = [
     ("neighbours.nprobe", lambda v: v >= 1, "a positive integer"),
     ("neighbours.recall_sample", lambda v: v >= 0, "0 (off) or a number of sampled queries"),
     ("neighbours.partitions", lambda v: v >= 0, "0 (auto) or a positive integer"),
+    ("neighbours.row_group_rows", lambda v: v >= 1, "a positive number of rows"),
 ]
 
 

@@ -39,5 +39,13 @@ class OutputLockedError(LookalikeError):
     """Another run holds the lock on an output location."""
 
 
+class OutputError(LookalikeError):
+    """An output location holds something the jobs will not overwrite (a foreign file or layout)."""
+
+
 class ItemNotFoundError(LookalikeError):
     """A queried item id is not in the table."""
+
+
+class ClusterEnvironmentError(LookalikeError):
+    """Executors cannot run lookalike: their Python lacks the package or its dependencies."""

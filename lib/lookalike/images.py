@@ -79,12 +79,11 @@ def decode(data: bytes, max_pixels: int = 0) -> tuple[np.ndarray, tuple[int, int
     except ImageError:
         raise
     except UnidentifiedImageError:
-        raise ImageError("decode_error", _not_an_image_message(data)) from None
+        raise ImageError(*_unidentified(data)) from None
+    except MemoryError:
+        raise ImageError("too_large", "not enough memory to decode the image; lower input.max_pixels") from None
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
-        text = str(exc) or type(exc).__name__
-        if "truncated" in text:
-            text = f"the image file is truncated ({text})"
-        raise ImageError("decode_error", f"cannot decode the image: {text}") from None
+        raise ImageError(*_decode_failure(exc)) from None
     if arr.shape != (TARGET_SIZE[1], TARGET_SIZE[0], 3):
         raise ImageError("unsupported", f"unexpected pixel layout {arr.shape} after conversion")
     if width <= 0 or height <= 0:
@@ -93,15 +92,46 @@ def decode(data: bytes, max_pixels: int = 0) -> tuple[np.ndarray, tuple[int, int
     return arr, (int(size[0]), int(size[1]))
 
 
-def _not_an_image_message(data: bytes) -> str:
+# Leading bytes of formats people save under image names; used only to word the message.
+_SIGNATURES = (
+    (b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
+    (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"BM", "BMP"),
+)
+_HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1")
+
+
+def _unidentified(data: bytes) -> tuple[str, str]:
+    """(kind, message) for bytes that no decoder recognised."""
+    if data[4:8] == b"ftyp" and data[8:12] in _HEIF_BRANDS:
+        return "unsupported", "HEIC/HEIF images are not supported; convert them to JPEG or PNG"
+    if data.startswith(b"RIFF") and data[8:12] == b"WEBP":
+        return "decode_error", "the file starts like a WebP image but its header is corrupt"
+    for magic, name in _SIGNATURES:
+        if data.startswith(magic):
+            return "decode_error", f"the file starts like a {name} image but its header is corrupt"
     head = data[:64].lstrip().lower()
     if head.startswith((b"<!doctype html", b"<html", b"<?xml", b"<")):
-        return "not an image: the file is HTML/XML text (an error page saved as an image?)"
+        return "decode_error", "not an image: the file is HTML/XML text (an error page saved as an image?)"
+    if head.startswith(b"%pdf"):
+        return "decode_error", "not an image: the file is a PDF document"
     try:
         data[:256].decode("utf-8")
-        return "not an image: the file is text"
+        return "decode_error", "not an image: the file is text"
     except UnicodeDecodeError:
-        return "not an image: unrecognised file format"
+        return "decode_error", "not an image: unrecognised file format"
+
+
+def _decode_failure(exc: BaseException) -> tuple[str, str]:
+    """(kind, message) for a file a decoder recognised but could not turn into pixels."""
+    text = str(exc) or type(exc).__name__
+    lowered = text.lower()
+    if isinstance(exc, Image.DecompressionBombError) or "decompressed data too large" in lowered:
+        return "too_large", f"the file decompresses to more data than allowed ({text})"
+    if "truncat" in lowered or isinstance(exc, EOFError):
+        return "decode_error", f"the image file is truncated (incomplete upload or download?): {text}"
+    if "conversion" in lowered and "not supported" in lowered:
+        return "unsupported", f"cannot convert the image to RGB: {text}"
+    return "decode_error", f"cannot decode the image: {text}"
 
 
 def thumbnail(data: bytes, size: int = 160, max_pixels: int = 0) -> bytes:

@@ -2,6 +2,10 @@
 
 ``Embedder.embed(batch) -> array`` is all the jobs need and is testable without Spark. Everything
 here is backend-neutral Keras 3 (TensorFlow by default; ``KERAS_BACKEND=jax`` works too).
+
+On a GPU the uint8 pixels go to the device as they are and the caffe preprocessing runs there,
+inside the model: converting to float32 on the CPU would cost more CPU time than decoding the JPEG
+and send four times the bytes.
 """
 
 from __future__ import annotations
@@ -50,6 +54,10 @@ PUBLISHED = {
     }
 }
 
+# What model.resolve() puts in model.weights when ImageNet weights cannot be had and the config
+# allows random init: distinct from a user's explicit "none" in the weights tag and fingerprint.
+IMAGENET_FALLBACK = "none:imagenet-unavailable"
+
 OUTPUT_DIM = {("vgg16", "avg"): 512, ("vgg16", "max"): 512, ("vgg16", "flatten"): 7 * 7 * 512}
 
 MISSING_WEIGHTS_HELP = (
@@ -70,6 +78,51 @@ def preprocess(batch: np.ndarray) -> np.ndarray:
     from keras.applications import vgg16
 
     return vgg16.preprocess_input(np.asarray(batch, dtype=np.float32))
+
+
+# keras.applications.vgg16.preprocess_input's caffe-mode means, in BGR order.
+CAFFE_MEANS_BGR = (103.939, 116.779, 123.68)
+
+
+def _with_preprocessing(trunk):
+    """uint8 RGB in, the trunk's output out: :func:`preprocess` as the model's first layer, kept in
+    float32 under mixed precision so that it gives the same numbers as the NumPy version."""
+    import keras
+    from keras import ops
+
+    class CaffePreprocess(keras.layers.Layer):
+        def call(self, x):
+            x = ops.flip(ops.cast(x, "float32"), axis=-1)
+            return x - ops.convert_to_tensor(np.array(CAFFE_MEANS_BGR, dtype=np.float32))
+
+    pixels = keras.Input(shape=(224, 224, 3), dtype="uint8", name="rgb_uint8")
+    return keras.Model(pixels, trunk(CaffePreprocess(dtype="float32", name="caffe_preprocess")(pixels)))
+
+
+def task_gpu() -> Optional[str]:
+    """The GPU address(es) Spark assigned to the running task, if any (spark.task.resource.gpu.amount)."""
+    try:
+        from pyspark import TaskContext
+    except ImportError:
+        return None
+    context = TaskContext.get()
+    if context is None:
+        return None
+    gpus = context.resources().get("gpu")
+    return ",".join(gpus.addresses) if gpus is not None and gpus.addresses else None
+
+
+def pin_task_gpu() -> Optional[str]:
+    """Make the task's GPU the only one this process sees, before the backend initialises CUDA.
+
+    Executors on a multi-GPU host see every GPU; without this every Python worker would put its
+    model on GPU 0. Left alone when CUDA_VISIBLE_DEVICES is already set (YARN or a container
+    runtime that isolates GPUs has done it, and its numbering is then not Spark's)."""
+    address = task_gpu()
+    if address is not None and "CUDA_VISIBLE_DEVICES" not in os.environ:
+        os.environ["CUDA_VISIBLE_DEVICES"] = address
+        log.info("pid %d uses GPU %s (assigned by Spark)", os.getpid(), address)
+    return address
 
 
 def md5_of(path: str) -> str:
@@ -164,7 +217,7 @@ def resolve(cfg: ModelConfig, s3: S3Config) -> ModelConfig:
     import dataclasses
 
     if cfg.weights != "imagenet":
-        if cfg.weights != "none":
+        if not is_random_init(cfg):
             fetch_weights(cfg, s3)  # fail fast on the driver, before any task runs
         return cfg
     ok, reason = imagenet_available(cfg)
@@ -180,13 +233,17 @@ def resolve(cfg: ModelConfig, s3: S3Config) -> ModelConfig:
     log.warning("\n%s\n%s\nRunning with RANDOM-INIT weights (seed %d) because "
                 "model.on_missing_weights=random. Every row is marked weights='random-init:...'; "
                 "the neighbours are NOT meaningful recommendations.\n%s", banner, text, cfg.seed, banner)
-    return dataclasses.replace(cfg, weights="none", on_missing_weights="random")
+    return dataclasses.replace(cfg, weights=IMAGENET_FALLBACK)
+
+
+def is_random_init(cfg: ModelConfig) -> bool:
+    return cfg.weights in ("none", IMAGENET_FALLBACK)
 
 
 def weights_tag(cfg: ModelConfig, md5: Optional[str] = None) -> str:
-    if cfg.weights == "none":
+    if is_random_init(cfg):
         tag = f"random-init:seed={cfg.seed}"
-        return tag + " (imagenet unavailable)" if cfg.on_missing_weights == "random" else tag
+        return tag + " (imagenet unavailable)" if cfg.weights == IMAGENET_FALLBACK else tag
     if cfg.weights == "imagenet":
         return "imagenet"
     return f"file:{os.path.basename(cfg.weights)}@md5:{md5}"
@@ -194,7 +251,7 @@ def weights_tag(cfg: ModelConfig, md5: Optional[str] = None) -> str:
 
 def fingerprint(cfg: ModelConfig) -> str:
     """What makes two embeddings comparable: model, weights source, pooling, precision."""
-    payload = f"{cfg.name}|{cfg.weights}|{cfg.weights_md5}|{cfg.pooling}|{cfg.precision}|{cfg.seed if cfg.weights == 'none' else ''}"
+    payload = f"{cfg.name}|{cfg.weights}|{cfg.weights_md5}|{cfg.pooling}|{cfg.precision}|{cfg.seed if is_random_init(cfg) else ''}"
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -218,11 +275,35 @@ class Embedder:
 
         started = time.perf_counter()
         _configure_threads(threads or cfg.threads)
+        # The dtype policy is process-wide state: set it for this model's layers only, so that a
+        # float32 model built later in the same worker stays float32.
+        previous_policy = keras.config.dtype_policy()
         if cfg.precision != "float32":
-            keras.mixed_precision.set_dtype_policy(f"mixed_{cfg.precision}")
+            keras.config.set_dtype_policy(f"mixed_{cfg.precision}")
+        try:
+            trunk, md5 = self._build(keras, cfg, s3)
+            inference = _with_preprocessing(trunk)
+        finally:
+            keras.config.set_dtype_policy(previous_policy)
+        if cfg.jit_compile is not None:
+            inference.jit_compile = cfg.jit_compile
+            trunk.jit_compile = cfg.jit_compile
+        self.model = trunk
+        self.inference_model = inference
+        self.config = cfg
+        self.dim = OUTPUT_DIM[(cfg.name, cfg.pooling)]
+        self.weights_tag = weights_tag(cfg, md5)
+        self.fingerprint = fingerprint(cfg)
+        # A compiled (XLA) program is specialised to one batch shape: pad every batch to
+        # model.batch_size instead of compiling again for each partition's short last batch.
+        self.fixed_batch = bool(inference.jit_compile) or keras_backend() == "jax"
+        self.load_seconds = time.perf_counter() - started
+
+    @staticmethod
+    def _build(keras, cfg: ModelConfig, s3: Optional[S3Config]):
         md5 = None
         weights: Optional[str]
-        if cfg.weights == "none":
+        if is_random_init(cfg):
             # Same seed, same weights, in every process: tests and random-init runs are reproducible.
             keras.utils.set_random_seed(cfg.seed)
             weights = None
@@ -251,19 +332,30 @@ class Embedder:
                                    f"(include_top=False): {exc}") from None
         if cfg.pooling == "flatten":
             trunk = keras.Sequential([trunk, keras.layers.Flatten()])
-        self.model = trunk
-        self.config = cfg
-        self.dim = OUTPUT_DIM[(cfg.name, cfg.pooling)]
-        self.weights_tag = weights_tag(cfg, md5)
-        self.fingerprint = fingerprint(cfg)
-        self.load_seconds = time.perf_counter() - started
+        return trunk, md5
 
     def embed(self, batch: np.ndarray) -> np.ndarray:
-        """(N, 224, 224, 3) uint8 RGB -> (N, dim) float32."""
+        """(N, 224, 224, 3) uint8 RGB -> (N, dim) float32, in chunks of at most model.batch_size.
+
+        Other dtypes (pixels already as floats in 0..255) are preprocessed on the CPU instead."""
+        batch = np.asarray(batch)
         if len(batch) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
-        out = self.model.predict_on_batch(preprocess(batch))
-        return np.asarray(out, dtype=np.float32).reshape(len(batch), self.dim)
+        step = self.config.batch_size
+        parts = [self._embed_chunk(batch[start:start + step]) for start in range(0, len(batch), step)]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def _embed_chunk(self, chunk: np.ndarray) -> np.ndarray:
+        n = len(chunk)
+        if chunk.dtype == np.uint8:
+            network, inputs = self.inference_model, chunk
+        else:
+            network, inputs = self.model, preprocess(chunk)
+        if self.fixed_batch and n < self.config.batch_size:
+            padding = np.zeros((self.config.batch_size - n,) + inputs.shape[1:], dtype=inputs.dtype)
+            inputs = np.concatenate([inputs, padding])
+        out = network.predict_on_batch(inputs)
+        return np.asarray(out, dtype=np.float32)[:n].reshape(n, self.dim)
 
 
 _cache: dict = {}
@@ -278,6 +370,8 @@ def get_embedder(cfg: ModelConfig, s3: Optional[S3Config] = None, threads: int =
     with _cache_lock:
         embedder = _cache.get(key)
         if embedder is None:
+            if not _cache:
+                pin_task_gpu()
             embedder = _cache[key] = Embedder(cfg, s3, threads)
             LOADS["count"] += 1
             log.info("loaded %s (%s, pooling=%s) in %.1fs in pid %d", cfg.name, embedder.weights_tag,

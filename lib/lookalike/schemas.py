@@ -70,7 +70,8 @@ def arrow_schema(columns: list[Column]):
     simple = {
         "string": pa.string(), "int": pa.int32(), "long": pa.int64(), "float": pa.float32(),
         "double": pa.float64(), "boolean": pa.bool_(), "timestamp": pa.timestamp("us", tz="UTC"),
-        "array<float>": pa.list_(pa.float32()),
+        # Spark writes Parquet lists with non-null "element" items; match it so schemas compare equal.
+        "array<float>": pa.list_(pa.field("element", pa.float32(), nullable=False)),
     }
     return pa.schema([pa.field(c.name, simple[c.type], c.nullable) for c in columns])
 

@@ -9,7 +9,7 @@ import math
 import time
 from typing import Optional
 
-from .. import model, schemas, storage
+from .. import incremental, model, schemas, storage
 from ..config import Config
 from ..embed import embed_items, items_frame, split_results, ITEMS
 from ..errors import InputError, TooManyErrorsError
@@ -27,57 +27,89 @@ def run(spark, cfg: Config) -> dict:
     started = time.perf_counter()
     run_id = new_run_id()
     cfg = dataclasses.replace(cfg, model=model.resolve(cfg.model, cfg.s3))
+    targets = {"embeddings": cfg.output.embeddings, "errors": cfg.output.errors}
+    # Lock before listing: a second run on the same outputs refuses before it costs anything.
+    with OutputSet(spark, targets, run_id, cfg.output.force_unlock, s3=cfg.s3) as outputs:
+        return _run(spark, cfg, run_id, started, outputs)
 
+
+def _run(spark, cfg: Config, run_id: str, started: float, outputs: OutputSet) -> dict:
     listed = storage.list_images(cfg.input, cfg.s3)
     if not listed:
         raise InputError(f"no images under {cfg.input.uri} match input.pattern={cfg.input.pattern!r}")
     log.info("listed %d images under %s in %.1fs", len(listed), cfg.input.uri, time.perf_counter() - started)
 
-    partitions = max(1, math.ceil(len(listed) / cfg.input.partition_size))
-    items = spark.createDataFrame(items_frame(listed), schema=schemas.spark_schema(ITEMS)).repartition(partitions)
-    loads = spark.sparkContext.accumulator(0)
-    results = embed_items(items, cfg, run_id, loads).persist()
-
-    progress = Progress(log, "embed", len(listed), "images")
-    per_task = len(listed) / partitions
-    with StageWatcher(spark, f"lookalike-embed-{run_id}", progress,
-                      lambda done, total: min(len(listed), int(done * per_task))):
-        by_kind = {row["error"]: row["count"] for row in results.groupBy("error").count().collect()}
-    embedded = by_kind.pop(None, 0)
-    failed = sum(by_kind.values())
-    embed_seconds = time.perf_counter() - started
-
+    items = items_frame(listed)
+    fingerprint, weights = incremental.model_identity(cfg.model, cfg.s3)
+    previous = None
+    if cfg.input.incremental:
+        previous = incremental.previous_state(spark, cfg.output.embeddings, cfg.output.errors, cfg.s3)
+        plan = incremental.plan(items, previous, fingerprint, weights)
+    else:
+        plan = incremental.full_plan(items, "full run: input.incremental is false")
+    counts = plan.counts
+    log.info("%s: %d to embed (new %d, changed %d, retried %d), %d reused, %d deleted", plan.reason,
+             len(plan.to_embed), counts["new"], counts["changed"], counts["retried"], counts["reused"],
+             counts["deleted"])
     summary = {
-        "job": "embed", "run_id": run_id, "ok": True,
-        "listed": len(listed), "embedded": embedded, "errors": failed, "errors_by_kind": by_kind,
-        "model": cfg.model.name, "weights": model.weights_tag(cfg.model), "pooling": cfg.model.pooling,
-        "model_loads": loads.value, "partitions": partitions,
+        "job": "embed", "run_id": run_id, "ok": True, "incremental": cfg.input.incremental,
+        "plan": plan.reason, "previous_version": previous.version if previous else None,
+        "listed": len(listed), "attempted": len(plan.to_embed), "embedded": 0, "errors": 0,
+        "errors_by_kind": {}, **{k: counts[k] for k in ("new", "changed", "retried", "reused", "deleted")},
+        "model": cfg.model.name, "weights": weights, "pooling": cfg.model.pooling,
         "config_fingerprint": {s: cfg.fingerprint(s) for s in ("input", "model")},
         "versions": library_versions(),
     }
-    if failed > cfg.input.max_error_fraction * len(listed):
-        results.unpersist()
-        raise TooManyErrorsError(
-            f"{failed} of {len(listed)} images failed ({failed / len(listed):.1%}), more than "
-            f"input.max_error_fraction={cfg.input.max_error_fraction}: {by_kind}. Nothing was "
-            f"published; the previous output is unchanged. Raise the limit if this is expected."
-        )
+    if plan.unchanged:
+        summary.update(published=False, seconds=round(time.perf_counter() - started, 2))
+        log.info("embed done: nothing changed since version %s; embedded 0 images, outputs left as they are",
+                 summary["previous_version"])
+        print(json.dumps(summary, sort_keys=True, default=str))
+        return summary
 
-    embeddings, errors = split_results(results)
-    targets = {"embeddings": cfg.output.embeddings, "errors": cfg.output.errors}
-    with OutputSet(spark, targets, run_id, cfg.output.force_unlock) as outputs:
+    todo = len(plan.to_embed)
+    partitions = max(1, math.ceil(todo / cfg.input.partition_size))
+    frame = spark.createDataFrame(plan.to_embed, schema=schemas.spark_schema(ITEMS)).repartition(partitions)
+    loads = spark.sparkContext.accumulator(0)
+    results = embed_items(frame, cfg, run_id, loads).persist()
+    try:
+        progress = Progress(log, "embed", todo, "images")
+        per_task = todo / partitions
+        with StageWatcher(spark, f"lookalike-embed-{run_id}", progress,
+                          lambda done, total: min(todo, int(done * per_task))):
+            by_kind = {row["error"]: row["count"] for row in results.groupBy("error").count().collect()}
+        embedded = by_kind.pop(None, 0)
+        failed = sum(by_kind.values())
+        embed_seconds = time.perf_counter() - started
+        summary.update(embedded=embedded, errors=failed, errors_by_kind=by_kind, model_loads=loads.value,
+                       partitions=partitions)
+        if failed > cfg.input.max_error_fraction * len(listed):
+            raise TooManyErrorsError(
+                f"{failed} of {len(listed)} images failed ({failed / len(listed):.1%}), more than "
+                f"input.max_error_fraction={cfg.input.max_error_fraction}: {by_kind}. Nothing was "
+                f"published; the previous output is unchanged. Raise the limit if this is expected."
+            )
+
+        embeddings, errors = split_results(results)
+        if plan.carry_over:
+            embeddings = embeddings.unionByName(incremental.carried_over(spark, previous, plan.drop_ids))
         embeddings.write.mode("overwrite").parquet(outputs.staging("embeddings"))
         errors.coalesce(1).write.mode("overwrite").parquet(outputs.staging("errors"))
+        # Read back what was staged: the id describes exactly the table that gets published.
+        staged = spark.read.parquet(outputs.staging("embeddings"))
+        content = incremental.content_id(staged)
         seconds = time.perf_counter() - started
-        summary.update(seconds=round(seconds, 2), embed_seconds=round(embed_seconds, 2),
-                       images_per_second=round(len(listed) / seconds, 2))
+        summary.update(rows=int(content.split("-")[0]), embeddings_content=content, published=True,
+                       seconds=round(seconds, 2), embed_seconds=round(embed_seconds, 2),
+                       images_per_second=round(todo / seconds, 2))
         outputs.commit({"embeddings": summary, "errors": summary})
-    results.unpersist()
+    finally:
+        results.unpersist()
 
     kinds = ", ".join(f"{k}={v}" for k, v in sorted(by_kind.items())) or "none"
-    log.info("embed done: listed %d, embedded %d, errors %d (%s), %.1fs, %.1f images/s, model loads %d, "
-             "weights %s -> %s", len(listed), embedded, failed, kinds, seconds, len(listed) / seconds,
-             loads.value, summary["weights"], cfg.output.embeddings)
+    log.info("embed done: listed %d, embedded %d, errors %d (%s), reused %d, deleted %d, %.1fs, %.1f images/s, "
+             "model loads %d, weights %s -> %s", len(listed), embedded, failed, kinds, counts["reused"],
+             counts["deleted"], seconds, todo / seconds, loads.value, summary["weights"], cfg.output.embeddings)
     print(json.dumps(summary, sort_keys=True, default=str))
     return summary
 

@@ -1,0 +1,378 @@
+"""Neighbours: the Spark job against what a user would run instead, on N random unit vectors.
+
+(a) the neighbours job through ./spark-submit.sh on local[*], cold (new JVM, new Python workers),
+    end to end: read, normalise, order, broadcast, score, write, publish;
+(b) FAISS IndexFlatIP (exact inner product, faiss-cpu, all cores) in one fresh process that reads
+    the same Parquet table and writes the same long table (item_id, rank, neighbour_id, score);
+(c) Spark MLlib BucketedRandomProjectionLSH.approxSimilarityJoin, the tool a Spark user would
+    reach for, at a smaller N (its self-join grows with N^2), with recall@k against exact; the
+    job (a) runs at that N too, for a like-for-like time and memory comparison.
+Plus the kernel alone (one core): float32 matmul, and the top-k selection done with argpartition
+on every sub-block versus the running-threshold selection that lookalike.topk uses.
+
+Wall time and peak resident memory of the whole process tree (JVM and Python workers included,
+sampled every 0.1 s) for each. Prints a table with ratios and writes JSON to
+bench/results/neighbours.json.
+
+    .venv/bin/python bench/neighbours.py [--n 50000] [--dim 512] [--k 10] [--lsh-n 4000]
+                                         [--skip kernel,faiss,job,lsh]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "lib"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+
+def make_table(directory: Path, n: int, dim: int, seed: int = 0, files: int = 4) -> tuple[list[str], np.ndarray]:
+    """N random unit vectors as an embeddings table (the embed job's schema), ids in random order."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from lookalike import schemas
+
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, dim), dtype=np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    ids = [f"item-{i:08d}" for i in rng.permutation(n)]
+    directory.mkdir(parents=True, exist_ok=True)
+    schema = schemas.arrow_schema(schemas.EMBEDDINGS)
+    step = -(-n // files)
+    for part, start in enumerate(range(0, n, step)):
+        rows = min(step, n - start)
+        values = pa.array(x[start:start + rows].ravel(), pa.float32())
+        embedding = pa.ListArray.from_arrays(pa.array(np.arange(rows + 1, dtype=np.int32) * dim), values)
+        columns = {
+            "item_id": pa.array(ids[start:start + rows]), "uri": pa.array([f"file:///bench/{i}.jpg" for i in ids[start:start + rows]]),
+            "source_version": pa.nulls(rows, pa.string()), "source_bytes": pa.nulls(rows, pa.int64()),
+            "width": pa.nulls(rows, pa.int32()), "height": pa.nulls(rows, pa.int32()),
+            "model": pa.array(["vgg16"] * rows), "weights": pa.array(["random-unit-vectors"] * rows),
+            "pooling": pa.array(["avg"] * rows), "dim": pa.array([dim] * rows, pa.int32()),
+            "embedding": embedding.cast(pa.list_(pa.field("element", pa.float32(), False))),
+            "model_fingerprint": pa.array(["bench"] * rows), "run_id": pa.array(["bench"] * rows),
+            "embedded_at": pa.array([0] * rows, pa.timestamp("us", tz="UTC")),
+        }
+        table = pa.table([columns[f.name] for f in schema], schema=schema)
+        pq.write_table(table, directory / f"part-{part:05d}.parquet")
+    return ids, x
+
+
+def exact_topk(x: np.ndarray, k: int) -> np.ndarray:
+    """Indices of each row's k most similar other rows (numpy, for recall only)."""
+    out = np.empty((len(x), k), dtype=np.int64)
+    for start in range(0, len(x), 2048):
+        s = x[start:start + 2048] @ x.T
+        s[np.arange(len(s)), np.arange(start, start + len(s))] = -np.inf
+        part = np.argpartition(-s, k, axis=1)[:, :k]
+        order = np.argsort(-np.take_along_axis(s, part, 1), axis=1)
+        out[start:start + 2048] = np.take_along_axis(part, order, 1)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Measuring a command
+
+def measure(command: list[str], env: dict | None = None, timeout: float = 3600) -> dict:
+    """Wall time, peak RSS of the process tree, exit status and output of ``command``."""
+    import psutil
+
+    started = time.perf_counter()
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **(env or {})})
+    peak = [0]
+    done = threading.Event()
+
+    def sample():
+        root = psutil.Process(proc.pid)
+        while not done.is_set():
+            try:
+                total = root.memory_info().rss
+                for child in root.children(recursive=True):
+                    try:
+                        total += child.memory_info().rss
+                    except psutil.Error:
+                        pass
+                peak[0] = max(peak[0], total)
+            except psutil.Error:
+                pass
+            done.wait(0.1)
+
+    watcher = threading.Thread(target=sample, daemon=True)
+    watcher.start()
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    finally:
+        done.set()
+        watcher.join()
+    return {"seconds": round(time.perf_counter() - started, 2), "peak_rss_mb": round(peak[0] / 2 ** 20, 1),
+            "returncode": proc.returncode, "stdout": stdout, "stderr": stderr}
+
+
+def last_json(text: str) -> dict:
+    lines = [line for line in text.splitlines() if line.startswith("{")]
+    return json.loads(lines[-1]) if lines else {}
+
+
+def check(result: dict, what: str) -> None:
+    if result["returncode"] != 0:
+        sys.exit(f"{what} failed (exit {result['returncode']}):\n{result['stderr'][-4000:]}")
+
+
+# ---------------------------------------------------------------------------------------------
+# (a) the job, (b) FAISS, (c) MLlib LSH
+
+def run_job(embeddings: Path, output: Path, k: int) -> dict:
+    result = measure([str(ROOT / "spark-submit.sh"), "neighbours", "--config", str(ROOT / "conf" / "local.yaml"),
+                      "--set", f"output.embeddings={embeddings}", "--set", f"output.neighbours={output}",
+                      "--set", f"neighbours.k={k}"])
+    check(result, "the neighbours job")
+    summary = last_json(result["stdout"])
+    return {"seconds": result["seconds"], "peak_rss_mb": result["peak_rss_mb"],
+            "job_seconds": summary.get("seconds"), "phase_seconds": summary.get("phase_seconds"),
+            "rows": summary.get("rows"), "chunks": summary.get("chunks"), "partitions": summary.get("partitions")}
+
+
+FAISS_SCRIPT = r"""
+import sys, time, json
+started = time.perf_counter()
+import numpy as np, pyarrow as pa, pyarrow.parquet as pq, faiss
+source, target, k = sys.argv[1], sys.argv[2], int(sys.argv[3])
+table = pq.read_table(source, columns=["item_id", "embedding"])
+ids = table.column("item_id").to_numpy(zero_copy_only=False)
+column = table.column("embedding").combine_chunks()
+x = np.ascontiguousarray(column.values.to_numpy().reshape(len(column), -1), dtype=np.float32)
+faiss.normalize_L2(x)
+loaded = time.perf_counter()
+index = faiss.IndexFlatIP(x.shape[1])
+index.add(x)
+scores, found = index.search(x, k + 1)
+searched = time.perf_counter()
+# Drop each item itself (or the last hit when the item is not among its own k+1, e.g. duplicates).
+own = found == np.arange(len(x))[:, None]
+own[~own.any(axis=1), -1] = True
+found = found[~own].reshape(len(x), k)
+scores = scores[~own].reshape(len(x), k)
+order = np.argsort(ids, kind="stable")
+out = pa.table({"item_id": pa.array(np.repeat(ids[order], k), pa.string()),
+                "rank": pa.array(np.tile(np.arange(1, k + 1, dtype=np.int32), len(x))),
+                "neighbour_id": pa.array(ids[found[order].ravel()], pa.string()),
+                "score": pa.array(scores[order].ravel(), pa.float32())})
+pq.write_table(out, target, row_group_size=65536)
+print(json.dumps({"read": loaded - started, "search": searched - loaded,
+                  "write": time.perf_counter() - searched, "threads": faiss.omp_get_max_threads()}))
+"""
+
+
+def run_faiss(embeddings: Path, output: Path, k: int) -> dict:
+    result = measure([sys.executable, "-c", FAISS_SCRIPT, str(embeddings), str(output), str(k)])
+    check(result, "FAISS")
+    return {"seconds": result["seconds"], "peak_rss_mb": result["peak_rss_mb"],
+            "phase_seconds": {key: round(v, 2) for key, v in last_json(result["stdout"]).items() if key != "threads"},
+            "threads": last_json(result["stdout"]).get("threads")}
+
+
+LSH_SCRIPT = r"""
+import sys, time, json
+started = time.perf_counter()
+from pyspark.sql import SparkSession, Window, functions as F
+from pyspark.ml.feature import BucketedRandomProjectionLSH
+from pyspark.ml.functions import array_to_vector
+source, k, bucket, tables = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
+spark = (SparkSession.builder.master("local[*]").config("spark.driver.memory", "4g")
+         .config("spark.ui.enabled", "false").config("spark.sql.shuffle.partitions", "8").getOrCreate())
+spark.sparkContext.setLogLevel("ERROR")
+items = spark.read.parquet(source).select("item_id", array_to_vector("embedding").alias("features"))
+model = BucketedRandomProjectionLSH(inputCol="features", outputCol="hashes", bucketLength=bucket,
+                                    numHashTables=tables, seed=0).fit(items)
+# Unit vectors: Euclidean distance sqrt(2 - 2 cos) < 2 keeps every candidate pair the hashes find.
+pairs = (model.approxSimilarityJoin(items, items, 2.0, distCol="distance")
+         .select(F.col("datasetA.item_id").alias("item_id"), F.col("datasetB.item_id").alias("neighbour_id"), "distance")
+         .filter("item_id != neighbour_id"))
+ranked = (pairs.withColumn("rank", F.row_number().over(Window.partitionBy("item_id").orderBy("distance", "neighbour_id")))
+          .filter(F.col("rank") <= k))
+rows = [(r.item_id, r.neighbour_id) for r in ranked.collect()]
+print(json.dumps({"pairs": rows}))
+spark.stop()
+"""
+
+
+def run_lsh(embeddings: Path, ids: list[str], x: np.ndarray, k: int, bucket: float, tables: int) -> dict:
+    result = measure([sys.executable, "-c", LSH_SCRIPT, str(embeddings), str(k), str(bucket), str(tables)],
+                     env={"PYSPARK_PYTHON": sys.executable, "SPARK_LOCAL_IP": "127.0.0.1"})
+    check(result, "MLlib LSH")
+    found: dict[str, set] = {}
+    for item, neighbour in last_json(result["stdout"])["pairs"]:
+        found.setdefault(item, set()).add(neighbour)
+    exact = exact_topk(x, k)
+    hits = sum(len(found.get(ids[i], set()) & {ids[j] for j in exact[i]}) for i in range(len(ids)))
+    return {"seconds": result["seconds"], "peak_rss_mb": result["peak_rss_mb"],
+            "recall_at_k": round(hits / (len(ids) * k), 4), "bucket_length": bucket, "hash_tables": tables,
+            "items_with_k": sum(len(v) >= k for v in found.values())}
+
+
+def agreement(ours: Path, theirs: Path) -> float:
+    """Share of (item, neighbour) pairs the two tables have in common (rank order aside)."""
+    import pyarrow.parquet as pq
+
+    def pairs(path):
+        t = pq.read_table(path, columns=["item_id", "neighbour_id"]).to_pydict()
+        return set(zip(t["item_id"], t["neighbour_id"]))
+
+    a, b = pairs(ours), pairs(theirs)
+    return round(len(a & b) / max(len(b), 1), 6)
+
+
+# ---------------------------------------------------------------------------------------------
+# The kernel alone
+
+KERNEL_SCRIPT = r"""
+import sys, time, json
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+from lookalike import topk
+n, dim, k, rows = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+rng = np.random.default_rng(1)
+c = rng.standard_normal((n, dim), dtype=np.float32); c /= np.linalg.norm(c, axis=1, keepdims=True)
+q = c[:rows].copy()
+
+def best(fn, repeat=3):
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter(); fn(); times.append(time.perf_counter() - t)
+    return min(times)
+
+def matmul_only(width):
+    for s in range(0, n, width):
+        q @ c[s:s + width].T
+
+def argpartition_every_block(width):
+    bs = np.full((rows, k), -np.inf, np.float32); bi = np.zeros((rows, k), np.int64)
+    for s in range(0, n, width):
+        sc = q @ c[s:s + width].T
+        part = np.argpartition(sc, sc.shape[1] - k, axis=1)[:, -k:]
+        allv = np.concatenate([bs, np.take_along_axis(sc, part, 1)], 1)
+        alli = np.concatenate([bi, part + s], 1)
+        top = np.argpartition(allv, allv.shape[1] - k, axis=1)[:, -k:]
+        bs, bi = np.take_along_axis(allv, top, 1), np.take_along_axis(alli, top, 1)
+
+out = {}
+for width in (2048, 4096, 8192):
+    out[f"matmul_w{width}"] = best(lambda: matmul_only(width))
+    out[f"argpartition_w{width}"] = best(lambda: argpartition_every_block(width))
+    out[f"threshold_w{width}"] = best(lambda: topk.topk_block(q, c, k, self_index=np.arange(rows), sub_block=width))
+print(json.dumps(out))
+"""
+
+
+def run_kernel(n: int, dim: int, k: int, rows: int = 1024) -> dict:
+    result = subprocess.run([sys.executable, "-c", KERNEL_SCRIPT, str(ROOT / "lib"), str(n), str(dim), str(k), str(rows)],
+                            capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1",
+                                                                  "OPENBLAS_NUM_THREADS": "1"})
+    if result.returncode:
+        sys.exit(f"kernel benchmark failed:\n{result.stderr[-3000:]}")
+    seconds = json.loads(result.stdout.strip().splitlines()[-1])
+    flops = 2.0 * rows * n * dim
+    return {"rows": rows, "candidates": n, "seconds_per_block": {key: round(v, 4) for key, v in seconds.items()},
+            "matmul_gflops": round(flops / min(v for key, v in seconds.items() if key.startswith("matmul")) / 1e9, 1)}
+
+
+# ---------------------------------------------------------------------------------------------
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=50_000)
+    parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--lsh-n", type=int, default=4000)
+    # Spark's guidance for normalised inputs: bucketLength of 1-10 x numRecords^(-1/dim) (~1 here).
+    parser.add_argument("--lsh-bucket-length", type=float, default=1.0)
+    parser.add_argument("--lsh-tables", type=int, default=3)
+    parser.add_argument("--skip", default="", help="comma-separated: kernel,faiss,job,lsh")
+    parser.add_argument("--workdir", default=None, help="where the tables go (default: a temporary directory)")
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "neighbours.json"))
+    args = parser.parse_args(argv)
+    skip = set(filter(None, args.skip.split(",")))
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="lookalike-bench-neighbours-"))
+    report = {"n": args.n, "dim": args.dim, "k": args.k, "lsh_n": args.lsh_n, "cpus": os.cpu_count(),
+              "machine": platform.processor() or platform.machine(), "load_average_start": os.getloadavg()}
+
+    print(f"writing {args.n} x {args.dim} random unit vectors to {workdir} ...", flush=True)
+    big = workdir / "embeddings"
+    make_table(big, args.n, args.dim)
+    if "kernel" not in skip:
+        print("kernel (one core) ...", flush=True)
+        report["kernel"] = run_kernel(args.n, args.dim, args.k)
+    if "job" not in skip:
+        print("(a) neighbours job, cold ...", flush=True)
+        report["job"] = run_job(big, workdir / "neighbours", args.k)
+    if "faiss" not in skip:
+        print("(b) FAISS IndexFlatIP ...", flush=True)
+        report["faiss"] = run_faiss(big, workdir / "faiss.parquet", args.k)
+        if "job" not in skip:
+            report["faiss"]["agreement_with_job"] = agreement(workdir / "neighbours", workdir / "faiss.parquet")
+    if "lsh" not in skip:
+        small = workdir / "embeddings-small"
+        ids, x = make_table(small, args.lsh_n, args.dim, seed=1)
+        print(f"(c) MLlib LSH at N={args.lsh_n} ...", flush=True)
+        report["lsh"] = run_lsh(small, ids, x, args.k, args.lsh_bucket_length, args.lsh_tables)
+        if "job" not in skip:
+            print(f"(a) neighbours job at N={args.lsh_n} ...", flush=True)
+            report["job_small"] = run_job(small, workdir / "neighbours-small", args.k)
+    report["load_average_end"] = os.getloadavg()
+
+    print_table(report)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2, sort_keys=True))
+    print(f"\nwrote {out}")
+    return 0
+
+
+def print_table(report: dict) -> None:
+    n, lsh_n = report["n"], report["lsh_n"]
+    print(f"\nN={n}, d={report['dim']}, k={report['k']}, {report['cpus']} CPUs; load average at start "
+          f"{report['load_average_start'][0]:.1f}, at end {report['load_average_end'][0]:.1f}")
+    faiss = report.get("faiss")
+    rows = [("(a) neighbours job, spark-submit, cold", n, report.get("job")),
+            ("(b) FAISS IndexFlatIP, one process", n, faiss),
+            ("(a) neighbours job, spark-submit, cold", lsh_n, report.get("job_small")),
+            ("(c) MLlib BRP LSH approxSimilarityJoin", lsh_n, report.get("lsh"))]
+    print(f"{'method':42s} {'N':>7s} {'wall s':>8s} {'peak MB':>8s} {'vs FAISS':>9s} {'recall@k':>9s}")
+    for name, size, r in rows:
+        if not r:
+            continue
+        ratio = f"{r['seconds'] / faiss['seconds']:.2f}x" if faiss and size == n else ""
+        recall = f"{r['recall_at_k']:.3f}" if "recall_at_k" in r else ("1 (exact)" if "job" in name else "")
+        print(f"{name:42s} {size:>7d} {r['seconds']:>8.1f} {r['peak_rss_mb']:>8.0f} {ratio:>9s} {recall:>9s}")
+    if report.get("job") and report["job"].get("phase_seconds"):
+        print(f"job phases (s): {report['job']['phase_seconds']} of {report['job']['job_seconds']} s in run(); "
+              f"the rest is JVM and session start-up")
+    if faiss:
+        print(f"FAISS phases (s): {faiss['phase_seconds']}, {faiss['threads']} threads; "
+              f"pairs in common with the job: {faiss.get('agreement_with_job')}")
+    kernel = report.get("kernel")
+    if kernel:
+        print(f"kernel, one core, {kernel['rows']} queries x {kernel['candidates']} candidates "
+              f"({kernel['matmul_gflops']} GFLOP/s matmul), seconds per block:")
+        for key, value in kernel["seconds_per_block"].items():
+            print(f"  {key:22s} {value:.3f}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""One sentence per config key. README's "Configuration" table is rendered from this
+(`python -m lookalike.config_docs`), and tests/test_docs.py checks that every key has a sentence
+and that the README shows the current table."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from .config import Config
+
+DOCS = {
+    "spark.master": "Spark master when spark-submit is not given --master: `local[*]`, `spark://host:7077`, `yarn`.",
+    "spark.app_name": "Application name shown in the Spark UI.",
+    "spark.conf": "Extra Spark settings for the session, e.g. `{spark.executor.memory: 4g}`.",
+    "input.uri": "Where the images are: `s3://bucket/prefix/`, a local directory, `file://` or `hdfs://` URI.",
+    "input.pattern": "`|`-separated file-name globs, case-insensitive.",
+    "input.id_regex": "Regex over the key relative to `input.uri`; group `id` (or group 1) is the item id. Default: the relative key without extension.",
+    "input.manifest": "A Parquet/CSV table of keys (e.g. an S3 Inventory report) read in parallel instead of listing.",
+    "input.manifest_key_column": "Column of `input.manifest` that holds the keys.",
+    "input.max_pixels": "Images declaring more pixels than this are refused before decoding (`too_large`); 0 = no limit.",
+    "input.max_bytes": "Files larger than this are refused without downloading them (`too_large`).",
+    "input.max_error_fraction": "Fail the run and publish nothing when more than this share of images fail.",
+    "input.incremental": "Re-embed only new or changed images (key + ETag/size-mtime) and drop deleted ones.",
+    "input.partition_size": "Images per Spark task: small enough for even load, retries and progress.",
+    "s3.endpoint_url": "S3-compatible endpoint, e.g. `http://127.0.0.1:9000`; null for AWS.",
+    "s3.region": "Region name for the S3 client.",
+    "s3.max_attempts": "Attempts per S3 request, first one included (boto3 retries with backoff).",
+    "s3.retry_mode": "boto3 retry mode: `standard`, `adaptive` or `legacy`.",
+    "s3.connect_timeout": "Seconds to wait for a connection.",
+    "s3.read_timeout": "Seconds to wait for data on an open connection.",
+    "s3.max_pool_connections": "Connections per S3 client (one client per decode thread and worker).",
+    "model.name": "Keras application; `vgg16` (the code is ready for others).",
+    "model.weights": "`imagenet` (Keras' download), a local `.h5` path, an `s3://` URI, or `none` (random init, for tests).",
+    "model.weights_md5": "Expected md5 of a weights file; files named like Keras' published ones are always checked.",
+    "model.on_missing_weights": "When ImageNet weights cannot be downloaded: `fail`, or `random` (the demo: random init, loudly, rows marked).",
+    "model.pooling": "`avg` (512-d), `max` (512-d) or `flatten` (25,088-d).",
+    "model.batch_size": "Images per forward pass.",
+    "model.seed": "Seed for random-init weights.",
+    "model.precision": "`float32`, `bfloat16` or `float16` (mixed precision, for GPUs).",
+    "model.threads": "TensorFlow threads per Python worker; 0 = `spark.task.cpus`.",
+    "model.cache_dir": "Where `s3://` weights are cached on each host.",
+    "neighbours.k": "Neighbours per item.",
+    "neighbours.min_score": "Drop neighbours below this cosine.",
+    "neighbours.broadcast_max_mb": "Largest candidate chunk broadcast to executors; more candidates are processed in several chunks.",
+    "neighbours.block_rows": "Query rows per matrix product: memory per task is about block_rows x chunk rows x 4 bytes.",
+    "neighbours.candidates": "Item ids that may be recommended: a list, or a CSV/Parquet table with `item_id`. Queries still cover every item.",
+    "neighbours.method": "`exact` (brute force in blocks) or `ivf` (approximate, for very large catalogues).",
+    "neighbours.nlist": "IVF: number of lists (0 = about sqrt(N)).",
+    "neighbours.nprobe": "IVF: lists scanned per query.",
+    "neighbours.recall_sample": "Queries sampled to measure recall@k against exact search (0 = off).",
+    "neighbours.partitions": "Query partitions (0 = automatic).",
+    "output.embeddings": "Embeddings table (Parquet directory).",
+    "output.errors": "Error table (Parquet directory).",
+    "output.neighbours": "Neighbour table (Parquet directory).",
+    "output.force_unlock": "Take over a lock left by a crashed run (see Scheduled runs).",
+}
+
+
+def keys() -> list[tuple[str, object]]:
+    """(dotted key, default) for every config field."""
+    out = []
+    defaults = Config()
+    for section in dataclasses.fields(Config):
+        value = getattr(defaults, section.name)
+        for item in dataclasses.fields(value):
+            out.append((f"{section.name}.{item.name}", getattr(value, item.name)))
+    return out
+
+
+def markdown() -> str:
+    rows = ["| key | default | meaning |", "| --- | --- | --- |"]
+    for key, default in keys():
+        shown = "null" if default is None else ("{}" if default == {} else str(default).replace("|", "\\|"))
+        rows.append(f"| `{key}` | `{shown}` | {DOCS.get(key, '')} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(markdown())

@@ -1,0 +1,255 @@
+"""Neighbours job: output.embeddings -> output.neighbours, the exact cosine top-k of every item."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from typing import Optional
+
+from .. import neighbours as nb
+from .. import publish, schemas
+from ..config import Config
+from ..errors import ConfigError, InputError
+from ..partfiles import PartWriter
+from ..progress import Progress, StageWatcher
+from ..publish import OutputSet
+from ..runinfo import library_versions, new_run_id
+from .common import job_main
+
+log = logging.getLogger(__name__)
+
+REQUIRED = ("output.embeddings", "output.neighbours")
+# Queries per partition when neighbours.partitions is 0 (auto): tasks short enough for progress
+# and retries, files of a few MB.
+QUERIES_PER_PARTITION = 20_000
+
+
+def _analysis_error():
+    from pyspark.errors import AnalysisException
+
+    return AnalysisException
+
+
+def read_embeddings(spark, path: str):
+    try:
+        table = spark.read.parquet(path)
+    except _analysis_error() as exc:
+        raise InputError(f"cannot read the embeddings table at {path} (run the embed job first?): "
+                         f"{str(exc).splitlines()[0]}") from None
+    missing = [c for c in ("item_id", "model", "pooling", "weights", "dim", "embedding") if c not in table.columns]
+    if missing:
+        raise InputError(f"{path} is not an embeddings table: it has no column {', '.join(missing)} "
+                         f"(it has {', '.join(table.columns)})")
+    return table
+
+
+def read_candidates(spark, candidates):
+    """neighbours.candidates as a DataFrame of item_id, or None (every item may be recommended)."""
+    if candidates is None:
+        return None
+    if isinstance(candidates, list):
+        if not candidates:
+            raise ConfigError("config key 'neighbours.candidates' is an empty list; use null to allow every item")
+        return spark.createDataFrame([(str(c),) for c in candidates], "item_id string")
+    lowered = candidates.lower()
+    try:
+        if lowered.endswith((".csv", ".csv.gz", ".txt")):
+            table = spark.read.option("header", True).csv(candidates)
+        else:
+            table = spark.read.parquet(candidates)
+    except _analysis_error() as exc:
+        raise ConfigError(f"config key 'neighbours.candidates': cannot read {candidates} as a "
+                          f"{'CSV' if '.csv' in lowered else 'Parquet'} table: {str(exc).splitlines()[0]}") from None
+    if "item_id" not in table.columns:
+        raise ConfigError(f"config key 'neighbours.candidates': {candidates} has no item_id column "
+                          f"(it has {', '.join(table.columns)})")
+    return table.select("item_id")
+
+
+def run(spark, cfg: Config) -> dict:
+    from pyspark import StorageLevel
+
+    started = time.perf_counter()
+    run_id = new_run_id()
+    settings = cfg.neighbours
+    source = publish.resolve(cfg.output.embeddings, cfg.s3)
+    embeddings = read_embeddings(spark, source)
+    candidate_ids = read_candidates(spark, settings.candidates)
+    # Parquet footers give the row count without reading the vectors.
+    partitions = settings.partitions or max(2 * spark.sparkContext.defaultParallelism,
+                                            math.ceil(embeddings.count() / QUERIES_PER_PARTITION))
+    ordered = nb.ordered_items(embeddings, partitions, candidate_ids).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        summary = _run(spark, cfg, run_id, ordered, candidate_ids, partitions, started)
+    finally:
+        ordered.unpersist()
+    print(json.dumps(summary, sort_keys=True, default=str))
+    return summary
+
+
+def _run(spark, cfg: Config, run_id: str, ordered, candidate_ids, partitions: int, started: float) -> dict:
+    from pyspark.sql import functions as F
+
+    settings = cfg.neighbours
+    mark = time.perf_counter()
+    seen = nb.inspect(ordered)
+    phases = {"read_order_normalise": time.perf_counter() - mark}
+    kinds = seen["kinds"]
+    total = sum(g["rows"] for g in kinds)
+    if not total:
+        raise InputError(f"the embeddings table {cfg.output.embeddings} has no rows")
+    if seen["duplicates"]:
+        raise InputError(
+            f"the embeddings table {cfg.output.embeddings} has {seen['duplicates']} duplicate item ids, e.g. "
+            f"{', '.join(map(repr, seen['duplicate_sample']))}; re-run the embed job")
+    kind = nb.check_comparable(kinds, cfg.output.embeddings)
+    valid = sum(g["valid"] for g in kinds)
+    invalid = total - valid
+    if invalid:
+        log.warning("%d of %d embeddings are left out (zero norm or non-finite values), e.g. %s",
+                    invalid, total, ", ".join(seen["invalid_sample"]))
+    if not valid:
+        raise InputError(f"the embeddings table {cfg.output.embeddings} has no usable vector: all {total} "
+                         f"have zero norm or non-finite values (e.g. {', '.join(seen['invalid_sample'])})")
+    dim = kind["length"]
+    if str(kind["weights"]).startswith("random-init"):
+        log.warning("the embeddings come from random-init weights (%s): these neighbours are not real "
+                    "recommendations", kind["weights"])
+
+    n_candidates = sum(g["candidates"] for g in kinds)
+    unknown, unknown_sample = 0, []
+    if candidate_ids is not None:
+        wanted = candidate_ids.select(F.col("item_id").cast("string")).distinct()
+        unknown = wanted.count() - n_candidates
+        if unknown:
+            usable = ordered.filter("valid AND is_candidate").select("item_id")
+            unknown_sample = [r.item_id for r in wanted.join(usable, "item_id", "left_anti").limit(nb.SAMPLE_IDS).collect()]
+            log.warning("%d ids in neighbours.candidates have no usable embedding and cannot be "
+                        "recommended, e.g. %s", unknown, ", ".join(map(str, unknown_sample)))
+        if not n_candidates:
+            raise InputError(f"neighbours.candidates matches no item with a usable embedding in "
+                             f"{cfg.output.embeddings}; nothing could be recommended")
+    summary = {
+        "job": "neighbours", "run_id": run_id, "ok": True,
+        "items": total, "queries": valid, "invalid": invalid, "invalid_sample": seen["invalid_sample"],
+        "candidates": n_candidates, "candidates_unknown": unknown, "candidates_unknown_sample": unknown_sample,
+        "model": kind["model"], "weights": kind["weights"], "pooling": kind["pooling"], "dim": dim,
+        "embeddings": cfg.output.embeddings, "embeddings_version": source_version(cfg),
+        "neighbours": cfg.output.neighbours, "phase_seconds": phases,
+    }
+    _score_and_write(spark, cfg, ordered, summary, partitions, started)
+    log.info("neighbours done: %d queries x %d candidates in %d chunk(s), k=%d: %d rows, %d items "
+             "without neighbours, %d invalid left out, %.1fs (%.0f queries/s) -> %s",
+             valid, n_candidates, summary["chunks"], settings.k, summary["rows"],
+             summary["items_without_neighbours"], invalid, summary["seconds"], summary["queries_per_second"],
+             cfg.output.neighbours)
+    return summary
+
+
+def source_version(cfg: Config) -> Optional[str]:
+    try:
+        return publish.current_version(cfg.output.embeddings, cfg.s3)
+    except Exception:  # only informational
+        return None
+
+
+def _score_and_write(spark, cfg: Config, ordered, summary: dict, partitions: int, started: float) -> None:
+    """Score every chunk, write the table into a new version, and publish it with ``summary``
+    (completed here with the counts and times)."""
+    from pyspark import StorageLevel
+
+    settings = cfg.neighbours
+    run_id, dim = summary["run_id"], summary["dim"]
+    n_queries, n_candidates = summary["queries"], summary["candidates"]
+    chunk_rows = nb.rows_per_chunk(settings.broadcast_max_mb, dim)
+    n_chunks = math.ceil(n_candidates / chunk_rows)
+    log.info("%d queries, %d candidates of dim %d in %d chunk(s) of up to %d rows (%.1f MB), %d partitions, "
+             "blocks of %d queries", n_queries, n_candidates, dim, n_chunks, chunk_rows,
+             min(chunk_rows, n_candidates) * (4 * dim + nb.ID_BYTES) / 2 ** 20, partitions, settings.block_rows)
+    sc = spark.sparkContext
+    phases = summary["phase_seconds"]
+    phases.update(collect_broadcast=0.0, score=0.0)
+    broadcasts, partials = [], []
+    with OutputSet(spark, {"neighbours": cfg.output.neighbours}, run_id, cfg.output.force_unlock, s3=cfg.s3) as out:
+        staging = out.staging("neighbours")
+        try:
+            chunks = nb.candidate_chunks(ordered, n_candidates, chunk_rows, dim)
+            queries = nb.queries(ordered)
+            for number in range(1, n_chunks + 1):
+                mark = time.perf_counter()
+                chunk = next(chunks)
+                chunk_bc = sc.broadcast(chunk)
+                broadcasts.append(chunk_bc)
+                phases["collect_broadcast"] += time.perf_counter() - mark
+                mark = time.perf_counter()
+                log.info("chunk %d/%d: candidates %d..%d (%s .. %s), %.1f MB broadcast", number, n_chunks,
+                         chunk.offset, chunk.offset + len(chunk.ids) - 1, chunk.ids[0], chunk.ids[-1],
+                         chunk.nbytes / 2 ** 20)
+                del chunk
+                if n_chunks == 1:
+                    # Already in the output's partitioning and order: rank and write in the same tasks.
+                    written = _collect(spark, run_id, "neighbours", n_queries, nb.score_and_write(
+                        queries, chunk_bc, settings.k, settings.block_rows, settings.min_score, dim,
+                        staging, cfg.s3, settings.row_group_rows))
+                else:
+                    scored = nb.score(queries, chunk_bc, settings.k, settings.block_rows, settings.min_score, dim)
+                    scored = scored.persist(StorageLevel.MEMORY_AND_DISK)
+                    _collect(spark, run_id, f"neighbours chunk {number}/{n_chunks}", n_queries,
+                             scored.groupBy().count())
+                    partials.append(scored)
+                    chunk_bc.unpersist()  # executors drop it; the driver keeps it for recomputation
+                phases["score"] += time.perf_counter() - mark
+            if next(chunks, None) is not None:
+                raise RuntimeError(f"more candidates than the {n_candidates} counted; was the table changed?")
+            if partials:
+                mark = time.perf_counter()
+                merged = partials[0]
+                for other in partials[1:]:
+                    merged = merged.union(other)
+                merged = merged.repartitionByRange(partitions, "item_id").sortWithinPartitions("item_id")
+                written = _collect(spark, run_id, "neighbours merge", n_queries,
+                                   nb.write_ranked(merged, staging, settings.k, cfg.s3, settings.row_group_rows))
+                phases["merge"] = time.perf_counter() - mark
+            rows = sum(w["rows"] for w in written)
+            if not written:
+                # No item has a neighbour (e.g. min_score above every score): still a readable table.
+                writer = PartWriter(staging, "part-00000.parquet", schemas.arrow_schema(schemas.NEIGHBOURS), cfg.s3)
+                writer.close()
+            items_with = sum(w["items"] for w in written)
+            seconds = time.perf_counter() - started
+            summary.update({
+                "k": settings.k, "min_score": settings.min_score,
+                "candidates_filter": settings.candidates if isinstance(settings.candidates, str) else
+                (None if settings.candidates is None else f"{len(settings.candidates)} ids"),
+                "chunks": n_chunks, "chunk_rows": chunk_rows, "partitions": partitions,
+                "block_rows": settings.block_rows, "rows": rows, "files": len(written),
+                "row_groups": sum(w["row_groups"] for w in written),
+                "items_with_neighbours": items_with, "items_without_neighbours": n_queries - items_with,
+                "seconds": round(seconds, 2), "queries_per_second": round(n_queries / seconds, 1),
+                "config_fingerprint": {"neighbours": cfg.fingerprint("neighbours")},
+                "versions": library_versions(),
+            })
+            summary["phase_seconds"] = {name: round(value, 2) for name, value in phases.items()}
+            out.commit({"neighbours": summary})
+        finally:
+            for part in partials:
+                part.unpersist()
+            for chunk_bc in broadcasts:
+                chunk_bc.destroy()
+
+
+def _collect(spark, run_id: str, stage: str, n_queries: int, frame) -> list[dict]:
+    """Run ``frame`` under a progress watcher (tasks done -> share of queries done)."""
+    progress = Progress(log, stage, n_queries, "queries")
+    group = f"lookalike-neighbours-{run_id}-{stage.replace(' ', '-').replace('/', 'of')}"
+    with StageWatcher(spark, group, progress,
+                      lambda done, total: min(n_queries, int(n_queries * done / max(total, 1)))):
+        rows = [row.asDict() for row in frame.collect()]
+    progress.update(n_queries, force=True)
+    return rows
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    return job_main(argv, run, "Exact cosine top-k neighbours of every item in the embeddings table.", REQUIRED)

@@ -1,0 +1,31 @@
+"""Pipeline job: embed, then neighbours, in one Spark application (one session, one config)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Optional
+
+from ..config import Config
+from . import embed, neighbours
+from .common import job_main
+
+log = logging.getLogger(__name__)
+
+REQUIRED = tuple(dict.fromkeys(embed.REQUIRED + neighbours.REQUIRED))
+
+
+def run(spark, cfg: Config) -> dict:
+    embedded = embed.run(spark, cfg)
+    ranked = neighbours.run(spark, cfg)
+    summary = {"job": "pipeline", "ok": bool(embedded.get("ok", True) and ranked.get("ok", True)),
+               "embed": embedded, "neighbours": ranked}
+    log.info("pipeline done: %d images embedded, %d errors, neighbours written to %s",
+             embedded.get("embedded", 0), embedded.get("errors", 0), cfg.output.neighbours)
+    print(json.dumps({"job": "pipeline", "ok": summary["ok"], "embed_run_id": embedded.get("run_id"),
+                      "neighbours_run_id": ranked.get("run_id")}, sort_keys=True))
+    return summary
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    return job_main(argv, run, "Embed every image, then compute every item's top-k neighbours.", REQUIRED)

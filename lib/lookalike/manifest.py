@@ -1,0 +1,391 @@
+"""input.manifest: the keys to embed, read from a table by the executors instead of listed.
+
+Listing 100M keys 1,000 at a time on the driver takes hours. An S3 Inventory report, or any table
+of keys, is split into data files; each Spark task reads one of them, so the read scales with the
+cluster. Rows become the same (item_id, uri, source_version, source_bytes) items as listing gives:
+keys outside input.uri are skipped, input.pattern and input.id_regex apply, ids come from
+:func:`storage.item_id_for`, and ETags become source_version, which incremental runs compare.
+
+What input.manifest may name:
+
+- an S3 Inventory ``manifest.json``: its fileFormat (CSV, Parquet or ORC), fileSchema and data
+  files are used; the keys of CSV reports are URL-encoded and are decoded here;
+- a Parquet, ORC or CSV (optionally gzipped) file, or a directory or prefix of them. CSV files
+  either have a header row that names input.manifest_key_column, or no header, with the columns
+  named by input.manifest_schema (S3 Inventory / S3 Batch Operations style: URL-encoded keys).
+
+Columns, matched case-insensitively and ignoring '_': the key column (input.manifest_key_column),
+and optionally bucket, size, etag (or e_tag), is_latest and is_delete_marker. A bucket column
+makes keys bucket keys; without one, keys are bucket keys of input.uri's bucket for s3:// inputs
+and paths relative to input.uri otherwise; a key that is a full URI is taken as it is.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import re
+import zlib
+from dataclasses import dataclass
+from typing import Iterator, Optional
+from urllib.parse import unquote_plus
+
+import pandas as pd
+
+from . import schemas, storage
+from .config import InputConfig, S3Config
+from .embed import ITEMS
+from .errors import DuplicateItemIdError, InputError
+
+log = logging.getLogger(__name__)
+
+# A manifest data file is read whole by one task; S3 Inventory writes files far below this.
+MAX_FILE_BYTES = 16 * 1024**3
+FORMATS = {".parquet": "parquet", ".pq": "parquet", ".orc": "orc", ".csv": "csv", ".csv.gz": "csv",
+           ".gz": "csv", ".tsv": "csv"}
+# What each task returns: the items plus the relative key (for duplicate messages) and a problem
+# text for a data file that cannot be read (reported on the driver as one clear error).
+ROWS = [c._replace(nullable=True) for c in ITEMS] + [
+    schemas.Column("key", "string", True, ""), schemas.Column("problem", "string", True, "")]
+
+
+@dataclass(frozen=True)
+class DataFile:
+    uri: str
+    format: str  # parquet | orc | csv
+    # CSV only: the column names of a file without a header row (None: the file has a header).
+    columns: Optional[tuple[str, ...]] = None
+    # CSV only: keys are URL-encoded (S3 Inventory, S3 Batch Operations).
+    encoded_keys: bool = False
+
+
+def _norm(name: str) -> str:
+    return name.strip().lower().replace("_", "").replace("-", "")
+
+
+def format_of(uri: str) -> Optional[str]:
+    lowered = uri.lower()
+    for suffix in sorted(FORMATS, key=len, reverse=True):
+        if lowered.endswith(suffix):
+            return FORMATS[suffix]
+    return None
+
+
+def _head_bytes(uri: str, s3: S3Config, size: int = 65536) -> bytes:
+    """The first ``size`` bytes of a file, without reading the rest."""
+    if storage.is_s3(uri):
+        bucket, key = storage.split_s3(uri)
+        return storage.s3_client(s3).get_object(Bucket=bucket, Key=key, Range=f"bytes=0-{size - 1}")["Body"].read()
+    if storage.is_hadoop(uri):
+        from pyarrow import fs as pafs
+
+        filesystem, path = pafs.FileSystem.from_uri(uri)
+        with filesystem.open_input_stream(path) as stream:
+            return stream.read(size)
+    with open(storage.local_path(uri), "rb") as handle:
+        return handle.read(size)
+
+
+def _gunzip_if_needed(data: bytes, partial: bool = False) -> bytes:
+    if data[:2] != b"\x1f\x8b":
+        return data
+    decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    out = decompressor.decompress(data)
+    return out if partial else out + decompressor.flush()
+
+
+def _first_csv_row(uri: str, s3: S3Config) -> list[str]:
+    text = _gunzip_if_needed(_head_bytes(uri, s3), partial=True).decode("utf-8", errors="replace")
+    return next(csv.reader(io.StringIO(text.splitlines()[0] if text else "")), [])
+
+
+def _list_files(uri: str, s3: S3Config) -> list[str]:
+    """The data files at ``uri``: the file itself, or the files under a directory or prefix, minus
+    Spark's and Hadoop's bookkeeping files (_SUCCESS, .crc) and S3 Inventory's manifest files."""
+    if storage.is_s3(uri):
+        bucket, key = storage.split_s3(uri)
+        base = key.rstrip("/")
+        client = storage.s3_client(s3)
+        found = []
+        try:
+            for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=base):
+                for obj in page.get("Contents", []):
+                    if obj["Key"] == key or obj["Key"].startswith(base + "/"):
+                        found.append(f"s3://{bucket}/{obj['Key']}")
+        except Exception as exc:
+            raise InputError(f"input.manifest {uri}: cannot list it: {storage.redact(str(exc))}") from None
+    elif storage.is_hadoop(uri):
+        found = [o.uri for o in storage.iter_objects(uri, InputConfig(uri=uri), s3)]
+    else:
+        if not os.path.exists(storage.local_path(storage.normalise_uri(uri))):
+            raise InputError(f"input.manifest {uri}: no such file or directory")
+        found = [o.uri for o in storage.iter_objects(uri, InputConfig(uri=uri), s3)]
+    names = lambda u: u.rstrip("/").rsplit("/", 1)[-1]  # noqa: E731
+    return sorted(u for u in found if not names(u).startswith(("_", ".")) and not u.endswith("/")
+                  and names(u) not in ("manifest.json", "manifest.checksum", "symlink.txt"))
+
+
+def _from_inventory_manifest(uri: str, s3: S3Config) -> list[DataFile]:
+    try:
+        manifest = json.loads(storage.fetch(uri, s3, 64 * 1024**2))
+    except storage.FetchError as exc:
+        raise InputError(f"input.manifest {uri}: {exc.message}") from None
+    except ValueError as exc:
+        raise InputError(f"input.manifest {uri}: not a valid S3 Inventory manifest.json ({exc})") from None
+    fmt = str(manifest.get("fileFormat", "")).lower()
+    if fmt not in ("csv", "parquet", "orc") or not manifest.get("files"):
+        raise InputError(f"input.manifest {uri}: expected an S3 Inventory manifest.json with fileFormat "
+                         f"CSV, Parquet or ORC and a list of files; got fileFormat={manifest.get('fileFormat')!r}")
+    destination = str(manifest.get("destinationBucket", "")).split(":::")[-1]
+    if not destination:
+        raise InputError(f"input.manifest {uri}: destinationBucket is missing")
+    columns = None
+    if fmt == "csv":
+        columns = tuple(c.strip() for c in str(manifest.get("fileSchema", "")).split(",") if c.strip())
+    return [DataFile(f"s3://{destination}/{f['key']}", fmt, columns, encoded_keys=fmt == "csv")
+            for f in manifest["files"]]
+
+
+def data_files(cfg: InputConfig, s3: S3Config) -> list[DataFile]:
+    """Decide, on the driver, which files to read and how; fail here on anything unclear."""
+    uri = cfg.manifest
+    if uri.rstrip("/").endswith("manifest.json"):
+        files = _from_inventory_manifest(uri, s3)
+    else:
+        found = _list_files(uri, s3)
+        if not found:
+            raise InputError(f"input.manifest {uri}: no such file, or no data files under it")
+        unknown = [u for u in found if format_of(u) is None]
+        if unknown:
+            raise InputError(f"input.manifest: cannot tell the format of {unknown[0]} from its name; "
+                             f"manifest files end in .parquet, .orc, .csv or .csv.gz")
+        files = [DataFile(u, format_of(u)) for u in found]
+        csvs = [f for f in files if f.format == "csv"]
+        if csvs:
+            columns = _csv_columns(cfg, csvs[0].uri, s3)
+            files = [DataFile(f.uri, f.format, columns, encoded_keys=columns is not None) if f.format == "csv" else f
+                     for f in files]
+    key = _norm(cfg.manifest_key_column)
+    for f in files:
+        if f.columns is not None and key not in map(_norm, f.columns):
+            raise InputError(f"input.manifest: the columns of {f.uri} are {', '.join(f.columns)}: none is "
+                             f"input.manifest_key_column={cfg.manifest_key_column!r}")
+    return files
+
+
+def _csv_columns(cfg: InputConfig, first: str, s3: S3Config) -> Optional[tuple[str, ...]]:
+    """None when CSV files have a header row naming the key column, else their column names."""
+    if cfg.manifest_schema:
+        return tuple(c.strip() for c in cfg.manifest_schema.split(",") if c.strip())
+    row = _first_csv_row(first, s3)
+    if _norm(cfg.manifest_key_column) in map(_norm, row):
+        return None
+    if len(row) == 2:
+        return ("Bucket", "Key")
+    raise InputError(
+        f"input.manifest: {first} has no header row naming input.manifest_key_column="
+        f"{cfg.manifest_key_column!r} and {len(row)} columns; point input.manifest at the S3 Inventory "
+        f"manifest.json, or name the columns with input.manifest_schema, e.g. \"Bucket, Key, Size, ETag\""
+    )
+
+
+# --- on the executors ---------------------------------------------------------------------------
+
+def _tables(data: bytes, spec: DataFile):
+    """The data file as Arrow record batches with string key/bucket/etag columns."""
+    import pyarrow as pa
+
+    if spec.format == "parquet":
+        import pyarrow.parquet as pq
+
+        reader = pq.ParquetFile(pa.BufferReader(data))
+        for group in range(reader.num_row_groups):
+            yield reader.read_row_group(group)
+    elif spec.format == "orc":
+        import pyarrow.orc as orc
+
+        reader = orc.ORCFile(pa.BufferReader(data))
+        for stripe in range(reader.nstripes):
+            yield pa.Table.from_batches([reader.read_stripe(stripe)])
+    else:
+        import pyarrow.csv as pacsv
+
+        text = _gunzip_if_needed(data)
+        names = list(spec.columns) if spec.columns is not None else None
+        read = pacsv.ReadOptions(column_names=names, use_threads=False, block_size=8 << 20)
+        header = names or next(csv.reader(io.StringIO(text[:65536].decode("utf-8", "replace").split("\n", 1)[0])))
+        # Strings throughout: a key such as 007 must stay "007".
+        convert = pacsv.ConvertOptions(column_types={c: pa.string() for c in header}, strings_can_be_null=False)
+        for batch in pacsv.open_csv(pa.BufferReader(text), read_options=read, convert_options=convert):
+            yield pa.Table.from_batches([batch])
+
+
+class _Resolver:
+    """Turns manifest rows into the items listing would have produced for input.uri."""
+
+    def __init__(self, cfg: InputConfig):
+        self.cfg = cfg
+        self.regex = re.compile(cfg.id_regex) if cfg.id_regex else None
+        root = cfg.uri
+        if storage.is_s3(root):
+            self.kind = "s3"
+            self.bucket, prefix = storage.split_s3(root)
+            self.prefix = prefix if not prefix or prefix.endswith("/") else prefix + "/"
+        elif storage.is_hadoop(root):
+            self.kind = "hadoop"
+            self.base = root.rstrip("/")
+        else:
+            self.kind = "local"
+            self.base = storage.local_path(storage.normalise_uri(root)).rstrip("/")
+
+    def locate(self, bucket: Optional[str], key: str) -> Optional[tuple[str, str]]:
+        """(uri, key relative to input.uri), or None when the object is outside input.uri."""
+        if self.kind == "s3":
+            if bucket is None and storage.is_s3(key):
+                bucket, key = storage.split_s3(key)
+            bucket = bucket if bucket is not None else self.bucket
+            if bucket != self.bucket or not key.startswith(self.prefix):
+                return None
+            return f"s3://{bucket}/{key}", key[len(self.prefix):]
+        if self.kind == "hadoop":
+            full = key if "://" in key else f"{self.base}/{key}"
+            if not full.startswith(self.base + "/"):
+                return None
+            rel = full[len(self.base) + 1:]
+            return f"{self.base}/{rel}", rel
+        path = storage.local_path(key) if key.startswith("file://") else key
+        path = path if path.startswith("/") else f"{self.base}/{path}"
+        if bucket is not None or not path.startswith(self.base + "/"):
+            return None
+        return storage.file_uri(path), path[len(self.base) + 1:]
+
+
+def _column(table, wanted: set[str]):
+    for name in table.column_names:
+        if _norm(name) in wanted:
+            return table.column(name).to_pylist()
+    return None
+
+
+def _truthy(value) -> bool:
+    return value is True or (isinstance(value, str) and value.strip().lower() == "true")
+
+
+def read_file(spec: DataFile, cfg: InputConfig, s3: S3Config, skipped: Optional[dict] = None) -> Iterator[pd.DataFrame]:
+    """One manifest data file -> frames of ROWS. Never raises for a bad file: it becomes one row
+    whose ``problem`` says what is wrong, which the driver turns into one clear error."""
+    resolver = _Resolver(cfg)
+    key_name = _norm(cfg.manifest_key_column)
+    counts = {"outside_uri": 0, "pattern": 0, "no_id": 0, "folder": 0, "not_current": 0}
+    try:
+        data = storage.fetch(spec.uri, s3, MAX_FILE_BYTES)
+        for table in _tables(data, spec):
+            keys = _column(table, {key_name})
+            if keys is None:
+                raise ValueError(f"no column {cfg.manifest_key_column!r} (input.manifest_key_column); "
+                                 f"columns: {', '.join(table.column_names)}")
+            buckets = _column(table, {"bucket"})
+            sizes = _column(table, {"size"})
+            etags = _column(table, {"etag"})
+            latest = _column(table, {"islatest"})
+            deleted = _column(table, {"isdeletemarker"})
+            out = {c: [] for c in schemas.names(ROWS)}
+            for i, key in enumerate(keys):
+                if key is None or key == "":
+                    continue
+                if (latest is not None and not _truthy(latest[i])) or (deleted is not None and _truthy(deleted[i])):
+                    counts["not_current"] += 1
+                    continue
+                if spec.encoded_keys:
+                    key = unquote_plus(key)
+                if key.endswith("/"):
+                    counts["folder"] += 1
+                    continue
+                located = resolver.locate(buckets[i] if buckets is not None else None, key)
+                if located is None:
+                    counts["outside_uri"] += 1
+                    continue
+                uri, rel = located
+                if not storage._name_matches(rel.rsplit("/", 1)[-1], cfg.pattern):
+                    counts["pattern"] += 1
+                    continue
+                item_id = storage.item_id_for(rel, resolver.regex)
+                if not item_id:
+                    counts["no_id"] += 1
+                    continue
+                size = sizes[i] if sizes is not None else None
+                etag = etags[i] if etags is not None else None
+                out["item_id"].append(item_id)
+                out["uri"].append(uri)
+                out["source_version"].append((str(etag).strip('"') or None) if etag is not None else None)
+                out["source_bytes"].append(int(size) if size not in (None, "") else None)
+                out["key"].append(rel)
+                out["problem"].append(None)
+            frame = pd.DataFrame(out, columns=schemas.names(ROWS))
+            frame["source_bytes"] = frame["source_bytes"].astype("Int64")
+            yield frame
+    except Exception as exc:  # one clear message on the driver instead of a retried task failure
+        text = exc.message if isinstance(exc, storage.FetchError) else f"{type(exc).__name__}: {exc}"
+        yield pd.DataFrame({"item_id": [None], "uri": [spec.uri], "source_version": [None],
+                            "source_bytes": pd.array([None], dtype="Int64"), "key": [None],
+                            "problem": [f"{spec.uri}: {storage.redact(text)}"]})
+    if skipped is not None:
+        for name, value in counts.items():
+            if value:
+                skipped[name].add(value)
+
+
+def read_manifest(spark, cfg: InputConfig, s3: Optional[S3Config] = None):
+    """The items named by input.manifest as a DataFrame with the columns of ``embed.ITEMS``, one
+    partition per manifest data file. Raises InputError for an unreadable manifest and
+    DuplicateItemIdError (naming both keys) when two keys give one item id; a key listed twice
+    (overlapping reports) is kept once."""
+    from pyspark.sql import functions as F
+
+    s3 = s3 or S3Config()
+    files = data_files(cfg, s3)
+    sc = spark.sparkContext
+    skipped = {name: sc.accumulator(0) for name in ("outside_uri", "pattern", "no_id", "folder", "not_current")}
+
+    def read_files(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        for frame in frames:
+            for text in frame["spec"]:
+                yield from read_file(DataFile(**json.loads(text)), cfg, s3, skipped)
+
+    specs = [json.dumps({"uri": f.uri, "format": f.format, "columns": f.columns, "encoded_keys": f.encoded_keys})
+             for f in files]
+    rows = (spark.createDataFrame(pd.DataFrame({"spec": specs}))
+            .repartition(len(specs))
+            .mapInPandas(read_files, schema=schemas.spark_schema(ROWS)))
+
+    # One pass over the files answers everything: unreadable files (rows with a problem and no
+    # item id), ids that come from two different keys, keys listed more than once.
+    found = F.col("item_id").isNotNull()
+    per_id = rows.groupBy("item_id").agg(
+        F.count(F.lit(1)).alias("rows"), F.min("key").alias("first"), F.max("key").alias("second"),
+        F.min("problem").alias("problem"))
+    check = per_id.agg(
+        F.count(F.when(found, 1)).alias("items"),
+        F.max(F.when(found, F.col("rows"))).alias("most"),
+        F.max(F.when(F.col("first") != F.col("second"), F.struct("item_id", "first", "second"))).alias("conflict"),
+        F.min("problem").alias("problem"),
+    ).collect()[0]
+    if check["problem"]:
+        raise InputError(f"input.manifest: cannot read {check['problem']}")
+    if check["conflict"] is not None:
+        item_id, first, second = check["conflict"]
+        raise DuplicateItemIdError(
+            f"item id {item_id!r} comes from two keys: {first!r} and {second!r} (input.manifest). "
+            f"Remove one, or set input.id_regex so that ids are unique."
+        )
+    dropped = {name: acc.value for name, acc in skipped.items() if acc.value}
+    log.info("manifest %s: %d data file(s), %d items%s", cfg.manifest, len(files), check["items"] or 0,
+             f"; skipped rows: {dropped}" if dropped else "")
+    items = rows.filter(F.col("problem").isNull())
+    if (check["most"] or 0) > 1:
+        log.warning("input.manifest lists some keys more than once (overlapping reports?); each is embedded once")
+        items = items.dropDuplicates(["item_id"])
+    return items.select(*schemas.names(ITEMS))

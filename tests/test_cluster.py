@@ -1,0 +1,220 @@
+"""The jobs on a real Spark standalone cluster: a master and two workers on 127.0.0.1 started by
+scripts/cluster.sh (separate JVMs, separate executors and Python workers, so nothing can lean on
+driver-side state), executors running Python only from the venv-pack archive that
+`./spark-submit.sh --package-env` builds.
+
+Slow by nature. The archive holds TensorFlow: the first build in a checkout makes a virtualenv
+(~2 min from the pip cache), later runs only rebuild the wheel and repack (~1 min) when lib/
+changed; it is kept in build/test-env/. Each Spark application then unpacks it once per executor.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from lookalike.config import load_config
+from lookalike.jobs import envcheck
+
+from conftest import ROOT, SAMPLE_DIR, free_port, run_script
+
+# The job the cluster test runs end to end; "pipeline" once that job is complete: every table it
+# writes (embeddings, and neighbours when there) is compared with the local run.
+JOB = "embed"
+IMAGES = 12
+COMPAT = bool(os.environ.get("LOOKALIKE_COMPAT"))
+
+
+def _timed(label: str, started: float) -> None:
+    print(f"[test_cluster] {label}: {time.monotonic() - started:.0f}s", file=sys.stderr)
+
+
+@pytest.fixture(scope="module")
+def env_archive() -> Path:
+    """The executors' environment, built the way users build it, once per lib/ and pins."""
+    name = "compat" if COMPAT else "main"
+    out = ROOT / "build" / "test-env" / f"lookalike-env-{name}.tar.gz"
+    started = time.monotonic()
+    result = run_script([
+        "./spark-submit.sh", "--package-env", "--output", str(out), "--work", str(out.parent / name),
+        "--python", getattr(sys, "_base_executable", sys.executable), "--compress-level", "1",
+        "--constraints", "constraints-compat.txt" if COMPAT else "constraints.txt",
+    ], timeout=1500)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    _timed(f"--package-env ({out.stat().st_size >> 20} MB archive)", started)
+    return out
+
+
+def _clean_env() -> dict:
+    """The cluster's daemons get no trace of this checkout's Python: executors must use the archive."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYSPARK_PYTHON", "PYSPARK_DRIVER_PYTHON", "VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME")}
+    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep)
+                                  if not p.startswith(str(ROOT)) and os.path.dirname(sys.executable) != p)
+    env["LOOKALIKE_PYTHON"] = os.environ.get("LOOKALIKE_PYTHON", str(ROOT / ".venv" / "bin" / "python"))
+    return env
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """A master and two 1-core workers on free loopback ports (never `make cluster-up`'s 7077/8080)."""
+    directory = tmp_path_factory.mktemp("cluster")
+    port, ui = free_port(), free_port()
+    args = ["--dir", str(directory), "--master-port", str(port), "--ui-port", str(ui), "--worker-ui-port", "0",
+            "--workers", "2", "--cores", "1", "--memory", "1g"]
+    started = time.monotonic()
+    up = subprocess.run([str(ROOT / "scripts" / "cluster.sh"), "up", *args], cwd=ROOT, env=_clean_env(),
+                        capture_output=True, text=True, timeout=300)
+    assert up.returncode == 0, up.stdout + up.stderr
+    _timed("cluster up", started)
+    info = {"master": f"spark://127.0.0.1:{port}", "ui": ui, "dir": directory, "args": args}
+    try:
+        yield info
+    finally:
+        subprocess.run([str(ROOT / "scripts" / "cluster.sh"), "down", *args], cwd=ROOT, capture_output=True, timeout=120)
+
+
+def _listening_addresses(pid: int) -> set[str]:
+    """The local addresses a process listens on, from /proc (no ss/netstat needed)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    addresses = set()
+    for table, width in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                raw = fields[1].split(":")[0]
+                if width == 8:
+                    addresses.add(".".join(str(int(raw[i:i + 2], 16)) for i in (6, 4, 2, 0)))
+                else:
+                    words = [raw[i:i + 8] for i in range(0, 32, 8)]
+                    if words[:2] == ["00000000", "00000000"] and words[2] == "FFFF0000":
+                        addresses.add(".".join(str(int(words[3][i:i + 2], 16)) for i in (6, 4, 2, 0)))
+                    else:
+                        addresses.add("::" if raw == "0" * 32 else raw)
+    return addresses
+
+
+def test_cluster_has_two_workers_and_listens_on_loopback_only(cluster):
+    with urllib.request.urlopen(f"http://127.0.0.1:{cluster['ui']}/json/", timeout=5) as response:
+        state = json.load(response)
+    alive = [w for w in state["workers"] if w["state"] == "ALIVE"]
+    assert len(alive) == 2 and all(w["host"] == "127.0.0.1" and w["cores"] == 1 for w in alive)
+    assert state["url"] == cluster["master"]
+    for pidfile in sorted(cluster["dir"].glob("*.pid")):
+        addresses = _listening_addresses(int(pidfile.read_text()))
+        assert addresses and addresses <= {"127.0.0.1"}, f"{pidfile.stem} listens on {addresses}"
+
+
+def _summary(stdout: str) -> dict:
+    return json.loads([line for line in stdout.splitlines() if line.startswith("{")][-1])
+
+
+def test_executors_run_only_the_archives_python_and_this_code(cluster, env_archive, tmp_path):
+    started = time.monotonic()
+    # Start only once both executors are there, so that both get tasks to report from.
+    result = run_script(["./spark-submit.sh", "envcheck", "--master", cluster["master"], "--env", str(env_archive),
+                         "--conf", "spark.executor.memory=512m", "--conf", "spark.scheduler.minRegisteredResourcesRatio=1",
+                         "--conf", "spark.scheduler.maxRegisteredResourcesWaitingTime=600s"], timeout=900)
+    _timed("envcheck on the cluster", started)
+    assert result.returncode == 0, result.stderr[-4000:]
+    summary = _summary(result.stdout)
+    executors = summary["executors"]
+    # Two executors (one per worker), each in its own working directory under its worker's.
+    assert {Path(e["cwd"]).parent.parent.name for e in executors} == {"worker-1", "worker-2"}
+    for info in executors:
+        environment = Path(info["cwd"]) / "environment"
+        assert Path(info["executable"]) == environment / "bin" / "python"
+        assert Path(info["prefix"]) == environment
+        assert Path(info["lookalike_file"]).is_relative_to(environment / "lib")  # the wheel, not lib/
+        assert info["code"] == summary["driver"]["code"]  # built from this checkout
+    assert summary["driver"]["executable"] != executors[0]["executable"]
+
+
+def _write_config(tmp_path: Path) -> Path:
+    images = tmp_path / "images"
+    for path in sorted(SAMPLE_DIR.rglob("*.jpg"))[:IMAGES]:
+        target = images / path.parent.name / path.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+    config = tmp_path / "cluster.yaml"
+    config.write_text(f"""
+spark: {{master: "local[2]", conf: {{spark.sql.shuffle.partitions: 4}}}}
+input: {{uri: "{images}", partition_size: 3}}
+model: {{weights: none, seed: 5, batch_size: 4}}
+neighbours: {{k: 3}}
+output: {{embeddings: "{tmp_path}/local/embeddings", errors: "{tmp_path}/local/errors", neighbours: "{tmp_path}/local/neighbours"}}
+""")
+    return config
+
+
+def test_job_on_the_cluster_equals_the_local_run_random_init_weights(cluster, env_archive, spark, tmp_path):
+    config = _write_config(tmp_path)
+    started = time.monotonic()
+    importlib.import_module(f"lookalike.jobs.{JOB}").run(spark, load_config(str(config)))
+    _timed(f"{JOB} on local[2]", started)
+
+    started = time.monotonic()
+    outputs = [f"--set=output.{t}={tmp_path}/cluster/{t}" for t in ("embeddings", "errors", "neighbours")]
+    result = run_script(["./spark-submit.sh", JOB, "--config", str(config), *outputs, "--master", cluster["master"],
+                         "--env", str(env_archive), "--conf", "spark.executor.memory=512m"], timeout=1200)
+    _timed(f"{JOB} on the cluster", started)
+    assert result.returncode == 0, result.stderr[-4000:]
+
+    local = pq.read_table(tmp_path / "local" / "embeddings").to_pandas().set_index("item_id").sort_index()
+    remote = pq.read_table(tmp_path / "cluster" / "embeddings").to_pandas().set_index("item_id").sort_index()
+    assert len(local) == IMAGES and list(remote.index) == list(local.index)
+    for column in ("uri", "source_version", "weights", "dim", "model_fingerprint"):
+        assert remote[column].tolist() == local[column].tolist(), column
+    for item_id in local.index:
+        np.testing.assert_allclose(remote.at[item_id, "embedding"], local.at[item_id, "embedding"], rtol=0, atol=1e-5,
+                                   err_msg=item_id)
+    assert not np.allclose(np.stack(local["embedding"].iloc[:2]), np.stack(local["embedding"].iloc[1:3]))
+    if (tmp_path / "local" / "neighbours").exists():
+        columns = ["item_id", "rank", "neighbour_id"]
+        assert (pq.read_table(tmp_path / "cluster" / "neighbours").to_pandas()[columns].sort_values(columns[:2]).values.tolist()
+                == pq.read_table(tmp_path / "local" / "neighbours").to_pandas()[columns].sort_values(columns[:2]).values.tolist())
+
+
+def test_cluster_down_stops_the_daemons_and_their_executors(cluster):
+    pids = [int(p.read_text()) for p in cluster["dir"].glob("*.pid")]
+    assert len(pids) == 3
+    down = subprocess.run([str(ROOT / "scripts" / "cluster.sh"), "down", *cluster["args"]], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert down.returncode == 0, down.stderr
+    leftovers = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if str(cluster["dir"]).encode() in (proc / "cmdline").read_bytes():
+                    leftovers.append(int(proc.name))
+            except OSError:
+                pass
+    assert not leftovers and not any(Path(f"/proc/{pid}").exists() for pid in pids)
+    assert not list(cluster["dir"].glob("*.pid"))
+
+
+def test_envcheck_in_local_mode_finds_this_python_and_flags_differences(spark):
+    summary = envcheck.run(spark, load_config(None))
+    assert summary["ok"] and summary["executors"]
+    assert all(e["code"] == summary["driver"]["code"] for e in summary["executors"])
+    other = dict(summary["executors"][0], code="0" * 16, python="3.9.1")
+    problems = envcheck.compare(summary["driver"], [other])
+    assert len(problems) == 2 and "rebuild the archive" in problems[0] and "3.9.1" in problems[1]

@@ -1,0 +1,65 @@
+"""A Python worker dies in the middle of a task: Spark retries the task and the published tables are
+identical to an undisturbed run's, with no duplicate rows.
+
+The worker is killed by the embed job's test hook (LOOKALIKE_TEST_CRASH_ONCE: os._exit after the
+first batch of a task, once). Python workers inherit the driver's environment, so the hook is set
+for a spark-submit subprocess, never for the shared test session.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+from lookalike import publish
+
+from conftest import ROOT, SAMPLE_DIR, run_script
+
+# local[2,4]: two task threads and up to four attempts per task (plain local[2] never retries).
+MASTER = "local[2,4]"
+
+
+def embed(images, out, env=None):
+    result = run_script(
+        [str(ROOT / "spark-submit.sh"), "embed", "--master", MASTER,
+         "--set", f"input.uri={images}", "--set", "model.weights=none", "--set", "model.seed=7",
+         "--set", "model.batch_size=2", "--set", "input.partition_size=4",
+         "--set", f"output.embeddings={out}/emb", "--set", f"output.errors={out}/err"],
+        timeout=900, env=env)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    # spark-submit merges the Python driver's stderr into stdout: the summary is the last JSON line.
+    summary = [line for line in result.stdout.splitlines() if line.startswith("{")][-1]
+    return json.loads(summary), result.stdout + result.stderr
+
+
+def read(path) -> pd.DataFrame:
+    return pq.read_table(publish.resolve(str(path))).to_pandas().sort_values("item_id").reset_index(drop=True)
+
+
+def test_a_killed_python_worker_is_retried_and_the_tables_equal_an_undisturbed_run_random_init_weights(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    for path in sorted(SAMPLE_DIR.rglob("*.jpg"))[::5]:
+        shutil.copy(path, images / path.name)
+    marker = tmp_path / "crashed-once"
+
+    calm, _ = embed(images, tmp_path / "calm")
+    hit, output = embed(images, tmp_path / "hit", env={"LOOKALIKE_TEST_CRASH_ONCE": str(marker)})
+
+    assert marker.exists(), "the hook did not fire: the worker was never killed"
+    # The first attempt of a task failed because its worker died; a later attempt succeeded.
+    assert re.search(r"Lost task \d+\.0 in stage \S+ \(TID \d+\).*Python worker exited unexpectedly", output), output[-3000:]
+    assert (hit["listed"], hit["embedded"], hit["errors"]) == (calm["listed"], calm["embedded"], 0) == (12, 12, 0)
+
+    a, b = read(tmp_path / "calm" / "emb"), read(tmp_path / "hit" / "emb")
+    assert len(b) == b["item_id"].nunique() == 12  # the retried task's rows are there once
+    ignore = ["embedding", "run_id", "embedded_at"]
+    pd.testing.assert_frame_equal(a.drop(columns=ignore), b.drop(columns=ignore))
+    # Same batches in both runs, so the retried task must give the very same floats.
+    assert all(np.array_equal(x, y) for x, y in zip(a["embedding"], b["embedding"]))
+    assert len(read(tmp_path / "hit" / "err")) == 0

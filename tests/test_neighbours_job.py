@@ -1,0 +1,219 @@
+"""The neighbours job on a real local SparkSession against the brute-force oracle: exact ids and
+ranks, scores within 1e-5, through several broadcast chunks, ties, invalid vectors, a candidates
+filter, k >= N-1, and the Parquet layout that makes a point lookup read one row group."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from brute_force import brute_force, random_vectors
+from lookalike import schemas
+from lookalike.config import from_dict
+from lookalike.errors import SchemaMismatchError
+from lookalike.jobs import neighbours as job
+from lookalike.partfiles import PartWriter
+from lookalike.topk import normalise
+from tablekit import embeddings_table, write_table
+
+N = 301  # not a multiple of block_rows below
+
+
+def make_ids(n: int, seed: int = 0) -> list[str]:
+    """Ids in shuffled order, of mixed length and with non-ASCII characters, so that the job's
+    (Spark, binary UTF-8) order and Python's code point order are both exercised."""
+    rng = np.random.default_rng(seed)
+    stems = ["a", "B", "é", "z", "Ä", "ß", "日本"]
+    return [f"{stems[i % len(stems)]}-{int(v)}" for i, v in enumerate(rng.permutation(n) * 7 + 3)]
+
+
+def embeddings_dir(tmp: Path, ids: list[str], vectors: np.ndarray, parts: int = 3) -> str:
+    return write_table(embeddings_table(ids, [f"file:///x/{i}.jpg" for i in ids], vectors), tmp / "embeddings", parts)
+
+
+def config(tmp: Path, embeddings: str, **neighbours):
+    return from_dict({"output": {"embeddings": embeddings, "neighbours": str(tmp / "neighbours")},
+                      "neighbours": neighbours})
+
+
+def read_output(path: str) -> dict:
+    table = pq.read_table(path).to_pylist()
+    result: dict = {}
+    for row in sorted(table, key=lambda r: (r["item_id"], r["rank"])):
+        result.setdefault(row["item_id"], []).append((row["rank"], row["neighbour_id"], row["score"]))
+    return result
+
+
+def assert_matches(got: dict, want: dict):
+    assert sorted(got) == sorted(want)
+    for item, expected in want.items():
+        rows = got[item]
+        assert [r for r, _, _ in rows] == list(range(1, len(expected) + 1)), item
+        assert [n for _, n, _ in rows] == [n for n, _ in expected], item
+        np.testing.assert_allclose([s for _, _, s in rows], [s for _, s in expected], atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def tricky(tmp_path_factory):
+    """N vectors with exact ties (copies at power-of-two scales), a zero, a NaN and an inf vector."""
+    tmp = tmp_path_factory.mktemp("tricky")
+    ids = make_ids(N)
+    x = random_vectors(N, 24, seed=4, duplicates=50)
+    x[[10, 140, 290]] = x[33]  # one vector four times, spread over chunks and partitions
+    x[7] = 0
+    x[8, 5] = np.nan
+    x[9, 1] = np.inf
+    return tmp, ids, x, embeddings_dir(tmp, ids, x)
+
+
+@pytest.fixture(scope="module")
+def several_chunks(spark, tricky):
+    tmp, ids, x, embeddings = tricky
+    out = tmp / "several"
+    # 0.01 MB / (4*24 + 64) bytes per candidate -> 65 candidates per chunk -> 5 chunks.
+    cfg = config(out, embeddings, k=7, block_rows=16, broadcast_max_mb=0.01, row_group_rows=20)
+    return job.run(spark, cfg), read_output(str(out / "neighbours")), out / "neighbours"
+
+
+def test_job_several_chunks_ties_invalid_vectors_match_brute_force(tricky, several_chunks):
+    _, ids, x, _ = tricky
+    summary, got, _ = several_chunks
+    assert_matches(got, brute_force(ids, x, 7))
+    assert summary["chunks"] == 5
+    assert summary["invalid"] == 3 and set(summary["invalid_sample"]) == {ids[7], ids[8], ids[9]}
+    assert summary["queries"] == summary["candidates"] == N - 3
+    assert summary["rows"] == 7 * (N - 3) and summary["items_without_neighbours"] == 0
+    left_out = {ids[7], ids[8], ids[9]}
+    assert not left_out & set(got)
+    assert not left_out & {n for rows in got.values() for _, n, _ in rows}
+    assert all(item not in {n for _, n, _ in rows} for item, rows in got.items())
+    # The copies of x[33] (at least four) see each other first, with score 1, in id order.
+    unit, _ = normalise(x)
+    copies = sorted(ids[j] for j in range(N) if np.array_equal(unit[j], unit[33]))
+    assert {ids[i] for i in (10, 33, 140, 290)} <= set(copies) and len(copies) <= 8
+    for item in copies:
+        assert [n for _, n, _ in got[item][:len(copies) - 1]] == [c for c in copies if c != item]
+        assert all(s == pytest.approx(1.0, abs=1e-6) for _, _, s in got[item][:len(copies) - 1])
+
+
+def test_job_one_chunk_gives_the_identical_table(spark, tricky, several_chunks):
+    tmp, _, _, embeddings = tricky
+    out = tmp / "one"
+    summary = job.run(spark, config(out, embeddings, k=7, block_rows=1000))
+    assert summary["chunks"] == 1
+    one = pq.read_table(out / "neighbours").sort_by([("item_id", "ascending"), ("rank", "ascending")])
+    several = pq.read_table(several_chunks[2]).sort_by([("item_id", "ascending"), ("rank", "ascending")])
+    assert one.equals(several)  # bit-identical scores, whatever the chunking and blocking
+
+
+def test_job_output_sorted_and_point_lookup_reads_one_row_group(several_chunks):
+    summary, got, path = several_chunks
+    files = sorted(p for p in Path(path).iterdir() if p.name.endswith(".parquet"))
+    assert len(files) == summary["files"] > 1
+    groups = []  # (file, row group, min id, max id)
+    for f in files:
+        meta = pq.ParquetFile(f).metadata
+        assert meta.schema.to_arrow_schema().equals(schemas.arrow_schema(schemas.NEIGHBOURS), check_metadata=False)
+        ids = pq.read_table(f, columns=["item_id"]).column(0).to_pylist()
+        assert ids == sorted(ids)
+        for g in range(meta.num_row_groups):
+            stats = meta.row_group(g).column(0).statistics
+            assert stats.has_min_max
+            groups.append((f.name, g, stats.min, stats.max))
+    assert summary["row_groups"] == len(groups) > len(files)  # row_group_rows=20 -> several per file
+    for item in got:
+        hits = [(f, g) for f, g, lo, hi in groups if lo <= item <= hi]
+        assert len(hits) == 1, f"{item} could be in {hits}"
+        # ...and all of its rows really are in that one row group.
+        f, g = hits[0]
+        rows = pq.ParquetFile(Path(path) / f).read_row_group(g, columns=["item_id"]).column(0).to_pylist()
+        assert rows.count(item) == len(got[item])
+    summary_file = json.loads((Path(path) / "_lookalike_summary.json").read_text())
+    assert summary_file["rows"] == summary["rows"] and summary_file["weights"].startswith("random-init")
+
+
+def test_job_k_at_least_n_minus_1_returns_all_others(spark, tmp_path):
+    ids = make_ids(40, seed=2)
+    x = random_vectors(40, 8, seed=2, duplicates=5)
+    x[3] = 0
+    summary = job.run(spark, config(tmp_path, embeddings_dir(tmp_path, ids, x, parts=2), k=39, block_rows=6,
+                                    broadcast_max_mb=0.001))
+    got = read_output(str(tmp_path / "neighbours"))
+    assert_matches(got, brute_force(ids, x, 39))
+    assert summary["chunks"] > 1
+    assert all(len(rows) == 38 for rows in got.values()) and len(got) == 39
+
+
+def test_job_candidates_table_and_min_score(spark, tmp_path):
+    ids = make_ids(120, seed=3)
+    x = random_vectors(120, 12, seed=3)
+    x[0] = 0
+    allowed = sorted(ids[::4])  # includes the zero vector ids[0]: it still cannot be recommended
+    csv_path = tmp_path / "candidates.csv"
+    csv_path.write_text("item_id,likes\n" + "".join(f"{i},7\n" for i in allowed + ["not-an-item"]), encoding="utf-8")
+    summary = job.run(spark, config(tmp_path, embeddings_dir(tmp_path, ids, x), k=5, block_rows=9,
+                                    broadcast_max_mb=0.002, candidates=str(csv_path), min_score=0.4))
+    got = read_output(str(tmp_path / "neighbours"))
+    want = brute_force(ids, x, 5, candidates=allowed, min_score=0.4)
+    assert_matches(got, want)
+    assert summary["candidates"] == len(allowed) - 1
+    assert summary["candidates_unknown"] == 2  # not-an-item and the zero vector
+    assert summary["queries"] == 119  # every valid item is a query, not only candidates
+    assert {n for rows in got.values() for _, n, _ in rows} <= set(allowed)
+    assert summary["items_without_neighbours"] == 119 - len(want) > 0  # min_score emptied some lists
+    assert min(s for rows in got.values() for _, _, s in rows) >= 0.4
+    assert any(len(rows) < 5 for rows in got.values())
+
+
+def test_job_candidates_list_in_config(spark, tmp_path):
+    ids = make_ids(30, seed=5)
+    x = random_vectors(30, 6, seed=5)
+    allowed = ids[:10]
+    summary = job.run(spark, config(tmp_path, embeddings_dir(tmp_path, ids, x, parts=1), k=4, candidates=allowed))
+    assert_matches(read_output(str(tmp_path / "neighbours")), brute_force(ids, x, 4, candidates=allowed))
+    assert summary["candidates"] == 10 and summary["candidates_filter"] == "10 ids"
+
+
+def test_job_mixed_dimensions_is_an_error_naming_both(spark, tmp_path):
+    ids = make_ids(20)
+    directory = embeddings_dir(tmp_path, ids[:12], random_vectors(12, 16, seed=1), parts=1)
+    other = embeddings_table(ids[12:], [f"file:///x/{i}" for i in ids[12:]], random_vectors(8, 8, seed=2))
+    pq.write_table(other, Path(directory) / "part-00009.snappy.parquet")
+    with pytest.raises(SchemaMismatchError) as error:
+        job.run(spark, config(tmp_path, directory, k=3))
+    message = str(error.value)
+    assert "12 rows of model=vgg16 pooling=avg weights=random-init:seed=0 dim=16" in message
+    assert "8 rows of model=vgg16 pooling=avg weights=random-init:seed=0 dim=8" in message
+    assert not (tmp_path / "neighbours").exists()  # nothing published
+
+
+def test_job_mixed_weights_is_an_error(spark, tmp_path):
+    ids = make_ids(10)
+    directory = embeddings_dir(tmp_path, ids[:6], random_vectors(6, 4, seed=1), parts=1)
+    other = embeddings_table(ids[6:], [f"file:///x/{i}" for i in ids[6:]], random_vectors(4, 4, seed=2),
+                             weights="imagenet")
+    pq.write_table(other, Path(directory) / "part-00009.snappy.parquet")
+    with pytest.raises(SchemaMismatchError, match="weights=imagenet.*weights=random-init|weights=random-init.*weights=imagenet"):
+        job.run(spark, config(tmp_path, directory, k=3))
+
+
+def test_part_writer_on_s3_cuts_row_groups_at_items(s3_endpoint, s3, bucket):
+    from lookalike.config import S3Config
+
+    schema = schemas.arrow_schema(schemas.NEIGHBOURS)
+    cfg = S3Config(endpoint_url=s3_endpoint)
+    writer = PartWriter(f"s3://{bucket}/t/v1", "part-00000.parquet", schema, cfg, row_group_rows=5)
+    for item in ("a", "b", "c"):  # three items of three rows: groups of two items (6 rows), then one
+        writer.add(pa.table({"item_id": [item] * 3, "rank": [1, 2, 3], "neighbour_id": ["x", "y", "z"],
+                             "score": [0.9, 0.8, 0.7]}, schema=schema))
+    assert writer.close() == {"path": f"s3://{bucket}/t/v1/part-00000.parquet", "rows": 9, "row_groups": 2}
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]]
+    assert keys == ["t/v1/part-00000.parquet"]  # the temporary object is gone
+    body = s3.get_object(Bucket=bucket, Key=keys[0])["Body"].read()
+    meta = pq.ParquetFile(pa.BufferReader(body)).metadata
+    assert [meta.row_group(g).num_rows for g in range(meta.num_row_groups)] == [6, 3]

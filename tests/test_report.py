@@ -1,0 +1,278 @@
+"""lookalike report: the HTML page is self-contained, escapes everything that comes from the tables,
+shows placeholders for missing images, fetches from S3 with the jobs' settings, and renders in a
+real (headless) Chromium with every image loaded."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from lookalike import cli, tables
+from lookalike.report import Card, Thumb, choose_items, render
+
+from conftest import upload_dir
+from tablekit import (SAMPLE_DIR, SAMPLE_LABELS, brute_force_neighbours, embeddings_table, label_vectors,
+                      sample_items, sample_tables, write_table)
+
+# Each would add an element, an attribute or a running script to the page if it were not escaped.
+HOSTILE_IDS = [
+    "<script>document.title='pwned'</script>",
+    "\"><img src=x id=injected-img onerror=\"document.title='pwned'\">",
+    "x\" onmouseover=\"document.title='pwned'\" data-x=\"",
+]
+HOSTILE_LABEL = "<b id=injected-label>bold</b>"
+
+
+class Parsed(HTMLParser):
+    """Element counts and the visible text of a page, as a browser's parser sees them."""
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.tags: list[tuple[str, dict]] = []
+        self.text: list[str] = []
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+    def count(self, tag: str) -> int:
+        return sum(1 for t, _ in self.tags if t == tag)
+
+    def attributes(self) -> set[str]:
+        return {name for _, attrs in self.tags for name in attrs}
+
+
+def hostile_tables(tmp_path: Path, k: int = 3):
+    """Six sample items, three with hostile ids, one hostile label, one image missing."""
+    items = [i for i in sample_items() if i[2] == "hat"][:3] + [i for i in sample_items() if i[2] == "skirt"][:3]
+    ids = [item_id for item_id, _, _ in items]
+    ids[0], ids[2], ids[4] = HOSTILE_IDS
+    uris = [uri for _, uri, _ in items]
+    missing = ids[5]
+    uris[5] = (tmp_path / "deleted.jpg").as_uri()
+    # A URI that is itself hostile, on a real file whose name a browser would parse as markup.
+    odd = tmp_path / 'odd"><i id=injected-uri>.jpg'
+    shutil.copy(SAMPLE_DIR / f"{items[1][0]}.jpg", odd)
+    uris[1] = "file://" + str(odd)
+    labels = [label for _, _, label in items]
+    vectors = label_vectors(labels, dim=8, seed=2)
+    embeddings = write_table(embeddings_table(ids, uris, vectors), tmp_path / "embeddings")
+    neighbours = write_table(brute_force_neighbours(ids, vectors, k), tmp_path / "neighbours")
+    label_file = tmp_path / "labels.csv"
+    label_rows = [(i, HOSTILE_LABEL if n == 3 else label) for n, (i, label) in enumerate(zip(ids, labels))]
+    with open(label_file, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["item_id", "label"])
+        writer.writerows(label_rows)
+    rankings = tables.read_rankings(neighbours, k)
+    pictures = sum(1 for q in ids for c in [q, *[n for n, _ in rankings[q]]] if c != missing)
+    return embeddings, neighbours, str(label_file), ids, missing, pictures
+
+
+def write_report(tmp_path: Path, *extra: str, k: int = 3):
+    embeddings, neighbours, labels, ids, missing, pictures = hostile_tables(tmp_path, k)
+    out = tmp_path / "report.html"
+    code = cli.main(["report", "--embeddings", embeddings, "--neighbours", neighbours, "--sample", "10",
+                     "-k", str(k), "--labels", labels, "--out", str(out), *extra])
+    assert code == 0
+    return out, ids, missing, pictures
+
+
+def test_report_escapes_ids_labels_and_uris(tmp_path):
+    out, ids, missing, pictures = write_report(tmp_path)
+    page = out.read_text()
+    parsed = Parsed(page)
+    text = "".join(parsed.text)
+    assert parsed.count("script") == 0
+    assert parsed.count("img") == pictures  # no injected <img>
+    assert parsed.count("section") == 6
+    assert not {"onerror", "onmouseover", "data-x"} & parsed.attributes()
+    assert not any(attrs.get("id", "").startswith("injected") for _, attrs in parsed.tags)
+    assert parsed.count("b") == 0 and parsed.count("i") == 0
+    for hostile in HOSTILE_IDS + [HOSTILE_LABEL]:
+        assert hostile in text  # shown as text, exactly
+    # Every thumbnail is embedded, none is fetched by the browser.
+    sources = [attrs["src"] for tag, attrs in parsed.tags if tag == "img"]
+    assert all(src.startswith("data:image/jpeg;base64,") for src in sources)
+    with Image.open(io.BytesIO(base64.b64decode(sources[0].split(",", 1)[1]))) as thumb:
+        assert thumb.format == "JPEG" and max(thumb.size) == 160
+    links = [attrs["href"] for tag, attrs in parsed.tags if tag == "a"]
+    assert 'odd"><i id=injected-uri>.jpg' in "".join(links)  # the URI survives, as a value
+    assert "Content-Security-Policy" in page and "script-src" not in page
+
+
+def test_missing_image_shows_a_placeholder_with_the_reason(tmp_path):
+    out, ids, missing, pictures = write_report(tmp_path)
+    parsed = Parsed(out.read_text())
+    placeholders = [attrs for tag, attrs in parsed.tags if tag == "div" and attrs.get("class") == "lk-missing"]
+    assert placeholders and all(attrs["title"].startswith("not_found:") for attrs in placeholders)
+    cards = parsed.count("figure")
+    assert cards == pictures + len(placeholders)
+
+
+def test_labels_mark_neighbours_of_the_same_label(tmp_path):
+    embeddings, neighbours, items = sample_tables(tmp_path, k=4)
+    query = items[0][0]
+    out = tmp_path / "r.html"
+    assert cli.main(["report", "--embeddings", embeddings, "--neighbours", neighbours, "--items", query,
+                     "-k", "4", "--labels", str(SAMPLE_LABELS), "--out", str(out)]) == 0
+    parsed = Parsed(out.read_text())
+    classes = [attrs["class"] for tag, attrs in parsed.tags if tag == "figure"]
+    rankings = tables.read_rankings(neighbours, 4, items=[query])[query]
+    label = dict((i, lab) for i, _, lab in items)
+    expected = ["lk-card"] + ["lk-card lk-same" if label[n] == label[query] else "lk-card lk-other" for n, _ in rankings]
+    assert classes == expected
+    shown_scores = [float(s) for s in re.findall(r'class="lk-score"[^>]*>([-0-9.]+)<', out.read_text())]
+    assert shown_scores == pytest.approx([round(s, 3) for _, s in rankings], abs=1e-3)
+
+
+def test_items_and_k_choose_what_is_shown(tmp_path):
+    embeddings, neighbours, items = sample_tables(tmp_path, k=5)
+    chosen = [items[7][0], items[3][0]]
+    out = tmp_path / "r.html"
+    assert cli.main(["report", "--embeddings", embeddings, "--neighbours", neighbours, "--items",
+                     ",".join(chosen), "-k", "2", "--out", str(out)]) == 0
+    parsed = Parsed(out.read_text())
+    assert parsed.count("section") == 2 and parsed.count("img") == 2 * 3
+    ids = [t for t in parsed.text if re.fullmatch(r"[a-z-]+/[0-9a-f-]{36}", t)]
+    assert ids[0] == chosen[0] and ids[3] == chosen[1]  # in the order given
+
+
+def test_unknown_item_is_one_clear_line(tmp_path, capsys):
+    embeddings, neighbours, items = sample_tables(tmp_path, k=3)
+    wrong = items[0][0][:-1] + "x"
+    code = cli.main(["report", "--embeddings", embeddings, "--neighbours", neighbours, "--items", wrong,
+                     "--out", str(tmp_path / "r.html")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert f"item '{wrong}' is in neither the embeddings nor the neighbour table" in err
+    assert repr(items[0][0]) in err  # suggested
+    assert not (tmp_path / "r.html").exists()
+
+
+def test_sample_is_seeded_and_bounded():
+    available = [f"i{n}" for n in range(50)]
+    first = choose_items(available, sample=5, seed=3)
+    assert first == choose_items(available, sample=5, seed=3) and len(first) == 5
+    assert first != choose_items(available, sample=5, seed=4)
+    assert choose_items(available[:3], sample=10) == available[:3]
+
+
+def test_render_without_neighbours_or_image():
+    page = render([(Card("lonely", None), [])], {}, full_page=False)
+    assert "no neighbours in the table" in page and "not in the embeddings table" in page
+    assert page.startswith("<style>")  # a fragment for notebooks: no <html>, no CSP meta
+    broken = render([(Card("q", "javascript:alert(1)"), [])], {"javascript:alert(1)": Thumb(None, "not_found: x")})
+    assert "href" not in broken  # never a javascript: link
+
+
+def test_report_reads_images_and_tables_from_s3(tmp_path, s3, bucket, s3_endpoint):
+    upload_dir(s3, bucket, SAMPLE_DIR, "images/")
+    items = sample_items()[:8]
+    ids = [item_id for item_id, _, _ in items]
+    vectors = label_vectors([label for _, _, label in items], seed=5)
+    uris = [f"s3://{bucket}/images/{item_id}.jpg" for item_id in ids]
+    local = {
+        "embeddings": write_table(embeddings_table(ids, uris, vectors), tmp_path / "embeddings"),
+        "neighbours": write_table(brute_force_neighbours(ids, vectors, 3), tmp_path / "neighbours"),
+    }
+    for name, directory in local.items():
+        upload_dir(s3, bucket, Path(directory), f"tables/{name}/")
+    config = tmp_path / "s3.yaml"
+    config.write_text(f"s3:\n  endpoint_url: {s3_endpoint}\n  max_attempts: 2\n")
+    out = tmp_path / "r.html"
+    code = cli.main(["report", "--embeddings", f"s3://{bucket}/tables/embeddings",
+                     "--neighbours", f"s3://{bucket}/tables/neighbours", "--items", ids[0], "-k", "3",
+                     "--config", str(config), "--out", str(out)])
+    assert code == 0
+    parsed = Parsed(out.read_text())
+    assert parsed.count("img") == 4 and 'class="lk-missing"' not in out.read_text()
+    assert {attrs["href"] for tag, attrs in parsed.tags if tag == "a"} <= set(uris)
+
+
+# --- in a real browser ------------------------------------------------------------------------
+
+def find_chromium() -> str | None:
+    override = os.environ.get("LOOKALIKE_CHROMIUM")
+    if override:
+        return override
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+def chromium(browser: str, profile: Path, *args: str) -> subprocess.CompletedProcess:
+    command = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+               "--disable-background-networking", "--disable-component-update", "--disable-sync",
+               "--disable-extensions", "--hide-scrollbars", f"--user-data-dir={profile}", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+
+PROBE = """<script>
+window.addEventListener('load', function () {
+  var imgs = Array.prototype.slice.call(document.images);
+  document.body.setAttribute('data-probe', JSON.stringify({
+    images: imgs.length,
+    loaded: imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length,
+    title: document.title,
+    scripts: document.scripts.length,
+    injected: document.querySelectorAll('[onerror],[onmouseover],[data-x],[id^=injected]').length
+  }));
+});
+</script>"""
+
+
+def test_report_renders_in_headless_chromium(tmp_path):
+    browser = find_chromium()
+    if browser is None:
+        pytest.skip("Chromium not found (no chromium, chromium-browser or google-chrome on PATH, "
+                    "LOOKALIKE_CHROMIUM unset): the report was not rendered in a browser. "
+                    "Install it with scripts/install-chromium.sh")
+    out, ids, missing, pictures = write_report(tmp_path)
+    url = out.as_uri()
+
+    shot = tmp_path / "shot.png"
+    run = chromium(browser, tmp_path / "profile1", f"--screenshot={shot}", "--window-size=1280,2400", url)
+    assert shot.exists(), run.stderr[-2000:]
+    with Image.open(shot) as image:
+        colours = image.convert("RGB").getcolors(1 << 24)
+    # Text and placeholders give a few hundred colours; photographs give tens of thousands.
+    assert len(colours) > 5000, f"screenshot looks blank or imageless ({len(colours)} colours)"
+
+    dom = chromium(browser, tmp_path / "profile2", "--dump-dom", "--virtual-time-budget=5000", url).stdout
+    parsed = Parsed(dom)
+    assert parsed.count("img") == pictures and parsed.count("section") == 6
+    assert parsed.count("script") == 0 and parsed.count("b") == 0
+    assert not any(attrs.get("id", "").startswith("injected") for _, attrs in parsed.tags)
+    text = "".join(parsed.text)
+    assert all(hostile in text for hostile in HOSTILE_IDS + [HOSTILE_LABEL])
+
+    # The same page with its CSP lifted and a probe script added: the browser's own view of which
+    # images decoded, and proof that nothing from the tables ran even where scripts may run.
+    probe_page = tmp_path / "probe.html"
+    page = out.read_text()
+    page = re.sub(r'<meta http-equiv="Content-Security-Policy"[^>]*>', "", page)
+    probe_page.write_text(page.replace("</body>", PROBE + "</body>"))
+    dom = chromium(browser, tmp_path / "profile3", "--dump-dom", "--virtual-time-budget=5000",
+                   probe_page.as_uri()).stdout
+    match = re.search(r'data-probe="([^"]*)"', dom)
+    assert match, dom[-2000:]
+    probe = json.loads(match.group(1).replace("&quot;", '"').replace("&amp;", "&"))
+    assert probe == {"images": pictures, "loaded": pictures, "title": "Similar items", "scripts": 1,
+                     "injected": 0}

@@ -1,0 +1,163 @@
+"""Security: credentials come only from boto3's default chain and never appear in logs, summaries,
+error rows or messages; configs are parsed with a safe YAML loader; nothing is unpickled from data.
+
+tests/conftest.py puts a recognisable fake secret (FAKE_SECRET) and access key id in the
+environment before anything starts; the jobs below run with them, against an S3 endpoint that
+misbehaves on purpose (tests/faultproxy.py: errors that quote the request's Authorization header).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import FAKE_SECRET, ROOT, SAMPLE_DIR, run_script
+from faultproxy import FaultProxy
+from lookalike import publish, storage
+from lookalike.config import S3Config, load_config, load_dict, parse_override
+from lookalike.errors import ConfigError
+
+ACCESS_KEY_ID = os.environ["AWS_ACCESS_KEY_ID"]
+CREDENTIALS = (FAKE_SECRET, ACCESS_KEY_ID)
+
+
+def assert_no_credentials(label: str, text: str) -> None:
+    for value in CREDENTIALS:
+        assert value not in text, f"{label} contains a credential ({value[:12]}...)"
+
+
+def assert_no_credentials_in_files(root: Path) -> int:
+    """Every file under root, as bytes, and every Parquet table's values. Returns files checked."""
+    checked = 0
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        data = path.read_bytes()
+        for value in CREDENTIALS:
+            assert value.encode() not in data, f"{path} contains a credential"
+        if path.suffix == ".parquet":  # compressed pages would hide a raw-bytes match
+            assert_no_credentials(str(path), pq.read_table(path).to_pandas().to_string())
+        checked += 1
+    return checked
+
+
+# --- configuration -------------------------------------------------------------------------------
+
+def test_yaml_python_tags_are_refused_and_never_executed(tmp_path):
+    marker = tmp_path / "pwned"
+    config = tmp_path / "evil.yaml"
+    config.write_text(f'model: !!python/object/apply:os.system ["touch {marker}"]\n')
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_dict(str(config))
+    config.write_text("spark: !!python/object:lookalike.config.SparkConfig {master: local}\n")
+    with pytest.raises(ConfigError):
+        load_config(str(config))
+    with pytest.raises(ConfigError, match="cannot parse"):
+        parse_override(f'model.name=!!python/object/apply:os.system ["touch {marker}"]')
+    assert not marker.exists()
+
+
+def test_credentials_have_no_config_key_and_are_not_echoed_when_someone_tries(tmp_path):
+    assert not any("secret" in f or "access_key" in f or "token" in f for f in S3Config.__dataclass_fields__)
+    with pytest.raises(ConfigError) as refused:
+        load_config(None, [f"s3.aws_secret_access_key={FAKE_SECRET}"])
+    assert "unknown config key 's3.aws_secret_access_key'" in str(refused.value)
+    assert_no_credentials("the config error", str(refused.value))
+    config = tmp_path / "job.yaml"
+    config.write_text(f"s3:\n  aws_access_key_id: {ACCESS_KEY_ID}\n  aws_secret_access_key: {FAKE_SECRET}\n")
+    with pytest.raises(ConfigError) as refused:
+        load_config(str(config))
+    assert_no_credentials("the config error", str(refused.value))
+
+
+def test_nothing_is_unpickled_or_evaluated_from_data():
+    """No loader in the library can run code from a file it reads."""
+    forbidden = re.compile(r"\b(pickle\.loads?|cloudpickle\.loads?|dill\.loads?|joblib\.load|read_pickle|"
+                           r"yaml\.load\(|yaml\.unsafe_load|yaml\.full_load|allow_pickle\s*=\s*True|"
+                           r"marshal\.loads?|shelve\.open|eval\(|exec\()")
+    sources = sorted((ROOT / "lib" / "lookalike").rglob("*.py"))
+    assert len(sources) > 10
+    hits = [f"{p.relative_to(ROOT)}:{n}: {line.strip()}" for p in sources
+            for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1) if forbidden.search(line)]
+    assert hits == []
+
+
+def test_redact_removes_the_credentials_in_use_and_anything_shaped_like_one():
+    text = (f"denied for {ACCESS_KEY_ID} with {FAKE_SECRET}; Authorization: AWS4-HMAC-SHA256 "
+            f"Credential=SOMEONEELSE/20240101/us-east-1/s3/aws4_request, SignedHeaders=host, "
+            f"Signature=0123abcd; url ?X-Amz-Credential=K%2F1&X-Amz-Signature=ff&X-Amz-Security-Token=tok "
+            f"key AKIAABCDEFGHIJKLMNOP")
+    out = storage.redact(text)
+    assert_no_credentials("redacted text", out)
+    for leaked in ("SOMEONEELSE", "0123abcd", "K%2F1", "tok ", "AKIAABCDEFGHIJKLMNOP"):
+        assert leaked not in out
+    assert "Credential=***" in out and "SignedHeaders=host" in out  # still says what happened
+
+
+def test_clients_use_the_default_chain_shared_credentials_file(tmp_path, s3_endpoint, s3, bucket):
+    """With no keys in the environment boto3 finds the profile file; nothing else is consulted."""
+    s3.put_object(Bucket=bucket, Key="a.jpg", Body=b"x")
+    (tmp_path / "credentials").write_text(
+        "[default]\naws_access_key_id = lookalikeFILEKEYID\naws_secret_access_key = fileSecretNeverLogged123\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "credentials"), AWS_CONFIG_FILE=os.devnull,
+               AWS_EC2_METADATA_DISABLED="true", AWS_DEFAULT_REGION="us-east-1")
+    with FaultProxy(s3_endpoint) as proxy:
+        code = ("import sys; from lookalike import storage; from lookalike.config import S3Config; "
+                f"sys.stdout.write(storage.fetch('s3://{bucket}/a.jpg', S3Config(endpoint_url='{proxy.url}'), 10).decode())")
+        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0 and done.stdout == "x", done.stderr
+        assert dict(proxy.stats.signed_by) == {"lookalikeFILEKEYID": 1}
+
+
+# --- the job, with an S3 endpoint whose errors quote the Authorization header --------------------
+
+@pytest.fixture
+def shop(s3, bucket):
+    for path in sorted(SAMPLE_DIR.rglob("*.jpg"))[:3]:
+        s3.put_object(Bucket=bucket, Key=f"shop/{path.parent.name}-{path.name}", Body=path.read_bytes())
+    s3.put_object(Bucket=bucket, Key="shop/always-fails.jpg", Body=path.read_bytes())
+    return f"s3://{bucket}/shop"
+
+
+def run_job(tmp_path, uri: str, endpoint: str):
+    return run_script([
+        "./spark-submit.sh", "embed", "--config", str(ROOT / "conf" / "local.yaml"), "--log-level", "DEBUG",
+        "--master", "local[2]", "--set", f"input.uri={uri}", "--set", f"s3.endpoint_url={endpoint}",
+        "--set", "s3.max_attempts=2", "--set", "model.weights=none", "--set", "model.batch_size=4",
+        "--set", "input.max_error_fraction=0.5", "--set", "spark.conf={spark.ui.enabled: 'false'}",
+        "--set", f"output.embeddings={tmp_path}/out/emb", "--set", f"output.errors={tmp_path}/out/err",
+    ], timeout=900)
+
+
+def test_job_with_a_fetch_error_never_writes_or_logs_credentials_random_init_weights(tmp_path, shop, s3_endpoint):
+    with FaultProxy(s3_endpoint, always_fail={"shop/always-fails.jpg"}, kinds=("internal",),
+                    echo_authorization=True) as proxy:
+        done = run_job(tmp_path, shop, proxy.url)
+        assert proxy.stats.signed_by[ACCESS_KEY_ID] >= 5  # the job really signed with the fake key
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert_no_credentials("stdout", done.stdout)
+    assert_no_credentials("stderr", done.stderr)
+    assert assert_no_credentials_in_files(tmp_path / "out") >= 4  # tables, summaries, markers
+
+    errors = pq.read_table(publish.resolve(str(tmp_path / "out" / "err"))).to_pandas()
+    assert errors["error"].tolist() == ["fetch_error"]
+    # The server did echo the signature into its message: what the row says was redacted, not absent.
+    assert "Credential=***" in errors["message"][0] and "Signature=***" in errors["message"][0]
+
+
+def test_job_whose_listing_fails_never_logs_credentials(tmp_path, shop, s3_endpoint):
+    with FaultProxy(s3_endpoint, always_fail={"list"}, kinds=("slowdown",), echo_authorization=True) as proxy:
+        done = run_job(tmp_path, shop, proxy.url)
+        assert proxy.stats.requests["list"] == 2
+    assert done.returncode == 2
+    output = done.stdout + done.stderr  # spark-submit merges the Python driver's stderr into stdout
+    assert "cannot list" in output and "Credential=***" in output
+    assert "Traceback" not in output
+    assert_no_credentials("stdout", done.stdout)
+    assert_no_credentials("stderr", done.stderr)
+    assert_no_credentials_in_files(tmp_path / "out")
