@@ -7,12 +7,14 @@ PY := $(VENV)/bin/python
 EXTRAS ?= test,query,notebook,bench
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test bench clean help
+.PHONY: setup demo test test-compat bench cluster-up cluster-down clean help
 
 help:
 	@echo "make demo   - set up, then run the pipeline on samples/clothing and show some results"
 	@echo "make test   - set up with test extras, then run the whole test suite"
+	@echo "make test-compat - the suite plus petastorm tests on Spark 3.5 / pyarrow 14 / numpy 1.26 (.venv-compat)"
 	@echo "make bench  - run the benchmarks in bench/ (uses ../shared/data when present)"
+	@echo "make cluster-up / cluster-down - a standalone Spark cluster (master + 2 workers) on 127.0.0.1"
 	@echo "make clean  - remove outputs and the virtualenv"
 
 setup: $(VENV)/.installed-$(subst /,_,$(subst $(comma),_,$(EXTRAS)))
@@ -33,10 +35,19 @@ demo: setup
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS) tests
 
+test-compat:
+	scripts/test-compat.sh $(PYTEST_ARGS)
+
 bench: setup
 	$(PY) bench/embed_throughput.py
 	$(PY) bench/neighbours.py
 
+cluster-up: setup
+	scripts/cluster.sh up
+
+cluster-down:
+	scripts/cluster.sh down
+
 clean:
 	rm -rf output bench/results spark-warehouse
-	rm -rf $(VENV)
+	rm -rf $(VENV) .venv-compat

@@ -5,16 +5,17 @@
 #                           [spark-submit args...]
 #   ./spark-submit.sh --package-env [--output FILE] [--python PYTHON] [--extra REQ ...]
 #
-# Jobs: embed, neighbours, pipeline. --config defaults to conf/local.yaml and is shipped with
-# --files so that cluster-mode drivers find it too. --env ARCHIVE runs the executors' Python from a
-# venv-pack archive (built by --package-env, see scripts/package-env.sh --help): it is shipped with
-# --archives ARCHIVE#environment and executors run ./environment/bin/python. Anything else is
-# passed to spark-submit before the application (e.g. --conf spark.executor.memory=4g).
+# Jobs: embed, neighbours, pipeline, and envcheck (what Python the executors run). --config
+# defaults to conf/local.yaml and is shipped with --files so that cluster-mode drivers find it
+# too. --env ARCHIVE runs the executors' Python from a venv-pack archive (built by --package-env,
+# see scripts/package-env.sh --help): it is shipped with --archives ARCHIVE#environment and
+# executors run ./environment/bin/python. Anything else is passed to spark-submit before the
+# application (e.g. --conf spark.executor.memory=4g).
 # Returns the job's exit status.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-usage() { sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
+usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"; exit "${1:-2}"; }
 
 [ $# -ge 1 ] || usage
 case "$1" in
@@ -77,8 +78,10 @@ if [ -n "$env_archive" ]; then
   # The executors (and a cluster-mode driver) run the archive's interpreter; a client-mode driver
   # runs here, with this checkout's Python. Spark settings rather than PYSPARK_PYTHON so that a
   # cluster's spark-defaults.conf cannot override them.
-  submit_args=(--archives "$env_archive#environment" --conf spark.pyspark.python=./environment/bin/python "${submit_args[@]}")
-  [ "$deploy_mode" = cluster ] || submit_args=(--conf "spark.pyspark.driver.python=$python" "${submit_args[@]}")
+  driver_python=$python
+  [ "$deploy_mode" = cluster ] && driver_python=./environment/bin/python
+  submit_args=(--archives "$env_archive#environment" --conf spark.pyspark.python=./environment/bin/python
+               --conf "spark.pyspark.driver.python=$driver_python" "${submit_args[@]}")
 fi
 
 if [ -n "$master" ]; then

@@ -12,6 +12,8 @@
 #   --workers N         number of workers (default 2)
 #   --cores N           cores each worker offers (default 1)
 #   --memory SIZE       executor memory each worker offers, e.g. 2g (default 2g)
+#   --gpus N            GPUs each worker offers (default 0), found by scripts/gpu-discovery.sh;
+#                       submit with --config conf/gpu.yaml for one task per GPU
 #
 # `up` returns once every worker has registered with the master; `down` stops the master, the
 # workers and whatever executors and Python workers they started. The Python that executors run is
@@ -19,7 +21,7 @@
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-usage() { sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
+usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"; exit "${1:-2}"; }
 
 [ $# -ge 1 ] || usage
 action=$1; shift
@@ -30,6 +32,7 @@ worker_ui_port=8081
 workers=2
 cores=1
 memory=2g
+gpus=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --dir) dir=$2; shift 2 ;;
@@ -39,6 +42,7 @@ while [ $# -gt 0 ]; do
     --workers) workers=$2; shift 2 ;;
     --cores) cores=$2; shift 2 ;;
     --memory) memory=$2; shift 2 ;;
+    --gpus) gpus=$2; shift 2 ;;
     -h|--help) usage 0 ;;
     *) echo "cluster.sh: unknown argument '$1'" >&2; usage ;;
   esac
@@ -90,6 +94,11 @@ stop() {  # name
 
 case "$action" in
   up)
+    if [ "$gpus" -gt 0 ] && [ "$workers" -gt 1 ]; then
+      # Workers on one host would each claim every GPU: run one, whose executors get a GPU each.
+      echo "cluster.sh: --gpus needs --workers 1 (one worker per host; it starts one executor per GPU)" >&2
+      exit 2
+    fi
     [ -x "$python" ] || { echo "cluster.sh: $python not found; run 'make setup' first" >&2; exit 2; }
     "$root/scripts/check-java.sh"
     spark_home=$("$python" -c 'import os, pyspark; print(os.path.dirname(pyspark.__file__))')
@@ -103,6 +112,9 @@ case "$action" in
     export SPARK_MASTER_OPTS="${SPARK_MASTER_OPTS:-} -Dspark.master.rest.enabled=false"
     start master org.apache.spark.deploy.master.Master \
       --host 127.0.0.1 --port "$master_port" --webui-port "$ui_port"
+    if [ "$gpus" -gt 0 ]; then
+      export SPARK_WORKER_OPTS="${SPARK_WORKER_OPTS:-} -Dspark.worker.resource.gpu.amount=$gpus -Dspark.worker.resource.gpu.discoveryScript=$root/scripts/gpu-discovery.sh"
+    fi
     for i in $(seq 1 "$workers"); do
       mkdir -p "$dir/work/worker-$i"
       start "worker-$i" org.apache.spark.deploy.worker.Worker \

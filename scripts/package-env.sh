@@ -9,7 +9,7 @@
 #   --output          the archive (default build/lookalike-env.tar.gz)
 #   --python          interpreter the environment is made from (default: the one behind .venv, else
 #                     python3). Executors need this same interpreter at the same path: build on the
-#                     cluster's image (EMR: the release's own python3), see docs "EMR".
+#                     cluster's image (EMR 7: /usr/bin/python3.11, see README "Amazon EMR").
 #   --constraints     pins for the dependencies (default constraints.txt; constraints-compat.txt
 #                     for Spark 3.5 clusters such as EMR 7.x)
 #   --extra           more packages for the environment, e.g. --extra 'jax[cuda12]' for GPU executors
@@ -39,7 +39,7 @@ while [ $# -gt 0 ]; do
     --extra) extras+=("$2"); shift 2 ;;
     --compress-level) level=$2; shift 2 ;;
     --work) work=$2; shift 2 ;;
-    -h|--help) sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"; exit 0 ;;
     *) echo "package-env: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -83,8 +83,9 @@ else
   fresh=0
 fi
 
-# The project as a wheel, built without build isolation so that no network is needed.
-rm -rf "$work/dist"
+# The project as a wheel, built without build isolation so that no network is needed. setuptools
+# stages into build/lib and never deletes from it: a module removed from lib/ would live on.
+rm -rf "$work/dist" "$root/build/lib" "$root"/build/bdist.*
 (cd "$root" && "$venv/bin/python" -m pip wheel -q --no-deps --no-build-isolation -w "$work/dist" .)
 wheel=$(ls "$work/dist"/lookalike-*.whl)
 if [ "$fresh" = 1 ]; then

@@ -124,13 +124,14 @@ class FaultProxy:
             self.stats.attempts[(op, resource)] += 1
             attempt = self.stats.attempts[(op, resource)]
             if key in self.always_fail or (op == "list" and "list" in self.always_fail):
-                fault = self._kind(op, resource, attempt)
+                fault = self._kind(op, key, attempt)
             else:
                 rate = self.rates.get(op, 0.0)
-                draw = self._draw(op, resource, attempt)
+                # Hash the key, not the bucket: tests use fresh bucket names, the faults stay the same.
+                draw = self._draw(op, key, attempt)
                 fault = None
                 if draw < rate and self._streak[(op, resource)] < self.max_consecutive:
-                    fault = self._kind(op, resource, attempt)
+                    fault = self._kind(op, key, attempt)
             if fault:
                 self._streak[(op, resource)] += 1
                 self.stats.faults[(op, fault)] += 1

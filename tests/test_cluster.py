@@ -74,12 +74,12 @@ def cluster(tmp_path_factory):
     args = ["--dir", str(directory), "--master-port", str(port), "--ui-port", str(ui), "--worker-ui-port", "0",
             "--workers", "2", "--cores", "1", "--memory", "1g"]
     started = time.monotonic()
-    up = subprocess.run([str(ROOT / "scripts" / "cluster.sh"), "up", *args], cwd=ROOT, env=_clean_env(),
-                        capture_output=True, text=True, timeout=300)
-    assert up.returncode == 0, up.stdout + up.stderr
-    _timed("cluster up", started)
     info = {"master": f"spark://127.0.0.1:{port}", "ui": ui, "dir": directory, "args": args}
     try:
+        up = subprocess.run([str(ROOT / "scripts" / "cluster.sh"), "up", *args], cwd=ROOT, env=_clean_env(),
+                            capture_output=True, text=True, timeout=300)
+        assert up.returncode == 0, up.stdout + up.stderr
+        _timed("cluster up", started)
         yield info
     finally:
         subprocess.run([str(ROOT / "scripts" / "cluster.sh"), "down", *args], cwd=ROOT, capture_output=True, timeout=120)
@@ -134,7 +134,8 @@ def test_executors_run_only_the_archives_python_and_this_code(cluster, env_archi
                          "--conf", "spark.executor.memory=512m", "--conf", "spark.scheduler.minRegisteredResourcesRatio=1",
                          "--conf", "spark.scheduler.maxRegisteredResourcesWaitingTime=600s"], timeout=900)
     _timed("envcheck on the cluster", started)
-    assert result.returncode == 0, result.stderr[-4000:]
+    # spark-submit merges a Python driver's stderr (the job's log) into its stdout.
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     summary = _summary(result.stdout)
     executors = summary["executors"]
     # Two executors (one per worker), each in its own working directory under its worker's.
@@ -176,7 +177,7 @@ def test_job_on_the_cluster_equals_the_local_run_random_init_weights(cluster, en
     result = run_script(["./spark-submit.sh", JOB, "--config", str(config), *outputs, "--master", cluster["master"],
                          "--env", str(env_archive), "--conf", "spark.executor.memory=512m"], timeout=1200)
     _timed(f"{JOB} on the cluster", started)
-    assert result.returncode == 0, result.stderr[-4000:]
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
 
     local = pq.read_table(tmp_path / "local" / "embeddings").to_pandas().set_index("item_id").sort_index()
     remote = pq.read_table(tmp_path / "cluster" / "embeddings").to_pandas().set_index("item_id").sort_index()
@@ -218,3 +219,36 @@ def test_envcheck_in_local_mode_finds_this_python_and_flags_differences(spark):
     other = dict(summary["executors"][0], code="0" * 16, python="3.9.1")
     problems = envcheck.compare(summary["driver"], [other])
     assert len(problems) == 2 and "rebuild the archive" in problems[0] and "3.9.1" in problems[1]
+
+
+def test_emr_steps_submit_the_archive_and_the_config_consistently():
+    steps = json.loads((ROOT / "deploy" / "emr-steps.json").read_text())
+    assert [s["Name"] for s in steps] == ["lookalike envcheck", "lookalike pipeline"]
+    assert steps[0]["ActionOnFailure"] == "CANCEL_AND_WAIT"  # a bad environment stops the queue
+    for step in steps:
+        args = step["Args"]
+        assert step["Type"] == "CUSTOM_JAR" and step["Jar"] == "command-runner.jar"
+        assert args[:3] == ["spark-submit", "--deploy-mode", "cluster"]
+        confs = dict(args[i + 1].split("=", 1) for i, arg in enumerate(args) if arg == "--conf")
+        assert confs["spark.archives"].endswith(".tar.gz#environment")
+        assert confs["spark.pyspark.python"] == confs["spark.pyspark.driver.python"] == "./environment/bin/python"
+        shipped, main = args[args.index("--files") + 1], args[args.index("--files") + 2]
+        assert (ROOT / "jobs" / main.rsplit("/", 1)[-1]).is_file()
+        assert (ROOT / "conf" / shipped.rsplit("/", 1)[-1]).is_file()
+        assert args[args.index("--config") + 1] == shipped.rsplit("/", 1)[-1]  # --files' name on the driver
+    for name in ("emr.yaml", "gpu.yaml"):
+        cfg = load_config(str(ROOT / "conf" / name))  # validates every key
+        assert cfg.model.on_missing_weights == "fail" and cfg.model.weights.startswith("s3://")
+    gpu = load_config(str(ROOT / "conf" / "gpu.yaml")).spark.conf
+    assert gpu["spark.executor.resource.gpu.amount"] == gpu["spark.task.resource.gpu.amount"] == 1
+    assert gpu["spark.task.cpus"] == gpu["spark.executor.cores"]  # the one task decodes on every core
+
+
+def test_gpu_discovery_script_prints_sparks_resource_json_with_a_stand_in_nvidia_smi(tmp_path):
+    # No GPU here: a stand-in prints what `nvidia-smi --query-gpu=index` prints on a 3-GPU host.
+    fake = tmp_path / "nvidia-smi"
+    fake.write_text("#!/bin/sh\nprintf '0\\n1\\n3\\n'\n")
+    fake.chmod(0o755)
+    result = run_script(["scripts/gpu-discovery.sh"], env={"PATH": f"{tmp_path}{os.pathsep}{os.environ['PATH']}"})
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"name": "gpu", "addresses": ["0", "1", "3"]}

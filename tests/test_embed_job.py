@@ -101,7 +101,11 @@ def test_duplicate_item_ids_fail_before_any_work(spark, tmp_path, small_dir):
 
 
 def submit(*args, timeout=600):
-    return run_script([str(ROOT / "spark-submit.sh"), *args], timeout=timeout)
+    """Run ./spark-submit.sh; ``.output`` is stdout and stderr together, because spark-submit's
+    PythonRunner merges the driver's stderr into its stdout."""
+    result = run_script([str(ROOT / "spark-submit.sh"), *args], timeout=timeout)
+    result.output = result.stdout + result.stderr
+    return result
 
 
 def test_spark_submit_embed_from_a_local_directory_random_init_weights(tmp_path, small_dir):
@@ -110,11 +114,11 @@ def test_spark_submit_embed_from_a_local_directory_random_init_weights(tmp_path,
                     "--set", f"input.uri={small_dir}", "--set", "model.weights=none",
                     "--set", "input.max_error_fraction=0.5",
                     "--set", f"output.embeddings={tmp_path}/emb", "--set", f"output.errors={tmp_path}/err")
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0, result.output[-3000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert (summary["listed"], summary["embedded"], summary["errors"]) == (15, 12, 3)
-    assert "embed done: listed 15, embedded 12, errors 3" in result.stderr
-    assert "images/s" in result.stderr
+    assert "embed done: listed 15, embedded 12, errors 3" in result.output
+    assert "images/s" in result.output
     assert len(read(tmp_path / "emb")) == 12 and len(read(tmp_path / "err")) == 3
     on_disk = json.loads((tmp_path / "emb" / "_lookalike_summary.json").read_text())
     assert on_disk["run_id"] == summary["run_id"]
@@ -125,7 +129,7 @@ def test_spark_submit_embed_from_s3_random_init_weights(tmp_path, small_dir, s3,
     result = submit("embed", "--set", f"input.uri=s3://{bucket}/catalogue/", "--set", f"s3.endpoint_url={s3_endpoint}",
                     "--set", "model.weights=none", "--set", "model.seed=11",
                     "--set", f"output.embeddings={tmp_path}/emb", "--set", f"output.errors={tmp_path}/err")
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0, result.output[-3000:]
     table = read(tmp_path / "emb")
     assert len(table) == len(keys) == 12
     assert table["uri"].str.startswith(f"s3://{bucket}/catalogue/").all()
@@ -140,7 +144,17 @@ def test_spark_submit_embed_from_s3_random_init_weights(tmp_path, small_dir, s3,
 def test_spark_submit_config_mistake_is_one_clear_line_and_exit_2(tmp_path):
     result = submit("embed", "--set", "model.pooling=mean", timeout=300)
     assert result.returncode == 2
-    assert "'model.pooling': 'mean' is not one of avg, max, flatten" in result.stderr
-    assert "Traceback" not in result.stderr
+    assert "'model.pooling': 'mean' is not one of avg, max, flatten" in result.output
+    assert "Traceback" not in result.output
     bad_job = submit("nosuchjob", timeout=60)
-    assert bad_job.returncode == 2 and "unknown job 'nosuchjob'" in bad_job.stderr
+    assert bad_job.returncode == 2 and "unknown job 'nosuchjob'" in bad_job.output
+
+
+def test_a_manifest_replaces_listing_and_only_its_keys_are_embedded_random_init_weights(spark, tmp_path, small_dir):
+    keys = sorted(p.relative_to(small_dir).as_posix() for p in small_dir.rglob("*.jpg"))[:5]
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("key\n" + "\n".join(keys) + "\n")
+    summary = embed_job.run(spark, make_cfg(tmp_path, small_dir, f"input.manifest={manifest}"))
+    table = read(tmp_path / "emb")
+    assert summary["listed"] == summary["embedded"] == 5
+    assert sorted(table["item_id"]) == [k[: -len(".jpg")] for k in keys]

@@ -5,6 +5,7 @@ filter, k >= N-1, and the Parquet layout that makes a point lookup read one row 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ import pytest
 from brute_force import brute_force, random_vectors
 from lookalike import schemas
 from lookalike.config import from_dict
-from lookalike.errors import SchemaMismatchError
+from lookalike.errors import ConfigError, InputError, SchemaMismatchError
 from lookalike.jobs import neighbours as job
 from lookalike.partfiles import PartWriter
 from lookalike.topk import normalise
@@ -217,3 +218,70 @@ def test_part_writer_on_s3_cuts_row_groups_at_items(s3_endpoint, s3, bucket):
     body = s3.get_object(Bucket=bucket, Key=keys[0])["Body"].read()
     meta = pq.ParquetFile(pa.BufferReader(body)).metadata
     assert [meta.row_group(g).num_rows for g in range(meta.num_row_groups)] == [6, 3]
+
+
+def test_job_duplicate_item_ids_is_an_error(spark, tmp_path):
+    ids = make_ids(12)
+    ids[5] = ids[2]
+    with pytest.raises(InputError, match=f"1 duplicate item ids, e.g. '{ids[2]}'"):
+        job.run(spark, config(tmp_path, embeddings_dir(tmp_path, ids, random_vectors(12, 4, seed=1)), k=3))
+    assert not (tmp_path / "neighbours").exists()
+
+
+def test_job_min_score_above_every_score_publishes_an_empty_readable_table(spark, tmp_path):
+    ids = make_ids(20, seed=6)
+    summary = job.run(spark, config(tmp_path, embeddings_dir(tmp_path, ids, random_vectors(20, 32, seed=6), parts=1),
+                                    k=3, min_score=0.99))
+    assert summary["rows"] == 0 and summary["items_without_neighbours"] == 20
+    table = pq.read_table(tmp_path / "neighbours")
+    assert table.num_rows == 0
+    assert table.schema.equals(schemas.arrow_schema(schemas.NEIGHBOURS), check_metadata=False)
+
+
+def test_duckdb_point_lookup_scans_one_row_group(several_chunks):
+    import duckdb  # the 'query' extra, which make test installs
+
+    summary, got, path = several_chunks
+    item = sorted(got)[len(got) // 2]
+    plan = duckdb.sql(f"EXPLAIN ANALYZE SELECT rank, neighbour_id FROM read_parquet('{path}/*.parquet') "
+                      f"WHERE item_id = '{item}'").fetchall()[0][1]
+    scanned = re.search(r"Row Groups Scanned:\s*(\d+)\s*/\s*(\d+)", plan)
+    assert scanned, plan
+    assert (int(scanned.group(1)), int(scanned.group(2))) == (1, summary["row_groups"])
+
+
+def test_job_missing_inputs_are_clear_errors(spark, tmp_path):
+    with pytest.raises(InputError, match="cannot read the embeddings table at .*nowhere.*run the embed job first"):
+        job.run(spark, config(tmp_path, str(tmp_path / "nowhere"), k=3))
+    directory = embeddings_dir(tmp_path, make_ids(6), random_vectors(6, 4), parts=1)
+    with pytest.raises(ConfigError, match="neighbours.candidates.*likes.csv"):
+        job.run(spark, config(tmp_path, directory, k=3, candidates=str(tmp_path / "likes.csv")))
+    (tmp_path / "ids.csv").write_text("id\nx\n")
+    with pytest.raises(ConfigError, match="has no item_id column \\(it has id\\)"):
+        job.run(spark, config(tmp_path, directory, k=3, candidates=str(tmp_path / "ids.csv")))
+
+
+def test_a_rerun_on_unchanged_embeddings_and_settings_skips_and_keeps_the_table(spark, tmp_path):
+    from lookalike import publish
+
+    ids = make_ids(40, seed=9)
+    vectors = random_vectors(40, 8, seed=9)
+    embeddings = str(tmp_path / "emb")
+    with publish.OutputSet(spark, {"embeddings": embeddings}, "20260101T000000Z-embed001") as out:
+        write_table(embeddings_table(ids, [f"file:///x/{i}.jpg" for i in ids], vectors), out.staging("embeddings"), 2)
+        out.commit({"embeddings": {"embeddings_content": "40-content-a"}})
+    cfg = config(tmp_path, embeddings, k=3)
+    first = job.run(spark, cfg)
+    assert not first.get("skipped") and first["rows"] == 40 * 3
+    version = publish.current_version(cfg.output.neighbours)
+
+    again = job.run(spark, cfg)
+    assert again["skipped"] is True and again["unchanged_since"] == first["run_id"]
+    assert publish.current_version(cfg.output.neighbours) == version
+
+    # Other settings, or new embeddings, recompute.
+    assert not job.run(spark, config(tmp_path, embeddings, k=4)).get("skipped")
+    with publish.OutputSet(spark, {"embeddings": embeddings}, "20260102T000000Z-embed002") as out:
+        write_table(embeddings_table(ids, [f"file:///x/{i}.jpg" for i in ids], vectors * 2), out.staging("embeddings"), 2)
+        out.commit({"embeddings": {"embeddings_content": "40-content-b"}})
+    assert not job.run(spark, config(tmp_path, embeddings, k=4)).get("skipped")

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from brute_force import brute_force
-from conftest import ROOT, run_script, upload_dir
+from conftest import run_script, upload_dir
 
 LOOKALIKE = str(Path(sys.executable).with_name("lookalike"))
 

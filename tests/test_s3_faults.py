@@ -122,7 +122,9 @@ def test_embed_job_with_20pct_of_gets_failing_loses_nothing_random_init_weights(
     assert summary["embedded"] == len(keys) and summary["errors_by_kind"] == {"fetch_error": 1}
     assert stats.attempts[("get", f"{bucket}/shop/broken/always-503.jpg")] == 4
     transient = {k: stats.failed[("get", f"{bucket}/{k}")] for k in keys}
-    assert sum(transient.values()) >= 3  # the path really went through faults...
+    # The path really went through faults (seed 3 picks 6, of all four kinds, for these keys)...
+    assert sum(transient.values()) == 6
+    assert {kind for (op, kind) in stats.faults if op == "get"} == set(FAULT_KINDS)
     for key in keys:  # ...and each one cost exactly one retry: no task was retried by Spark
         assert stats.attempts[("get", f"{bucket}/{key}")] == 1 + transient[key]
 

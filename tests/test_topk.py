@@ -63,6 +63,8 @@ def test_normalise_marks_zero_and_non_finite_rows():
     (200, 16, 5, 64, 4096, None),     # one chunk, one sub-block
     (301, 32, 10, 37, 50, None),      # many sub-blocks: the threshold path
     (257, 8, 7, 100, 16, 60),         # several chunks merged with offsets, ragged everything
+    (700, 32, 10, 128, 256, None),    # sub-blocks of 4 x GROUP columns: the grouped selection
+    (650, 16, 3, 200, 320, 300),      # grouped selection, chunks, and a ragged last sub-block
 ])
 def test_kernel_matches_brute_force_random(n, dim, k, block_rows, sub_block, chunk_rows):
     x = random_vectors(n, dim, seed=n)
@@ -128,3 +130,33 @@ def test_self_positions():
     cands = np.array(["a", "c", "e"], dtype=object)
     assert topk.self_positions(np.array(["c", "b", "e", "z", "a"], dtype=object), cands).tolist() == [1, -1, 2, -1, 0]
     assert topk.self_positions(np.array(["a"], dtype=object), np.array([], dtype=object)).tolist() == [-1]
+
+
+def test_kernel_pool_overflow_with_many_ties_takes_the_exact_path(monkeypatch):
+    x = random_vectors(400, 16, seed=9)
+    x[::13] = x[1]  # 31 copies: far more near-ties than POOL_MARGIN has room for
+    redone = []
+    exact_path = topk._topk_exact
+
+    def spy(queries, *args, **kwargs):
+        redone.append(len(queries))
+        return exact_path(queries, *args, **kwargs)
+
+    monkeypatch.setattr(topk, "_topk_exact", spy)
+    got = kernel_all(x, 5, chunk_rows=None, block_rows=100, sub_block=256)
+    assert_same(got, oracle(x, 5))
+    assert sum(redone) >= 31  # every copy's row overflowed its pool and was redone exactly
+    unit, _ = topk.normalise(x)
+    s, i = topk.topk_block(unit, unit, 5, self_index=np.arange(400))
+    s2, i2 = exact_path(unit, unit, 5, self_index=np.arange(400))
+    np.testing.assert_array_equal(i, i2)  # the two paths agree everywhere
+    np.testing.assert_array_equal(s, s2)
+
+
+def test_keep_best_orders_by_score_then_id_with_signed_zeros_and_infinities():
+    rows = np.array([0, 0, 0, 0, 1, 1, 0])
+    ids = np.array([5, 3, 9, 1, 4, 2, 7])
+    scores = np.array([0.0, -0.0, -1.5, 2.0, -np.inf, 0.25, 2.0], dtype=np.float32)
+    s, i = topk.keep_best(rows, ids, scores, 3, 4)
+    assert i.tolist() == [[1, 7, 3, 5], [2, 4, -1, -1], [-1, -1, -1, -1]]
+    assert s[0].tolist() == [2.0, 2.0, 0.0, 0.0] and s[1, 0] == np.float32(0.25) and s[1, 1] == -np.inf

@@ -18,7 +18,7 @@ from typing import Optional
 
 import pandas as pd
 
-from . import model, publish, schemas
+from . import model, publish, schemas, storage
 from .config import ModelConfig, S3Config
 from .storage import is_hadoop, is_s3, local_path
 
@@ -133,7 +133,7 @@ def previous_state(spark, embeddings: str, errors: str, s3: S3Config) -> Optiona
         rows = table.select(*KEY_COLUMNS).toPandas()
     except AnalysisException as exc:
         log.warning("cannot read the previous embeddings table %s (%s): full recompute",
-                    location, str(exc).splitlines()[0][:300])
+                    location, storage.redact(str(exc).splitlines()[0][:300]))
         return None
     failed: frozenset = frozenset()
     errors_location, _ = _published(errors, s3)

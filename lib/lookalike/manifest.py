@@ -98,7 +98,11 @@ def _gunzip_if_needed(data: bytes, partial: bool = False) -> bytes:
 
 
 def _first_csv_row(uri: str, s3: S3Config) -> list[str]:
-    text = _gunzip_if_needed(_head_bytes(uri, s3), partial=True).decode("utf-8", errors="replace")
+    try:
+        head = _head_bytes(uri, s3)
+    except Exception as exc:  # botocore, pyarrow and OS errors alike: one line for the user
+        raise InputError(f"input.manifest: cannot read {uri}: {storage.redact(str(exc))}") from None
+    text = _gunzip_if_needed(head, partial=True).decode("utf-8", errors="replace")
     return next(csv.reader(io.StringIO(text.splitlines()[0] if text else "")), [])
 
 
@@ -357,8 +361,8 @@ def read_manifest(spark, cfg: InputConfig, s3: Optional[S3Config] = None):
 
     specs = [json.dumps({"uri": f.uri, "format": f.format, "columns": f.columns, "encoded_keys": f.encoded_keys})
              for f in files]
-    rows = (spark.createDataFrame(pd.DataFrame({"spec": specs}))
-            .repartition(len(specs))
+    # parallelize with one slice per file: exactly one file per task, no shuffle.
+    rows = (spark.createDataFrame(sc.parallelize([(spec,) for spec in specs], len(specs)), "spec string")
             .mapInPandas(read_files, schema=schemas.spark_schema(ROWS)))
 
     # One pass over the files answers everything: unreadable files (rows with a problem and no

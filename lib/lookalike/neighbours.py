@@ -113,28 +113,33 @@ def ordered_items(embeddings, partitions: int, candidate_ids=None):
 
 def _inspect_batches(batches):
     import pyarrow as pa
+    import pyarrow.compute as pc
 
     kinds: dict = {}
     duplicates, duplicate_sample, invalid_sample = 0, [], []
     previous = None
     for batch in batches:
-        data = batch.select(["item_id", *KIND, "valid", "is_candidate"]).to_pydict()
-        for i, item in enumerate(data["item_id"]):
-            if item == previous:  # range-sorted: equal ids are adjacent, never in two partitions
-                duplicates += 1
-                if len(duplicate_sample) < SAMPLE_IDS:
-                    duplicate_sample.append(item)
-            previous = item
-            key = tuple(data[c][i] for c in KIND)
-            counts = kinds.setdefault(key, [0, 0, 0])
-            counts[0] += 1
-            if data["valid"][i]:
-                counts[1] += 1
-                counts[2] += bool(data["is_candidate"][i])
-            elif len(invalid_sample) < SAMPLE_IDS:
-                invalid_sample.append(item)
+        if batch.num_rows == 0:
+            continue
+        table = pa.Table.from_batches([batch])
+        ids = table.column("item_id")
+        # Range-sorted: equal ids are adjacent (and never in two partitions), also across batches.
+        before = pa.concat_arrays([pa.array([previous], pa.string()), ids.slice(0, len(ids) - 1).combine_chunks()])
+        same = pc.fill_null(pc.equal(ids, before), False)
+        duplicates += pc.sum(same).as_py() or 0
+        duplicate_sample += pc.filter(ids, same).slice(0, SAMPLE_IDS).to_pylist()
+        invalid_sample += pc.filter(ids, pc.invert(table.column("valid"))).slice(0, SAMPLE_IDS).to_pylist()
+        previous = ids[len(ids) - 1].as_py()
+        usable = pc.and_(table.column("valid"), table.column("is_candidate"))
+        grouped = (table.append_column("candidate", usable).group_by(list(KIND))
+                   .aggregate([("valid", "count"), ("valid", "sum"), ("candidate", "sum")]))
+        for row in grouped.to_pylist():
+            counts = kinds.setdefault(tuple(row[c] for c in KIND), [0, 0, 0])
+            counts[0] += row["valid_count"]
+            counts[1] += row["valid_sum"] or 0
+            counts[2] += row["candidate_sum"] or 0
     stats = {"kinds": [[*key, *counts] for key, counts in kinds.items()], "duplicates": duplicates,
-             "duplicate_sample": duplicate_sample, "invalid_sample": invalid_sample}
+             "duplicate_sample": duplicate_sample[:SAMPLE_IDS], "invalid_sample": invalid_sample[:SAMPLE_IDS]}
     yield pa.RecordBatch.from_arrays([pa.array([json.dumps(stats)])], names=["stats"])
 
 
@@ -208,7 +213,7 @@ def candidate_chunks(ordered, n_candidates: int, chunk_rows: int, dim: int) -> I
     driver never holds more than a chunk and a partition."""
     rows = ordered.filter("valid AND is_candidate").select("item_id", "vector")
     if n_candidates <= chunk_rows:
-        table = rows.toArrow()
+        table = _to_arrow(rows)
         yield _chunk(0, table.column("item_id").to_pylist(), _vectors(table.column("vector").combine_chunks(), dim))
         return
     ids: list[str] = []
@@ -227,6 +232,18 @@ def candidate_chunks(ordered, n_candidates: int, chunk_rows: int, dim: int) -> I
             ids, blobs = [], []
     if ids:
         yield _chunk(offset, ids, np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(ids), dim))
+
+
+def _to_arrow(frame):
+    """``frame.toArrow()``, which Spark 3.5 (EMR 7, make test-compat) lacks: there, the private
+    collect that toArrow() wraps in Spark 4."""
+    if hasattr(frame, "toArrow"):
+        return frame.toArrow()
+    import pyarrow as pa
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    batches = frame._collect_as_arrow()
+    return pa.Table.from_batches(batches) if batches else to_arrow_schema(frame.schema).empty_table()
 
 
 def _vectors(column, dim: int) -> np.ndarray:

@@ -55,9 +55,13 @@ class PartWriter:
         self.pending: list = []
         self.pending_rows = 0
         self.rows = self.row_groups = 0
-        order = [pq.SortingColumn(schema.get_field_index(c)) for c in sorting_columns]
-        self.writer = pq.ParquetWriter(self.stream, schema, compression="snappy",
-                                       sorting_columns=order or None, write_statistics=True)
+        options = {}
+        # The sort order is metadata for readers only; pyarrow < 15 (the Spark 3.5 / petastorm
+        # environment, make test-compat) cannot record it, and the files are sorted all the same.
+        if sorting_columns and hasattr(pq, "SortingColumn"):
+            options["sorting_columns"] = [pq.SortingColumn(schema.get_field_index(c)) for c in sorting_columns]
+        self.writer = pq.ParquetWriter(self.stream, schema, compression="snappy", write_statistics=True,
+                                       **options)
 
     def add(self, table) -> None:
         if table.num_rows == 0:

@@ -28,7 +28,7 @@ from typing import Optional
 
 from .config import S3Config
 from .errors import OutputError, OutputLockedError
-from .storage import is_hadoop, is_s3, local_path, split_s3
+from .storage import file_uri, is_hadoop, is_s3, local_path, split_s3
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ class _Local:
         if self.current() is None:
             return self.shown
         real = os.path.realpath(self.path)
-        return "file://" + real if self.shown.startswith("file://") else real
+        return file_uri(real) if self.shown.startswith("file://") else real
 
     def check(self) -> None:
         if os.path.islink(self.path):

@@ -79,9 +79,8 @@ def _to_numpy(name: str, column, dim: Optional[int], item_ids) -> np.ndarray:
         wrong = np.flatnonzero(lengths != dim)
         if wrong.size:
             first = int(wrong[0])
-            who = f"item {item_ids[first].as_py()!r}" if item_ids is not None else f"row {first} of a batch"
             raise SchemaMismatchError(
-                f"{who} has an embedding of length {lengths[first]}, but the table's first row has "
+                f"item {item_ids[first].as_py()!r} has an embedding of length {lengths[first]}, but the table's first row has "
                 f"{dim}: the table mixes models or poolings. Recompute it with one model setting."
             )
         values = column.flatten().to_numpy(zero_copy_only=False)
@@ -120,8 +119,8 @@ def iter_batches(path: str, batch_size: int = 256, columns: Sequence[str] = DEFA
     """Stream the embeddings table as dicts of numpy arrays, ``batch_size`` rows each.
 
     Embeddings come as float32 ``(rows, dim)``, strings as object arrays of ``str``, timestamps as
-    int64 microseconds (UTC). At most ``readahead`` record batches per file and one file ahead are
-    decoded beyond the one being returned, which bounds memory whatever the table size.
+    int64 microseconds (UTC). About ``readahead`` record batches and one file ahead are read
+    beyond the batch being returned, however slowly it is consumed and whatever the table size.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -129,11 +128,15 @@ def iter_batches(path: str, batch_size: int = 256, columns: Sequence[str] = DEFA
     data = _open(path, names + (["dim"] if "embedding" in names else []), s3)
     if "embedding" in names and dim is None:
         dim = _first_dim(data)
-    read = names if "embedding" not in names or "item_id" in names else names + ["item_id"]
+    # Embedding errors name the item, so item_id is read with the embedding even when not asked for.
+    read = names + ["item_id"] if "embedding" in names and "item_id" not in names else names
+    # use_threads=False: with threads, pyarrow's scanner decodes far past its readahead limits
+    # when the consumer is slower than the disk (a training step is), up to the whole table.
+    # Decoding in the consuming thread keeps the bound; I/O still runs in Arrow's I/O threads.
     scanned = data.to_batches(columns=read, batch_size=batch_size, batch_readahead=readahead,
-                              fragment_readahead=1)
+                              fragment_readahead=1, use_threads=False)
     for table in _rebatch(scanned, batch_size, drop_remainder):
-        item_ids = table.column("item_id").combine_chunks() if "item_id" in read else None
+        item_ids = table.column("item_id").combine_chunks() if "embedding" in names else None
         yield {name: _to_numpy(name, table.column(name).combine_chunks(), dim, item_ids)
                for name in names}
 

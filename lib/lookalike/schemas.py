@@ -24,8 +24,8 @@ EMBEDDINGS = [
     Column("width", "int", True, "Width of the decoded image before resizing (after EXIF rotation)."),
     Column("height", "int", True, "Height of the decoded image before resizing (after EXIF rotation)."),
     Column("model", "string", False, "Keras application, e.g. vgg16."),
-    Column("weights", "string", False, "imagenet, file:<name>@md5:<md5>, or random-init:seed=<n> (never a real recommendation)."),
-    Column("pooling", "string", False, "avg | max | flatten."),
+    Column("weights", "string", False, "`imagenet`, `file:NAME@md5:MD5`, or `random-init:seed=N` (never a real recommendation)."),
+    Column("pooling", "string", False, "`avg`, `max` or `flatten`."),
     Column("dim", "int", False, "Length of the embedding."),
     Column("embedding", "array<float>", False, "The embedding, not normalised."),
     Column("model_fingerprint", "string", False, "Hash of model settings; a change forces a full recompute."),
@@ -83,5 +83,6 @@ def names(columns: list[Column]) -> list[str]:
 def markdown(columns: list[Column]) -> str:
     """The README's table for one schema (kept in sync by tests/test_schemas.py)."""
     rows = ["| column | type | description |", "| --- | --- | --- |"]
-    rows += [f"| `{c.name}` | {c.type}{'' if c.nullable else ' not null'} | {c.doc} |" for c in columns]
+    rows += [f"| `{c.name}` | {c.type}{'' if c.nullable else ' not null'} | {c.doc.replace('|', chr(92) + '|')} |"
+             for c in columns]
     return "\n".join(rows)

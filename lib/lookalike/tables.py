@@ -44,7 +44,7 @@ def dataset(path: str, s3: Optional[S3Config] = None):
     except FileNotFoundError:
         raise InputError(f"table not found: {path}") from None
     except (OSError, pa.ArrowInvalid) as exc:
-        raise InputError(f"cannot read the Parquet table at {path}: {exc}") from None
+        raise InputError(f"cannot read the Parquet table at {path}: {storage.redact(str(exc))}") from None
 
 
 def read_table(path: str, columns: list[str], s3: Optional[S3Config] = None, filter=None):
@@ -61,7 +61,7 @@ def read_table(path: str, columns: list[str], s3: Optional[S3Config] = None, fil
     try:
         return data.to_table(columns=columns, filter=filter)
     except (OSError, pa.ArrowInvalid) as exc:
-        raise InputError(f"cannot read the Parquet table at {path}: {exc}") from None
+        raise InputError(f"cannot read the Parquet table at {path}: {storage.redact(str(exc))}") from None
 
 
 def read_rankings(path: str, k: int, s3: Optional[S3Config] = None,

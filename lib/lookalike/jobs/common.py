@@ -15,6 +15,16 @@ from ..errors import LookalikeError
 log = logging.getLogger("lookalike")
 
 
+class _Redact(logging.Filter):
+    """Last line of defence: no log line carries a credential, whatever a library put in it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from ..storage import redact
+
+        record.msg, record.args = redact(record.getMessage()), ()
+        return True
+
+
 def setup_logging(level: str = "INFO") -> None:
     logging.basicConfig(
         level=getattr(logging, level.upper(), logging.INFO),
@@ -22,6 +32,8 @@ def setup_logging(level: str = "INFO") -> None:
         datefmt="%H:%M:%S",
         stream=sys.stderr,
     )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_Redact())
     # Third-party chatter drowns the progress lines.
     for noisy in ("py4j", "botocore", "boto3", "urllib3", "s3transfer", "absl", "tensorflow"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

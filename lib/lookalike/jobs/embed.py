@@ -9,7 +9,7 @@ import math
 import time
 from typing import Optional
 
-from .. import incremental, model, schemas, storage
+from .. import incremental, manifest, model, schemas, storage
 from ..config import Config
 from ..embed import embed_items, items_frame, split_results, ITEMS
 from ..errors import InputError, TooManyErrorsError
@@ -34,12 +34,17 @@ def run(spark, cfg: Config) -> dict:
 
 
 def _run(spark, cfg: Config, run_id: str, started: float, outputs: OutputSet) -> dict:
-    listed = storage.list_images(cfg.input, cfg.s3)
-    if not listed:
-        raise InputError(f"no images under {cfg.input.uri} match input.pattern={cfg.input.pattern!r}")
-    log.info("listed %d images under %s in %.1fs", len(listed), cfg.input.uri, time.perf_counter() - started)
+    if cfg.input.manifest:
+        # Catalogue scale: read the keys in parallel instead of paging through a listing.
+        items = manifest.read_manifest(spark, cfg.input, cfg.s3).toPandas()
+        source = f"manifest {cfg.input.manifest}"
+    else:
+        items = items_frame(storage.list_images(cfg.input, cfg.s3))
+        source = cfg.input.uri
+    if items.empty:
+        raise InputError(f"no images in {source} match input.pattern={cfg.input.pattern!r}")
+    log.info("listed %d images from %s in %.1fs", len(items), source, time.perf_counter() - started)
 
-    items = items_frame(listed)
     fingerprint, weights = incremental.model_identity(cfg.model, cfg.s3)
     previous = None
     if cfg.input.incremental:
@@ -54,7 +59,7 @@ def _run(spark, cfg: Config, run_id: str, started: float, outputs: OutputSet) ->
     summary = {
         "job": "embed", "run_id": run_id, "ok": True, "incremental": cfg.input.incremental,
         "plan": plan.reason, "previous_version": previous.version if previous else None,
-        "listed": len(listed), "attempted": len(plan.to_embed), "embedded": 0, "errors": 0,
+        "listed": len(items), "attempted": len(plan.to_embed), "embedded": 0, "errors": 0,
         "errors_by_kind": {}, **{k: counts[k] for k in ("new", "changed", "retried", "reused", "deleted")},
         "model": cfg.model.name, "weights": weights, "pooling": cfg.model.pooling,
         "config_fingerprint": {s: cfg.fingerprint(s) for s in ("input", "model")},
@@ -83,9 +88,9 @@ def _run(spark, cfg: Config, run_id: str, started: float, outputs: OutputSet) ->
         embed_seconds = time.perf_counter() - started
         summary.update(embedded=embedded, errors=failed, errors_by_kind=by_kind, model_loads=loads.value,
                        partitions=partitions)
-        if failed > cfg.input.max_error_fraction * len(listed):
+        if failed > cfg.input.max_error_fraction * len(items):
             raise TooManyErrorsError(
-                f"{failed} of {len(listed)} images failed ({failed / len(listed):.1%}), more than "
+                f"{failed} of {len(items)} images failed ({failed / len(items):.1%}), more than "
                 f"input.max_error_fraction={cfg.input.max_error_fraction}: {by_kind}. Nothing was "
                 f"published; the previous output is unchanged. Raise the limit if this is expected."
             )
@@ -108,7 +113,7 @@ def _run(spark, cfg: Config, run_id: str, started: float, outputs: OutputSet) ->
 
     kinds = ", ".join(f"{k}={v}" for k, v in sorted(by_kind.items())) or "none"
     log.info("embed done: listed %d, embedded %d, errors %d (%s), reused %d, deleted %d, %.1fs, %.1f images/s, "
-             "model loads %d, weights %s -> %s", len(listed), embedded, failed, kinds, counts["reused"],
+             "model loads %d, weights %s -> %s", len(items), embedded, failed, kinds, counts["reused"],
              counts["deleted"], seconds, todo / seconds, loads.value, summary["weights"], cfg.output.embeddings)
     print(json.dumps(summary, sort_keys=True, default=str))
     return summary

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from typing import Optional
 
 from .. import neighbours as nb
-from .. import publish, schemas
+from .. import incremental, publish, schemas, storage
 from ..config import Config
 from ..errors import ConfigError, InputError
 from ..partfiles import PartWriter
@@ -74,6 +75,20 @@ def run(spark, cfg: Config) -> dict:
     started = time.perf_counter()
     run_id = new_run_id()
     settings = cfg.neighbours
+    # Its cost is the N^2 part: when neither the embeddings nor the settings changed since the
+    # published table was computed, that table is already the answer.
+    inputs = {"embeddings": incremental.embeddings_identity(cfg.output.embeddings, cfg.s3),
+              "settings": cfg.fingerprint("neighbours"),
+              "candidates": _candidates_identity(settings.candidates)}
+    done = incremental.unchanged_since(cfg.output.neighbours, inputs, cfg.s3)
+    if done:
+        summary = {"job": "neighbours", "run_id": run_id, "ok": True, "skipped": True,
+                   "unchanged_since": done.get("run_id"), "inputs": inputs,
+                   "seconds": round(time.perf_counter() - started, 2)}
+        log.info("neighbours: nothing changed since run %s (same embeddings, same settings); "
+                 "%s is left as it is", done.get("run_id"), cfg.output.neighbours)
+        print(json.dumps(summary, sort_keys=True, default=str))
+        return summary
     source = publish.resolve(cfg.output.embeddings, cfg.s3)
     embeddings = read_embeddings(spark, source)
     candidate_ids = read_candidates(spark, settings.candidates)
@@ -82,14 +97,29 @@ def run(spark, cfg: Config) -> dict:
                                             math.ceil(embeddings.count() / QUERIES_PER_PARTITION))
     ordered = nb.ordered_items(embeddings, partitions, candidate_ids).persist(StorageLevel.MEMORY_AND_DISK)
     try:
-        summary = _run(spark, cfg, run_id, ordered, candidate_ids, partitions, started)
+        summary = _run(spark, cfg, run_id, ordered, candidate_ids, partitions, started, inputs)
     finally:
         ordered.unpersist()
     print(json.dumps(summary, sort_keys=True, default=str))
     return summary
 
 
-def _run(spark, cfg: Config, run_id: str, ordered, candidate_ids, partitions: int, started: float) -> dict:
+def _candidates_identity(candidates) -> Optional[str]:
+    """A list is covered by the settings fingerprint; a table file by its size and mtime (or the
+    path alone for remote tables, which the docs point out)."""
+    if candidates is None:
+        return "all"
+    if not isinstance(candidates, str):
+        return "inline"
+    path = storage.local_path(candidates)
+    if not (storage.is_s3(candidates) or storage.is_hadoop(candidates)) and os.path.exists(path):
+        stat = os.stat(path)
+        return f"{candidates}@{stat.st_size}-{stat.st_mtime_ns}"
+    return candidates
+
+
+def _run(spark, cfg: Config, run_id: str, ordered, candidate_ids, partitions: int, started: float,
+         inputs: dict) -> dict:
     from pyspark.sql import functions as F
 
     settings = cfg.neighbours
@@ -137,7 +167,7 @@ def _run(spark, cfg: Config, run_id: str, ordered, candidate_ids, partitions: in
         "candidates": n_candidates, "candidates_unknown": unknown, "candidates_unknown_sample": unknown_sample,
         "model": kind["model"], "weights": kind["weights"], "pooling": kind["pooling"], "dim": dim,
         "embeddings": cfg.output.embeddings, "embeddings_version": source_version(cfg),
-        "neighbours": cfg.output.neighbours, "phase_seconds": phases,
+        "neighbours": cfg.output.neighbours, "phase_seconds": phases, "inputs": inputs,
     }
     _score_and_write(spark, cfg, ordered, summary, partitions, started)
     log.info("neighbours done: %d queries x %d candidates in %d chunk(s), k=%d: %d rows, %d items "
