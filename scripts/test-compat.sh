@@ -3,6 +3,7 @@
 # Spark 3.5 as on EMR 7, pyarrow 14.0.2, numpy 1.26, pandas 2.2, petastorm 0.13.1, setuptools<70.
 #
 #   scripts/test-compat.sh [pytest args...]   run pytest (default: the tests/ directory)
+#   scripts/test-compat.sh --setup            install or refresh .venv-compat only (CI runs the suites later)
 #   scripts/test-compat.sh --refreeze         re-resolve SEED_PINS below in a scratch venv and
 #                                             write the result to constraints-compat.txt
 #
@@ -65,6 +66,8 @@ if [ ! -f "$stamp" ] || [ setup.py -nt "$stamp" ] || [ constraints-compat.txt -n
 fi
 
 # The test suite's spark-submit.sh runs must use this environment's pyspark, not .venv's.
+[ "${1:-}" = "--setup" ] && exit 0
+
 export LOOKALIKE_PYTHON="$(cd "$venv" && pwd)/bin/python"
 # Makes tests/test_petastorm.py fail, not skip, when petastorm cannot be imported.
 export LOOKALIKE_COMPAT=1
