@@ -1,8 +1,6 @@
 """The embed job on a real local SparkSession, and end to end through ./spark-submit.sh."""
 
 import json
-import os
-import sys
 
 import numpy as np
 import pyarrow.parquet as pq

@@ -86,8 +86,6 @@ def decode(data: bytes, max_pixels: int = 0) -> tuple[np.ndarray, tuple[int, int
         raise ImageError(*_decode_failure(exc)) from None
     if arr.shape != (TARGET_SIZE[1], TARGET_SIZE[0], 3):
         raise ImageError("unsupported", f"unexpected pixel layout {arr.shape} after conversion")
-    if width <= 0 or height <= 0:
-        raise ImageError("decode_error", "the image has no pixels")
     # Width/height after EXIF rotation (what a person sees), not the stored orientation.
     return arr, (int(size[0]), int(size[1]))
 

@@ -130,6 +130,18 @@ def merge(scores: Sequence[np.ndarray], ids: Sequence[np.ndarray], k: int) -> tu
     return keep_best(rows[present], flat_i[present], flat_s[present], n_rows, k)
 
 
+def _prepare(queries, candidates, k: int, min_score: Optional[float]):
+    """Shared start of both kernels: contiguous float32 inputs, empty (b, k) results, the float32
+    error bound ``eps`` and the selection floor under ``min_score``."""
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    candidates = np.ascontiguousarray(candidates, dtype=np.float32)
+    best_s = np.full((len(queries), k), EMPTY_SCORE, dtype=np.float32)
+    best_i = np.full((len(queries), k), EMPTY_ID, dtype=np.int64)
+    eps = np.float32(tolerance(queries.shape[1]))
+    floor = np.float32(-np.inf if min_score is None else min_score - eps)
+    return queries, candidates, best_s, best_i, eps, floor
+
+
 def topk_block(
     queries: np.ndarray,
     candidates: np.ndarray,
@@ -147,15 +159,10 @@ def topk_block(
     Returns (scores float32 (b, k), ids int64 (b, k)) with ids = offset + column; rows with fewer
     than k neighbours are padded with EMPTY_SCORE / EMPTY_ID. Holds at most b x sub_block scores.
     """
-    queries = np.ascontiguousarray(queries, dtype=np.float32)
-    candidates = np.ascontiguousarray(candidates, dtype=np.float32)
-    b, m = len(queries), len(candidates)
-    best_s = np.full((b, k), EMPTY_SCORE, dtype=np.float32)
-    best_i = np.full((b, k), EMPTY_ID, dtype=np.int64)
-    if b == 0 or m == 0:
+    queries, candidates, best_s, best_i, eps, floor = _prepare(queries, candidates, k, min_score)
+    b = len(queries)
+    if b == 0 or len(candidates) == 0:
         return best_s, best_i
-    eps = np.float32(tolerance(queries.shape[1]))
-    floor = np.float32(-np.inf if min_score is None else min_score - eps)
     size = k + POOL_MARGIN
     pool_s = np.full((b, size), EMPTY_SCORE, dtype=np.float32)  # float32 scores, best first
     pool_i = np.full((b, size), EMPTY_ID, dtype=np.int64)
@@ -263,15 +270,10 @@ def _topk_exact(
 ) -> tuple[np.ndarray, np.ndarray]:
     """``topk_block`` keeping canonical (float64-rescored) scores all along: every survivor of
     every sub-block is rescored. Slower, but never short of room for ties."""
-    queries = np.ascontiguousarray(queries, dtype=np.float32)
-    candidates = np.ascontiguousarray(candidates, dtype=np.float32)
-    b, m = len(queries), len(candidates)
-    best_s = np.full((b, k), EMPTY_SCORE, dtype=np.float32)
-    best_i = np.full((b, k), EMPTY_ID, dtype=np.int64)
-    if b == 0 or m == 0:
+    queries, candidates, best_s, best_i, eps, floor = _prepare(queries, candidates, k, min_score)
+    b = len(queries)
+    if b == 0 or len(candidates) == 0:
         return best_s, best_i
-    eps = np.float32(tolerance(queries.shape[1]))
-    floor = np.float32(-np.inf if min_score is None else min_score - eps)
     for start, scores in _sub_blocks(queries, candidates, sub_block, self_index):
         maxima = _group_maxima(scores)
         threshold = _threshold(scores, maxima, best_s[:, k - 1], eps, floor, k)
