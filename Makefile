@@ -41,6 +41,7 @@ test-compat:
 bench: setup
 	$(PY) bench/embed_throughput.py
 	$(PY) bench/neighbours.py
+	$(PY) bench/neighbours_scale.py
 
 cluster-up: setup
 	scripts/cluster.sh up

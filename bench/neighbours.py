@@ -8,7 +8,9 @@
     reach for, at a smaller N (its self-join grows with N^2), with recall@k against exact; the
     job (a) runs at that N too, for a like-for-like time and memory comparison.
 Plus the kernel alone (one core): float32 matmul, and the top-k selection done with argpartition
-on every sub-block versus the running-threshold selection that lookalike.topk uses.
+on every sub-block versus the running-threshold selection that lookalike.topk uses; and the
+symmetric topk_pair (one matmul, both directions) against topk_block once, twice, and against
+topk_block in the other direction (the same column-side output, computed from its own matmul).
 
 Wall time and peak resident memory of the whole process tree (JVM and Python workers included,
 sampled every 0.1 s) for each. Prints a table with ratios and writes JSON to
@@ -42,35 +44,41 @@ sys.path.insert(0, str(ROOT / "lib"))
 
 def make_table(directory: Path, n: int, dim: int, seed: int = 0, files: int = 4) -> tuple[list[str], np.ndarray]:
     """N random unit vectors as an embeddings table (the embed job's schema), ids in random order."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, dim), dtype=np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    ids = [f"item-{i:08d}" for i in rng.permutation(n)]
+    write_embeddings(directory, ids, x, "random-unit-vectors", files)
+    return ids, x
+
+
+def write_embeddings(directory: Path, ids: list[str], x: np.ndarray, weights: str, files: int = 4) -> None:
+    """Vectors as an embeddings table with the embed job's schema, in ``files`` Parquet files."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from lookalike import schemas
 
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((n, dim), dtype=np.float32)
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    ids = [f"item-{i:08d}" for i in rng.permutation(n)]
+    n, dim = x.shape
     directory.mkdir(parents=True, exist_ok=True)
     schema = schemas.arrow_schema(schemas.EMBEDDINGS)
     step = -(-n // files)
     for part, start in enumerate(range(0, n, step)):
         rows = min(step, n - start)
+        chunk = ids[start:start + rows]
         values = pa.array(x[start:start + rows].ravel(), pa.float32())
         embedding = pa.ListArray.from_arrays(pa.array(np.arange(rows + 1, dtype=np.int32) * dim), values)
         columns = {
-            "item_id": pa.array(ids[start:start + rows]), "uri": pa.array([f"file:///bench/{i}.jpg" for i in ids[start:start + rows]]),
+            "item_id": pa.array(chunk), "uri": pa.array([f"file:///bench/{i}.jpg" for i in chunk]),
             "source_version": pa.nulls(rows, pa.string()), "source_bytes": pa.nulls(rows, pa.int64()),
             "width": pa.nulls(rows, pa.int32()), "height": pa.nulls(rows, pa.int32()),
-            "model": pa.array(["vgg16"] * rows), "weights": pa.array(["random-unit-vectors"] * rows),
+            "model": pa.array(["vgg16"] * rows), "weights": pa.array([weights] * rows),
             "pooling": pa.array(["avg"] * rows), "dim": pa.array([dim] * rows, pa.int32()),
             "embedding": embedding.cast(pa.list_(pa.field("element", pa.float32(), False))),
             "model_fingerprint": pa.array(["bench"] * rows), "run_id": pa.array(["bench"] * rows),
             "embedded_at": pa.array([0] * rows, pa.timestamp("us", tz="UTC")),
         }
-        table = pa.table([columns[f.name] for f in schema], schema=schema)
-        pq.write_table(table, directory / f"part-{part:05d}.parquet")
-    return ids, x
+        pq.write_table(pa.table([columns[f.name] for f in schema], schema=schema), directory / f"part-{part:05d}.parquet")
 
 
 def exact_topk(x: np.ndarray, k: int) -> np.ndarray:
@@ -137,10 +145,12 @@ def check(result: dict, what: str) -> None:
 # ---------------------------------------------------------------------------------------------
 # (a) the job, (b) FAISS, (c) MLlib LSH
 
-def run_job(embeddings: Path, output: Path, k: int) -> dict:
+def run_job(embeddings: Path, output: Path, k: int, driver_memory: str = "8g") -> dict:
+    # local[*] runs everything in the driver JVM, whose heap spark-submit fixes before the job's
+    # config is read (1g by default): size it as a user would for the table.
     result = measure([str(ROOT / "spark-submit.sh"), "neighbours", "--config", str(ROOT / "conf" / "local.yaml"),
                       "--set", f"output.embeddings={embeddings}", "--set", f"output.neighbours={output}",
-                      "--set", f"neighbours.k={k}"])
+                      "--set", f"neighbours.k={k}", "--driver-memory", driver_memory])
     check(result, "the neighbours job")
     summary = last_json(result["stdout"])
     return {"seconds": result["seconds"], "peak_rss_mb": result["peak_rss_mb"],
@@ -276,6 +286,20 @@ for width in (2048, 4096, 8192):
     out[f"matmul_w{width}"] = best(lambda: matmul_only(width))
     out[f"argpartition_w{width}"] = best(lambda: argpartition_every_block(width))
     out[f"threshold_w{width}"] = best(lambda: topk.topk_block(q, c, k, self_index=np.arange(rows), sub_block=width))
+
+# The symmetric kernel on an off-diagonal block (queries drawn apart from the n candidates),
+# against what the job computes without symmetry: topk_block for the rows, and for the columns
+# either the same call again (the matmul it saves) or the candidates as queries in blocks of
+# `rows` (the same output: n top-k lists, each rescored exactly). One block is topk_pair's worst
+# case: the n column lists are rescored for 1024 queries only; the job's PairScorer runs the
+# column pools across all of a task's blocks and rescores them once.
+p = rng.standard_normal((rows, dim), dtype=np.float32); p /= np.linalg.norm(p, axis=1, keepdims=True)
+def other_direction():
+    for s in range(0, n, rows):
+        topk.topk_block(c[s:s + rows], p, k)
+out["pair_block"] = best(lambda: topk.topk_block(p, c, k))
+out["pair_other_direction"] = best(other_direction)
+out["pair"] = best(lambda: topk.topk_pair(p, c, k))
 print(json.dumps(out))
 """
 
@@ -288,8 +312,11 @@ def run_kernel(n: int, dim: int, k: int, rows: int = 1024) -> dict:
         sys.exit(f"kernel benchmark failed:\n{result.stderr[-3000:]}")
     seconds = json.loads(result.stdout.strip().splitlines()[-1])
     flops = 2.0 * rows * n * dim
+    pair = {"vs_2x_block": round(seconds["pair"] / (2 * seconds["pair_block"]), 3),
+            "vs_block_plus_other_direction": round(seconds["pair"] / (seconds["pair_block"] + seconds["pair_other_direction"]), 3)}
     return {"rows": rows, "candidates": n, "seconds_per_block": {key: round(v, 4) for key, v in seconds.items()},
-            "matmul_gflops": round(flops / min(v for key, v in seconds.items() if key.startswith("matmul")) / 1e9, 1)}
+            "matmul_gflops": round(flops / min(v for key, v in seconds.items() if key.startswith("matmul")) / 1e9, 1),
+            "pair_ratio": pair}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -341,11 +368,15 @@ def main(argv=None) -> int:
     report["load_average_end"] = os.getloadavg()
 
     print_table(report)
-    out = Path(args.out)
+    write_report(report, args.out)
+    return 0
+
+
+def write_report(report: dict, path: str) -> None:
+    out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2, sort_keys=True))
     print(f"\nwrote {out}")
-    return 0
 
 
 def print_table(report: dict) -> None:
@@ -376,6 +407,10 @@ def print_table(report: dict) -> None:
               f"({kernel['matmul_gflops']} GFLOP/s matmul), seconds per block:")
         for key, value in kernel["seconds_per_block"].items():
             print(f"  {key:22s} {value:.3f}")
+        if "pair_ratio" in kernel:
+            ratio = kernel["pair_ratio"]
+            print(f"  topk_pair / (2 x topk_block) = {ratio['vs_2x_block']}, "
+                  f"/ (topk_block + other direction) = {ratio['vs_block_plus_other_direction']}")
 
 
 if __name__ == "__main__":

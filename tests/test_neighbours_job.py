@@ -86,6 +86,8 @@ def test_job_several_chunks_ties_invalid_vectors_match_brute_force(tricky, sever
     summary, got, _ = several_chunks
     assert_matches(got, brute_force(ids, x, 7))
     assert summary["chunks"] == 5
+    # Queries are the candidates: each block of scores served both of its sides.
+    assert summary["symmetric"] is True and summary["partitions"] > 2
     assert summary["invalid"] == 3 and set(summary["invalid_sample"]) == {ids[7], ids[8], ids[9]}
     assert summary["queries"] == summary["candidates"] == N - 3
     assert summary["rows"] == 7 * (N - 3) and summary["items_without_neighbours"] == 0
@@ -110,6 +112,17 @@ def test_job_one_chunk_gives_the_identical_table(spark, tricky, several_chunks):
     one = pq.read_table(out / "neighbours").sort_by([("item_id", "ascending"), ("rank", "ascending")])
     several = pq.read_table(several_chunks[2]).sort_by([("item_id", "ascending"), ("rank", "ascending")])
     assert one.equals(several)  # bit-identical scores, whatever the chunking and blocking
+
+
+def test_job_one_sided_scoring_gives_the_identical_table(spark, tricky, several_chunks):
+    """symmetric: false scores every pair from the query's side only: same table, bit for bit."""
+    tmp, _, _, embeddings = tricky
+    out = tmp / "one-sided"
+    summary = job.run(spark, config(out, embeddings, k=7, block_rows=50, symmetric=False))
+    assert summary["symmetric"] is False and summary["chunks"] == 1
+    one_sided = pq.read_table(out / "neighbours").sort_by([("item_id", "ascending"), ("rank", "ascending")])
+    several = pq.read_table(several_chunks[2]).sort_by([("item_id", "ascending"), ("rank", "ascending")])
+    assert one_sided.equals(several)
 
 
 def test_job_output_sorted_and_point_lookup_reads_one_row_group(several_chunks):
@@ -165,10 +178,23 @@ def test_job_candidates_table_and_min_score(spark, tmp_path):
     assert summary["candidates"] == len(allowed) - 1
     assert summary["candidates_unknown"] == 2  # not-an-item and the zero vector
     assert summary["queries"] == 119  # every valid item is a query, not only candidates
+    assert summary["symmetric"] is False  # queries are not the candidates: one side per block
     assert {n for rows in got.values() for _, n, _ in rows} <= set(allowed)
     assert summary["items_without_neighbours"] == 119 - len(want) > 0  # min_score emptied some lists
     assert min(s for rows in got.values() for _, _, s in rows) >= 0.4
     assert any(len(rows) < 5 for rows in got.values())
+
+
+@pytest.mark.parametrize("partitions", [2, 5])
+def test_job_symmetric_scoring_with_min_score_and_chunks_matches_brute_force(spark, tmp_path, partitions):
+    """Even and odd partition counts (the opposite partition is shared differently), chunks that
+    cut partitions, and a score floor that leaves some items short of k."""
+    ids = make_ids(140, seed=8)
+    x = random_vectors(140, 10, seed=8, duplicates=12)
+    summary = job.run(spark, config(tmp_path, embeddings_dir(tmp_path, ids, x), k=6, block_rows=7,
+                                    broadcast_max_mb=0.003, min_score=0.3, partitions=partitions))
+    assert summary["symmetric"] is True and summary["chunks"] > 2
+    assert_matches(read_output(str(tmp_path / "neighbours")), brute_force(ids, x, 6, min_score=0.3))
 
 
 def test_job_candidates_list_in_config(spark, tmp_path):

@@ -160,3 +160,209 @@ def test_keep_best_orders_by_score_then_id_with_signed_zeros_and_infinities():
     s, i = topk.keep_best(rows, ids, scores, 3, 4)
     assert i.tolist() == [[1, 7, 3, 5], [2, 4, -1, -1], [-1, -1, -1, -1]]
     assert s[0].tolist() == [2.0, 2.0, 0.0, 0.0] and s[1, 0] == np.float32(0.25) and s[1, 1] == -np.inf
+
+
+# ---------------------------------------------------------------------------------------------
+# topk_pair: one matmul per sub-block, both directions of an off-diagonal block
+
+def pair_oracle(vectors, b, k, min_score=None):
+    """Brute force over the block queries = rows [0, b), candidates = rows [b, n): per query its
+    best candidates, per candidate its best queries, as {index: [(index, score), ...]}. A row of
+    the block is valid when its vector is; the rest of the matrix does not exist for the block."""
+    n = len(vectors)
+    rows = oracle(vectors, k, candidates=range(b, n), min_score=min_score)
+    cols = oracle(vectors, k, candidates=range(b), min_score=min_score)
+    return ({q: v for q, v in rows.items() if q < b}, {c: v for c, v in cols.items() if c >= b})
+
+
+def pair_kernel(vectors, b, k, **kw):
+    """topk_pair on the same block, in the oracle's form (ids mapped back to global indices with
+    offset = b, query_offset = 0), plus the raw arrays."""
+    unit, valid = topk.normalise(vectors)
+    (rs, ri), (cs, ci) = topk.topk_pair(unit[:b], unit[b:], k, offset=b, query_offset=0, **kw)
+
+    def table(scores, ids, first, ok):
+        out = {}
+        for r in range(len(ids)):
+            got = [(int(j), float(s)) for j, s in zip(ids[r], scores[r]) if j != topk.EMPTY_ID]
+            if got and ok[first + r]:
+                out[first + r] = got
+        return out
+
+    return (table(rs, ri, 0, valid), table(cs, ci, b, valid)), ((rs, ri), (cs, ci))
+
+
+def assert_same_pair(got: dict, want: dict):
+    """Ids and ranks exactly, scores to 1e-6."""
+    assert sorted(got) == sorted(want)
+    for item, expected in want.items():
+        assert [n for n, _ in got[item]] == [n for n, _ in expected], f"item {item}"
+        np.testing.assert_allclose([s for _, s in got[item]], [s for _, s in expected], atol=1e-6, rtol=0)
+
+
+def check_pair(x, b, k, sub_block=topk.SUB_BLOCK, min_score=None):
+    """topk_pair against brute force on both sides, and against topk_block in both directions:
+    the row side equals topk_block(queries, candidates), the column side equals
+    topk_block(candidates, queries) bit for bit, and a pair found by both sides scores the same."""
+    (rows, cols), ((rs, ri), (cs, ci)) = pair_kernel(x, b, k, sub_block=sub_block, min_score=min_score)
+    want_rows, want_cols = pair_oracle(x, b, k, min_score=min_score)
+    assert_same_pair(rows, want_rows)
+    assert_same_pair(cols, want_cols)
+    unit, _ = topk.normalise(x)
+    bs, bi = topk.topk_block(unit[:b], unit[b:], k, offset=b, min_score=min_score, sub_block=sub_block)
+    np.testing.assert_array_equal(ri, bi)
+    np.testing.assert_array_equal(rs, bs)
+    ts, ti = topk.topk_block(unit[b:], unit[:b], k, offset=0, min_score=min_score, sub_block=sub_block)
+    np.testing.assert_array_equal(ci, ti)
+    np.testing.assert_array_equal(cs.view(np.uint32), ts.view(np.uint32))
+    row_scores = {(q, int(j)): s for q in range(b) for j, s in zip(ri[q], rs[q]) if j != topk.EMPTY_ID}
+    for c in range(len(ci)):
+        for q, s in zip(ci[c], cs[c]):
+            if (int(q), b + c) in row_scores:
+                assert row_scores[int(q), b + c].view(np.uint32) == s.view(np.uint32)
+    return rs, ri, cs, ci
+
+
+# Blocks of every kind for the column side (COLUMN_GROUP = 16 rows a group): groups and the
+# threshold from their maxima (b = 64, 256), the same with leftover rows compared one by one
+# (b = 100, 70, 250), groups shrunk to have k of them (b = 128 and 100 with k = 9: 8 rows a
+# group; b = 64 with k = 20: 2 rows), too few rows for groups (b = 37, 16).
+@pytest.mark.parametrize("seed,b,k,sub_block", [
+    (0, 64, 2, 4096), (1, 100, 5, 256), (2, 128, 9, 50), (3, 37, 2, 320), (4, 70, 3, 7),
+    (5, 16, 15, 64), (6, 250, 10, 256), (7, 256, 1, 300), (8, 100, 9, 128), (9, 64, 20, 64),
+])
+def test_pair_matches_brute_force_random(seed, b, k, sub_block):
+    rng = np.random.default_rng(100 + seed)
+    dim = int(rng.integers(3, 65))
+    n = b + int(rng.integers(150, 500))
+    x = random_vectors(n, dim, seed=seed, duplicates=n // 5)
+    # Copies across the block boundary, so both sides see exact ties.
+    x[[3, b + 5, b + 40, n - 1]] = x[b + 11]
+    check_pair(x, b, k, sub_block=sub_block, min_score=None if seed % 2 else 0.05)
+
+
+@pytest.mark.parametrize("b,m,k,sub_block", [
+    (1, 1, 1, 4096),      # a single pair
+    (1, 30, 5, 7),        # one query: each column has one candidate row
+    (30, 1, 5, 7),        # one candidate
+    (5, 9, 12, 4),        # k larger than both sides: everything, padded
+    (80, 11, 20, 3),      # k >= m on the row side, grouped column side
+    (64, 300, 64, 100),   # k = b on the column side
+])
+def test_pair_tiny_and_padded(b, m, k, sub_block):
+    x = random_vectors(b + m, 6, seed=b * 31 + m)
+    rs, ri, cs, ci = check_pair(x, b, k, sub_block=sub_block)
+    assert ri.shape == (b, k) and ci.shape == (m, k)
+    assert ((ri != topk.EMPTY_ID).sum(axis=1) == min(k, m)).all()
+    assert ((ci != topk.EMPTY_ID).sum(axis=1) == min(k, b)).all()
+    assert (rs[ri == topk.EMPTY_ID] == topk.EMPTY_SCORE).all()
+    assert (cs[ci == topk.EMPTY_ID] == topk.EMPTY_SCORE).all()
+
+
+def test_pair_min_score_leaves_short_lists():
+    x = random_vectors(400, 12, seed=21)
+    rs, ri, cs, ci = check_pair(x, 128, 6, sub_block=64, min_score=0.5)
+    assert (cs[ci != topk.EMPTY_ID] >= np.float32(0.5)).all()
+    assert (rs[ri != topk.EMPTY_ID] >= np.float32(0.5)).all()
+    assert (ci == topk.EMPTY_ID).any() and (ri == topk.EMPTY_ID).any()
+
+
+@pytest.mark.parametrize("side", ["rows", "columns"])
+def test_pair_min_score_one_step_above_a_score(side):
+    # The float32 selection keeps scores down to min_score - tolerance; only the exact rescoring
+    # can drop a pair whose canonical score is one float32 step below min_score.
+    x = random_vectors(300, 12, seed=23)
+    b, k = 96, 4
+    want_rows, want_cols = pair_oracle(x, b, k)
+    lists = want_rows if side == "rows" else want_cols
+    item = sorted(lists)[7]
+    kth = np.float32(lists[item][k - 1][1])
+    # At the k-th score it stays; one step above, the list loses its last entry.
+    check_pair(x, b, k, sub_block=64, min_score=float(kth))
+    rs, ri, cs, ci = check_pair(x, b, k, sub_block=64, min_score=float(np.nextafter(kth, np.float32(np.inf))))
+    ids = ri[item] if side == "rows" else ci[item - b]
+    assert (ids != topk.EMPTY_ID).sum() == k - 1
+
+
+def test_pair_close_scores_clustered_grouped_blocks():
+    # Groups on both sides (sub-blocks of 4 x GROUP columns, b a multiple of COLUMN_GROUP).
+    x = random_vectors(1100, 48, seed=4, clusters=3)
+    check_pair(x, 256, 10, sub_block=256)
+
+
+def test_pair_offsets():
+    x = random_vectors(60, 8, seed=6)
+    unit, _ = topk.normalise(x)
+    (rs, ri), (cs, ci) = topk.topk_pair(unit[:20], unit[20:], 4, offset=1000, query_offset=500)
+    (rs0, ri0), (cs0, ci0) = topk.topk_pair(unit[:20], unit[20:], 4)
+    np.testing.assert_array_equal(ri, ri0 + 1000)
+    np.testing.assert_array_equal(ci, ci0 + 500)
+    assert ri0.min() >= 0 and ri0.max() < 40 and ci0.min() >= 0 and ci0.max() < 20
+    (es, ei), (fs, fi) = topk.topk_pair(unit[:0], unit[20:], 4)
+    assert ei.shape == (0, 4) and (fi == topk.EMPTY_ID).all() and fi.shape == (40, 4)
+
+
+def test_pair_overflow_with_many_ties_takes_the_exact_path_on_both_sides(monkeypatch):
+    x = random_vectors(500, 16, seed=9)
+    b = 192
+    x[::13] = x[1]  # 39 copies, on both sides of the block: far more near-ties than POOL_MARGIN
+    redone = []
+    exact_path = topk._topk_exact
+
+    def spy(queries, candidates, *args, **kwargs):
+        redone.append((len(queries), len(candidates)))
+        return exact_path(queries, candidates, *args, **kwargs)
+
+    monkeypatch.setattr(topk, "_topk_exact", spy)
+    rs, ri, cs, ci = check_pair(x, b, 5, sub_block=64)
+    copies = np.append(np.arange(0, 500, 13), 1)
+    # Rows are redone against the candidates, then columns against the queries; every copy's
+    # pool overflowed (and any other whose top 5 reach the copies).
+    (rows_redone, against_candidates), (cols_redone, against_queries) = redone[:2]
+    assert against_candidates == 500 - b and against_queries == b
+    assert rows_redone >= (copies < b).sum() and cols_redone >= (copies >= b).sum()
+    # A copy's best neighbours on the other side are the copies there, smallest index first.
+    first_queries = np.sort(copies[copies < b])[:5]
+    assert (ci[copies[copies >= b] - b] == first_queries).all()
+
+
+def test_pair_one_matmul_per_sub_block(monkeypatch):
+    calls = []
+
+    class CountingNumpy:
+        def __getattr__(self, name):
+            return getattr(np, name)
+
+        @staticmethod
+        def matmul(*args, **kwargs):
+            calls.append(args[0].shape[0])
+            return np.matmul(*args, **kwargs)
+
+    x = random_vectors(300, 16, seed=12)
+    unit, _ = topk.normalise(x)
+    monkeypatch.setattr(topk, "np", CountingNumpy())
+    topk.topk_pair(unit[:100], unit[100:], 5, sub_block=64)
+    assert calls == [100] * 4  # ceil(200 / 64) sub-blocks, each scored once for both sides
+    calls.clear()
+    topk.topk_block(unit[:100], unit[100:], 5, sub_block=64)
+    topk.topk_block(unit[100:], unit[:100], 5, sub_block=64)
+    assert len(calls) == 4 + 2  # what the two directions cost without the pair kernel
+
+
+def test_pair_scorer_over_many_blocks_equals_topk_block_both_ways():
+    """Column pools run across query blocks and are rescored once: the same as scoring all the
+    queries in one go, bit for bit, including near-ties that overflow a pool."""
+    rng = np.random.default_rng(21)
+    x = topk.normalise(random_vectors(400, 24, seed=21, duplicates=40))[0]
+    x[rng.choice(400, 30, replace=False)] = x[5]  # 31 equal vectors: pools overflow
+    queries, candidates = x[:230], x[230:]
+    scorer = topk.PairScorer(candidates, 7, min_score=-0.2, sub_block=64)
+    rows = [scorer.add(queries[s:s + 50], s) for s in range(0, 230, 50)]
+    col_s, col_i = scorer.finish(queries)
+    want_rows = topk.topk_block(queries, candidates, 7, min_score=-0.2)
+    assert np.array_equal(np.concatenate([r[1] for r in rows]), want_rows[1])
+    assert np.array_equal(np.concatenate([r[0] for r in rows]), want_rows[0])
+    want_cols = topk.topk_block(candidates, queries, 7, min_score=-0.2)
+    assert np.array_equal(col_i, want_cols[1]) and np.array_equal(col_s, want_cols[0])
+    with pytest.raises(ValueError):
+        scorer.add(queries[:3], 0)

@@ -105,9 +105,13 @@ class NeighboursConfig:
     # Item ids that may be recommended: a list, or a path to a CSV/Parquet table with item_id.
     candidates: Any = None
     method: str = "exact"
+    # Exact: when the queries are the candidates, score each block once for both of its sides.
+    symmetric: bool = True
     nlist: int = 0
     nprobe: int = 8
-    recall_sample: int = 0
+    recall_sample: int = 1000
+    # IVF: k-means initialisation and the samples drawn (training, recall), for identical re-runs.
+    seed: int = 0
     partitions: int = 0
     # Rows per Parquet row group of the neighbour table (whole items only): what a point lookup reads.
     row_group_rows: int = 65536

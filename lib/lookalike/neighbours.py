@@ -234,6 +234,30 @@ def candidate_chunks(ordered, n_candidates: int, chunk_rows: int, dim: int) -> I
         yield _chunk(offset, ids, np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(ids), dim))
 
 
+USABLE = "valid AND is_candidate"
+
+
+def _count_true(batches):
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    from pyspark import TaskContext
+
+    n = 0
+    for batch in batches:
+        n += int(pc.sum(batch.column(0)).as_py() or 0)
+    yield pa.RecordBatch.from_pylist([{"partition": TaskContext.get().partitionId(), "rows": n}],
+                                     schema=pa.schema([("partition", pa.int32()), ("rows", pa.int64())]))
+
+
+def candidate_offsets(ordered) -> np.ndarray:
+    """(partitions + 1,) global index of each partition's first usable candidate (a candidate's
+    global index is its rank by item_id, as in ``candidate_chunks``)."""
+    flags = ordered.selectExpr(f"{USABLE} AS usable")
+    counts = dict(flags.mapInArrow(_count_true, "partition int, rows long").collect())
+    n = ordered.rdd.getNumPartitions()
+    return np.concatenate([[0], np.cumsum([counts.get(p, 0) for p in range(n)])]).astype(np.int64)
+
+
 def _to_arrow(frame):
     """``frame.toArrow()``, which Spark 3.5 (EMR 7, make test-compat) lacks: there, the private
     collect that toArrow() wraps in Spark 4."""
@@ -261,30 +285,29 @@ def _vectors(column, dim: int) -> np.ndarray:
     return vectors if vectors.flags.aligned else vectors.copy()
 
 
+def _query_blocks(batches, block_rows: int, dim: int):
+    """(ids, unit vectors) of the queries of a partition, ``block_rows`` at a time, in order."""
+    for batch in batches:
+        if batch.num_rows == 0:
+            continue
+        ids = batch.column(batch.schema.get_field_index("item_id")).to_numpy(zero_copy_only=False)
+        vectors = _vectors(batch.column(batch.schema.get_field_index("vector")), dim)
+        for start in range(0, len(ids), block_rows):
+            yield ids[start:start + block_rows], vectors[start:start + block_rows]
+
+
 def _score_function(chunk_bc, k: int, block_rows: int, min_score: Optional[float], dim: int):
     def score(batches):
-        import pyarrow as pa
-
         chunk: Chunk = chunk_bc.value
-        for batch in batches:
-            if batch.num_rows == 0:
-                continue
-            ids = batch.column(batch.schema.get_field_index("item_id")).to_numpy(zero_copy_only=False)
-            vectors = _vectors(batch.column(batch.schema.get_field_index("vector")), dim)
-            for start in range(0, len(ids), block_rows):
-                block_ids = ids[start:start + block_rows]
-                scores, found = topk.topk_block(
-                    vectors[start:start + block_rows], chunk.vectors, k,
-                    self_index=topk.self_positions(block_ids, chunk.ids), offset=chunk.offset,
-                    min_score=min_score)
-                present = found != topk.EMPTY_ID
-                rows = np.nonzero(present)[0]
-                neighbours = found[present]
-                yield pa.RecordBatch.from_arrays(
-                    [pa.array(block_ids[rows], pa.string()), pa.array(neighbours, pa.int64()),
-                     pa.array(chunk.ids[neighbours - chunk.offset], pa.string()),
-                     pa.array(scores[present], pa.float32())],
-                    names=["item_id", "neighbour_index", "neighbour_id", "score"])
+        for block_ids, block in _query_blocks(batches, block_rows, dim):
+            scores, found = topk.topk_block(
+                block, chunk.vectors, k,
+                self_index=topk.self_positions(block_ids, chunk.ids), offset=chunk.offset,
+                min_score=min_score)
+            present = found != topk.EMPTY_ID
+            rows = np.nonzero(present)[0]
+            neighbours = found[present]
+            yield _partial_batch(block_ids[rows], neighbours, chunk.ids[neighbours - chunk.offset], scores[present])
 
     return score
 
@@ -293,6 +316,101 @@ def score(queries, chunk_bc, k: int, block_rows: int, min_score: Optional[float]
     """Each query's top-k among one broadcast chunk of candidates, as PARTIAL rows (same
     partitioning and order as ``queries``)."""
     return queries.mapInArrow(_score_function(chunk_bc, k, block_rows, min_score, dim), PARTIAL)
+
+
+def paired_partitions(p: int, n: int) -> list[int]:
+    """The partitions q != p whose block of scores with p is computed by p's task when queries are
+    the candidates. Each unordered pair once, and the same share for every task: p takes the next
+    (n - 1) // 2 partitions round the circle, plus, for even n, the opposite one if p < n / 2."""
+    out = [(p + d) % n for d in range(1, (n - 1) // 2 + 1)]
+    if n % 2 == 0 and n > 1 and p < n // 2:
+        out.append(p + n // 2)
+    return out
+
+
+def _partial_batch(item_ids, neighbour_index, neighbour_ids, scores):
+    import pyarrow as pa
+
+    return pa.RecordBatch.from_arrays(
+        [pa.array(item_ids, pa.string()), pa.array(neighbour_index, pa.int64()),
+         pa.array(neighbour_ids, pa.string()), pa.array(scores, pa.float32())],
+        names=["item_id", "neighbour_index", "neighbour_id", "score"])
+
+
+def _symmetric_function(chunk_bc, bounds_bc, k: int, block_rows: int, min_score: Optional[float], dim: int):
+    def score(batches):
+        from pyspark import TaskContext
+
+        chunk: Chunk = chunk_bc.value
+        bounds = bounds_bc.value
+        p, n_parts = TaskContext.get().partitionId(), len(bounds) - 1
+        lo, hi = chunk.offset, chunk.offset + len(chunk.ids)
+
+        def in_chunk(start, stop):
+            return max(start, lo), min(stop, hi)
+
+        own = in_chunk(bounds[p], bounds[p + 1])
+        others = [r for r in (in_chunk(bounds[q], bounds[q + 1]) for q in paired_partitions(p, n_parts)) if r[0] < r[1]]
+        # This task's columns side by side, its own range first: its queries' pools hold
+        # positions in them, and a query redone for near-ties is redone against exactly these
+        # (the other pairs come from the tasks that own them; scoring them here too would list a
+        # neighbour twice).
+        ranges = ([own] if own[0] < own[1] else []) + others
+        if not ranges:  # this chunk holds none of this task's columns
+            for _ in batches:
+                pass
+            return
+        columns = np.concatenate([chunk.vectors[a - lo:b - lo] for a, b in ranges])
+        global_index = np.concatenate([np.arange(a, b) for a, b in ranges])
+        n_own = own[1] - own[0] if own[0] < own[1] else 0
+        # The paired partitions' items, as one block of columns, collect their best among this
+        # task's queries across all blocks, rescored once at the end.
+        paired = topk.PairScorer(columns[n_own:], k, min_score=min_score) if others else None
+        first = int(bounds[p])
+        ids_seen: list = []
+        for block_ids, block in _query_blocks(batches, block_rows, dim):
+            block = np.ascontiguousarray(block)
+            position = len(ids_seen)  # of the block's first query in this task
+            base = first + position
+            ids_seen.extend(block_ids)
+            # One pool per block across the own and the paired columns, rescored once, as
+            # topk_block does across its sub-blocks.
+            pool = topk.row_pool(len(block), k, dim, min_score)
+            self_index = np.full(len(block), -1, dtype=np.int64)
+            if n_own:
+                self_index = np.arange(base, base + len(block)) - own[0]
+                self_index[(self_index < 0) | (self_index >= n_own)] = -1
+                topk.offer_rows(pool, block, columns[:n_own], 0, self_index)
+            if paired is not None:
+                paired.offer(block, position, pool, n_own)
+            best_s, best_i = topk.finish_rows(pool, block, columns, min_score, self_index)
+            present = best_i != topk.EMPTY_ID
+            rows = np.nonzero(present)[0]
+            found = global_index[best_i[present]]
+            yield _partial_batch(block_ids[rows], found, chunk.ids[found - lo], best_s[present])
+        if first + len(ids_seen) != bounds[p + 1]:
+            raise RuntimeError(f"partition {p} has {len(ids_seen)} queries, {bounds[p + 1] - first} expected")
+        if paired is not None:
+            query_ids = np.array(ids_seen, dtype=object)
+            col_s, col_i = paired.finish(paired.queries_seen)
+            present = col_i != topk.EMPTY_ID
+            rows = np.nonzero(present)[0]
+            items = global_index[n_own + rows]
+            yield _partial_batch(chunk.ids[items - lo], col_i[present] + first, query_ids[col_i[present]],
+                                 col_s[present])
+
+    return score
+
+
+def score_symmetric(queries, chunk_bc, bounds_bc, k: int, block_rows: int, min_score: Optional[float], dim: int):
+    """``score`` for when the queries are the candidates (every valid item may be recommended):
+    each task scores its queries against its own partition's candidates and against those of
+    ``paired_partitions``, and each of those blocks serves both sides (topk.topk_pair), so the
+    matmul work is about halved. PARTIAL rows, for each query (its best among the task's columns)
+    and for each candidate of a paired partition (its best among the task's queries): several
+    partial lists per item, merged by ``write_ranked``. ``bounds_bc``: (partitions + 1,) global
+    index of each partition's first item (queries and candidates alike)."""
+    return queries.mapInArrow(_symmetric_function(chunk_bc, bounds_bc, k, block_rows, min_score, dim), PARTIAL)
 
 
 # --------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import time
 from typing import Optional
 
 from .. import neighbours as nb
-from .. import incremental, publish, schemas, storage
+from .. import incremental, ivf, ivf_stage, publish, schemas, storage
 from ..config import Config
 from ..errors import ConfigError, InputError
 from ..partfiles import PartWriter
@@ -93,7 +93,9 @@ def run(spark, cfg: Config) -> dict:
     embeddings = read_embeddings(spark, source)
     candidate_ids = read_candidates(spark, settings.candidates)
     # Parquet footers give the row count without reading the vectors.
-    partitions = settings.partitions or max(2 * spark.sparkContext.defaultParallelism,
+    # Four per core: the symmetric exact scoring does (P + 1) / 2P of the full work with P
+    # partitions (62% at 4, 56% at 8), and smaller tasks balance better.
+    partitions = settings.partitions or max(4 * spark.sparkContext.defaultParallelism,
                                             math.ceil(embeddings.count() / QUERIES_PER_PARTITION))
     ordered = nb.ordered_items(embeddings, partitions, candidate_ids).persist(StorageLevel.MEMORY_AND_DISK)
     try:
@@ -125,7 +127,8 @@ def _run(spark, cfg: Config, run_id: str, ordered, candidate_ids, partitions: in
     settings = cfg.neighbours
     mark = time.perf_counter()
     seen = nb.inspect(ordered)
-    phases = {"read_order_normalise": time.perf_counter() - mark}
+    # prepare: the unchanged-input check, reading the footers, planning (before any vector moves).
+    phases = {"prepare": mark - started, "read_order_normalise": time.perf_counter() - mark}
     kinds = seen["kinds"]
     total = sum(g["rows"] for g in kinds)
     if not total:
@@ -169,10 +172,14 @@ def _run(spark, cfg: Config, run_id: str, ordered, candidate_ids, partitions: in
         "embeddings": cfg.output.embeddings, "embeddings_version": source_version(cfg),
         "neighbours": cfg.output.neighbours, "phase_seconds": phases, "inputs": inputs,
     }
+    phases["checks"] = time.perf_counter() - mark - phases["read_order_normalise"]
     _score_and_write(spark, cfg, ordered, summary, partitions, started)
-    log.info("neighbours done: %d queries x %d candidates in %d chunk(s), k=%d: %d rows, %d items "
+    how = (f"{summary['chunks']} chunk(s)" if settings.method == "exact" else
+           f"IVF {summary['ivf']['nlist']} lists, nprobe {summary['ivf']['nprobe']}, "
+           f"recall@{settings.k} {summary['recall_at_k']}")
+    log.info("neighbours done: %d queries x %d candidates (%s), k=%d: %d rows, %d items "
              "without neighbours, %d invalid left out, %.1fs (%.0f queries/s) -> %s",
-             valid, n_candidates, summary["chunks"], settings.k, summary["rows"],
+             valid, n_candidates, how, settings.k, summary["rows"],
              summary["items_without_neighbours"], invalid, summary["seconds"], summary["queries_per_second"],
              cfg.output.neighbours)
     return summary
@@ -186,60 +193,21 @@ def source_version(cfg: Config) -> Optional[str]:
 
 
 def _score_and_write(spark, cfg: Config, ordered, summary: dict, partitions: int, started: float) -> None:
-    """Score every chunk, write the table into a new version, and publish it with ``summary``
+    """Score (exact or IVF), write the table into a new version, and publish it with ``summary``
     (completed here with the counts and times)."""
-    from pyspark import StorageLevel
-
     settings = cfg.neighbours
-    run_id, dim = summary["run_id"], summary["dim"]
-    n_queries, n_candidates = summary["queries"], summary["candidates"]
-    chunk_rows = nb.rows_per_chunk(settings.broadcast_max_mb, dim)
-    n_chunks = math.ceil(n_candidates / chunk_rows)
-    log.info("%d queries, %d candidates of dim %d in %d chunk(s) of up to %d rows (%.1f MB), %d partitions, "
-             "blocks of %d queries", n_queries, n_candidates, dim, n_chunks, chunk_rows,
-             min(chunk_rows, n_candidates) * (4 * dim + nb.ID_BYTES) / 2 ** 20, partitions, settings.block_rows)
-    sc = spark.sparkContext
     phases = summary["phase_seconds"]
-    phases.update(collect_broadcast=0.0, score=0.0)
-    broadcasts, partials = [], []
-    with OutputSet(spark, {"neighbours": cfg.output.neighbours}, run_id, cfg.output.force_unlock, s3=cfg.s3) as out:
+    cleanup: list = []  # persisted frames and broadcasts, released whatever happens
+    with OutputSet(spark, {"neighbours": cfg.output.neighbours}, summary["run_id"], cfg.output.force_unlock,
+                   s3=cfg.s3) as out:
         staging = out.staging("neighbours")
         try:
-            chunks = nb.candidate_chunks(ordered, n_candidates, chunk_rows, dim)
-            queries = nb.queries(ordered)
-            for number in range(1, n_chunks + 1):
+            scorer = _score_ivf if settings.method == "ivf" else _score_exact
+            partials, written = scorer(spark, cfg, ordered, summary, partitions, staging, cleanup)
+            if partials is not None:
                 mark = time.perf_counter()
-                chunk = next(chunks)
-                chunk_bc = sc.broadcast(chunk)
-                broadcasts.append(chunk_bc)
-                phases["collect_broadcast"] += time.perf_counter() - mark
-                mark = time.perf_counter()
-                log.info("chunk %d/%d: candidates %d..%d (%s .. %s), %.1f MB broadcast", number, n_chunks,
-                         chunk.offset, chunk.offset + len(chunk.ids) - 1, chunk.ids[0], chunk.ids[-1],
-                         chunk.nbytes / 2 ** 20)
-                del chunk
-                if n_chunks == 1:
-                    # Already in the output's partitioning and order: rank and write in the same tasks.
-                    written = _collect(spark, run_id, "neighbours", n_queries, nb.score_and_write(
-                        queries, chunk_bc, settings.k, settings.block_rows, settings.min_score, dim,
-                        staging, cfg.s3, settings.row_group_rows))
-                else:
-                    scored = nb.score(queries, chunk_bc, settings.k, settings.block_rows, settings.min_score, dim)
-                    scored = scored.persist(StorageLevel.MEMORY_AND_DISK)
-                    _collect(spark, run_id, f"neighbours chunk {number}/{n_chunks}", n_queries,
-                             scored.groupBy().count())
-                    partials.append(scored)
-                    chunk_bc.unpersist()  # executors drop it; the driver keeps it for recomputation
-                phases["score"] += time.perf_counter() - mark
-            if next(chunks, None) is not None:
-                raise RuntimeError(f"more candidates than the {n_candidates} counted; was the table changed?")
-            if partials:
-                mark = time.perf_counter()
-                merged = partials[0]
-                for other in partials[1:]:
-                    merged = merged.union(other)
-                merged = merged.repartitionByRange(partitions, "item_id").sortWithinPartitions("item_id")
-                written = _collect(spark, run_id, "neighbours merge", n_queries,
+                merged = partials.repartitionByRange(partitions, "item_id").sortWithinPartitions("item_id")
+                written = _collect(spark, summary["run_id"], "neighbours merge", summary["queries"],
                                    nb.write_ranked(merged, staging, settings.k, cfg.s3, settings.row_group_rows))
                 phases["merge"] = time.perf_counter() - mark
             rows = sum(w["rows"] for w in written)
@@ -250,24 +218,162 @@ def _score_and_write(spark, cfg: Config, ordered, summary: dict, partitions: int
             items_with = sum(w["items"] for w in written)
             seconds = time.perf_counter() - started
             summary.update({
-                "k": settings.k, "min_score": settings.min_score,
+                "method": settings.method, "k": settings.k, "min_score": settings.min_score,
                 "candidates_filter": settings.candidates if isinstance(settings.candidates, str) else
                 (None if settings.candidates is None else f"{len(settings.candidates)} ids"),
-                "chunks": n_chunks, "chunk_rows": chunk_rows, "partitions": partitions,
-                "block_rows": settings.block_rows, "rows": rows, "files": len(written),
+                "partitions": partitions, "block_rows": settings.block_rows, "rows": rows, "files": len(written),
                 "row_groups": sum(w["row_groups"] for w in written),
-                "items_with_neighbours": items_with, "items_without_neighbours": n_queries - items_with,
-                "seconds": round(seconds, 2), "queries_per_second": round(n_queries / seconds, 1),
+                "items_with_neighbours": items_with, "items_without_neighbours": summary["queries"] - items_with,
+                "seconds": round(seconds, 2), "queries_per_second": round(summary["queries"] / seconds, 1),
                 "config_fingerprint": {"neighbours": cfg.fingerprint("neighbours")},
                 "versions": library_versions(),
             })
             summary["phase_seconds"] = {name: round(value, 2) for name, value in phases.items()}
             out.commit({"neighbours": summary})
         finally:
-            for part in partials:
-                part.unpersist()
-            for chunk_bc in broadcasts:
-                chunk_bc.destroy()
+            for thing in cleanup:
+                if hasattr(thing, "unpersist") and not hasattr(thing, "destroy"):
+                    thing.unpersist()
+                else:
+                    thing.destroy()
+
+
+def _score_exact(spark, cfg: Config, ordered, summary: dict, partitions: int, staging: str, cleanup: list):
+    """Every query against every candidate, one broadcast chunk of candidates at a time. Returns
+    (PARTIAL rows to merge, None), or (None, WRITTEN rows) when one chunk held every candidate and
+    the tasks wrote the table themselves."""
+    from pyspark import StorageLevel
+
+    settings = cfg.neighbours
+    run_id, dim = summary["run_id"], summary["dim"]
+    n_queries, n_candidates = summary["queries"], summary["candidates"]
+    chunk_rows = nb.rows_per_chunk(settings.broadcast_max_mb, dim)
+    n_chunks = math.ceil(n_candidates / chunk_rows)
+    summary.update(chunks=n_chunks, chunk_rows=chunk_rows)
+    log.info("%d queries, %d candidates of dim %d in %d chunk(s) of up to %d rows (%.1f MB), %d partitions, "
+             "blocks of %d queries", n_queries, n_candidates, dim, n_chunks, chunk_rows,
+             min(chunk_rows, n_candidates) * (4 * dim + nb.ID_BYTES) / 2 ** 20, partitions, settings.block_rows)
+    sc = spark.sparkContext
+    phases = summary["phase_seconds"]
+    phases.update(collect_broadcast=0.0, score=0.0)
+    partials = []
+    chunks = nb.candidate_chunks(ordered, n_candidates, chunk_rows, dim)
+    queries = nb.queries(ordered)
+    # When the queries are the candidates, score(a, b) = score(b, a): each block serves both.
+    symmetric = settings.symmetric and n_candidates == n_queries and partitions > 1
+    summary["symmetric"] = symmetric
+    if symmetric:
+        bounds_bc = sc.broadcast(nb.candidate_offsets(ordered))
+        cleanup.append(bounds_bc)
+    for number in range(1, n_chunks + 1):
+        mark = time.perf_counter()
+        chunk = next(chunks)
+        chunk_bc = sc.broadcast(chunk)
+        cleanup.append(chunk_bc)
+        phases["collect_broadcast"] += time.perf_counter() - mark
+        mark = time.perf_counter()
+        log.info("chunk %d/%d: candidates %d..%d (%s .. %s), %.1f MB broadcast", number, n_chunks,
+                 chunk.offset, chunk.offset + len(chunk.ids) - 1, chunk.ids[0], chunk.ids[-1],
+                 chunk.nbytes / 2 ** 20)
+        del chunk
+        if n_chunks == 1 and not symmetric:
+            # Already in the output's partitioning and order: rank and write in the same tasks.
+            written = _collect(spark, run_id, "neighbours", n_queries, nb.score_and_write(
+                queries, chunk_bc, settings.k, settings.block_rows, settings.min_score, dim,
+                staging, cfg.s3, settings.row_group_rows))
+            phases["score"] += time.perf_counter() - mark
+            return None, written
+        if symmetric:
+            scored = nb.score_symmetric(queries, chunk_bc, bounds_bc, settings.k, settings.block_rows,
+                                        settings.min_score, dim)
+        else:
+            scored = nb.score(queries, chunk_bc, settings.k, settings.block_rows, settings.min_score, dim)
+        scored = scored.persist(StorageLevel.MEMORY_AND_DISK)
+        cleanup.append(scored)
+        _collect(spark, run_id, f"neighbours chunk {number}/{n_chunks}", n_queries, scored.groupBy().count())
+        partials.append(scored)
+        chunk_bc.unpersist()  # executors drop it; the driver keeps it for recomputation
+        phases["score"] += time.perf_counter() - mark
+    if next(chunks, None) is not None:
+        raise RuntimeError(f"more candidates than the {n_candidates} counted; was the table changed?")
+    merged = partials[0]
+    for other in partials[1:]:
+        merged = merged.union(other)
+    return merged, None
+
+
+def _score_ivf(spark, cfg: Config, ordered, summary: dict, partitions: int, staging: str, cleanup: list):
+    """Approximate: k-means lists, queries scanned against their nprobe nearest lists (lookalike.ivf).
+    Returns (PARTIAL rows to merge, None); puts the list statistics and the sampled recall@k into
+    ``summary``."""
+    from pyspark import StorageLevel
+
+    settings = cfg.neighbours
+    run_id, dim = summary["run_id"], summary["dim"]
+    n_queries, n_candidates = summary["queries"], summary["candidates"]
+    sc = spark.sparkContext
+    phases = summary["phase_seconds"]
+    nlist = min(settings.nlist or ivf.auto_nlist(n_candidates), n_candidates)
+    nprobe = min(settings.nprobe, nlist)
+    if nprobe < settings.nprobe:
+        log.info("neighbours.nprobe=%d is more than the %d lists: every list is probed (exact search)",
+                 settings.nprobe, nlist)
+
+    mark = time.perf_counter()
+    offsets_bc = sc.broadcast(nb.candidate_offsets(ordered))
+    cleanup.append(offsets_bc)
+    size = ivf.train_size(n_candidates, nlist)
+    sample = ivf_stage.training_sample(ordered, n_candidates, size, dim, settings.seed)
+    log.info("IVF: training %d lists on %d of %d candidates (spherical k-means, %d iterations)",
+             nlist, len(sample), n_candidates, ivf.KMEANS_ITERATIONS)
+    centroids = ivf.train(sample, min(nlist, len(sample)), seed=settings.seed)
+    nlist = len(centroids)
+    del sample
+    centroids_bc = sc.broadcast(centroids)
+    cleanup.append(centroids_bc)
+    phases["ivf_train"] = time.perf_counter() - mark
+
+    mark = time.perf_counter()
+    sizes = ivf_stage.list_sizes(ordered, centroids_bc, nlist, dim)
+    group_rows = max(1, math.ceil(n_candidates / partitions))
+    the_plan = ivf.plan(sizes, centroids, group_rows, seed=settings.seed)
+    stats = ivf.skew(sizes, the_plan)
+    plan_bc = sc.broadcast(the_plan)
+    cleanup.append(plan_bc)
+    phases["ivf_assign"] = time.perf_counter() - mark
+    log.info("IVF: %d lists of %s..%s candidates (median %s, largest %.1fx the mean, %d split), packed into %d "
+             "groups of %d..%d candidates; each query probes %d lists",
+             nlist, stats["list_size"]["min"], stats["list_size"]["max"], stats["list_size"]["median"],
+             stats["largest_list_vs_mean"], stats["lists_split"], stats["groups"], stats["group_candidates"]["min"],
+             stats["group_candidates"]["max"], nprobe)
+
+    mark = time.perf_counter()
+    routed = ivf_stage.route(ordered, centroids_bc, plan_bc, offsets_bc, nprobe, dim)
+    scored = ivf_stage.score(routed, the_plan.groups, settings.k, settings.block_rows, settings.min_score,
+                             dim, nprobe).persist(StorageLevel.MEMORY_AND_DISK)
+    cleanup.append(scored)
+    routed_rows = _collect(spark, run_id, "neighbours ivf", n_queries, scored.groupBy().count())[0]["count"]
+    phases["score"] = time.perf_counter() - mark
+    stats["partial_rows_per_query"] = round(routed_rows / max(1, n_queries), 2)
+
+    recall = None
+    if settings.recall_sample:
+        mark = time.perf_counter()
+        ids, vectors = ivf_stage.sample_queries(ordered, n_queries, settings.recall_sample, settings.seed)
+        sample_bc = sc.broadcast((ids, vectors))
+        cleanup.append(sample_bc)
+        exact = ivf_stage.exact_for_sample(ordered, offsets_bc, sample_bc, settings.k, settings.min_score, dim)
+        found = ivf_stage.found_for_sample(scored, ids, settings.k)
+        recall = ivf.recall(found, {q: set(row[row >= 0].tolist()) for q, row in zip(ids, exact)})
+        phases["recall_sample"] = time.perf_counter() - mark
+        log.info("IVF: recall@%d = %s on %d sampled queries (against exact search)", settings.k,
+                 "n/a" if recall is None else f"{recall:.4f}", len(ids))
+        summary["recall_sample"] = {"queries": int(len(ids)), "k": settings.k,
+                                    "recall_at_k": None if recall is None else round(recall, 4)}
+    summary["recall_at_k"] = None if recall is None else round(recall, 4)
+    summary["ivf"] = {"nlist": nlist, "nprobe": nprobe, "trained_on": int(min(size, n_candidates)),
+                      "kmeans_iterations": ivf.KMEANS_ITERATIONS, **stats}
+    return scored, None
 
 
 def _collect(spark, run_id: str, stage: str, n_queries: int, frame) -> list[dict]:

@@ -1,0 +1,296 @@
+"""Approximate top-k by inverted lists (IVF), in plain numpy: what ``lookalike.ivf_stage`` runs.
+
+Exact search costs 2·N²·d: 10^20 FLOPs at 100M items of 512 floats. IVF clusters the candidates
+into ``nlist`` lists around k-means centroids and scores each query only against the members of
+its ``nprobe`` nearest lists, about N·nprobe/nlist candidates instead of N.
+
+Lists are packed into *groups*, the unit of work of one Spark task: a group holds whole lists (or
+parts of a list too large for one task) and every query that probes one of them. Lists are packed
+in the order of a coarse clustering of their centroids, so the lists a query probes tend to share
+a group and the query is shipped to few groups.
+
+What is found is scored exactly as ``topk`` does (float64-rescored, canonical order), so an IVF
+table differs from the exact one only where a true neighbour sat in a list that was not probed:
+with ``nprobe == nlist`` it is the exact table.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from . import topk
+
+# Lists bigger than this many times the mean are cut into parts spread over groups: a list's
+# cost grows with its size times the queries that probe it, and big lists attract more probes.
+SPLIT_FACTOR = 4
+# k-means: iterations on the driver, and training points per list (FAISS warns under 39).
+KMEANS_ITERATIONS = 12
+TRAIN_PER_LIST = 64
+TRAIN_MAX = 262_144
+# Rows per matmul when assigning vectors to lists.
+ASSIGN_ROWS = 4096
+
+
+def auto_nlist(n_candidates: int) -> int:
+    """About sqrt(N) lists: as many lists as items per list balances the two costs of a query
+    (ranking the centroids, scanning the probed lists)."""
+    return max(1, min(n_candidates, round(math.sqrt(n_candidates))))
+
+
+def train_size(n_candidates: int, nlist: int) -> int:
+    return int(min(n_candidates, max(nlist, min(TRAIN_MAX, nlist * TRAIN_PER_LIST))))
+
+
+def nearest(vectors: np.ndarray, centroids: np.ndarray, n: int) -> np.ndarray:
+    """(rows, n) int32: each unit vector's n most similar centroids, best first (ties: lower list)."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    out = np.empty((len(vectors), n), dtype=np.int32)
+    m = len(centroids)
+    for start in range(0, len(vectors), ASSIGN_ROWS):
+        scores = vectors[start:start + ASSIGN_ROWS] @ centroids.T
+        if n < m:
+            part = np.argpartition(-scores, n - 1, axis=1)[:, :n]
+        else:
+            part = np.broadcast_to(np.arange(m), scores.shape).copy()
+        # Stable sort by (score desc, list asc) for deterministic probe order.
+        part.sort(axis=1)
+        order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
+        out[start:start + ASSIGN_ROWS] = np.take_along_axis(part, order, axis=1)
+    return out
+
+
+def train(sample: np.ndarray, nlist: int, iterations: int = KMEANS_ITERATIONS, seed: int = 0) -> np.ndarray:
+    """Spherical k-means: (nlist, d) unit float32 centroids of the unit rows of ``sample``.
+
+    Deterministic for a given sample and seed. An empty list is re-seeded with the point that its
+    own centroid fits worst, so every list ends up with members of the sample."""
+    sample = np.ascontiguousarray(sample, dtype=np.float32)
+    if len(sample) < nlist:
+        raise ValueError(f"cannot train {nlist} lists on {len(sample)} vectors")
+    rng = np.random.default_rng(seed)
+    centroids = sample[np.sort(rng.choice(len(sample), nlist, replace=False))].copy()
+    for _ in range(iterations):
+        assigned = nearest(sample, centroids, 1)[:, 0]
+        counts = np.bincount(assigned, minlength=nlist)
+        order = np.argsort(assigned, kind="stable")
+        sums = np.zeros(centroids.shape, dtype=np.float64)
+        filled = np.flatnonzero(counts)
+        sums[filled] = np.add.reduceat(sample[order], (np.cumsum(counts) - counts)[filled], axis=0)
+        empty = np.flatnonzero(counts == 0)
+        if len(empty):
+            fit = np.einsum("ij,ij->i", sample, centroids[assigned])
+            worst = np.argsort(fit, kind="stable")[:len(empty)]
+            sums[empty] = sample[worst]
+        norms = np.linalg.norm(sums, axis=1, keepdims=True)
+        centroids = (sums / np.where(norms > 0, norms, 1)).astype(np.float32)
+    return centroids
+
+
+# --------------------------------------------------------------------------------------------
+# Packing lists into groups
+
+@dataclass(frozen=True)
+class Plan:
+    """Where every list lives: list L has ``parts[L]`` parts (a candidate with global index i is in
+    part i % parts[L]) and part p of list L is in group ``part_group[part_start[L] + p]``."""
+
+    parts: np.ndarray  # (nlist,) int32, >= 1
+    part_start: np.ndarray  # (nlist + 1,) int64
+    part_group: np.ndarray  # (total parts,) int32
+    groups: int
+    group_rows: np.ndarray  # (groups,) expected candidates per group (from the list sizes)
+
+    def candidate_groups(self, lists: np.ndarray, indices: np.ndarray) -> np.ndarray:
+        part = indices % self.parts[lists]
+        return self.part_group[self.part_start[lists] + part]
+
+    def route(self, probes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(query rows, groups): every group holding a part of a probed list, once per query."""
+        n, nprobe = probes.shape
+        flat = probes.ravel()
+        counts = self.parts[flat].astype(np.int64)
+        rows = np.repeat(np.repeat(np.arange(n, dtype=np.int64), nprobe), counts)
+        # The k-th part of each probed list, for k = 0 .. parts - 1.
+        within = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+        groups = self.part_group[np.repeat(self.part_start[flat], counts) + within].astype(np.int64)
+        pairs = np.unique(rows * self.groups + groups)
+        return pairs // self.groups, (pairs % self.groups).astype(np.int32)
+
+
+def plan(list_sizes: np.ndarray, centroids: np.ndarray, group_rows: int, seed: int = 0) -> Plan:
+    """Cut lists above SPLIT_FACTOR x the mean into parts, then pack parts into groups of about
+    ``group_rows`` candidates, in the order of a coarse clustering of the centroids."""
+    list_sizes = np.asarray(list_sizes, dtype=np.int64)
+    nlist = len(list_sizes)
+    mean = max(1.0, list_sizes.sum() / max(1, nlist))
+    limit = max(1, int(math.ceil(SPLIT_FACTOR * mean)))
+    parts = np.maximum(1, -(-list_sizes // limit)).astype(np.int32)
+    part_start = np.concatenate([[0], np.cumsum(parts)]).astype(np.int64)
+    total = max(1, int(list_sizes.sum()))
+    n_coarse = max(1, min(nlist, math.ceil(total / max(1, group_rows))))
+    coarse = nearest(centroids, train(centroids, n_coarse, iterations=5, seed=seed), 1)[:, 0] \
+        if n_coarse > 1 else np.zeros(nlist, dtype=np.int32)
+    part_group = np.empty(int(part_start[-1]), dtype=np.int32)
+    rows_per_group: list[int] = []
+    current = 0
+    for lst in np.lexsort((np.arange(nlist), coarse)):
+        share = list_sizes[lst] / parts[lst]
+        for p in range(parts[lst]):
+            if rows_per_group and rows_per_group[-1] + share > group_rows and rows_per_group[-1] > 0:
+                current += 1
+            if current == len(rows_per_group):
+                rows_per_group.append(0)
+            part_group[part_start[lst] + p] = current
+            rows_per_group[current] += int(round(share))
+    return Plan(parts, part_start, part_group, len(rows_per_group), np.array(rows_per_group, dtype=np.int64))
+
+
+def skew(list_sizes: np.ndarray, the_plan: Plan) -> dict:
+    """How uneven the lists and groups are: what to look at when some tasks run much longer."""
+    sizes = np.asarray(list_sizes)
+    rows = the_plan.group_rows
+    return {
+        "lists": int(len(sizes)), "empty_lists": int((sizes == 0).sum()),
+        "list_size": {"min": int(sizes.min()), "median": float(np.median(sizes)), "mean": round(float(sizes.mean()), 1),
+                      "p99": float(np.percentile(sizes, 99)), "max": int(sizes.max())},
+        "largest_list_vs_mean": round(float(sizes.max() / max(sizes.mean(), 1e-9)), 2),
+        "lists_split": int((the_plan.parts > 1).sum()),
+        "groups": int(the_plan.groups),
+        "group_candidates": {"min": int(rows.min()), "max": int(rows.max()), "mean": round(float(rows.mean()), 1)},
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Scoring one group
+
+@dataclass(frozen=True)
+class GroupCandidates:
+    """A group's candidates ordered by (list, global index), with where each list starts."""
+
+    lists: np.ndarray  # list ids present, ascending
+    bounds: np.ndarray  # (len(lists) + 1,) row bounds
+    indices: np.ndarray  # int64 global candidate indices (id order)
+    ids: np.ndarray  # object array of item ids
+    vectors: np.ndarray  # float32 (n, d)
+
+    def ids_of(self, indices: np.ndarray) -> np.ndarray:
+        """Item ids of global candidate indices of this group."""
+        order = np.argsort(self.indices, kind="stable")
+        return self.ids[order[np.searchsorted(self.indices[order], indices)]]
+
+    @classmethod
+    def build(cls, lists, indices, ids, vectors) -> "GroupCandidates":
+        lists = np.asarray(lists, dtype=np.int64)
+        indices = np.asarray(indices, dtype=np.int64)
+        order = np.lexsort((indices, lists))
+        lists, indices = lists[order], indices[order]
+        present, starts = np.unique(lists, return_index=True)
+        return cls(present, np.append(starts, len(lists)), indices, np.asarray(ids, dtype=object)[order],
+                   np.ascontiguousarray(np.asarray(vectors, dtype=np.float32)[order]))
+
+
+def score_group(group: GroupCandidates, probes: np.ndarray, self_index: np.ndarray, vectors: np.ndarray,
+                k: int, min_score: Optional[float] = None, block_rows: int = 1024):
+    """Top-k of each query (rows of ``vectors``) among the members of the group's lists that it
+    probes, its own index (``self_index``, -1 for none) excluded. Returns (scores (b, k), global
+    indices (b, k)) in canonical order, padded with topk.EMPTY_*.
+
+    As in ``topk.topk_block``, float32 scores only select: each list keeps its best
+    k + POOL_MARGIN per query, the pool over all probed lists is cut at the k-th best minus the
+    error bound, and only what is left is rescored exactly, once per query rather than once per
+    list (rescoring is memory-bound and would otherwise cost as much as the matmuls). A query for
+    which a list may have dropped a candidate within the bound (many near-ties) is redone list by
+    list with ``topk.topk_block``."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    b = len(vectors)
+    size = k + topk.POOL_MARGIN
+    eps = np.float32(topk.tolerance(vectors.shape[1]))
+    floor = np.float32(-np.inf if min_score is None else min_score - eps)
+    rows_all, cols_all, scores_all = [], [], []
+    dropped = np.full(b, -np.inf, dtype=np.float32)  # best float32 score a list left out, per query
+    for j, list_id in enumerate(group.lists):
+        probing = np.flatnonzero((probes == list_id).any(axis=1))
+        lo, hi = int(group.bounds[j]), int(group.bounds[j + 1])
+        for first in range(0, len(probing), block_rows):
+            rows = probing[first:first + block_rows]
+            picked_rows, cols, picked = _best_of_list(group, lo, hi, vectors, rows, self_index, size, floor, dropped)
+            rows_all.append(picked_rows)
+            cols_all.append(cols)
+            scores_all.append(picked)
+    empty = (np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32))
+    rows, cols, scores = (np.concatenate(a) for a in (rows_all, cols_all, scores_all)) if rows_all else empty
+    pool_s, pool_i = topk.keep_best(rows, cols.astype(np.int64), scores, b, size)
+    bound = np.maximum(pool_s[:, k - 1] - eps, floor)
+    overflow = ((pool_i[:, -1] != topk.EMPTY_ID) & (pool_s[:, -1] >= bound)) | (dropped >= bound)
+    r, slot = np.nonzero((pool_i != topk.EMPTY_ID) & (pool_s >= bound[:, None]) & ~overflow[:, None])
+    c = pool_i[r, slot]
+    exact = topk.exact_scores(vectors, group.vectors, r, c)
+    if min_score is not None:
+        ok = exact >= np.float32(min_score)
+        r, c, exact = r[ok], c[ok], exact[ok]
+    best_s, best_i = topk.keep_best(r, group.indices[c], exact, b, k)
+    redo = np.flatnonzero(overflow)
+    if len(redo):
+        best_s[redo], best_i[redo] = _score_group_listwise(group, probes[redo], self_index[redo], vectors[redo],
+                                                           k, min_score)
+    return best_s, best_i
+
+
+def _best_of_list(group: GroupCandidates, lo: int, hi: int, vectors, rows, self_index, size: int, floor,
+                  dropped: np.ndarray):
+    """(rows, group positions, float32 scores) of the ``size`` best members of list rows lo..hi
+    for each query in ``rows`` (at least ``floor``); raises ``dropped[row]`` to the best score
+    left out."""
+    scores = vectors[rows] @ group.vectors[lo:hi].T
+    own = np.flatnonzero(self_index[rows] >= 0)
+    if len(own):
+        pos = np.minimum(np.searchsorted(group.indices[lo:hi], self_index[rows][own]), hi - lo - 1)
+        mine = group.indices[lo:hi][pos] == self_index[rows][own]
+        scores[own[mine], pos[mine]] = -np.inf
+    width = hi - lo
+    if width > size:
+        cut = np.argpartition(scores, width - size - 1, axis=1)
+        keep, out = cut[:, width - size:], cut[:, width - size - 1]
+        dropped[rows] = np.maximum(dropped[rows], scores[np.arange(len(rows)), out])
+        picked = np.take_along_axis(scores, keep, axis=1)
+        cols = keep + lo
+    else:
+        picked = scores
+        cols = np.broadcast_to(np.arange(lo, hi), scores.shape)
+    ok = picked >= floor
+    return np.broadcast_to(rows[:, None], picked.shape)[ok], cols[ok], picked[ok]
+
+
+def _score_group_listwise(group: GroupCandidates, probes, self_index, vectors, k: int, min_score):
+    """``score_group`` the slow, simple way: exact top-k per probed list, then merged."""
+    b = len(vectors)
+    rows_all, ids_all, scores_all = [], [], []
+    for j, list_id in enumerate(group.lists):
+        rows = np.flatnonzero((probes == list_id).any(axis=1))
+        if not len(rows):
+            continue
+        lo, hi = group.bounds[j], group.bounds[j + 1]
+        members = group.indices[lo:hi]
+        own = self_index[rows]
+        pos = np.minimum(np.searchsorted(members, own), len(members) - 1)
+        scores, found = topk.topk_block(vectors[rows], group.vectors[lo:hi], k,
+                                        self_index=np.where(members[pos] == own, pos, -1), min_score=min_score)
+        present = found != topk.EMPTY_ID
+        rows_all.append(np.broadcast_to(rows[:, None], found.shape)[present])
+        ids_all.append(members[found[present]])
+        scores_all.append(scores[present])
+    if not rows_all:
+        return topk.keep_best(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32), b, k)
+    return topk.keep_best(np.concatenate(rows_all), np.concatenate(ids_all), np.concatenate(scores_all), b, k)
+
+
+def recall(found: dict, exact: dict) -> Optional[float]:
+    """Share of the exact neighbours that were found, over the sampled queries: {query: set}."""
+    wanted = sum(len(v) for v in exact.values())
+    if not wanted:
+        return None
+    return sum(len(set(found.get(q, ())) & set(v)) for q, v in exact.items()) / wanted

@@ -1,0 +1,219 @@
+"""The IVF neighbours stage in Spark (neighbours.method: ivf), on ``neighbours.ordered_items``.
+
+1. ``neighbours.candidate_offsets``: each partition's first global candidate index (partitions
+   are range-sorted by item_id, so index order is id order, as in the exact job's tie-break).
+2. ``training_sample`` to the driver; ``ivf.train`` runs k-means there.
+3. ``list_sizes``: one pass assigning every candidate to its nearest centroid (counts only).
+4. ``ivf.plan`` on the driver packs lists (split when too large) into groups.
+5. ``route``: every candidate goes to its list's group once; every query to each group that holds
+   one of its ``nprobe`` lists. A shuffle on the group id (the join on list ids) brings each
+   group's candidates and then its queries together, sorted, and ``score`` scans them per list
+   with ``topk.topk_block``: PARTIAL rows, merged per item by the exact job's write step.
+6. ``exact_for_sample``: the exact top-k of sampled queries (the sample broadcast, candidates
+   scanned in place) to measure recall.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+import numpy as np
+
+from . import ivf, topk
+from .neighbours import PARTIAL, USABLE, _to_arrow, _vectors
+
+log = logging.getLogger(__name__)
+
+ROUTED = ("group int, kind tinyint, list int, index long, item_id string, probes array<int>, vector binary")
+CANDIDATE, QUERY = 0, 1
+
+
+def training_sample(ordered, n_candidates: int, size: int, dim: int, seed: int) -> np.ndarray:
+    """About ``size`` usable candidate vectors, drawn reproducibly (same table, same sample)."""
+    rows = ordered.filter(USABLE).select("vector")
+    if size < n_candidates:
+        # Cut to size here: a limit() in Spark scans the partitions a few at a time.
+        rows = rows.sample(False, min(1.0, 1.2 * size / n_candidates), seed=seed)
+    vectors = _vectors(_to_arrow(rows).column("vector").combine_chunks(), dim)[:size]
+    if len(vectors) < min(size, n_candidates) // 2:
+        raise RuntimeError(f"the k-means sample came back with {len(vectors)} of {size} vectors")
+    return vectors
+
+
+def _with_indices(offsets_bc, batches):
+    """(batch, global candidate index of each row or -1) for rows of ordered.filter('valid')."""
+    from pyspark import TaskContext
+
+    seen = int(offsets_bc.value[TaskContext.get().partitionId()])
+    for batch in batches:
+        usable = batch.column(batch.schema.get_field_index("is_candidate")).to_numpy(zero_copy_only=False)
+        index = np.full(batch.num_rows, -1, dtype=np.int64)
+        index[usable] = seen + np.arange(int(usable.sum()))
+        seen += int(usable.sum())
+        yield batch, usable, index
+
+
+def list_sizes(ordered, centroids_bc, nlist: int, dim: int) -> np.ndarray:
+    def count(batches):
+        import pyarrow as pa
+
+        sizes = np.zeros(nlist, dtype=np.int64)
+        for batch in batches:
+            if batch.num_rows:
+                lists = ivf.nearest(_vectors(batch.column(0), dim), centroids_bc.value, 1)[:, 0]
+                sizes += np.bincount(lists, minlength=nlist)
+        yield pa.RecordBatch.from_arrays([pa.array([sizes.tobytes()], pa.binary())], names=["sizes"])
+
+    total = np.zeros(nlist, dtype=np.int64)
+    for row in ordered.filter(USABLE).select("vector").mapInArrow(count, "sizes binary").collect():
+        total += np.frombuffer(row.sizes, dtype=np.int64)
+    return total
+
+
+def route(ordered, centroids_bc, plan_bc, offsets_bc, nprobe: int, dim: int):
+    """ROUTED rows: each usable candidate once (kind 0, in its list's group) and each valid item,
+    as a query, once per group that holds a list it probes (kind 1)."""
+    def emit(batches):
+        import pyarrow as pa
+
+        the_plan = plan_bc.value
+        for batch, usable, index in _with_indices(offsets_bc, batches):
+            if batch.num_rows == 0:
+                continue
+            column = batch.column(batch.schema.get_field_index("vector"))
+            ids = batch.column(batch.schema.get_field_index("item_id"))
+            probes = ivf.nearest(_vectors(column, dim), centroids_bc.value, nprobe)
+            cand = np.flatnonzero(usable)
+            if len(cand):
+                lists = probes[cand, 0]
+                groups = the_plan.candidate_groups(lists, index[cand])
+                take = pa.array(cand)
+                yield pa.RecordBatch.from_arrays(
+                    [pa.array(groups, pa.int32()), pa.array(np.zeros(len(cand), np.int8)),
+                     pa.array(lists, pa.int32()), pa.array(index[cand]), ids.take(take),
+                     pa.nulls(len(cand), pa.list_(pa.int32())), column.take(take)],
+                    names=["group", "kind", "list", "index", "item_id", "probes", "vector"])
+            rows, groups = the_plan.route(probes)
+            take = pa.array(rows)
+            flat = pa.array(probes[rows].ravel(), pa.int32())
+            yield pa.RecordBatch.from_arrays(
+                [pa.array(groups, pa.int32()), pa.array(np.ones(len(rows), np.int8)),
+                 pa.nulls(len(rows), pa.int32()), pa.array(index[rows]), ids.take(take),
+                 pa.ListArray.from_arrays(pa.array(np.arange(len(rows) + 1, dtype=np.int32) * nprobe), flat),
+                 column.take(take)],
+                names=["group", "kind", "list", "index", "item_id", "probes", "vector"])
+
+    return ordered.filter("valid").mapInArrow(emit, ROUTED)
+
+
+def _runs(group: np.ndarray, kind: np.ndarray):
+    """[start, stop) of the runs of equal (group, kind) in a batch."""
+    change = np.flatnonzero((group[1:] != group[:-1]) | (kind[1:] != kind[:-1])) + 1
+    bounds = np.concatenate([[0], change, [len(group)]])
+    return zip(bounds[:-1], bounds[1:])
+
+
+def score(routed, groups: int, k: int, block_rows: int, min_score: Optional[float], dim: int, nprobe: int):
+    """PARTIAL rows: each query's top-k within each group it was routed to."""
+    def scan(batches):
+        import pyarrow as pa
+
+        current, parts, ready = None, [], None
+        for batch in batches:
+            if batch.num_rows == 0:
+                continue
+            col = batch.schema.get_field_index
+            group = batch.column(col("group")).to_numpy()
+            kind = batch.column(col("kind")).to_numpy()
+            for start, stop in _runs(group, kind):
+                piece = batch.slice(start, stop - start)
+                if kind[start] == CANDIDATE:
+                    if group[start] != current:
+                        current, parts, ready = group[start], [], None
+                    parts.append(piece)
+                    continue
+                if group[start] != current:
+                    # Candidates sort first in a group: none came, so the plan's list sizes (from
+                    # an earlier pass) promised members that this pass did not assign here.
+                    continue
+                if ready is None:
+                    table = pa.Table.from_batches(parts).combine_chunks()
+                    ready = ivf.GroupCandidates.build(
+                        table.column("list").to_numpy(), table.column("index").to_numpy(),
+                        table.column("item_id").to_numpy(zero_copy_only=False),
+                        _vectors(table.column("vector").chunk(0), dim) if table.num_rows else np.empty((0, dim), np.float32))
+                    parts = []
+                ids = piece.column(col("item_id")).to_numpy(zero_copy_only=False)
+                self_index = piece.column(col("index")).to_numpy()
+                probes = piece.column(col("probes")).flatten().to_numpy().reshape(-1, nprobe)
+                vectors = _vectors(piece.column(col("vector")), dim)
+                # The whole run at once (an Arrow batch, up to 10,000 queries): each list meets
+                # all of its queries in few, large matmuls.
+                best_s, best_i = ivf.score_group(ready, probes, self_index, vectors, k, min_score, block_rows)
+                present = best_i != topk.EMPTY_ID
+                rows = np.nonzero(present)[0]
+                found = best_i[present]
+                yield pa.RecordBatch.from_arrays(
+                    [pa.array(ids[rows], pa.string()), pa.array(found, pa.int64()),
+                     pa.array(ready.ids_of(found), pa.string()), pa.array(best_s[present], pa.float32())],
+                    names=["item_id", "neighbour_index", "neighbour_id", "score"])
+
+    return (routed.repartition(groups, "group").sortWithinPartitions("group", "kind", "list", "index")
+            .mapInArrow(scan, PARTIAL))
+
+
+# --------------------------------------------------------------------------------------------
+# Recall against exact search on a sample of queries
+
+def sample_queries(ordered, n_queries: int, size: int, seed: int):
+    """(ids, vectors) of about ``size`` valid items, reproducibly."""
+    rows = ordered.filter("valid").select("item_id", "vector")
+    if size < n_queries:
+        rows = rows.sample(False, min(1.0, 1.2 * size / n_queries), seed=seed)
+    table = _to_arrow(rows).slice(0, size)
+    return np.array(table.column("item_id").to_pylist(), dtype=object), table.column("vector").combine_chunks()
+
+
+def exact_for_sample(ordered, offsets_bc, sample_bc, k: int, min_score: Optional[float], dim: int) -> np.ndarray:
+    """(sample, k) global indices of the exact top-k of each sampled query over every candidate:
+    the sample is broadcast and the candidates scanned where they are, so no N x N work."""
+    def scan(batches):
+        import pyarrow as pa
+
+        ids, column = sample_bc.value
+        queries = _vectors(column, dim)
+        for batch, usable, index in _with_indices(offsets_bc, batches):
+            cand = np.flatnonzero(usable)
+            if not len(cand):
+                continue
+            cand_ids = batch.column(batch.schema.get_field_index("item_id")).to_numpy(zero_copy_only=False)[cand]
+            vectors = _vectors(batch.column(batch.schema.get_field_index("vector")), dim)[cand]
+            scores, found = topk.topk_block(queries, vectors, k, self_index=topk.self_positions(ids, cand_ids),
+                                            min_score=min_score)
+            present = found != topk.EMPTY_ID
+            rows = np.nonzero(present)[0]
+            yield pa.RecordBatch.from_arrays(
+                [pa.array(rows, pa.int64()), pa.array(index[cand][found[present]]), pa.array(scores[present])],
+                names=["query", "neighbour_index", "score"])
+
+    parts = _to_arrow(ordered.filter("valid").select("item_id", "is_candidate", "vector")
+                      .mapInArrow(scan, "query long, neighbour_index long, score float"))
+    n = len(sample_bc.value[0])
+    _, best = topk.keep_best(parts.column("query").to_numpy(), parts.column("neighbour_index").to_numpy(),
+                             parts.column("score").to_numpy(), n, k)
+    return best
+
+
+def found_for_sample(partials, ids: np.ndarray, k: int) -> dict:
+    """{query id: set of global indices} of the IVF top-k of the sampled queries."""
+    from pyspark.sql import functions as F
+
+    wanted = partials.sparkSession.createDataFrame([(str(i),) for i in ids], "item_id string")
+    table = _to_arrow(partials.join(F.broadcast(wanted), "item_id"))
+    if table.num_rows == 0:
+        return {}
+    items, codes = np.unique(table.column("item_id").to_numpy(zero_copy_only=False), return_inverse=True)
+    _, best = topk.keep_best(codes, table.column("neighbour_index").to_numpy(), table.column("score").to_numpy(),
+                             len(items), k)
+    return {item: set(row[row != topk.EMPTY_ID].tolist()) for item, row in zip(items, best)}
