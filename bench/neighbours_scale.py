@@ -11,7 +11,7 @@ in families of similar products, and IVF relies on that structure (on uniform ra
 nearest neighbours are barely nearer than anything else and no index beats brute force; use
 ``--uniform`` to see it). Each item = normalise(cluster centre + noise); cluster centres = family
 centre + noise; cluster sizes follow a Zipf-like law. Same-cluster cosine ~0.74, same family
-~0.41, unrelated ~0.
+~0.41, unrelated ~0 (by construction).
 
 Prints a table and writes JSON to bench/results/neighbours_scale.json. Per-core rates for the
 README's extrapolation are in the JSON (queries per core-second).

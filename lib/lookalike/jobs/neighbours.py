@@ -93,9 +93,9 @@ def run(spark, cfg: Config) -> dict:
     embeddings = read_embeddings(spark, source)
     candidate_ids = read_candidates(spark, settings.candidates)
     # Parquet footers give the row count without reading the vectors.
-    # Four per core: the symmetric exact scoring does (P + 1) / 2P of the full work with P
-    # partitions (62% at 4, 56% at 8), and smaller tasks balance better.
-    partitions = settings.partitions or max(4 * spark.sparkContext.defaultParallelism,
+    # Two per core: enough to balance, few enough that small tables are not all overhead (the
+    # symmetric exact scoring does (P + 1) / 2P of the full work: 62% at P = 4, 56% at 8).
+    partitions = settings.partitions or max(2 * spark.sparkContext.defaultParallelism,
                                             math.ceil(embeddings.count() / QUERIES_PER_PARTITION))
     ordered = nb.ordered_items(embeddings, partitions, candidate_ids).persist(StorageLevel.MEMORY_AND_DISK)
     try:
