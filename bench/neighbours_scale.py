@@ -16,7 +16,7 @@ centre + noise; cluster sizes follow a Zipf-like law. Same-cluster cosine ~0.74,
 Prints a table and writes JSON to bench/results/neighbours_scale.json. Per-core rates for the
 README's extrapolation are in the JSON (queries per core-second).
 
-    .venv/bin/python bench/neighbours_scale.py [--n 200000] [--big-n 1000000] [--nprobe 16]
+    .venv/bin/python bench/neighbours_scale.py [--n 200000] [--big-n 1000000] [--nprobe 8]
                                                [--skip exact,ivf,big] [--uniform]
 """
 
@@ -124,7 +124,7 @@ def main(argv=None) -> int:
     parser.add_argument("--big-n", type=int, default=1_000_000)
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--k", type=int, default=10)
-    parser.add_argument("--nprobe", type=int, default=16)
+    parser.add_argument("--nprobe", type=int, default=8)
     parser.add_argument("--nlist", type=int, default=0, help="0: the job's default, about sqrt(N)")
     parser.add_argument("--check-queries", type=int, default=1000)
     parser.add_argument("--driver-memory", default="12g")

@@ -129,9 +129,12 @@ def _summary(stdout: str) -> dict:
 
 def test_executors_run_only_the_archives_python_and_this_code(cluster, env_archive, tmp_path):
     started = time.monotonic()
-    # Start only once both executors are there, so that both get tasks to report from.
+    # Start only once both executors are there, so that both get tasks to report from. On standalone
+    # the ratio counts cores against spark.cores.max; without that the expected total is 0 and the
+    # job may start with one executor, which then runs every task before the other registers.
     result = run_script(["./spark-submit.sh", "envcheck", "--master", cluster["master"], "--env", str(env_archive),
-                         "--conf", "spark.executor.memory=512m", "--conf", "spark.scheduler.minRegisteredResourcesRatio=1",
+                         "--conf", "spark.executor.memory=512m", "--conf", "spark.cores.max=2",
+                         "--conf", "spark.scheduler.minRegisteredResourcesRatio=1",
                          "--conf", "spark.scheduler.maxRegisteredResourcesWaitingTime=600s"], timeout=900)
     _timed("envcheck on the cluster", started)
     # spark-submit merges a Python driver's stderr (the job's log) into its stdout.

@@ -159,8 +159,12 @@ def score(routed, groups: int, k: int, block_rows: int, min_score: Optional[floa
                      pa.array(ready.ids_of(found), pa.string()), pa.array(best_s[present], pa.float32())],
                     names=["item_id", "neighbour_index", "neighbour_id", "score"])
 
-    return (routed.repartition(groups, "group").sortWithinPartitions("group", "kind", "list", "index")
-            .mapInArrow(scan, PARTIAL))
+    from pyspark.sql import functions as F
+
+    # One long key (group, then candidates before queries): Spark sorts it on the prefix alone
+    # (radix sort), never comparing whole 2 KB rows as a multi-column key does on ties.
+    key = F.col("group").cast("long") * 2 + F.col("kind")
+    return routed.repartition(groups, "group").sortWithinPartitions(key).mapInArrow(scan, PARTIAL)
 
 
 # --------------------------------------------------------------------------------------------
