@@ -16,7 +16,7 @@ centre + noise; cluster sizes follow a Zipf-like law. Same-cluster cosine ~0.74,
 Prints a table and writes JSON to bench/results/neighbours_scale.json. Per-core rates for the
 README's extrapolation are in the JSON (queries per core-second).
 
-    .venv/bin/python bench/neighbours_scale.py [--n 200000] [--big-n 1000000] [--nprobe 8]
+    .venv/bin/python bench/neighbours_scale.py [--n 200000] [--big-n 1000000] [--nprobe N]
                                                [--skip exact,ivf,big] [--uniform]
 """
 
@@ -36,6 +36,8 @@ sys.path.insert(0, str(ROOT / "lib"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from neighbours import check, last_json, measure, write_embeddings, write_report  # noqa: E402  (bench/neighbours.py)
+
+from lookalike.config import NeighboursConfig  # noqa: E402
 
 FAMILY_SPREAD = 0.9
 ITEM_SPREAD = 0.8
@@ -124,7 +126,7 @@ def main(argv=None) -> int:
     parser.add_argument("--big-n", type=int, default=1_000_000)
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--k", type=int, default=10)
-    parser.add_argument("--nprobe", type=int, default=8)
+    parser.add_argument("--nprobe", type=int, default=NeighboursConfig.nprobe, help="default: the job's")
     parser.add_argument("--nlist", type=int, default=0, help="0: the job's default, about sqrt(N)")
     parser.add_argument("--check-queries", type=int, default=1000)
     parser.add_argument("--driver-memory", default="12g")

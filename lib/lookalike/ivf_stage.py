@@ -161,8 +161,9 @@ def score(routed, groups: int, k: int, block_rows: int, min_score: Optional[floa
 
     from pyspark.sql import functions as F
 
-    # One long key (group, then candidates before queries): Spark sorts it on the prefix alone
-    # (radix sort), never comparing whole 2 KB rows as a multi-column key does on ties.
+    # One long key (group, then kind: CANDIDATE 0 before QUERY 1): Spark sorts it on the prefix
+    # alone (radix sort), never comparing whole 2 KB rows as a multi-column key does on ties.
+    # Order within a kind does not matter: GroupCandidates.build orders the candidates itself.
     key = F.col("group").cast("long") * 2 + F.col("kind")
     return routed.repartition(groups, "group").sortWithinPartitions(key).mapInArrow(scan, PARTIAL)
 
