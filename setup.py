@@ -36,5 +36,5 @@ setup(
         "petastorm": ["petastorm==0.13.1"],
         "cluster": ["venv-pack>=0.2"],
     },
-    entry_points={"console_scripts": ["lookalike=lookalike.cli:main"]},
+    entry_points={"console_scripts": ["lookalike=lookalike.tools.cli:main"]},
 )

@@ -37,7 +37,8 @@ sys.path.insert(0, str(ROOT / "lib"))
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from lookalike import embed, images, model, storage  # noqa: E402
+from lookalike.embed import stage as embed, images, model
+from lookalike import storage  # noqa: E402
 from lookalike.config import Config, InputConfig, ModelConfig  # noqa: E402
 
 SOURCES = [ROOT.parent / "shared" / "data" / "clothing-small", ROOT / "samples" / "clothing"]

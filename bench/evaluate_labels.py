@@ -23,8 +23,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lookalike import evaluate, schemas, tables, topk
-from lookalike.labels import load_labels
+from lookalike.tools import evaluate
+from lookalike import schemas
+from lookalike.io import tables
+from lookalike.neighbours import topk
+from lookalike.tools.labels import load_labels
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 BLOCK = 1024

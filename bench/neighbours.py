@@ -255,7 +255,7 @@ KERNEL_SCRIPT = r"""
 import sys, time, json
 import numpy as np
 sys.path.insert(0, sys.argv[1])
-from lookalike import topk
+from lookalike.neighbours import topk
 n, dim, k, rows = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 rng = np.random.default_rng(1)
 c = rng.standard_normal((n, dim), dtype=np.float32); c /= np.linalg.norm(c, axis=1, keepdims=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lookalike.topk import normalise
+from lookalike.neighbours.topk import normalise
 
 
 def brute_force(ids, vectors, k, candidates=None, min_score=None) -> dict:

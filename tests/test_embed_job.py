@@ -6,7 +6,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from lookalike import images, model, schemas
+from lookalike.embed import images, model
+from lookalike import schemas
 from lookalike.config import load_config
 from lookalike.errors import DuplicateItemIdError
 from lookalike.jobs import embed as embed_job

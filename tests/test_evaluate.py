@@ -9,10 +9,11 @@ import random
 import numpy as np
 import pytest
 
-from lookalike import cli, tables
+from lookalike.tools import cli
+from lookalike.io import tables
 from lookalike.errors import InputError
-from lookalike.evaluate import average_precision_at_k, evaluate, precision_at_k, recall_at_k
-from lookalike.labels import load_labels
+from lookalike.tools.evaluate import average_precision_at_k, evaluate, precision_at_k, recall_at_k
+from lookalike.tools.labels import load_labels
 
 from tablekit import SAMPLE_LABELS, brute_force_neighbours, label_vectors, sample_tables, write_table
 

@@ -21,7 +21,9 @@ from PIL import Image
 
 import corpus
 from conftest import SAMPLE_DIR, run_script
-from lookalike import images, model, publish, storage
+from lookalike.embed import images, model
+from lookalike.publish import versions as publish
+from lookalike.io import storage
 from lookalike.config import ModelConfig, S3Config, load_config
 from lookalike.errors import TooManyErrorsError
 from lookalike.jobs import embed as embed_job

@@ -10,9 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lookalike import incremental, publish
+from lookalike.embed import plan as incremental
+from lookalike.publish import lineage
+from lookalike.publish import versions as publish
 from lookalike.config import load_config
-from lookalike.embed import ITEMS
+from lookalike.embed.stage import ITEMS
 from lookalike.jobs import embed as embed_job
 from lookalike.schemas import names
 
@@ -161,7 +163,7 @@ def test_failed_images_are_retried_every_run_and_downstream_sees_no_change_rando
     (images / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     first = embed_job.run(spark, cfg_for(tmp_path, images))
     assert (first["embedded"], first["errors"]) == (6, 1)
-    identity = incremental.embeddings_identity(str(tmp_path / "out" / "emb"))
+    identity = lineage.embeddings_identity(str(tmp_path / "out" / "emb"))
     assert identity == first["embeddings_content"]
 
     # What a downstream job (neighbours) does: record its inputs, and skip when they are the same.
@@ -170,8 +172,8 @@ def test_failed_images_are_retried_every_run_and_downstream_sees_no_change_rando
     with publish.OutputSet(spark, {"neighbours": downstream}, "n-run-1") as outputs:
         spark.range(3).write.parquet(outputs.staging("neighbours"))
         outputs.commit({"neighbours": {"run_id": "n-run-1", "inputs": inputs}})
-    assert incremental.unchanged_since(downstream, inputs)["run_id"] == "n-run-1"
-    assert incremental.unchanged_since(downstream, {**inputs, "settings": "k=20"}) is None
+    assert lineage.unchanged_since(downstream, inputs)["run_id"] == "n-run-1"
+    assert lineage.unchanged_since(downstream, {**inputs, "settings": "k=20"}) is None
 
     second = embed_job.run(spark, cfg_for(tmp_path, images))  # the broken image is tried again
     assert (second["attempted"], second["retried"], second["embedded"], second["errors"]) == (1, 1, 0, 1)
@@ -179,14 +181,14 @@ def test_failed_images_are_retried_every_run_and_downstream_sees_no_change_rando
     errors = table(spark, tmp_path / "out" / "err")
     assert list(errors["item_id"]) == ["broken"] and list(errors["run_id"]) == [second["run_id"]]
     # A new version with the same embeddings: the downstream job has nothing to do.
-    assert incremental.embeddings_identity(str(tmp_path / "out" / "emb")) == identity
-    assert incremental.unchanged_since(downstream, inputs) is not None
+    assert lineage.embeddings_identity(str(tmp_path / "out" / "emb")) == identity
+    assert lineage.unchanged_since(downstream, inputs) is not None
 
     shutil.copy(next(SAMPLE_DIR.rglob("*.jpg")), images / "broken.jpg")  # fixed upstream
     third = embed_job.run(spark, cfg_for(tmp_path, images))
     assert (third["attempted"], third["embedded"], third["errors"], third["reused"]) == (1, 1, 0, 6)
     assert len(table(spark, tmp_path / "out" / "err")) == 0
-    new_identity = incremental.embeddings_identity(str(tmp_path / "out" / "emb"))
+    new_identity = lineage.embeddings_identity(str(tmp_path / "out" / "emb"))
     assert new_identity != identity
-    assert incremental.unchanged_since(downstream, {**inputs, "embeddings": new_identity}) is None
+    assert lineage.unchanged_since(downstream, {**inputs, "embeddings": new_identity}) is None
     assert os.path.islink(tmp_path / "out" / "emb")

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from brute_force import brute_force, random_vectors
-from lookalike import ivf
+from lookalike.neighbours import ivf
 from lookalike.jobs import neighbours as job
-from lookalike.topk import normalise
+from lookalike.neighbours.topk import normalise
 from test_neighbours_job import assert_matches, config, embeddings_dir, make_ids, read_output
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from lookalike import publish
+from lookalike.publish import versions as publish
 
 from conftest import ROOT, SAMPLE_DIR, run_script
 

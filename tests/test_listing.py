@@ -2,7 +2,7 @@
 
 import pytest
 
-from lookalike import storage
+from lookalike.io import storage
 from lookalike.config import InputConfig, S3Config
 from lookalike.errors import DuplicateItemIdError, InputError
 

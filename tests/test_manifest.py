@@ -13,7 +13,8 @@ import pyarrow.orc as orc
 import pyarrow.parquet as pq
 import pytest
 
-from lookalike import manifest, storage
+from lookalike.embed import manifest
+from lookalike.io import storage
 from lookalike.config import InputConfig, S3Config
 from lookalike.errors import DuplicateItemIdError, InputError
 

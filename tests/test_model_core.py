@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import pytest
 
-from lookalike import images, model
+from lookalike.embed import images, model
 from lookalike.config import ModelConfig, S3Config
 from lookalike.errors import WeightsError
 

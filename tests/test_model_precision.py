@@ -6,7 +6,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from lookalike import images, model
+from lookalike.embed import images, model
 from lookalike.config import ModelConfig
 
 BASE = ModelConfig(weights="none", seed=11, batch_size=4)

@@ -18,8 +18,8 @@ from lookalike import schemas
 from lookalike.config import from_dict
 from lookalike.errors import ConfigError, InputError, SchemaMismatchError
 from lookalike.jobs import neighbours as job
-from lookalike.partfiles import PartWriter
-from lookalike.topk import normalise
+from lookalike.io.partfiles import PartWriter
+from lookalike.neighbours.topk import normalise
 from tablekit import embeddings_table, write_table
 
 N = 301  # not a multiple of block_rows below
@@ -288,7 +288,7 @@ def test_job_missing_inputs_are_clear_errors(spark, tmp_path):
 
 
 def test_a_rerun_on_unchanged_embeddings_and_settings_skips_and_keeps_the_table(spark, tmp_path):
-    from lookalike import publish
+    from lookalike.publish import versions as publish
 
     ids = make_ids(40, seed=9)
     vectors = random_vectors(40, 8, seed=9)

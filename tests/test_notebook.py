@@ -8,9 +8,9 @@ import sys
 import nbformat
 from nbclient import NotebookClient
 
-from lookalike import tables
-from lookalike.evaluate import evaluate
-from lookalike.labels import load_labels
+from lookalike.io import tables
+from lookalike.tools.evaluate import evaluate
+from lookalike.tools.labels import load_labels
 
 from tablekit import ROOT, SAMPLE_LABELS, sample_tables
 

@@ -22,7 +22,8 @@ if os.environ.get("LOOKALIKE_COMPAT") != "1":
 
 from petastorm.tf_utils import make_petastorm_dataset
 
-from lookalike import readers, schemas
+from lookalike.tools import readers
+from lookalike import schemas
 
 from test_readers import assert_same_embeddings, embedding_rows
 

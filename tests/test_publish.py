@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from lookalike import publish
+from lookalike.publish import versions as publish
 from lookalike.config import S3Config, load_config
 from lookalike.errors import OutputError, OutputLockedError, TooManyErrorsError
 from lookalike.jobs import embed as embed_job

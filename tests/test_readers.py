@@ -12,7 +12,8 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from lookalike import readers, schemas
+from lookalike.tools import readers
+from lookalike import schemas
 from lookalike.config import S3Config
 from lookalike.errors import InputError, SchemaMismatchError
 
@@ -98,7 +99,7 @@ def test_tf_dataset_feeds_a_keras_model_and_unbatches_to_rows(tmp_path):
 
 MEASURE = """
 import sys, time, pyarrow as pa, pyarrow.dataset as ds
-from lookalike import readers
+from lookalike.tools import readers
 path, how = sys.argv[1], sys.argv[2]
 peak = rows = batches = 0
 if how == "stream":

@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from lookalike import cli, tables
-from lookalike.report import Card, Thumb, choose_items, render
+from lookalike.tools import cli
+from lookalike.io import tables
+from lookalike.tools.report import Card, Thumb, choose_items, render
 
 from conftest import upload_dir
 from tablekit import (SAMPLE_DIR, SAMPLE_LABELS, brute_force_neighbours, embeddings_table, label_vectors,

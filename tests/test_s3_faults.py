@@ -17,7 +17,9 @@ import pytest
 
 from conftest import SAMPLE_DIR
 from faultproxy import FAULT_KINDS, FaultProxy
-from lookalike import images, model, publish, storage
+from lookalike.embed import images, model
+from lookalike.publish import versions as publish
+from lookalike.io import storage
 from lookalike.config import InputConfig, ModelConfig, S3Config, load_config
 from lookalike.errors import InputError
 from lookalike.jobs import embed as embed_job

@@ -19,7 +19,8 @@ import pytest
 
 from conftest import FAKE_SECRET, ROOT, SAMPLE_DIR, run_script
 from faultproxy import FaultProxy
-from lookalike import publish, storage
+from lookalike.publish import versions as publish
+from lookalike.io import storage
 from lookalike.config import S3Config, load_config, load_dict, parse_override
 from lookalike.errors import ConfigError
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from brute_force import brute_force, random_vectors
-from lookalike import topk
+from lookalike.neighbours import topk
 
 
 def kernel_all(vectors, k, chunk_rows=None, block_rows=64, sub_block=topk.SUB_BLOCK,

@@ -19,7 +19,7 @@ from typing import Any, Optional
 
 import yaml
 
-from .errors import ConfigError
+from lookalike.errors import ConfigError
 
 DEFAULT_IMAGE_PATTERN = "*.jpg|*.jpeg|*.png|*.webp|*.gif|*.bmp|*.tif|*.tiff"
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from .config import Config
+from lookalike.config import Config
 
 DOCS = {
     "spark.master": "Spark master when spark-submit is not given --master: `local[*]`, `spark://host:7077`, `yarn`.",

@@ -9,8 +9,8 @@ import os
 import sys
 from typing import Callable, Optional
 
-from ..config import Config, load_config
-from ..errors import LookalikeError
+from lookalike.config import Config, load_config
+from lookalike.errors import LookalikeError
 
 log = logging.getLogger("lookalike")
 
@@ -19,7 +19,7 @@ class _Redact(logging.Filter):
     """Last line of defence: no log line carries a credential, whatever a library put in it."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        from ..storage import redact
+        from lookalike.io.storage import redact
 
         record.msg, record.args = redact(record.getMessage()), ()
         return True

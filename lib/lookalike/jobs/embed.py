@@ -9,14 +9,18 @@ import math
 import time
 from typing import Optional
 
-from .. import incremental, manifest, model, schemas, storage
-from ..config import Config
-from ..embed import embed_items, items_frame, split_results, ITEMS
-from ..errors import InputError, TooManyErrorsError
-from ..progress import Progress, StageWatcher
-from ..publish import OutputSet
-from ..runinfo import library_versions, new_run_id
-from .common import job_main
+from lookalike.embed import manifest, model
+from lookalike.embed import plan as incremental
+from lookalike.publish import lineage
+from lookalike import schemas
+from lookalike.io import storage
+from lookalike.config import Config
+from lookalike.embed.stage import embed_items, items_frame, split_results, ITEMS
+from lookalike.errors import InputError, TooManyErrorsError
+from lookalike.progress import Progress, StageWatcher
+from lookalike.publish.versions import OutputSet
+from lookalike.runinfo import library_versions, new_run_id
+from lookalike.jobs.common import job_main
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +106,7 @@ def _run(spark, cfg: Config, run_id: str, started: float, outputs: OutputSet) ->
         errors.coalesce(1).write.mode("overwrite").parquet(outputs.staging("errors"))
         # Read back what was staged: the id describes exactly the table that gets published.
         staged = spark.read.parquet(outputs.staging("embeddings"))
-        content = incremental.content_id(staged)
+        content = lineage.content_id(staged)
         seconds = time.perf_counter() - started
         summary.update(rows=int(content.split("-")[0]), embeddings_content=content, published=True,
                        seconds=round(seconds, 2), embed_seconds=round(embed_seconds, 2),

@@ -17,10 +17,10 @@ import socket
 import sys
 from typing import Optional
 
-from ..config import Config
-from ..errors import ClusterEnvironmentError
-from ..runinfo import library_versions
-from .common import job_main
+from lookalike.config import Config
+from lookalike.errors import ClusterEnvironmentError
+from lookalike.runinfo import library_versions
+from lookalike.jobs.common import job_main
 
 log = logging.getLogger(__name__)
 

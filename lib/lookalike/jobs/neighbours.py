@@ -9,15 +9,19 @@ import os
 import time
 from typing import Optional
 
-from .. import neighbours as nb
-from .. import incremental, ivf, ivf_stage, publish, schemas, storage
-from ..config import Config
-from ..errors import ConfigError, InputError
-from ..partfiles import PartWriter
-from ..progress import Progress, StageWatcher
-from ..publish import OutputSet
-from ..runinfo import library_versions, new_run_id
-from .common import job_main
+from lookalike.neighbours import exact as nb
+from lookalike.publish import lineage
+from lookalike.neighbours import ivf, ivf_stage
+from lookalike.publish import versions as publish
+from lookalike import schemas
+from lookalike.io import storage
+from lookalike.config import Config
+from lookalike.errors import ConfigError, InputError
+from lookalike.io.partfiles import PartWriter
+from lookalike.progress import Progress, StageWatcher
+from lookalike.publish.versions import OutputSet
+from lookalike.runinfo import library_versions, new_run_id
+from lookalike.jobs.common import job_main
 
 log = logging.getLogger(__name__)
 
@@ -77,10 +81,10 @@ def run(spark, cfg: Config) -> dict:
     settings = cfg.neighbours
     # Its cost is the N^2 part: when neither the embeddings nor the settings changed since the
     # published table was computed, that table is already the answer.
-    inputs = {"embeddings": incremental.embeddings_identity(cfg.output.embeddings, cfg.s3),
+    inputs = {"embeddings": lineage.embeddings_identity(cfg.output.embeddings, cfg.s3),
               "settings": cfg.fingerprint("neighbours"),
               "candidates": _candidates_identity(settings.candidates)}
-    done = incremental.unchanged_since(cfg.output.neighbours, inputs, cfg.s3)
+    done = lineage.unchanged_since(cfg.output.neighbours, inputs, cfg.s3)
     if done:
         summary = {"job": "neighbours", "run_id": run_id, "ok": True, "skipped": True,
                    "unchanged_since": done.get("run_id"), "inputs": inputs,

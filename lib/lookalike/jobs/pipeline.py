@@ -6,9 +6,9 @@ import json
 import logging
 from typing import Optional
 
-from ..config import Config
-from . import embed, neighbours
-from .common import job_main
+from lookalike.config import Config
+from lookalike.jobs import embed, neighbours
+from lookalike.jobs.common import job_main
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,10 @@ from typing import Iterator, Optional
 import numpy as np
 import pandas as pd
 
-from . import images, model, schemas, storage
-from .config import Config
+from lookalike.embed import images, model
+from lookalike import schemas
+from lookalike.io import storage
+from lookalike.config import Config
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ import tempfile
 import uuid
 from typing import Optional
 
-from . import storage
-from .config import S3Config
+from lookalike.io import storage
+from lookalike.config import S3Config
 
 
 class PartWriter:

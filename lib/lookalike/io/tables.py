@@ -10,9 +10,10 @@ from __future__ import annotations
 from typing import Iterable, Optional
 from urllib.parse import urlparse
 
-from . import publish, storage
-from .config import S3Config
-from .errors import InputError
+from lookalike.publish import versions as publish
+from lookalike.io import storage
+from lookalike.config import S3Config
+from lookalike.errors import InputError
 
 
 def _s3_filesystem(s3: S3Config):

@@ -22,7 +22,7 @@ from typing import Optional
 
 import numpy as np
 
-from . import topk
+from lookalike.neighbours import topk
 
 # Lists bigger than this many times the mean are cut into parts spread over groups: a list's
 # cost grows with its size times the queries that probe it, and big lists attract more probes.

@@ -35,10 +35,11 @@ from urllib.parse import unquote_plus
 
 import pandas as pd
 
-from . import schemas, storage
-from .config import InputConfig, S3Config
-from .embed import ITEMS
-from .errors import DuplicateItemIdError, InputError
+from lookalike import schemas
+from lookalike.io import storage
+from lookalike.config import InputConfig, S3Config
+from lookalike.embed.stage import ITEMS
+from lookalike.errors import DuplicateItemIdError, InputError
 
 log = logging.getLogger(__name__)
 

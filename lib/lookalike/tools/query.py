@@ -11,8 +11,8 @@ import json
 import sys
 from typing import Optional
 
-from .config import S3Config
-from .errors import InputError, ItemNotFoundError
+from lookalike.config import S3Config
+from lookalike.errors import InputError, ItemNotFoundError
 
 FORMATS = ("table", "json", "csv")
 
@@ -34,7 +34,7 @@ def similar(path: str, item_id: str, k: Optional[int] = None, s3: Optional[S3Con
     """[{rank, neighbour_id, score}, ...] best first; ItemNotFoundError for an id with no rows."""
     import pyarrow.dataset as ds
 
-    from . import tables
+    from lookalike.io import tables
 
     condition = ds.field("item_id") == item_id
     if k is not None:
@@ -52,7 +52,7 @@ def similar(path: str, item_id: str, k: Optional[int] = None, s3: Optional[S3Con
 
 def _example_id(path: str, s3: Optional[S3Config]) -> str:
     """A hint at what ids look like, from the table's first row (cheap: one row group)."""
-    from . import tables
+    from lookalike.io import tables
 
     try:
         head = tables.dataset(path, s3).head(1, columns=["item_id"]).column(0).to_pylist()
@@ -79,7 +79,7 @@ def render(item_id: str, neighbours: list[dict], fmt: str, out=None) -> None:
 
 
 def command(args) -> int:
-    from .report import load_settings
+    from lookalike.tools.report import load_settings
 
     if args.k is not None and args.k < 1:
         raise InputError(f"-k must be a positive integer, got {args.k}")
@@ -92,7 +92,7 @@ def command(args) -> int:
 
 
 def _note_random_init(path: str, s3: Optional[S3Config]) -> None:
-    from . import publish
+    from lookalike.publish import versions as publish
 
     try:
         summary = publish.read_summary(path, s3) or {}

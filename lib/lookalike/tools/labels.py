@@ -12,8 +12,8 @@ import csv
 import re
 from typing import Optional
 
-from . import storage
-from .errors import InputError
+from lookalike.io import storage
+from lookalike.errors import InputError
 
 
 def load_labels(path: str, id_regex: Optional[str] = None) -> dict[str, str]:

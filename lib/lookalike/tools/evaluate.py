@@ -23,7 +23,7 @@ import os
 from collections import Counter
 from typing import Iterable, Mapping, Optional, Sequence
 
-from .errors import InputError
+from lookalike.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -148,9 +148,9 @@ def add_arguments(parser) -> None:
 
 
 def command(args) -> int:
-    from . import tables
-    from .labels import load_labels
-    from .report import load_settings
+    from lookalike.io import tables
+    from lookalike.tools.labels import load_labels
+    from lookalike.tools.report import load_settings
 
     if args.k < 1:
         raise InputError(f"-k must be a positive integer, got {args.k}")

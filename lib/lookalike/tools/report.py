@@ -20,10 +20,11 @@ from dataclasses import dataclass
 from typing import Iterable, Mapping, Optional
 from urllib.parse import urlparse
 
-from . import images, storage, tables
-from .config import Config, InputConfig, S3Config, load_config, replace
-from .errors import InputError, ItemNotFoundError
-from .progress import Progress
+from lookalike.embed import images
+from lookalike.io import storage, tables
+from lookalike.config import Config, InputConfig, S3Config, load_config, replace
+from lookalike.errors import InputError, ItemNotFoundError
+from lookalike.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -264,7 +265,7 @@ def add_arguments(parser) -> None:
 
 
 def command(args) -> int:
-    from .labels import load_labels
+    from lookalike.tools.labels import load_labels
 
     log.setLevel(logging.INFO)  # progress lines on stderr; the CLI's default level is WARNING
     if not 16 <= args.thumb_size <= 1024:

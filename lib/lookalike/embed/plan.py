@@ -18,9 +18,12 @@ from typing import Optional
 
 import pandas as pd
 
-from . import model, publish, schemas, storage
-from .config import ModelConfig, S3Config
-from .storage import is_hadoop, is_s3, local_path
+from lookalike.embed import model
+from lookalike.publish import versions as publish
+from lookalike import schemas
+from lookalike.io import storage
+from lookalike.config import ModelConfig, S3Config
+from lookalike.io.storage import is_hadoop, is_s3, local_path
 
 log = logging.getLogger(__name__)
 
@@ -152,39 +155,3 @@ def carried_over(spark, previous: Previous, drop_ids: list):
         return table
     drop = spark.createDataFrame(pd.DataFrame({"item_id": drop_ids}))
     return table.join(drop, "item_id", "left_anti").select(*schemas.names(schemas.EMBEDDINGS))
-
-
-def content_id(embeddings) -> str:
-    """An order-independent id of what an embeddings table holds: which items, from which image
-    versions, with which model. Equal ids mean a downstream job would compute the same thing."""
-    from pyspark.sql import functions as F
-
-    row = embeddings.agg(
-        F.count(F.lit(1)).alias("rows"),
-        F.bit_xor(F.xxhash64("item_id", "uri", "source_version", "model_fingerprint", "weights")).alias("hash"),
-    ).first()
-    return f"{row['rows']}-{(row['hash'] or 0) & 0xFFFFFFFFFFFFFFFF:016x}"
-
-
-def embeddings_identity(path: str, s3: Optional[S3Config] = None) -> Optional[str]:
-    """What a job reading the embeddings table at ``path`` records as its input: the content id
-    from the table's summary (the version id for tables written before content ids existed)."""
-    summary = publish.read_summary(path, s3)
-    if summary and summary.get("embeddings_content"):
-        return summary["embeddings_content"]
-    return publish.current_version(path, s3)
-
-
-def unchanged_since(output: str, inputs: dict, s3: Optional[S3Config] = None) -> Optional[dict]:
-    """The summary of the version published at ``output`` if it was computed from exactly
-    ``inputs`` (the dict the job stored under "inputs" in that summary), else None.
-
-    ``inputs`` must hold JSON values (strings, numbers, lists) so that it compares equal after
-    the round trip through the summary file; a None value never matches.
-    """
-    if any(value is None for value in inputs.values()):
-        return None
-    summary = publish.read_summary(output, s3)
-    if summary and summary.get("inputs") == inputs:
-        return summary
-    return None

@@ -20,8 +20,8 @@ from typing import Optional
 
 import numpy as np
 
-from . import ivf, topk
-from .neighbours import PARTIAL, USABLE, _to_arrow, _vectors
+from lookalike.neighbours import ivf, topk
+from lookalike.neighbours.exact import PARTIAL, USABLE, _to_arrow, _vectors
 
 log = logging.getLogger(__name__)
 

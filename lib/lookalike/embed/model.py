@@ -21,8 +21,8 @@ from typing import Optional
 
 import numpy as np
 
-from .config import ModelConfig, S3Config
-from .errors import WeightsError
+from lookalike.config import ModelConfig, S3Config
+from lookalike.errors import WeightsError
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +168,7 @@ def fetch_weights(cfg: ModelConfig, s3: S3Config) -> tuple[str, str]:
 
     from botocore.exceptions import BotoCoreError, ClientError
 
-    from .storage import s3_client, split_s3
+    from lookalike.io.storage import s3_client, split_s3
 
     bucket, key = split_s3(source)
     client = s3_client(s3)

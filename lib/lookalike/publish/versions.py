@@ -26,9 +26,9 @@ import socket
 import time
 from typing import Optional
 
-from .config import S3Config
-from .errors import OutputError, OutputLockedError
-from .storage import file_uri, is_hadoop, is_s3, local_path, split_s3
+from lookalike.config import S3Config
+from lookalike.errors import OutputError, OutputLockedError
+from lookalike.io.storage import file_uri, is_hadoop, is_s3, local_path, split_s3
 
 log = logging.getLogger(__name__)
 
@@ -258,7 +258,7 @@ class _S3Store:
     """The few S3 operations publishing needs, through the jobs' boto3 settings."""
 
     def __init__(self, s3: S3Config):
-        from .storage import s3_client
+        from lookalike.io.storage import s3_client
 
         self.client = s3_client(s3)
 

@@ -24,9 +24,10 @@ from typing import Iterator, Optional
 
 import numpy as np
 
-from . import schemas, topk
-from .config import S3Config
-from .errors import SchemaMismatchError
+from lookalike import schemas
+from lookalike.neighbours import topk
+from lookalike.config import S3Config
+from lookalike.errors import SchemaMismatchError
 
 log = logging.getLogger(__name__)
 
@@ -466,7 +467,7 @@ def _write_function(directory: str, k: int, s3: Optional[S3Config], row_group_ro
         import pyarrow as pa
         from pyspark import TaskContext
 
-        from .partfiles import PartWriter
+        from lookalike.io.partfiles import PartWriter
 
         partition = TaskContext.get().partitionId()
         writer = None

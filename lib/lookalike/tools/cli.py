@@ -12,12 +12,12 @@ import logging
 import sys
 from typing import Optional
 
-from .errors import LookalikeError
+from lookalike.errors import LookalikeError
 
 SUBCOMMANDS = {
-    "similar": ("lookalike.query", "print one item's recommendations from the neighbour table"),
-    "report": ("lookalike.report", "write a self-contained HTML page of items and their neighbours"),
-    "evaluate": ("lookalike.evaluate", "precision/recall/mAP@k of the neighbour table against labels"),
+    "similar": ("lookalike.tools.query", "print one item's recommendations from the neighbour table"),
+    "report": ("lookalike.tools.report", "write a self-contained HTML page of items and their neighbours"),
+    "evaluate": ("lookalike.tools.evaluate", "precision/recall/mAP@k of the neighbour table against labels"),
 }
 
 

@@ -1,0 +1,1 @@
+"""The neighbours stage: the top-k kernel, exact and IVF scoring in Spark, and the ranked table."""
