@@ -7,11 +7,12 @@ PY := $(VENV)/bin/python
 EXTRAS ?= test,query,notebook,bench
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-compat bench cluster-up cluster-down clean help
+.PHONY: setup demo test test-fast test-compat bench cluster-up cluster-down clean help
 
 help:
 	@echo "make demo   - set up, then run the pipeline on samples/clothing and show some results"
 	@echo "make test   - set up with test extras, then run the whole test suite"
+	@echo "make test-fast - unit and small Spark tests only (pytest -m 'not slow'): a few minutes, no cluster archive"
 	@echo "make test-compat - the suite plus petastorm tests on Spark 3.5 / pyarrow 14 / numpy 1.26 (.venv-compat)"
 	@echo "make bench  - run the benchmarks in bench/ (uses ../shared/data when present)"
 	@echo "make cluster-up / cluster-down - a standalone Spark cluster (master + 2 workers) on 127.0.0.1"
@@ -34,6 +35,9 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS) tests
+
+test-fast: setup
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS) tests
 
 test-compat:
 	scripts/test-compat.sh $(PYTEST_ARGS)

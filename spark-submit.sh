@@ -29,13 +29,14 @@ config="$root/conf/local.yaml"
 master=""
 env_archive=""
 job_args=()
+overrides=()
 submit_args=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --config) config=$2; shift 2 ;;
     --config=*) config=${1#--config=}; shift ;;
-    --set) job_args+=(--set "$2"); shift 2 ;;
-    --set=*) job_args+=(--set "${1#--set=}"); shift ;;
+    --set) job_args+=(--set "$2"); overrides+=("$2"); shift 2 ;;
+    --set=*) job_args+=(--set "${1#--set=}"); overrides+=("${1#--set=}"); shift ;;
     --master) master=$2; shift 2 ;;
     --master=*) master=${1#--master=}; shift ;;
     --log-level) job_args+=(--log-level "$2"); shift 2 ;;
@@ -84,8 +85,18 @@ if [ -n "$env_archive" ]; then
                --conf "spark.pyspark.driver.python=$driver_python" "${submit_args[@]}")
 fi
 
+# spark-submit's master wins over the config's (docs/cluster.md): without --master here, the
+# config's spark.master (after --set) becomes spark-submit's --master, unless the config is
+# invalid, which the job itself then reports.
+if [ -z "$master" ]; then
+  master=$("$python" -c 'import sys
+from lookalike.config import load_config
+try:
+    print(load_config(sys.argv[1], sys.argv[2:]).spark.master)
+except Exception:
+    pass' "$config" "${overrides[@]+"${overrides[@]}"}" 2>/dev/null || true)
+fi
 if [ -n "$master" ]; then
-  export LOOKALIKE_MASTER_FROM_SUBMIT=1
   submit_args=(--master "$master" "${submit_args[@]}")
 fi
 # Local mode runs the executors inside the driver JVM: give it room unless told otherwise.

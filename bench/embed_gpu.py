@@ -3,7 +3,7 @@
 For each precision and batch size:
   model   Embedder.embed on uint8 batches already in memory (host->device copy included), after a
           warm-up that compiles it: the ceiling the core can reach.
-  core    the embed job's own partition function (lookalike.embed.make_embed_function) on JPEG
+  core    the embed job's own partition function (lookalike.embed.stage.make_embed_function) on JPEG
           files: fetch, decode and resize on a thread pool that works on the next batch while the
           model runs on this one, exactly as in a Spark task with spark.task.cpus = --threads.
 and once:
@@ -38,7 +38,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from lookalike.embed import stage as embed, images, model
-from lookalike import storage  # noqa: E402
+from lookalike.io import storage  # noqa: E402
 from lookalike.config import Config, InputConfig, ModelConfig  # noqa: E402
 
 SOURCES = [ROOT.parent / "shared" / "data" / "clothing-small", ROOT / "samples" / "clothing"]

@@ -1,5 +1,5 @@
 """Retrieval quality of an embeddings table against labels: exact cosine top-k (the neighbours
-job's numpy kernel, lookalike.topk, run here on one machine) then ``lookalike evaluate``'s metrics
+job's numpy kernel, lookalike.neighbours.topk, run here on one machine) then ``lookalike evaluate``'s metrics
 for several k. Prints a table and writes bench/results/evaluate-<name>.json.
 
     .venv/bin/python bench/evaluate_labels.py --embeddings /tmp/x/emb --labels LABELS.csv --name NAME

@@ -8,7 +8,7 @@
     reach for, at a smaller N (its self-join grows with N^2), with recall@k against exact; the
     job (a) runs at that N too, for a like-for-like time and memory comparison.
 Plus the kernel alone (one core): float32 matmul, and the top-k selection done with argpartition
-on every sub-block versus the running-threshold selection that lookalike.topk uses; and the
+on every sub-block versus the running-threshold selection that lookalike.neighbours.topk uses; and the
 symmetric topk_pair (one matmul, both directions) against topk_block once, twice, and against
 topk_block in the other direction (the same column-side output, computed from its own matmul).
 

@@ -9,7 +9,7 @@
 #   --output          the archive (default build/lookalike-env.tar.gz)
 #   --python          interpreter the environment is made from (default: the one behind .venv, else
 #                     python3). Executors need this same interpreter at the same path: build on the
-#                     cluster's image (EMR 7: /usr/bin/python3.11, see README "Amazon EMR").
+#                     cluster's image (EMR 7: /usr/bin/python3.11, see docs/cluster.md, "Amazon EMR").
 #   --constraints     pins for the dependencies (default constraints.txt; constraints-compat.txt
 #                     for Spark 3.5 clusters such as EMR 7.x)
 #   --extra           more packages for the environment, e.g. --extra 'jax[cuda12]' for GPU executors

@@ -1,7 +1,9 @@
 """The jobs on a real Spark standalone cluster: a master and two workers on 127.0.0.1 started by
 scripts/cluster.sh (separate JVMs, separate executors and Python workers, so nothing can lean on
 driver-side state), executors running Python only from the venv-pack archive that
-`./spark-submit.sh --package-env` builds.
+`./spark-submit.sh --package-env` builds. The embed job runs on sample images, the neighbours job
+(exact with symmetric blocks over several broadcast chunks, and IVF) on a synthetic embeddings
+table; every table is compared with the same job run in local mode.
 
 Slow by nature. The archive holds TensorFlow: the first build in a checkout makes a virtualenv
 (~2 min from the pip cache), later runs only rebuild the wheel and repack (~1 min) when lib/
@@ -24,16 +26,30 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from brute_force import brute_force, random_vectors
 from lookalike.config import load_config
 from lookalike.jobs import envcheck
+from lookalike.jobs import neighbours as neighbours_job
 
 from conftest import ROOT, SAMPLE_DIR, free_port, run_script
+from test_neighbours_job import assert_matches, embeddings_dir, make_ids, read_output
 
 # The job the cluster test runs end to end; "pipeline" once that job is complete: every table it
 # writes (embeddings, and neighbours when there) is compared with the local run.
 JOB = "embed"
 IMAGES = 12
 COMPAT = bool(os.environ.get("LOOKALIKE_COMPAT"))
+# The neighbours job on the cluster: items of dim 32, in 4 partitions (so that exact scoring is
+# symmetric: each task scores its own and its paired partitions' candidates), with a broadcast
+# limit of 163 candidates (0.03 MB / (4 * 32 + 64) bytes) so that they come in 3 chunks.
+NEIGHBOUR_ITEMS, NEIGHBOUR_DIM = 480, 32
+NEIGHBOUR_RUNS = {
+    "exact": {"k": 6, "partitions": 4, "broadcast_max_mb": 0.03, "block_rows": 50},
+    # Every candidate trains the lists (8 lists x 64 >= 480 items: no sampling) and every query is
+    # in the recall sample, on the driver both times; the routing (nprobe 3 of 8) runs on the
+    # executors. Same data, same seed: the same lists, hence the same table as local mode.
+    "ivf": {"k": 6, "partitions": 4, "method": "ivf", "nlist": 8, "nprobe": 3, "seed": 5, "block_rows": 50},
+}
 
 
 def _timed(label: str, started: float) -> None:
@@ -195,6 +211,63 @@ def test_job_on_the_cluster_equals_the_local_run_random_init_weights(cluster, en
         columns = ["item_id", "rank", "neighbour_id"]
         assert (pq.read_table(tmp_path / "cluster" / "neighbours").to_pandas()[columns].sort_values(columns[:2]).values.tolist()
                 == pq.read_table(tmp_path / "local" / "neighbours").to_pandas()[columns].sort_values(columns[:2]).values.tolist())
+
+
+@pytest.fixture(scope="module")
+def neighbour_embeddings(tmp_path_factory):
+    """An embeddings table of NEIGHBOUR_ITEMS Gaussian vectors (no clusters, so that IVF with 3 of 8
+    lists misses some true neighbours) with exact ties (copies at other scales), so that ranks
+    depend on the tie-break across chunks and executors."""
+    directory = tmp_path_factory.mktemp("neighbour-embeddings")
+    ids = make_ids(NEIGHBOUR_ITEMS, seed=3)
+    vectors = random_vectors(NEIGHBOUR_ITEMS, NEIGHBOUR_DIM, seed=8, duplicates=30)
+    return ids, vectors, embeddings_dir(directory, ids, vectors, parts=3)
+
+
+@pytest.mark.parametrize("method", sorted(NEIGHBOUR_RUNS))
+def test_neighbours_on_the_cluster_equal_the_local_run(cluster, env_archive, spark, tmp_path, neighbour_embeddings,
+                                                        method):
+    ids, vectors, embeddings = neighbour_embeddings
+    settings = NEIGHBOUR_RUNS[method]
+    config = tmp_path / "neighbours.yaml"
+    config.write_text(json.dumps({  # JSON is YAML
+        "spark": {"master": "local[2]", "conf": {"spark.sql.shuffle.partitions": 4}},
+        "neighbours": settings,
+        "output": {"embeddings": embeddings, "neighbours": str(tmp_path / "local" / "neighbours")},
+    }))
+    started = time.monotonic()
+    local = neighbours_job.run(spark, load_config(str(config)))
+    _timed(f"neighbours ({method}) on local[2]", started)
+
+    started = time.monotonic()
+    # Both executors registered before the first task, so that the tasks spread over both.
+    result = run_script(["./spark-submit.sh", "neighbours", "--config", str(config),
+                         f"--set=output.neighbours={tmp_path}/cluster/neighbours", "--master", cluster["master"],
+                         "--env", str(env_archive), "--conf", "spark.executor.memory=512m",
+                         "--conf", "spark.cores.max=2", "--conf", "spark.scheduler.minRegisteredResourcesRatio=1",
+                         "--conf", "spark.scheduler.maxRegisteredResourcesWaitingTime=600s"], timeout=900)
+    _timed(f"neighbours ({method}) on the cluster", started)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    remote = _summary(result.stdout)
+
+    for summary in (local, remote):
+        assert summary["method"] == method and summary["queries"] == NEIGHBOUR_ITEMS
+        assert summary["partitions"] == 4 and summary["rows"] == settings["k"] * NEIGHBOUR_ITEMS
+    if method == "exact":
+        for summary in (local, remote):
+            assert summary["chunks"] == 3 and summary["symmetric"] is True
+        assert_matches(read_output(str(tmp_path / "local" / "neighbours")), brute_force(ids, vectors, settings["k"]))
+    else:
+        # The lists, their sizes and groups, and the recall: as local mode computed them.
+        assert remote["ivf"] == json.loads(json.dumps(local["ivf"])) and remote["recall_at_k"] == local["recall_at_k"]
+        # Approximate indeed (about 0.76 here): equal tables mean the same lists were probed.
+        assert remote["ivf"]["nprobe"] < remote["ivf"]["nlist"] == 8 and remote["ivf"]["groups"] > 1
+        assert remote["recall_sample"]["queries"] == NEIGHBOUR_ITEMS and remote["recall_at_k"] < 0.95
+    got = pq.read_table(tmp_path / "cluster" / "neighbours").sort_by([("item_id", "ascending"), ("rank", "ascending")])
+    want = pq.read_table(tmp_path / "local" / "neighbours").sort_by([("item_id", "ascending"), ("rank", "ascending")])
+    for column in ("item_id", "rank", "neighbour_id"):
+        assert got.column(column).to_pylist() == want.column(column).to_pylist(), column
+    np.testing.assert_allclose(got.column("score").to_numpy(), want.column("score").to_numpy(), rtol=0, atol=1e-6)
 
 
 def test_cluster_down_stops_the_daemons_and_their_executors(cluster):

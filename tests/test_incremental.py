@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 
 from lookalike.embed import plan as incremental
+from lookalike import publish
 from lookalike.publish import lineage
-from lookalike.publish import versions as publish
 from lookalike.config import load_config
 from lookalike.embed.stage import ITEMS
 from lookalike.jobs import embed as embed_job

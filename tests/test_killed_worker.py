@@ -1,14 +1,17 @@
 """A Python worker dies in the middle of a task: Spark retries the task and the published tables are
 identical to an undisturbed run's, with no duplicate rows.
 
-The worker is killed by the embed job's test hook (LOOKALIKE_TEST_CRASH_ONCE: os._exit after the
-first batch of a task, once). Python workers inherit the driver's environment, so the hook is set
-for a spark-submit subprocess, never for the shared test session.
+The crash is injected from outside the product: Spark starts tests/hooks/crashing_worker.py in place
+of pyspark.worker (spark.python.worker.module, without the forking daemon), and that worker exits
+the process after its first embedded batch, once per run (LOOKALIKE_TEST_CRASH_ONCE names the
+marker file). Python workers inherit the driver's environment, so it is set for a spark-submit
+subprocess, never for the shared test session.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 
@@ -24,9 +27,13 @@ from conftest import ROOT, SAMPLE_DIR, run_script
 MASTER = "local[2,4]"
 
 
-def embed(images, out, env=None):
+HOOKS = ROOT / "tests" / "hooks"
+CRASHING_WORKER = ["--conf", "spark.python.use.daemon=false", "--conf", "spark.python.worker.module=crashing_worker"]
+
+
+def embed(images, out, env=None, spark_args=()):
     result = run_script(
-        [str(ROOT / "spark-submit.sh"), "embed", "--master", MASTER,
+        [str(ROOT / "spark-submit.sh"), "embed", "--master", MASTER, *spark_args,
          "--set", f"input.uri={images}", "--set", "model.weights=none", "--set", "model.seed=7",
          "--set", "model.batch_size=2", "--set", "input.partition_size=4",
          "--set", f"output.embeddings={out}/emb", "--set", f"output.errors={out}/err"],
@@ -49,7 +56,9 @@ def test_a_killed_python_worker_is_retried_and_the_tables_equal_an_undisturbed_r
     marker = tmp_path / "crashed-once"
 
     calm, _ = embed(images, tmp_path / "calm")
-    hit, output = embed(images, tmp_path / "hit", env={"LOOKALIKE_TEST_CRASH_ONCE": str(marker)})
+    path = os.pathsep.join(p for p in (str(HOOKS), os.environ.get("PYTHONPATH")) if p)
+    hit, output = embed(images, tmp_path / "hit", env={"LOOKALIKE_TEST_CRASH_ONCE": str(marker), "PYTHONPATH": path},
+                        spark_args=CRASHING_WORKER)
 
     assert marker.exists(), "the hook did not fire: the worker was never killed"
     # The first attempt of a task failed because its worker died; a later attempt succeeded.

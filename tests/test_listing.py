@@ -2,6 +2,7 @@
 
 import pytest
 
+from lookalike.embed import listing
 from lookalike.io import storage
 from lookalike.config import InputConfig, S3Config
 from lookalike.errors import DuplicateItemIdError, InputError
@@ -10,7 +11,7 @@ from conftest import SAMPLE_DIR
 
 
 def test_local_listing_gives_ids_relative_to_the_root_without_extension():
-    listed = storage.list_images(InputConfig(uri=str(SAMPLE_DIR)), S3Config())
+    listed = listing.list_images(InputConfig(uri=str(SAMPLE_DIR)), S3Config())
     assert len(listed) == 60
     item_id, obj = listed[0]
     assert "/" in item_id and not item_id.endswith(".jpg")
@@ -23,16 +24,16 @@ def test_local_listing_gives_ids_relative_to_the_root_without_extension():
 def test_pattern_is_case_insensitive_and_configurable(tmp_path):
     for name in ("a.JPG", "b.png", "c.txt", "d.Jpeg"):
         (tmp_path / name).write_bytes(b"x")
-    ids = [i for i, _ in storage.list_images(InputConfig(uri=str(tmp_path)), S3Config())]
+    ids = [i for i, _ in listing.list_images(InputConfig(uri=str(tmp_path)), S3Config())]
     assert ids == ["a", "b", "d"]
-    ids = [i for i, _ in storage.list_images(InputConfig(uri=f"file://{tmp_path}", pattern="*.png"), S3Config())]
+    ids = [i for i, _ in listing.list_images(InputConfig(uri=f"file://{tmp_path}", pattern="*.png"), S3Config())]
     assert ids == ["b"]
 
 
 def test_id_regex_uses_the_named_group(tmp_path):
     (tmp_path / "shop").mkdir()
     (tmp_path / "shop" / "sku-123_front.jpg").write_bytes(b"x")
-    listed = storage.list_images(InputConfig(uri=str(tmp_path), id_regex=r"sku-(?P<id>\d+)_"), S3Config())
+    listed = listing.list_images(InputConfig(uri=str(tmp_path), id_regex=r"sku-(?P<id>\d+)_"), S3Config())
     assert [i for i, _ in listed] == ["123"]
 
 
@@ -40,12 +41,12 @@ def test_duplicate_ids_name_both_keys(tmp_path):
     (tmp_path / "x.jpg").write_bytes(b"1")
     (tmp_path / "x.png").write_bytes(b"2")
     with pytest.raises(DuplicateItemIdError, match=r"'x' comes from two keys: 'x.jpg' and 'x.png'"):
-        storage.list_images(InputConfig(uri=str(tmp_path)), S3Config())
+        listing.list_images(InputConfig(uri=str(tmp_path)), S3Config())
 
 
 def test_missing_directory_is_a_clear_error(tmp_path):
     with pytest.raises(InputError, match="no such directory"):
-        storage.list_images(InputConfig(uri=str(tmp_path / "nope")), S3Config())
+        listing.list_images(InputConfig(uri=str(tmp_path / "nope")), S3Config())
 
 
 def test_s3_listing_pages_through_more_than_one_page(s3, bucket, s3_endpoint):
@@ -53,7 +54,7 @@ def test_s3_listing_pages_through_more_than_one_page(s3, bucket, s3_endpoint):
         s3.put_object(Bucket=bucket, Key=f"imgs/{i:05d}.jpg", Body=b"x")
     s3.put_object(Bucket=bucket, Key="imgs/readme.txt", Body=b"x")
     s3.put_object(Bucket=bucket, Key="other/0.jpg", Body=b"x")
-    listed = storage.list_images(InputConfig(uri=f"s3://{bucket}/imgs"),
+    listed = listing.list_images(InputConfig(uri=f"s3://{bucket}/imgs"),
                                  S3Config(endpoint_url=s3_endpoint))
     assert len(listed) == 1003  # more than one 1,000-key page
     item_id, obj = listed[0]
@@ -65,12 +66,12 @@ def test_fetch_reports_kinds(s3, bucket, s3_endpoint, tmp_path):
     cfg = S3Config(endpoint_url=s3_endpoint)
     s3.put_object(Bucket=bucket, Key="a.jpg", Body=b"abc")
     assert storage.fetch(f"s3://{bucket}/a.jpg", cfg, 100) == b"abc"
-    with pytest.raises(storage.FetchError) as missing:
+    with pytest.raises(storage.StorageError) as missing:
         storage.fetch(f"s3://{bucket}/gone.jpg", cfg, 100)
     assert missing.value.kind == "not_found"
-    with pytest.raises(storage.FetchError) as big:
+    with pytest.raises(storage.StorageError) as big:
         storage.fetch(f"s3://{bucket}/a.jpg", cfg, 2)
     assert big.value.kind == "too_large"
-    with pytest.raises(storage.FetchError) as local_missing:
+    with pytest.raises(storage.StorageError) as local_missing:
         storage.fetch(f"file://{tmp_path}/none.jpg", cfg, 100)
     assert local_missing.value.kind == "not_found"

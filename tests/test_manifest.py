@@ -13,8 +13,7 @@ import pyarrow.orc as orc
 import pyarrow.parquet as pq
 import pytest
 
-from lookalike.embed import manifest
-from lookalike.io import storage
+from lookalike.embed import listing, manifest
 from lookalike.config import InputConfig, S3Config
 from lookalike.errors import DuplicateItemIdError, InputError
 
@@ -28,7 +27,7 @@ def items_of(frame) -> list[tuple]:
 
 
 def listed_items(cfg: InputConfig, s3cfg: S3Config) -> list[tuple]:
-    return sorted((i, o.uri, o.version, o.size) for i, o in storage.list_images(cfg, s3cfg))
+    return sorted((i, o.uri, o.version, o.size) for i, o in listing.list_images(cfg, s3cfg))
 
 
 def put_inventory_csv(s3, bucket: str, rows: list[list], files: int) -> str:
@@ -93,7 +92,7 @@ def test_parquet_key_table_in_a_local_directory_with_size_and_etag(spark, tmp_pa
 
     frame = manifest.read_manifest(spark, InputConfig(uri=str(root), manifest=str(table), manifest_key_column="path"))
 
-    listed = {i: o for i, o in storage.list_images(InputConfig(uri=str(root)), S3Config())}
+    listed = {i: o for i, o in listing.list_images(InputConfig(uri=str(root)), S3Config())}
     got = items_of(frame)
     assert len(got) == 12
     for item_id, uri, version, size in got:

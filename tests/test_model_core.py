@@ -101,16 +101,43 @@ def test_weights_from_s3_are_cached_once_per_host(embedder, batch, tmp_path, s3,
         model.fetch_weights(dataclasses.replace(cfg, weights=f"s3://{bucket}/models/missing.h5"), s3cfg)
 
 
-def test_imagenet_without_network_fails_with_instructions_or_falls_back_loudly(caplog):
+def _offline(monkeypatch):
+    """Keras' download fails as it does on a machine without internet and an empty cache: the
+    failure is injected, so the test means the same online, offline and with cached weights."""
+    import keras
+
+    def no_network(fname, origin=None, **_):
+        raise Exception(f"URL fetch failure on {origin}: None -- [Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(keras.utils, "get_file", no_network)
+
+
+def test_imagenet_without_network_fails_with_instructions_or_falls_back_loudly(caplog, monkeypatch):
+    _offline(monkeypatch)
     ok, reason = model.imagenet_available(ModelConfig())
-    if ok:  # pragma: no cover - only on machines that can reach the download
-        pytest.fail("this test documents the offline path; the machine unexpectedly has the weights")
+    assert not ok and "name resolution" in reason
     with pytest.raises(WeightsError, match=r"model.weights=/path/to/vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"):
         model.resolve(ModelConfig(), S3Config())
     resolved = model.resolve(ModelConfig(on_missing_weights="random", seed=3), S3Config())
     assert model.is_random_init(resolved) and resolved.seed == 3
     assert "RANDOM-INIT" in caplog.text
     assert model.weights_tag(resolved) == "random-init:seed=3 (imagenet unavailable)"
+
+
+def test_imagenet_when_keras_has_the_weights_is_used_as_configured(monkeypatch, tmp_path):
+    import keras
+
+    asked = []
+
+    def cached(fname, origin=None, file_hash=None, **_):
+        asked.append((fname, file_hash))
+        return str(tmp_path / fname)
+
+    monkeypatch.setattr(keras.utils, "get_file", cached)
+    cfg = ModelConfig(on_missing_weights="random")
+    assert model.resolve(cfg, S3Config()) == cfg  # no fallback when the weights are there
+    # Keras is asked for the published file and checks it against the published md5.
+    assert asked == [("vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5", "6d6bbae143d832006294945121d1f1fc")]
 
 
 def test_get_embedder_loads_once_per_process():

@@ -1,4 +1,4 @@
-"""Atomic publishing and locks (lib/lookalike/publish.py): local symlinked versions, S3 pointers on
+"""Atomic publishing and locks (lib/lookalike/publish/): local symlinked versions, S3 pointers on
 a real moto server, the HDFS code path on pyarrow's local file system, and the embed job."""
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from lookalike.publish import versions as publish
+from lookalike import publish
+from lookalike.io.hadoop import HadoopStorage
+from lookalike.publish.layouts import PointerLayout
 from lookalike.config import S3Config, load_config
 from lookalike.errors import OutputError, OutputLockedError, TooManyErrorsError
 from lookalike.jobs import embed as embed_job
@@ -293,7 +295,7 @@ def test_s3_output_with_objects_of_an_older_layout_is_refused_before_anything_is
 def test_pointer_layout_on_a_pyarrow_file_system_the_hdfs_code_path(tmp_path):
     """hdfs:// goes through pyarrow's FileSystem API; its local implementation runs the same code."""
     uri = f"file://{tmp_path}/out/emb"
-    location = publish._Pointer(uri, publish._ArrowStore())
+    location = PointerLayout(uri, HadoopStorage())
     for version in (1, 2, 3):
         assert location.lock_create("{}") and not location.lock_create("{}")
         write_parts(location.prepare_staging(f"run-{version}")[len("file://"):], version)

@@ -17,8 +17,8 @@ import pytest
 
 from conftest import SAMPLE_DIR
 from faultproxy import FAULT_KINDS, FaultProxy
-from lookalike.embed import images, model
-from lookalike.publish import versions as publish
+from lookalike import publish
+from lookalike.embed import images, listing, model
 from lookalike.io import storage
 from lookalike.config import InputConfig, ModelConfig, S3Config, load_config
 from lookalike.errors import InputError
@@ -65,14 +65,14 @@ def test_a_key_that_always_fails_is_tried_exactly_max_attempts_times(s3, bucket,
     s3.put_object(Bucket=bucket, Key="bad.jpg", Body=b"x" * 1000)
     for seed in range(4):  # different mixes of request faults and bodies cut off half way
         with FaultProxy(s3_endpoint, seed=seed, always_fail={"bad.jpg"}, kinds=FAULT_KINDS) as proxy:
-            with pytest.raises(storage.FetchError) as failed:
+            with pytest.raises(storage.StorageError) as failed:
                 fetch_all(proxy, bucket, ["bad.jpg"], max_attempts=3, retry_mode=mode)
             assert failed.value.kind == "fetch_error"
             assert "gave up after 3 attempts (s3.max_attempts=3" in failed.value.message
             # botocore's retries and ours (for broken bodies) share one budget per object.
             assert proxy.stats.attempts[("get", f"{bucket}/bad.jpg")] == 3
     with FaultProxy(s3_endpoint, always_fail={"bad.jpg"}) as proxy:
-        with pytest.raises(storage.FetchError):
+        with pytest.raises(storage.StorageError):
             fetch_all(proxy, bucket, ["bad.jpg"], max_attempts=1, retry_mode=mode)
         assert proxy.stats.attempts[("get", f"{bucket}/bad.jpg")] == 1  # 1 = no retries
 
@@ -80,7 +80,7 @@ def test_a_key_that_always_fails_is_tried_exactly_max_attempts_times(s3, bucket,
 def test_a_body_cut_off_every_time_is_a_fetch_error_not_a_truncated_image(s3, bucket, s3_endpoint):
     s3.put_object(Bucket=bucket, Key="cut.jpg", Body=(SAMPLE_DIR / "dress").glob("*.jpg").__next__().read_bytes())
     with FaultProxy(s3_endpoint, always_fail={"cut.jpg"}, kinds=("truncate",)) as proxy:
-        with pytest.raises(storage.FetchError) as failed:
+        with pytest.raises(storage.StorageError) as failed:
             fetch_all(proxy, bucket, ["cut.jpg"], max_attempts=3)
         assert failed.value.kind == "fetch_error" and "connection dropped" in failed.value.message
         assert proxy.stats.faults[("get", "truncate")] == 3
@@ -89,7 +89,7 @@ def test_a_body_cut_off_every_time_is_a_fetch_error_not_a_truncated_image(s3, bu
 def test_listing_retries_transient_faults(s3, bucket, s3_endpoint):
     blobs = put_blobs(s3, bucket, 5)
     with FaultProxy(s3_endpoint, rates={"list": 1.0}, max_consecutive=2) as proxy:
-        listed = storage.list_images(InputConfig(uri=f"s3://{bucket}/blobs", pattern="*"),
+        listed = listing.list_images(InputConfig(uri=f"s3://{bucket}/blobs", pattern="*"),
                                      S3Config(endpoint_url=proxy.url, max_attempts=4))
         assert sorted(o.key for _, o in listed) == sorted(k.split("/", 1)[1] for k in blobs)
         assert proxy.stats.requests["list"] == 3 and proxy.stats.faults_for("list") == 2

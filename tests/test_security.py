@@ -19,8 +19,8 @@ import pytest
 
 from conftest import FAKE_SECRET, ROOT, SAMPLE_DIR, run_script
 from faultproxy import FaultProxy
-from lookalike.publish import versions as publish
-from lookalike.io import storage
+from lookalike import publish
+from lookalike.io.redact import redact
 from lookalike.config import S3Config, load_config, load_dict, parse_override
 from lookalike.errors import ConfigError
 
@@ -92,7 +92,7 @@ def test_redact_removes_the_credentials_in_use_and_anything_shaped_like_one():
             f"Credential=SOMEONEELSE/20240101/us-east-1/s3/aws4_request, SignedHeaders=host, "
             f"Signature=0123abcd; url ?X-Amz-Credential=K%2F1&X-Amz-Signature=ff&X-Amz-Security-Token=tok "
             f"key AKIAABCDEFGHIJKLMNOP")
-    out = storage.redact(text)
+    out = redact(text)
     assert_no_credentials("redacted text", out)
     for leaked in ("SOMEONEELSE", "0123abcd", "K%2F1", "tok ", "AKIAABCDEFGHIJKLMNOP"):
         assert leaked not in out
@@ -108,7 +108,7 @@ def test_clients_use_the_default_chain_shared_credentials_file(tmp_path, s3_endp
     env.update(AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "credentials"), AWS_CONFIG_FILE=os.devnull,
                AWS_EC2_METADATA_DISABLED="true", AWS_DEFAULT_REGION="us-east-1")
     with FaultProxy(s3_endpoint) as proxy:
-        code = ("import sys; from lookalike import storage; from lookalike.config import S3Config; "
+        code = ("import sys; from lookalike.io import storage; from lookalike.config import S3Config; "
                 f"sys.stdout.write(storage.fetch('s3://{bucket}/a.jpg', S3Config(endpoint_url='{proxy.url}'), 10).decode())")
         done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0 and done.stdout == "x", done.stderr

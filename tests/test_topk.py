@@ -1,4 +1,4 @@
-"""The numpy kernel (lookalike.topk) against brute force: exact ids and ranks, scores to 1e-5."""
+"""The numpy kernel (lookalike.neighbours.topk) against brute force: exact ids and ranks, scores to 1e-5."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from brute_force import brute_force, random_vectors
-from lookalike.neighbours import topk
+from lookalike.neighbours import pool, topk
 
 
 def kernel_all(vectors, k, chunk_rows=None, block_rows=64, sub_block=topk.SUB_BLOCK,
@@ -136,13 +136,13 @@ def test_kernel_pool_overflow_with_many_ties_takes_the_exact_path(monkeypatch):
     x = random_vectors(400, 16, seed=9)
     x[::13] = x[1]  # 31 copies: far more near-ties than POOL_MARGIN has room for
     redone = []
-    exact_path = topk._topk_exact
+    exact_path = pool.topk_exact
 
     def spy(queries, *args, **kwargs):
         redone.append(len(queries))
         return exact_path(queries, *args, **kwargs)
 
-    monkeypatch.setattr(topk, "_topk_exact", spy)
+    monkeypatch.setattr(pool, "topk_exact", spy)
     got = kernel_all(x, 5, chunk_rows=None, block_rows=100, sub_block=256)
     assert_same(got, oracle(x, 5))
     assert sum(redone) >= 31  # every copy's row overflowed its pool and was redone exactly
@@ -307,13 +307,13 @@ def test_pair_overflow_with_many_ties_takes_the_exact_path_on_both_sides(monkeyp
     b = 192
     x[::13] = x[1]  # 39 copies, on both sides of the block: far more near-ties than POOL_MARGIN
     redone = []
-    exact_path = topk._topk_exact
+    exact_path = pool.topk_exact
 
     def spy(queries, candidates, *args, **kwargs):
         redone.append((len(queries), len(candidates)))
         return exact_path(queries, candidates, *args, **kwargs)
 
-    monkeypatch.setattr(topk, "_topk_exact", spy)
+    monkeypatch.setattr(pool, "topk_exact", spy)
     rs, ri, cs, ci = check_pair(x, b, 5, sub_block=64)
     copies = np.append(np.arange(0, 500, 13), 1)
     # Rows are redone against the candidates, then columns against the queries; every copy's
@@ -340,7 +340,7 @@ def test_pair_one_matmul_per_sub_block(monkeypatch):
 
     x = random_vectors(300, 16, seed=12)
     unit, _ = topk.normalise(x)
-    monkeypatch.setattr(topk, "np", CountingNumpy())
+    monkeypatch.setattr(pool, "np", CountingNumpy())
     topk.topk_pair(unit[:100], unit[100:], 5, sub_block=64)
     assert calls == [100] * 4  # ceil(200 / 64) sub-blocks, each scored once for both sides
     calls.clear()

@@ -41,7 +41,7 @@ class InputConfig:
     # is the item id. Default: the relative key without its extension.
     id_regex: Optional[str] = None
     # A Parquet or CSV table of keys (S3 Inventory or any table with a key column) read instead of
-    # listing; see README "Inputs at catalogue scale".
+    # listing; see docs/cluster.md, "Inputs at catalogue scale".
     manifest: Optional[str] = None
     manifest_key_column: str = "key"
     # Column names of CSV manifest files that have no header row, comma-separated like the
@@ -122,7 +122,7 @@ class OutputConfig:
     embeddings: str = "output/embeddings"
     errors: str = "output/errors"
     neighbours: str = "output/neighbours"
-    # Remove a lock left by a crashed run (see README "Scheduled runs").
+    # Remove a lock left by a crashed run (see docs/scheduled-runs.md).
     force_unlock: bool = False
 
 
@@ -134,9 +134,6 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     neighbours: NeighboursConfig = field(default_factory=NeighboursConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
     def fingerprint(self, section: str) -> str:
         """A short stable hash of one section, stored with outputs to detect changed settings."""

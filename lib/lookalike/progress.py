@@ -26,7 +26,6 @@ class Progress:
         self.log, self.stage, self.total, self.unit, self.every = log, stage, total, unit, every
         self.started = time.monotonic()
         self.last = 0.0
-        self.done = 0
 
     def line(self, done: int) -> str:
         elapsed = max(time.monotonic() - self.started, 1e-9)
@@ -37,7 +36,6 @@ class Progress:
                 f"{rate:.1f} {self.unit}/s, ETA {format_eta(remaining)}")
 
     def update(self, done: int, force: bool = False) -> None:
-        self.done = done
         now = time.monotonic()
         if force or now - self.last >= self.every:
             self.last = now

@@ -81,7 +81,7 @@ def names(columns: list[Column]) -> list[str]:
 
 
 def markdown(columns: list[Column]) -> str:
-    """The README's table for one schema (kept in sync by tests/test_schemas.py)."""
+    """The README's table for one schema (tests/test_docs.py checks that the README shows it)."""
     rows = ["| column | type | description |", "| --- | --- | --- |"]
     rows += [f"| `{c.name}` | {c.type}{'' if c.nullable else ' not null'} | {c.doc.replace('|', chr(92) + '|')} |"
              for c in columns]

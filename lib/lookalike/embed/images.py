@@ -7,16 +7,20 @@ image the model can take or an :class:`ImageError` whose ``kind`` becomes an err
 from __future__ import annotations
 
 import io
+import re
 import warnings
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 TARGET_SIZE = (224, 224)
+# What a thumbnail refuses to decode unless told otherwise: the jobs' input.max_pixels default.
+THUMBNAIL_MAX_PIXELS = 50_000_000
 
-# The explicit input.max_pixels check replaces Pillow's global limit, which would otherwise raise
-# or warn depending on the size and is process-wide state shared with user code.
-Image.MAX_IMAGE_PIXELS = None
+# Pillow's own decompression-bomb limit (Image.MAX_IMAGE_PIXELS) is process-wide state that belongs
+# to whoever imports this module: it is never changed here. Each decode checks the caller's
+# ``max_pixels`` from the header instead, and Pillow's limit stays in force above it (an image past
+# twice Pillow's limit is refused by Pillow as too_large, whatever max_pixels says).
 
 
 class ImageError(Exception):
@@ -47,6 +51,27 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+_POSSIBLE_BOMB = re.compile(r"\((\d+) pixels\) exceeds limit of (\d+) pixels")
+
+
+def _open(data: bytes, max_pixels: int) -> Image.Image:
+    """Image.open, with Pillow's refusal of a decompression bomb (its own limit, checked from the
+    header before ours can be) worded like ours."""
+    try:
+        return Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:
+        found = _POSSIBLE_BOMB.search(str(exc))
+        if not found:
+            raise ImageError(*_decode_failure(exc)) from None
+        pixels, limit = int(found.group(1)), int(found.group(2))
+        if max_pixels and pixels > max_pixels:
+            raise ImageError("too_large", f"declared size of {pixels} pixels is more than "
+                                          f"input.max_pixels={max_pixels} (decompression bomb?)") from None
+        raise ImageError("too_large", f"declared size of {pixels} pixels is more than Pillow's limit of "
+                                      f"{limit} pixels (decompression bomb?), which input.max_pixels="
+                                      f"{max_pixels} does not raise") from None
+
+
 def decode(data: bytes, max_pixels: int = 0) -> tuple[np.ndarray, tuple[int, int]]:
     """Decode, orient, convert to RGB and resize to 224x224.
 
@@ -57,7 +82,7 @@ def decode(data: bytes, max_pixels: int = 0) -> tuple[np.ndarray, tuple[int, int
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            img = Image.open(io.BytesIO(data))
+            img = _open(data, max_pixels)
             width, height = img.size
             if max_pixels and width * height > max_pixels:
                 raise ImageError(
@@ -132,11 +157,11 @@ def _decode_failure(exc: BaseException) -> tuple[str, str]:
     return "decode_error", f"cannot decode the image: {text}"
 
 
-def thumbnail(data: bytes, size: int = 160, max_pixels: int = 0) -> bytes:
+def thumbnail(data: bytes, size: int = 160, max_pixels: int = THUMBNAIL_MAX_PIXELS) -> bytes:
     """A small JPEG for reports and the shipped sample (same decoding rules as the model input)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        img = Image.open(io.BytesIO(data))
+        img = _open(data, max_pixels)
         width, height = img.size
         if max_pixels and width * height > max_pixels:
             raise ImageError("too_large", f"{width}x{height} is more than input.max_pixels={max_pixels}")

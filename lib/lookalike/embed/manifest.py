@@ -4,7 +4,7 @@ Listing 100M keys 1,000 at a time on the driver takes hours. An S3 Inventory rep
 of keys, is split into data files; each Spark task reads one of them, so the read scales with the
 cluster. Rows become the same (item_id, uri, source_version, source_bytes) items as listing gives:
 keys outside input.uri are skipped, input.pattern and input.id_regex apply, ids come from
-:func:`storage.item_id_for`, and ETags become source_version, which incremental runs compare.
+:func:`listing.item_id_for`, and ETags become source_version, which incremental runs compare.
 
 What input.manifest may name:
 
@@ -26,7 +26,6 @@ import csv
 import io
 import json
 import logging
-import os
 import re
 import zlib
 from dataclasses import dataclass
@@ -36,10 +35,13 @@ from urllib.parse import unquote_plus
 import pandas as pd
 
 from lookalike import schemas
-from lookalike.io import storage
 from lookalike.config import InputConfig, S3Config
+from lookalike.embed.listing import item_id_for, name_matches
 from lookalike.embed.stage import ITEMS
 from lookalike.errors import DuplicateItemIdError, InputError
+from lookalike.io.redact import redact
+from lookalike.io.storage import StorageError, fetch, storage_for
+from lookalike.io.uris import file_uri, is_hadoop, is_s3, local_path, normalise_uri, split_s3
 
 log = logging.getLogger(__name__)
 
@@ -77,17 +79,7 @@ def format_of(uri: str) -> Optional[str]:
 
 def _head_bytes(uri: str, s3: S3Config, size: int = 65536) -> bytes:
     """The first ``size`` bytes of a file, without reading the rest."""
-    if storage.is_s3(uri):
-        bucket, key = storage.split_s3(uri)
-        return storage.s3_client(s3).get_object(Bucket=bucket, Key=key, Range=f"bytes=0-{size - 1}")["Body"].read()
-    if storage.is_hadoop(uri):
-        from pyarrow import fs as pafs
-
-        filesystem, path = pafs.FileSystem.from_uri(uri)
-        with filesystem.open_input_stream(path) as stream:
-            return stream.read(size)
-    with open(storage.local_path(uri), "rb") as handle:
-        return handle.read(size)
+    return storage_for(uri, s3).read_range(uri, 0, size)
 
 
 def _gunzip_if_needed(data: bytes, partial: bool = False) -> bytes:
@@ -101,8 +93,8 @@ def _gunzip_if_needed(data: bytes, partial: bool = False) -> bytes:
 def _first_csv_row(uri: str, s3: S3Config) -> list[str]:
     try:
         head = _head_bytes(uri, s3)
-    except Exception as exc:  # botocore, pyarrow and OS errors alike: one line for the user
-        raise InputError(f"input.manifest: cannot read {uri}: {storage.redact(str(exc))}") from None
+    except StorageError as exc:
+        raise InputError(f"input.manifest: cannot read {uri}: {exc.message}") from None
     text = _gunzip_if_needed(head, partial=True).decode("utf-8", errors="replace")
     return next(csv.reader(io.StringIO(text.splitlines()[0] if text else "")), [])
 
@@ -110,24 +102,14 @@ def _first_csv_row(uri: str, s3: S3Config) -> list[str]:
 def _list_files(uri: str, s3: S3Config) -> list[str]:
     """The data files at ``uri``: the file itself, or the files under a directory or prefix, minus
     Spark's and Hadoop's bookkeeping files (_SUCCESS, .crc) and S3 Inventory's manifest files."""
-    if storage.is_s3(uri):
-        bucket, key = storage.split_s3(uri)
-        base = key.rstrip("/")
-        client = storage.s3_client(s3)
-        found = []
-        try:
-            for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=base):
-                for obj in page.get("Contents", []):
-                    if obj["Key"] == key or obj["Key"].startswith(base + "/"):
-                        found.append(f"s3://{bucket}/{obj['Key']}")
-        except Exception as exc:
-            raise InputError(f"input.manifest {uri}: cannot list it: {storage.redact(str(exc))}") from None
-    elif storage.is_hadoop(uri):
-        found = [o.uri for o in storage.iter_objects(uri, InputConfig(uri=uri), s3)]
-    else:
-        if not os.path.exists(storage.local_path(storage.normalise_uri(uri))):
+    uri = normalise_uri(uri)
+    storage = storage_for(uri, s3)
+    try:
+        found = [o.uri for o in storage.list(uri)]
+        if not found and not is_s3(uri) and not storage.exists(uri):
             raise InputError(f"input.manifest {uri}: no such file or directory")
-        found = [o.uri for o in storage.iter_objects(uri, InputConfig(uri=uri), s3)]
+    except StorageError as exc:
+        raise InputError(f"input.manifest {uri}: cannot list it: {exc.message}") from None
     names = lambda u: u.rstrip("/").rsplit("/", 1)[-1]  # noqa: E731
     return sorted(u for u in found if not names(u).startswith(("_", ".")) and not u.endswith("/")
                   and names(u) not in ("manifest.json", "manifest.checksum", "symlink.txt"))
@@ -135,8 +117,8 @@ def _list_files(uri: str, s3: S3Config) -> list[str]:
 
 def _from_inventory_manifest(uri: str, s3: S3Config) -> list[DataFile]:
     try:
-        manifest = json.loads(storage.fetch(uri, s3, 64 * 1024**2))
-    except storage.FetchError as exc:
+        manifest = json.loads(fetch(uri, s3, 64 * 1024**2))
+    except StorageError as exc:
         raise InputError(f"input.manifest {uri}: {exc.message}") from None
     except ValueError as exc:
         raise InputError(f"input.manifest {uri}: not a valid S3 Inventory manifest.json ({exc})") from None
@@ -235,22 +217,22 @@ class _Resolver:
         self.cfg = cfg
         self.regex = re.compile(cfg.id_regex) if cfg.id_regex else None
         root = cfg.uri
-        if storage.is_s3(root):
+        if is_s3(root):
             self.kind = "s3"
-            self.bucket, prefix = storage.split_s3(root)
+            self.bucket, prefix = split_s3(root)
             self.prefix = prefix if not prefix or prefix.endswith("/") else prefix + "/"
-        elif storage.is_hadoop(root):
+        elif is_hadoop(root):
             self.kind = "hadoop"
             self.base = root.rstrip("/")
         else:
             self.kind = "local"
-            self.base = storage.local_path(storage.normalise_uri(root)).rstrip("/")
+            self.base = local_path(normalise_uri(root)).rstrip("/")
 
     def locate(self, bucket: Optional[str], key: str) -> Optional[tuple[str, str]]:
         """(uri, key relative to input.uri), or None when the object is outside input.uri."""
         if self.kind == "s3":
-            if bucket is None and storage.is_s3(key):
-                bucket, key = storage.split_s3(key)
+            if bucket is None and is_s3(key):
+                bucket, key = split_s3(key)
             bucket = bucket if bucket is not None else self.bucket
             if bucket != self.bucket or not key.startswith(self.prefix):
                 return None
@@ -261,11 +243,11 @@ class _Resolver:
                 return None
             rel = full[len(self.base) + 1:]
             return f"{self.base}/{rel}", rel
-        path = storage.local_path(key) if key.startswith("file://") else key
+        path = local_path(key) if key.startswith("file://") else key
         path = path if path.startswith("/") else f"{self.base}/{path}"
         if bucket is not None or not path.startswith(self.base + "/"):
             return None
-        return storage.file_uri(path), path[len(self.base) + 1:]
+        return file_uri(path), path[len(self.base) + 1:]
 
 
 def _column(table, wanted: set[str]):
@@ -286,7 +268,7 @@ def read_file(spec: DataFile, cfg: InputConfig, s3: S3Config, skipped: Optional[
     key_name = _norm(cfg.manifest_key_column)
     counts = {"outside_uri": 0, "pattern": 0, "no_id": 0, "folder": 0, "not_current": 0}
     try:
-        data = storage.fetch(spec.uri, s3, MAX_FILE_BYTES)
+        data = fetch(spec.uri, s3, MAX_FILE_BYTES)
         for table in _tables(data, spec):
             keys = _column(table, {key_name})
             if keys is None:
@@ -314,10 +296,10 @@ def read_file(spec: DataFile, cfg: InputConfig, s3: S3Config, skipped: Optional[
                     counts["outside_uri"] += 1
                     continue
                 uri, rel = located
-                if not storage._name_matches(rel.rsplit("/", 1)[-1], cfg.pattern):
+                if not name_matches(rel.rsplit("/", 1)[-1], cfg.pattern):
                     counts["pattern"] += 1
                     continue
-                item_id = storage.item_id_for(rel, resolver.regex)
+                item_id = item_id_for(rel, resolver.regex)
                 if not item_id:
                     counts["no_id"] += 1
                     continue
@@ -333,10 +315,10 @@ def read_file(spec: DataFile, cfg: InputConfig, s3: S3Config, skipped: Optional[
             frame["source_bytes"] = frame["source_bytes"].astype("Int64")
             yield frame
     except Exception as exc:  # one clear message on the driver instead of a retried task failure
-        text = exc.message if isinstance(exc, storage.FetchError) else f"{type(exc).__name__}: {exc}"
+        text = exc.message if isinstance(exc, StorageError) else f"{type(exc).__name__}: {exc}"
         yield pd.DataFrame({"item_id": [None], "uri": [spec.uri], "source_version": [None],
                             "source_bytes": pd.array([None], dtype="Int64"), "key": [None],
-                            "problem": [f"{spec.uri}: {storage.redact(text)}"]})
+                            "problem": [f"{spec.uri}: {redact(text)}"]})
     if skipped is not None:
         for name, value in counts.items():
             if value:

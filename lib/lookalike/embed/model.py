@@ -159,36 +159,36 @@ def fetch_weights(cfg: ModelConfig, s3: S3Config) -> tuple[str, str]:
     s3:// files are copied once into model.cache_dir, keyed by their ETag, so that every Python
     worker on a host shares one download.
     """
+    from lookalike.io.storage import StorageError, storage_for
+    from lookalike.io.uris import is_s3
+
     source = cfg.weights
-    if not source.startswith("s3://"):
+    if not is_s3(source):
         path = os.path.expanduser(source[len("file://"):] if source.startswith("file://") else source)
         if not os.path.isfile(path):
             raise WeightsError(f"model.weights: file not found: {path}")
         return path, _verify(path, cfg, path)
 
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    from lookalike.io.storage import s3_client, split_s3
-
-    bucket, key = split_s3(source)
-    client = s3_client(s3)
+    storage = storage_for(source, s3)
     try:
-        etag = client.head_object(Bucket=bucket, Key=key)["ETag"].strip('"')
-    except (ClientError, BotoCoreError) as exc:
-        raise WeightsError(f"model.weights: cannot read {source}: {exc}") from None
+        found = storage.stat(source)
+    except StorageError as exc:
+        raise WeightsError(f"model.weights: cannot read {source}: {exc.message}") from None
+    if found is None:
+        raise WeightsError(f"model.weights: cannot read {source}: no such file")
     cache_dir = os.path.expanduser(cfg.cache_dir)
     os.makedirs(cache_dir, exist_ok=True)
-    name = os.path.basename(key)
-    target = os.path.join(cache_dir, f"{hashlib.sha1(f'{source}@{etag}'.encode()).hexdigest()[:12]}-{name}")
+    name = source.rstrip("/").rsplit("/", 1)[-1]
+    target = os.path.join(cache_dir, f"{hashlib.sha1(f'{source}@{found.version}'.encode()).hexdigest()[:12]}-{name}")
     if not os.path.exists(target):
         fd, partial = tempfile.mkstemp(dir=cache_dir, prefix=".partial-")
         os.close(fd)
         try:
-            client.download_file(bucket, key, partial)
+            storage.download(source, partial)
             _verify(partial, cfg, source)
             os.replace(partial, target)  # atomic: concurrent workers never read a partial file
-        except (ClientError, BotoCoreError) as exc:
-            raise WeightsError(f"model.weights: cannot download {source}: {exc}") from None
+        except StorageError as exc:
+            raise WeightsError(f"model.weights: cannot download {source}: {exc.message}") from None
         finally:
             if os.path.exists(partial):
                 os.remove(partial)

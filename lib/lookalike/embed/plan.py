@@ -18,12 +18,11 @@ from typing import Optional
 
 import pandas as pd
 
-from lookalike.embed import model
-from lookalike.publish import versions as publish
-from lookalike import schemas
-from lookalike.io import storage
+from lookalike import publish, schemas
 from lookalike.config import ModelConfig, S3Config
-from lookalike.io.storage import is_hadoop, is_s3, local_path
+from lookalike.embed import model
+from lookalike.io.redact import redact
+from lookalike.io.uris import is_hadoop, is_s3, local_path
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +135,7 @@ def previous_state(spark, embeddings: str, errors: str, s3: S3Config) -> Optiona
         rows = table.select(*KEY_COLUMNS).toPandas()
     except AnalysisException as exc:
         log.warning("cannot read the previous embeddings table %s (%s): full recompute",
-                    location, storage.redact(str(exc).splitlines()[0][:300]))
+                    location, redact(str(exc).splitlines()[0][:300]))
         return None
     failed: frozenset = frozenset()
     errors_location, _ = _published(errors, s3)

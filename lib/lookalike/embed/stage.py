@@ -8,7 +8,6 @@ of the current one on a small thread pool.
 from __future__ import annotations
 
 import logging
-import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator, Optional
 
@@ -18,6 +17,7 @@ import pandas as pd
 from lookalike.embed import images, model
 from lookalike import schemas
 from lookalike.io import storage
+from lookalike.io.storage import Entry, StorageError
 from lookalike.config import Config
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ RESULT = [c._replace(nullable=True) if c.name in ("embedding", "embedded_at") el
 ]
 
 
-def items_frame(listed: list[tuple[str, storage.Listed]]) -> pd.DataFrame:
+def items_frame(listed: list[tuple[str, Entry]]) -> pd.DataFrame:
     return pd.DataFrame(
         {
             "item_id": [item_id for item_id, _ in listed],
@@ -54,7 +54,7 @@ def _load(uri: str, cfg: Config) -> tuple[Optional[np.ndarray], tuple[int, int],
         data = storage.fetch(uri, cfg.s3, cfg.input.max_bytes)
         pixels, size = images.decode(data, cfg.input.max_pixels)
         return pixels, size, "", ""
-    except (storage.FetchError, images.ImageError) as exc:
+    except (StorageError, images.ImageError) as exc:
         return None, (0, 0), exc.kind, exc.message
     except Exception as exc:  # one odd file must never fail the task and its neighbours
         return None, (0, 0), "decode_error", f"unexpected {type(exc).__name__}: {exc}"
@@ -68,7 +68,6 @@ def make_embed_function(cfg: Config, run_id: str, task_cpus: int = 1, loads=None
     """The mapInPandas function for ``cfg``. ``loads`` (an accumulator) counts model builds."""
     batch_size = cfg.model.batch_size
     threads = worker_threads(cfg, task_cpus)
-    crash_marker = os.environ.get("LOOKALIKE_TEST_CRASH_ONCE")
 
     def embed_partition(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         before = model.LOADS["count"]
@@ -78,14 +77,14 @@ def make_embed_function(cfg: Config, run_id: str, task_cpus: int = 1, loads=None
         pool = ThreadPoolExecutor(max_workers=max(2, threads), thread_name_prefix="lookalike-decode")
         try:
             for frame in frames:
-                yield _embed_frame(frame, embedder, pool, cfg, batch_size, run_id, crash_marker)
+                yield _embed_frame(frame, embedder, pool, cfg, batch_size, run_id)
         finally:
             pool.shutdown(wait=False)
 
     return embed_partition
 
 
-def _embed_frame(frame, embedder, pool, cfg, batch_size, run_id, crash_marker) -> pd.DataFrame:
+def _embed_frame(frame, embedder, pool, cfg, batch_size, run_id) -> pd.DataFrame:
     n = len(frame)
     uris = frame["uri"].tolist()
     vectors: list = [None] * n
@@ -115,10 +114,6 @@ def _embed_frame(frame, embedder, pool, cfg, batch_size, run_id, crash_marker) -
             out = embedder.embed(np.stack([p for _, p in good]))
             for (row, _), vector in zip(good, out):
                 vectors[row] = vector
-        if crash_marker and not os.path.exists(crash_marker):
-            # Test hook for "a worker dies mid-task": die once, after real work, before output.
-            open(crash_marker, "w").close()
-            os._exit(17)
 
     now = pd.Timestamp.now(tz="UTC")
     ok = np.array([v is not None for v in vectors], dtype=bool)

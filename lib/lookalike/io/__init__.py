@@ -2,4 +2,15 @@
 
 Every module reads and writes through this package; nothing outside it talks to boto3 or builds
 a file system client.
+
+    uris.py       telling local paths, file://, s3:// and hdfs:// URIs apart
+    storage.py    the one Storage interface, StorageError, storage_for(uri, s3) (why these backends)
+    s3.py         S3 through boto3: retries shared across botocore and body cuts, conditional locks
+    s3client.py   the one boto3 client configuration (from S3Config) and per-thread request counts
+    local.py      local files: temp + rename, O_EXCL
+    hadoop.py     HDFS and other Hadoop file systems through pyarrow.fs
+    redact.py     keeping credentials out of every message
+    arrowfs.py    a pyarrow file system over this layer, for reading tables from S3
+    partfiles.py  Parquet part files written by Spark tasks with row groups cut at item boundaries
+    tables.py     reading the jobs' tables with pyarrow, without Spark, for the tools
 """

@@ -4,20 +4,19 @@ where the caller says (at item boundaries) rather than where Spark's writer runs
 A point lookup by ``item_id`` then reads exactly one row group: files cover disjoint, sorted id
 ranges and no item's rows straddle two row groups. Names are deterministic per partition, so a
 retried or speculative task replaces its own file instead of adding a second one, and a file
-appears under its final name only when complete: local and HDFS files are written under a hidden
-name and renamed; S3 objects are written to the executor's local disk and uploaded with boto3
-(an interrupted multipart upload never becomes visible, and no directory markers appear).
+appears under its final name only when complete (``Storage.open_write``: local and HDFS files are
+written under a hidden name and renamed; S3 objects are written to the executor's local disk and
+uploaded, so an interrupted upload never becomes visible).
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
-import uuid
 from typing import Optional
 
-from lookalike.io import storage
 from lookalike.config import S3Config
+from lookalike.io.storage import storage_for
+from lookalike.io.uris import is_hadoop, is_s3, local_path
 
 
 class PartWriter:
@@ -26,30 +25,13 @@ class PartWriter:
 
     def __init__(self, directory: str, name: str, schema, s3: Optional[S3Config] = None,
                  row_group_rows: int = 65536, sorting_columns: tuple[str, ...] = ()):
-        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        self.s3 = s3 or S3Config()
-        self.to_s3 = storage.is_s3(directory)
-        if self.to_s3:
-            bucket, prefix = storage.split_s3(directory.rstrip("/"))
-            self.bucket, self.key = bucket, f"{prefix}/{name}" if prefix else name
-            self.final = f"s3://{bucket}/{self.key}"
-            handle, self.path = tempfile.mkstemp(prefix="lookalike-", suffix=".parquet")
-            os.close(handle)
-            self.fs = None
-            self.stream = pa.OSFile(self.path, "wb")
-        else:
-            from pyarrow import fs as pafs
-
-            if storage.is_hadoop(directory):
-                self.fs, root = pafs.FileSystem.from_uri(directory)
-            else:
-                self.fs, root = pafs.LocalFileSystem(), os.path.abspath(storage.local_path(directory))
-            self.fs.create_dir(root, recursive=True)
-            self.final = f"{root.rstrip('/')}/{name}"
-            self.path = f"{root.rstrip('/')}/.{name}.{uuid.uuid4().hex[:8]}.tmp"  # readers skip '.' files
-            self.stream = self.fs.open_output_stream(self.path)
+        uri = f"{directory.rstrip('/')}/{name}"
+        self.out = storage_for(uri, s3 or S3Config()).open_write(uri)
+        local = not (is_s3(uri) or is_hadoop(uri))
+        self.final = os.path.abspath(local_path(uri)) if local else uri  # what close() reports
+        self.stream = self.out.file
         self.schema = schema
         self.row_group_rows = row_group_rows
         self.pending: list = []
@@ -86,27 +68,13 @@ class PartWriter:
     def close(self) -> dict:
         self._flush()
         self.writer.close()
-        self.stream.close()
-        if self.to_s3:
-            try:
-                storage.s3_client(self.s3).upload_file(self.path, self.bucket, self.key)
-            finally:
-                os.remove(self.path)
-        else:
-            self.fs.move(self.path, self.final)
+        self.out.commit()
         return {"path": self.final, "rows": self.rows, "row_groups": self.row_groups}
 
     def abort(self) -> None:
         """Remove the temporary file; the final name is never touched."""
         try:
             self.writer.close()
-            self.stream.close()
         except Exception:
             pass
-        try:
-            if self.to_s3:
-                os.remove(self.path)
-            else:
-                self.fs.delete_file(self.path)
-        except OSError:
-            pass
+        self.out.abort()

@@ -1,31 +1,25 @@
 """Reading the jobs' Parquet tables with pyarrow, without Spark, for the ``lookalike`` tools.
 
-Tables may sit in a local directory, behind file://, hdfs:// or s3:// (with the same S3 settings
-as the jobs, so that an S3-compatible endpoint works too). Only the columns and rows a tool needs
-are read.
+Tables may sit in a local directory, behind file://, hdfs:// or s3:// (through the storage layer
+with the jobs' S3 settings: retries, timeouts and an S3-compatible endpoint work as in the jobs;
+see io/arrowfs.py). Only the columns and rows a tool needs are read.
 """
 
 from __future__ import annotations
 
 from typing import Iterable, Optional
-from urllib.parse import urlparse
 
-from lookalike.publish import versions as publish
-from lookalike.io import storage
+from lookalike import publish
 from lookalike.config import S3Config
 from lookalike.errors import InputError
+from lookalike.io import arrowfs
+from lookalike.io.redact import redact
+from lookalike.io.storage import StorageError
 
 
-def _s3_filesystem(s3: S3Config):
-    from pyarrow import fs as pafs
-
-    kwargs = {"region": s3.region, "connect_timeout": s3.connect_timeout,
-              "request_timeout": s3.read_timeout}
-    if s3.endpoint_url:
-        parsed = urlparse(s3.endpoint_url)
-        kwargs["endpoint_override"] = parsed.netloc or parsed.path
-        kwargs["scheme"] = parsed.scheme or "https"
-    return pafs.S3FileSystem(**kwargs)
+def _unreadable(path: str, exc: Exception) -> InputError:
+    text = exc.message if isinstance(exc, StorageError) else str(exc)
+    return InputError(f"cannot read the Parquet table at {path}: {redact(text)}")
 
 
 def dataset(path: str, s3: Optional[S3Config] = None):
@@ -35,17 +29,12 @@ def dataset(path: str, s3: Optional[S3Config] = None):
 
     location = publish.resolve(path, s3)
     try:
-        if storage.is_s3(location):
-            bucket, key = storage.split_s3(location)
-            return ds.dataset(f"{bucket}/{key}".rstrip("/"), format="parquet",
-                              filesystem=_s3_filesystem(s3 or S3Config()))
-        if storage.is_hadoop(location):
-            return ds.dataset(location, format="parquet")
-        return ds.dataset(storage.local_path(location), format="parquet")
+        filesystem, where = arrowfs.filesystem(location, s3)
+        return ds.dataset(where, format="parquet", filesystem=filesystem)
     except FileNotFoundError:
         raise InputError(f"table not found: {path}") from None
-    except (OSError, pa.ArrowInvalid) as exc:
-        raise InputError(f"cannot read the Parquet table at {path}: {storage.redact(str(exc))}") from None
+    except (OSError, pa.ArrowInvalid, StorageError) as exc:
+        raise _unreadable(path, exc) from None
 
 
 def read_table(path: str, columns: list[str], s3: Optional[S3Config] = None, filter=None):
@@ -61,8 +50,8 @@ def read_table(path: str, columns: list[str], s3: Optional[S3Config] = None, fil
         )
     try:
         return data.to_table(columns=columns, filter=filter)
-    except (OSError, pa.ArrowInvalid) as exc:
-        raise InputError(f"cannot read the Parquet table at {path}: {storage.redact(str(exc))}") from None
+    except (OSError, pa.ArrowInvalid, StorageError) as exc:
+        raise _unreadable(path, exc) from None
 
 
 def read_rankings(path: str, k: int, s3: Optional[S3Config] = None,

@@ -9,7 +9,7 @@ import os
 import sys
 from typing import Callable, Optional
 
-from lookalike.config import Config, load_config
+from lookalike.config import Config, SparkConfig, load_config
 from lookalike.errors import LookalikeError
 
 log = logging.getLogger("lookalike")
@@ -19,7 +19,7 @@ class _Redact(logging.Filter):
     """Last line of defence: no log line carries a credential, whatever a library put in it."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        from lookalike.io.storage import redact
+        from lookalike.io.redact import redact
 
         record.msg, record.args = redact(record.getMessage()), ()
         return True
@@ -49,32 +49,53 @@ def parse_args(argv: list[str], description: str) -> argparse.Namespace:
 
 
 def build_session(cfg: Config, app_suffix: str = ""):
-    """The one place a SparkSession is created: library code only ever receives one."""
+    """The one place a SparkSession is created: library code only ever receives one.
+
+    The master: a driver started by spark-submit runs on the master spark-submit resolved (its
+    --master, --conf spark.master, spark-defaults.conf, or its own default local[*]), as with any
+    Spark application; spark.master from the config applies when the job starts Spark itself
+    (``python jobs/embed.py``). ./spark-submit.sh passes the config's spark.master as --master
+    when it is given none, so both ways of starting a job agree."""
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from pyspark.sql import SparkSession
 
     builder = SparkSession.builder.appName(cfg.spark.app_name + app_suffix)
-    # spark-submit's --master wins over the config file (it is already in the SparkConf).
-    if not _submitted_master():
+    submitted = submitted_master()
+    master = submitted or cfg.spark.master
+    if submitted is None:
         builder = builder.master(cfg.spark.master)
+    elif submitted != cfg.spark.master and cfg.spark.master != SparkConfig.master:
+        log.warning("spark.master=%s from the config is not used: spark-submit started this driver with "
+                    "master %s (pass --master %s to use the config's)", cfg.spark.master, submitted,
+                    cfg.spark.master)
     defaults = {
         "spark.sql.execution.arrow.pyspark.enabled": "true",
         "spark.sql.session.timeZone": "UTC",
         "spark.ui.showConsoleProgress": "false",
-        "spark.driver.host": os.environ.get("SPARK_LOCAL_IP", "127.0.0.1") if cfg.spark.master.startswith("local") else None,
+        "spark.driver.host": os.environ.get("SPARK_LOCAL_IP", "127.0.0.1") if master.startswith("local") else None,
     }
     for key, value in {**defaults, **{k: str(v) for k, v in cfg.spark.conf.items()}}.items():
         if value is not None:
             builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
+    log.info("Spark master %s (%s)", spark.sparkContext.master,
+             "from spark-submit" if submitted is not None else "spark.master in the config")
     return spark
 
 
-def _submitted_master() -> bool:
-    """True when spark-submit was given --master (it sets spark.master before Python starts)."""
-    return os.environ.get("LOOKALIKE_MASTER_FROM_SUBMIT") == "1"
+def submitted_master() -> Optional[str]:
+    """The master spark-submit gave this driver, or None when Python started Spark itself.
+
+    spark-submit launches the Python driver with the JVM already running and tells it the
+    gateway's port; the master it resolved is then in the JVM's system properties."""
+    if not os.environ.get("PYSPARK_GATEWAY_PORT"):
+        return None
+    from pyspark import SparkConf, SparkContext
+
+    SparkContext._ensure_initialized()
+    return SparkConf().get("spark.master", None)
 
 
 def default_config_path(path: Optional[str]) -> Optional[str]:

@@ -1,4 +1,8 @@
-"""Embed job: images under input.uri -> embeddings and errors tables."""
+"""Embed job: images under input.uri -> embeddings and errors tables.
+
+run() reads like the pipeline: resolve the weights, lock the outputs, list the images, plan what
+changed, embed in the workers, check the failures, write and publish both tables in one step.
+"""
 
 from __future__ import annotations
 
@@ -9,18 +13,18 @@ import math
 import time
 from typing import Optional
 
-from lookalike.embed import manifest, model
-from lookalike.embed import plan as incremental
-from lookalike.publish import lineage
+import pandas as pd
+
 from lookalike import schemas
-from lookalike.io import storage
 from lookalike.config import Config
-from lookalike.embed.stage import embed_items, items_frame, split_results, ITEMS
+from lookalike.embed import listing, manifest, model
+from lookalike.embed import plan as incremental
+from lookalike.embed.stage import ITEMS, embed_items, items_frame, split_results
 from lookalike.errors import InputError, TooManyErrorsError
-from lookalike.progress import Progress, StageWatcher
-from lookalike.publish.versions import OutputSet
-from lookalike.runinfo import library_versions, new_run_id
 from lookalike.jobs.common import job_main
+from lookalike.progress import Progress, StageWatcher
+from lookalike.publish import OutputSet, lineage
+from lookalike.runinfo import library_versions, new_run_id
 
 log = logging.getLogger(__name__)
 
@@ -34,21 +38,36 @@ def run(spark, cfg: Config) -> dict:
     targets = {"embeddings": cfg.output.embeddings, "errors": cfg.output.errors}
     # Lock before listing: a second run on the same outputs refuses before it costs anything.
     with OutputSet(spark, targets, run_id, cfg.output.force_unlock, s3=cfg.s3) as outputs:
-        return _run(spark, cfg, run_id, started, outputs)
+        items = _listed_items(spark, cfg, started)
+        plan, previous, weights = _plan(spark, cfg, items)
+        summary = _summary(cfg, run_id, items, plan, previous, weights)
+        if plan.unchanged:
+            summary.update(published=False, seconds=round(time.perf_counter() - started, 2))
+            log.info("embed done: nothing changed since version %s; embedded 0 images, outputs left as they are",
+                     summary["previous_version"])
+        else:
+            _embed_and_publish(spark, cfg, plan, previous, outputs, summary, started)
+    print(json.dumps(summary, sort_keys=True, default=str))
+    return summary
 
 
-def _run(spark, cfg: Config, run_id: str, started: float, outputs: OutputSet) -> dict:
+def _listed_items(spark, cfg: Config, started: float) -> pd.DataFrame:
+    """(item_id, uri, source_version, source_bytes) of every image to consider."""
     if cfg.input.manifest:
         # Catalogue scale: read the keys in parallel instead of paging through a listing.
         items = manifest.read_manifest(spark, cfg.input, cfg.s3).toPandas()
         source = f"manifest {cfg.input.manifest}"
     else:
-        items = items_frame(storage.list_images(cfg.input, cfg.s3))
+        items = items_frame(listing.list_images(cfg.input, cfg.s3))
         source = cfg.input.uri
     if items.empty:
         raise InputError(f"no images in {source} match input.pattern={cfg.input.pattern!r}")
     log.info("listed %d images from %s in %.1fs", len(items), source, time.perf_counter() - started)
+    return items
 
+
+def _plan(spark, cfg: Config, items: pd.DataFrame):
+    """(plan, previous state or None, weights tag) for this run."""
     fingerprint, weights = incremental.model_identity(cfg.model, cfg.s3)
     previous = None
     if cfg.input.incremental:
@@ -60,7 +79,12 @@ def _run(spark, cfg: Config, run_id: str, started: float, outputs: OutputSet) ->
     log.info("%s: %d to embed (new %d, changed %d, retried %d), %d reused, %d deleted", plan.reason,
              len(plan.to_embed), counts["new"], counts["changed"], counts["retried"], counts["reused"],
              counts["deleted"])
-    summary = {
+    return plan, previous, weights
+
+
+def _summary(cfg: Config, run_id: str, items: pd.DataFrame, plan, previous, weights: str) -> dict:
+    counts = plan.counts
+    return {
         "job": "embed", "run_id": run_id, "ok": True, "incremental": cfg.input.incremental,
         "plan": plan.reason, "previous_version": previous.version if previous else None,
         "listed": len(items), "attempted": len(plan.to_embed), "embedded": 0, "errors": 0,
@@ -69,32 +93,26 @@ def _run(spark, cfg: Config, run_id: str, started: float, outputs: OutputSet) ->
         "config_fingerprint": {s: cfg.fingerprint(s) for s in ("input", "model")},
         "versions": library_versions(),
     }
-    if plan.unchanged:
-        summary.update(published=False, seconds=round(time.perf_counter() - started, 2))
-        log.info("embed done: nothing changed since version %s; embedded 0 images, outputs left as they are",
-                 summary["previous_version"])
-        print(json.dumps(summary, sort_keys=True, default=str))
-        return summary
 
-    todo = len(plan.to_embed)
+
+def _embed_and_publish(spark, cfg: Config, plan, previous, outputs: OutputSet, summary: dict,
+                       started: float) -> None:
+    """Run the model over plan.to_embed, refuse too many failures, write both tables and publish."""
+    todo, listed = len(plan.to_embed), summary["listed"]
     partitions = max(1, math.ceil(todo / cfg.input.partition_size))
     frame = spark.createDataFrame(plan.to_embed, schema=schemas.spark_schema(ITEMS)).repartition(partitions)
     loads = spark.sparkContext.accumulator(0)
-    results = embed_items(frame, cfg, run_id, loads).persist()
+    results = embed_items(frame, cfg, summary["run_id"], loads).persist()
     try:
-        progress = Progress(log, "embed", todo, "images")
-        per_task = todo / partitions
-        with StageWatcher(spark, f"lookalike-embed-{run_id}", progress,
-                          lambda done, total: min(todo, int(done * per_task))):
-            by_kind = {row["error"]: row["count"] for row in results.groupBy("error").count().collect()}
+        by_kind = _outcomes(spark, results, todo, partitions, summary["run_id"])
         embedded = by_kind.pop(None, 0)
         failed = sum(by_kind.values())
         embed_seconds = time.perf_counter() - started
         summary.update(embedded=embedded, errors=failed, errors_by_kind=by_kind, model_loads=loads.value,
                        partitions=partitions)
-        if failed > cfg.input.max_error_fraction * len(items):
+        if failed > cfg.input.max_error_fraction * listed:
             raise TooManyErrorsError(
-                f"{failed} of {len(items)} images failed ({failed / len(items):.1%}), more than "
+                f"{failed} of {listed} images failed ({failed / listed:.1%}), more than "
                 f"input.max_error_fraction={cfg.input.max_error_fraction}: {by_kind}. Nothing was "
                 f"published; the previous output is unchanged. Raise the limit if this is expected."
             )
@@ -105,8 +123,7 @@ def _run(spark, cfg: Config, run_id: str, started: float, outputs: OutputSet) ->
         embeddings.write.mode("overwrite").parquet(outputs.staging("embeddings"))
         errors.coalesce(1).write.mode("overwrite").parquet(outputs.staging("errors"))
         # Read back what was staged: the id describes exactly the table that gets published.
-        staged = spark.read.parquet(outputs.staging("embeddings"))
-        content = lineage.content_id(staged)
+        content = lineage.content_id(spark.read.parquet(outputs.staging("embeddings")))
         seconds = time.perf_counter() - started
         summary.update(rows=int(content.split("-")[0]), embeddings_content=content, published=True,
                        seconds=round(seconds, 2), embed_seconds=round(embed_seconds, 2),
@@ -116,11 +133,19 @@ def _run(spark, cfg: Config, run_id: str, started: float, outputs: OutputSet) ->
         results.unpersist()
 
     kinds = ", ".join(f"{k}={v}" for k, v in sorted(by_kind.items())) or "none"
+    counts = plan.counts
     log.info("embed done: listed %d, embedded %d, errors %d (%s), reused %d, deleted %d, %.1fs, %.1f images/s, "
-             "model loads %d, weights %s -> %s", len(items), embedded, failed, kinds, counts["reused"],
+             "model loads %d, weights %s -> %s", listed, embedded, failed, kinds, counts["reused"],
              counts["deleted"], seconds, todo / seconds, loads.value, summary["weights"], cfg.output.embeddings)
-    print(json.dumps(summary, sort_keys=True, default=str))
-    return summary
+
+
+def _outcomes(spark, results, todo: int, partitions: int, run_id: str) -> dict:
+    """{error kind or None: count}, computing ``results`` under a progress watcher."""
+    progress = Progress(log, "embed", todo, "images")
+    per_task = todo / partitions
+    with StageWatcher(spark, f"lookalike-embed-{run_id}", progress,
+                      lambda done, total: min(todo, int(done * per_task))):
+        return {row["error"]: row["count"] for row in results.groupBy("error").count().collect()}
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -71,7 +71,7 @@ def executor_probes(spark, tasks: int = 0) -> list[dict]:
             raise ClusterEnvironmentError(
                 f"executors cannot import lookalike with their Python ({python}). Build the "
                 f"environment archive with ./spark-submit.sh --package-env and submit with "
-                f"--env build/lookalike-env.tar.gz (see README 'Cluster deployment')."
+                f"--env build/lookalike-env.tar.gz (see docs/cluster.md)."
             ) from None
         raise
     unique = {}

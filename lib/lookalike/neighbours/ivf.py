@@ -1,4 +1,4 @@
-"""Approximate top-k by inverted lists (IVF), in plain numpy: what ``lookalike.ivf_stage`` runs.
+"""Approximate top-k by inverted lists (IVF), in plain numpy: what ``ivf_stage`` runs in Spark.
 
 Exact search costs 2·N²·d: 10^20 FLOPs at 100M items of 512 floats. IVF clusters the candidates
 into ``nlist`` lists around k-means centroids and scores each query only against the members of

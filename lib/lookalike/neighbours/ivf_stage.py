@@ -1,27 +1,34 @@
-"""The IVF neighbours stage in Spark (neighbours.method: ivf), on ``neighbours.ordered_items``.
+"""IVF scoring in Spark (neighbours.method: ivf), on ``prepare.ordered_items``; the numeric core is
+lookalike.neighbours.ivf.
 
-1. ``neighbours.candidate_offsets``: each partition's first global candidate index (partitions
-   are range-sorted by item_id, so index order is id order, as in the exact job's tie-break).
+1. ``prepare.candidate_offsets``: each partition's first global candidate index (partitions are
+   range-sorted by item_id, so index order is id order, as in the exact tie-break).
 2. ``training_sample`` to the driver; ``ivf.train`` runs k-means there.
 3. ``list_sizes``: one pass assigning every candidate to its nearest centroid (counts only).
 4. ``ivf.plan`` on the driver packs lists (split when too large) into groups.
 5. ``route``: every candidate goes to its list's group once; every query to each group that holds
    one of its ``nprobe`` lists. A shuffle on the group id (the join on list ids) brings each
    group's candidates and then its queries together, sorted, and ``score`` scans them per list
-   with ``topk.topk_block``: PARTIAL rows, merged per item by the exact job's write step.
+   with ``topk.topk_block``: PARTIAL rows, merged per item by ``write.merge_and_write``.
 6. ``exact_for_sample``: the exact top-k of sampled queries (the sample broadcast, candidates
    scanned in place) to measure recall.
+
+``search`` runs these steps in order and reports the lists' statistics and the recall.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import time
 from typing import Optional
 
 import numpy as np
 
-from lookalike.neighbours import ivf, topk
-from lookalike.neighbours.exact import PARTIAL, USABLE, _to_arrow, _vectors
+from lookalike.config import NeighboursConfig
+from lookalike.neighbours import arrow, ivf, topk, watch
+from lookalike.neighbours.prepare import USABLE, Prepared, candidate_offsets
+from lookalike.neighbours.write import Scored
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +42,7 @@ def training_sample(ordered, n_candidates: int, size: int, dim: int, seed: int) 
     if size < n_candidates:
         # Cut to size here: a limit() in Spark scans the partitions a few at a time.
         rows = rows.sample(False, min(1.0, 1.2 * size / n_candidates), seed=seed)
-    vectors = _vectors(_to_arrow(rows).column("vector").combine_chunks(), dim)[:size]
+    vectors = arrow.vectors(arrow.to_arrow(rows).column("vector").combine_chunks(), dim)[:size]
     if len(vectors) < min(size, n_candidates) // 2:
         raise RuntimeError(f"the k-means sample came back with {len(vectors)} of {size} vectors")
     return vectors
@@ -61,7 +68,7 @@ def list_sizes(ordered, centroids_bc, nlist: int, dim: int) -> np.ndarray:
         sizes = np.zeros(nlist, dtype=np.int64)
         for batch in batches:
             if batch.num_rows:
-                lists = ivf.nearest(_vectors(batch.column(0), dim), centroids_bc.value, 1)[:, 0]
+                lists = ivf.nearest(arrow.vectors(batch.column(0), dim), centroids_bc.value, 1)[:, 0]
                 sizes += np.bincount(lists, minlength=nlist)
         yield pa.RecordBatch.from_arrays([pa.array([sizes.tobytes()], pa.binary())], names=["sizes"])
 
@@ -83,7 +90,7 @@ def route(ordered, centroids_bc, plan_bc, offsets_bc, nprobe: int, dim: int):
                 continue
             column = batch.column(batch.schema.get_field_index("vector"))
             ids = batch.column(batch.schema.get_field_index("item_id"))
-            probes = ivf.nearest(_vectors(column, dim), centroids_bc.value, nprobe)
+            probes = ivf.nearest(arrow.vectors(column, dim), centroids_bc.value, nprobe)
             cand = np.flatnonzero(usable)
             if len(cand):
                 lists = probes[cand, 0]
@@ -142,22 +149,19 @@ def score(routed, groups: int, k: int, block_rows: int, min_score: Optional[floa
                     ready = ivf.GroupCandidates.build(
                         table.column("list").to_numpy(), table.column("index").to_numpy(),
                         table.column("item_id").to_numpy(zero_copy_only=False),
-                        _vectors(table.column("vector").chunk(0), dim) if table.num_rows else np.empty((0, dim), np.float32))
+                        arrow.vectors(table.column("vector").chunk(0), dim) if table.num_rows else np.empty((0, dim), np.float32))
                     parts = []
                 ids = piece.column(col("item_id")).to_numpy(zero_copy_only=False)
                 self_index = piece.column(col("index")).to_numpy()
                 probes = piece.column(col("probes")).flatten().to_numpy().reshape(-1, nprobe)
-                vectors = _vectors(piece.column(col("vector")), dim)
+                vectors = arrow.vectors(piece.column(col("vector")), dim)
                 # The whole run at once (an Arrow batch, up to 10,000 queries): each list meets
                 # all of its queries in few, large matmuls.
                 best_s, best_i = ivf.score_group(ready, probes, self_index, vectors, k, min_score, block_rows)
                 present = best_i != topk.EMPTY_ID
                 rows = np.nonzero(present)[0]
                 found = best_i[present]
-                yield pa.RecordBatch.from_arrays(
-                    [pa.array(ids[rows], pa.string()), pa.array(found, pa.int64()),
-                     pa.array(ready.ids_of(found), pa.string()), pa.array(best_s[present], pa.float32())],
-                    names=["item_id", "neighbour_index", "neighbour_id", "score"])
+                yield arrow.partial_batch(ids[rows], found, ready.ids_of(found), best_s[present])
 
     from pyspark.sql import functions as F
 
@@ -165,7 +169,7 @@ def score(routed, groups: int, k: int, block_rows: int, min_score: Optional[floa
     # alone (radix sort), never comparing whole 2 KB rows as a multi-column key does on ties.
     # Order within a kind does not matter: GroupCandidates.build orders the candidates itself.
     key = F.col("group").cast("long") * 2 + F.col("kind")
-    return routed.repartition(groups, "group").sortWithinPartitions(key).mapInArrow(scan, PARTIAL)
+    return routed.repartition(groups, "group").sortWithinPartitions(key).mapInArrow(scan, arrow.PARTIAL)
 
 
 # --------------------------------------------------------------------------------------------
@@ -176,7 +180,7 @@ def sample_queries(ordered, n_queries: int, size: int, seed: int):
     rows = ordered.filter("valid").select("item_id", "vector")
     if size < n_queries:
         rows = rows.sample(False, min(1.0, 1.2 * size / n_queries), seed=seed)
-    table = _to_arrow(rows).slice(0, size)
+    table = arrow.to_arrow(rows).slice(0, size)
     return np.array(table.column("item_id").to_pylist(), dtype=object), table.column("vector").combine_chunks()
 
 
@@ -187,13 +191,13 @@ def exact_for_sample(ordered, offsets_bc, sample_bc, k: int, min_score: Optional
         import pyarrow as pa
 
         ids, column = sample_bc.value
-        queries = _vectors(column, dim)
+        queries = arrow.vectors(column, dim)
         for batch, usable, index in _with_indices(offsets_bc, batches):
             cand = np.flatnonzero(usable)
             if not len(cand):
                 continue
             cand_ids = batch.column(batch.schema.get_field_index("item_id")).to_numpy(zero_copy_only=False)[cand]
-            vectors = _vectors(batch.column(batch.schema.get_field_index("vector")), dim)[cand]
+            vectors = arrow.vectors(batch.column(batch.schema.get_field_index("vector")), dim)[cand]
             scores, found = topk.topk_block(queries, vectors, k, self_index=topk.self_positions(ids, cand_ids),
                                             min_score=min_score)
             present = found != topk.EMPTY_ID
@@ -202,7 +206,7 @@ def exact_for_sample(ordered, offsets_bc, sample_bc, k: int, min_score: Optional
                 [pa.array(rows, pa.int64()), pa.array(index[cand][found[present]]), pa.array(scores[present])],
                 names=["query", "neighbour_index", "score"])
 
-    parts = _to_arrow(ordered.filter("valid").select("item_id", "is_candidate", "vector")
+    parts = arrow.to_arrow(ordered.filter("valid").select("item_id", "is_candidate", "vector")
                       .mapInArrow(scan, "query long, neighbour_index long, score float"))
     n = len(sample_bc.value[0])
     _, best = topk.keep_best(parts.column("query").to_numpy(), parts.column("neighbour_index").to_numpy(),
@@ -215,10 +219,89 @@ def found_for_sample(partials, ids: np.ndarray, k: int) -> dict:
     from pyspark.sql import functions as F
 
     wanted = partials.sparkSession.createDataFrame([(str(i),) for i in ids], "item_id string")
-    table = _to_arrow(partials.join(F.broadcast(wanted), "item_id"))
+    table = arrow.to_arrow(partials.join(F.broadcast(wanted), "item_id"))
     if table.num_rows == 0:
         return {}
     items, codes = np.unique(table.column("item_id").to_numpy(zero_copy_only=False), return_inverse=True)
     _, best = topk.keep_best(codes, table.column("neighbour_index").to_numpy(), table.column("score").to_numpy(),
                              len(items), k)
     return {item: set(row[row != topk.EMPTY_ID].tolist()) for item, row in zip(items, best)}
+
+
+# --------------------------------------------------------------------------------------------
+# The strategy
+
+def search(spark, run_id: str, items: Prepared, settings: NeighboursConfig, held: list) -> Scored:
+    """Approximate: k-means lists, queries scanned against their nprobe nearest lists. PARTIAL rows
+    to merge, with the list statistics and the sampled recall@k for the summary. The broadcasts
+    and persisted frames go into ``held``, for the caller to release once the table is written."""
+    from pyspark import StorageLevel
+
+    k, min_score = settings.k, settings.min_score
+    ordered, dim, partitions = items.ordered, items.dim, items.partitions
+    n_queries, n_candidates = items.queries, items.candidates
+    sc = spark.sparkContext
+    out = Scored()
+    phases = out.phases
+    nlist = min(settings.nlist or ivf.auto_nlist(n_candidates), n_candidates)
+    nprobe = min(settings.nprobe, nlist)
+    if nprobe < settings.nprobe:
+        log.info("neighbours.nprobe=%d is more than the %d lists: every list is probed (exact search)",
+                 settings.nprobe, nlist)
+
+    mark = time.perf_counter()
+    offsets_bc = sc.broadcast(candidate_offsets(ordered))
+    held.append(offsets_bc)
+    size = ivf.train_size(n_candidates, nlist)
+    sample = training_sample(ordered, n_candidates, size, dim, settings.seed)
+    log.info("IVF: training %d lists on %d of %d candidates (spherical k-means, %d iterations)",
+             nlist, len(sample), n_candidates, ivf.KMEANS_ITERATIONS)
+    centroids = ivf.train(sample, min(nlist, len(sample)), seed=settings.seed)
+    nlist = len(centroids)
+    del sample
+    centroids_bc = sc.broadcast(centroids)
+    held.append(centroids_bc)
+    phases["ivf_train"] = time.perf_counter() - mark
+
+    mark = time.perf_counter()
+    sizes = list_sizes(ordered, centroids_bc, nlist, dim)
+    group_rows = max(1, math.ceil(n_candidates / partitions))
+    the_plan = ivf.plan(sizes, centroids, group_rows, seed=settings.seed)
+    stats = ivf.skew(sizes, the_plan)
+    plan_bc = sc.broadcast(the_plan)
+    held.append(plan_bc)
+    phases["ivf_assign"] = time.perf_counter() - mark
+    log.info("IVF: %d lists of %s..%s candidates (median %s, largest %.1fx the mean, %d split), packed into %d "
+             "groups of %d..%d candidates; each query probes %d lists",
+             nlist, stats["list_size"]["min"], stats["list_size"]["max"], stats["list_size"]["median"],
+             stats["largest_list_vs_mean"], stats["lists_split"], stats["groups"], stats["group_candidates"]["min"],
+             stats["group_candidates"]["max"], nprobe)
+
+    mark = time.perf_counter()
+    routed = route(ordered, centroids_bc, plan_bc, offsets_bc, nprobe, dim)
+    scored = score(routed, the_plan.groups, k, settings.block_rows, min_score, dim,
+                   nprobe).persist(StorageLevel.MEMORY_AND_DISK)
+    held.append(scored)
+    routed_rows = watch.collect(spark, run_id, "neighbours ivf", n_queries, scored.groupBy().count())[0]["count"]
+    phases["score"] = time.perf_counter() - mark
+    stats["partial_rows_per_query"] = round(routed_rows / max(1, n_queries), 2)
+
+    recall = None
+    if settings.recall_sample:
+        mark = time.perf_counter()
+        ids, vectors = sample_queries(ordered, n_queries, settings.recall_sample, settings.seed)
+        sample_bc = sc.broadcast((ids, vectors))
+        held.append(sample_bc)
+        exact = exact_for_sample(ordered, offsets_bc, sample_bc, k, min_score, dim)
+        found = found_for_sample(scored, ids, k)
+        recall = ivf.recall(found, {q: set(row[row >= 0].tolist()) for q, row in zip(ids, exact)})
+        phases["recall_sample"] = time.perf_counter() - mark
+        log.info("IVF: recall@%d = %s on %d sampled queries (against exact search)", k,
+                 "n/a" if recall is None else f"{recall:.4f}", len(ids))
+        out.summary["recall_sample"] = {"queries": int(len(ids)), "k": k,
+                                        "recall_at_k": None if recall is None else round(recall, 4)}
+    out.summary["recall_at_k"] = None if recall is None else round(recall, 4)
+    out.summary["ivf"] = {"nlist": nlist, "nprobe": nprobe, "trained_on": int(min(size, n_candidates)),
+                          "kmeans_iterations": ivf.KMEANS_ITERATIONS, **stats}
+    out.partials = scored
+    return out

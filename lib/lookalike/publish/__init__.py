@@ -1,5 +1,7 @@
 """Publishing outputs: versioned tables switched in one step, locks, run summaries, lineage."""
 
-from lookalike.publish.versions import SUMMARY, OutputSet, current_version, read_summary, resolve
+from lookalike.publish.layouts import SUMMARY
+from lookalike.publish.summary import read_summary
+from lookalike.publish.versions import OutputSet, current_version, resolve
 
 __all__ = ["SUMMARY", "OutputSet", "current_version", "read_summary", "resolve"]

@@ -6,7 +6,8 @@ from __future__ import annotations
 from typing import Optional
 
 from lookalike.config import S3Config
-from lookalike.publish import versions as publish
+from lookalike.publish.summary import read_summary
+from lookalike.publish.versions import current_version
 
 
 def content_id(embeddings) -> str:
@@ -24,10 +25,10 @@ def content_id(embeddings) -> str:
 def embeddings_identity(path: str, s3: Optional[S3Config] = None) -> Optional[str]:
     """What a job reading the embeddings table at ``path`` records as its input: the content id
     from the table's summary (the version id for tables written before content ids existed)."""
-    summary = publish.read_summary(path, s3)
+    summary = read_summary(path, s3)
     if summary and summary.get("embeddings_content"):
         return summary["embeddings_content"]
-    return publish.current_version(path, s3)
+    return current_version(path, s3)
 
 
 def unchanged_since(output: str, inputs: dict, s3: Optional[S3Config] = None) -> Optional[dict]:
@@ -39,7 +40,7 @@ def unchanged_since(output: str, inputs: dict, s3: Optional[S3Config] = None) ->
     """
     if any(value is None for value in inputs.values()):
         return None
-    summary = publish.read_summary(output, s3)
+    summary = read_summary(output, s3)
     if summary and summary.get("inputs") == inputs:
         return summary
     return None

@@ -1,6 +1,6 @@
 """``lookalike evaluate``: how often the neighbours share the query's label.
 
-Definitions (README "Evaluation"), for one query item q with label L and its top-k list:
+Definitions (docs/querying.md, "Evaluation against labels"), for one query item q with label L and its top-k list:
 
 * relevant items: the other items of the catalogue with label L (``n_rel`` of them, q excluded);
   the catalogue is every labelled item in the neighbour table (or in --embeddings when given);
@@ -155,7 +155,7 @@ def command(args) -> int:
     if args.k < 1:
         raise InputError(f"-k must be a positive integer, got {args.k}")
     s3 = load_settings(args).s3
-    labels = load_labels(args.labels, args.id_regex)
+    labels = load_labels(args.labels, args.id_regex, s3)
     rankings = tables.read_rankings(args.neighbours, args.k, s3)
     if not rankings:
         raise InputError(f"the neighbour table {args.neighbours} has no rows")

@@ -92,7 +92,7 @@ def command(args) -> int:
 
 
 def _note_random_init(path: str, s3: Optional[S3Config]) -> None:
-    from lookalike.publish import versions as publish
+    from lookalike import publish
 
     try:
         summary = publish.read_summary(path, s3) or {}

@@ -17,9 +17,9 @@ from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
-from lookalike.publish import versions as publish
-from lookalike import schemas
-from lookalike.io import storage, tables
+from lookalike import publish, schemas
+from lookalike.io import tables
+from lookalike.io.uris import is_hadoop, is_s3, normalise_uri
 from lookalike.config import S3Config
 from lookalike.errors import InputError, SchemaMismatchError
 
@@ -64,11 +64,6 @@ def _open(path: str, names: list[str], s3: Optional[S3Config]):
 def _first_dim(data) -> Optional[int]:
     head = data.head(1, columns=["dim"])
     return int(head.column("dim")[0].as_py()) if head.num_rows else None
-
-
-def embedding_dim(path: str, s3: Optional[S3Config] = None) -> Optional[int]:
-    """The table's embedding length, from its first row (None for an empty table)."""
-    return _first_dim(_open(path, ["dim"], s3))
 
 
 def _to_numpy(name: str, column, dim: Optional[int], item_ids) -> np.ndarray:
@@ -192,9 +187,9 @@ def _petastorm():
 
 def _dataset_url(path: str, s3: Optional[S3Config]) -> str:
     location = publish.resolve(path, s3)
-    if storage.is_s3(location) or storage.is_hadoop(location):
+    if is_s3(location) or is_hadoop(location):
         return location
-    return storage.normalise_uri(location)
+    return normalise_uri(location)
 
 
 def petastorm_reader(path: str, columns: Sequence[str] = DEFAULT_COLUMNS,
@@ -227,5 +222,5 @@ def petastorm_converter(df, cache_dir_url: str):
     from petastorm.spark import SparkDatasetConverter, make_spark_converter
 
     df.sparkSession.conf.set(SparkDatasetConverter.PARENT_CACHE_DIR_URL_CONF,
-                             storage.normalise_uri(cache_dir_url))
+                             normalise_uri(cache_dir_url))
     return make_spark_converter(df)

@@ -13,7 +13,6 @@ import base64
 import datetime as dt
 import html
 import logging
-import os
 import random
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -21,9 +20,10 @@ from typing import Iterable, Mapping, Optional
 from urllib.parse import urlparse
 
 from lookalike.embed import images
-from lookalike.io import storage, tables
+from lookalike.io import tables
+from lookalike.io.storage import StorageError, fetch, storage_for
 from lookalike.config import Config, InputConfig, S3Config, load_config, replace
-from lookalike.errors import InputError, ItemNotFoundError
+from lookalike.errors import InputError, ItemNotFoundError, OutputError
 from lookalike.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -133,9 +133,9 @@ def fetch_thumbnails(uris: Iterable[str], s3: S3Config, input_cfg: InputConfig =
 
 def _thumbnail(uri: str, s3: S3Config, input_cfg: InputConfig, size: int) -> Thumb:
     try:
-        data = storage.fetch(uri, s3, input_cfg.max_bytes)
+        data = fetch(uri, s3, input_cfg.max_bytes)
         return Thumb(images.thumbnail(data, size, input_cfg.max_pixels))
-    except (storage.FetchError, images.ImageError) as exc:
+    except (StorageError, images.ImageError) as exc:
         return Thumb(None, f"{exc.kind}: {exc.message}")
     except Exception as exc:  # an undecodable file is a placeholder, never a failed page
         return Thumb(None, f"cannot make a thumbnail: {type(exc).__name__}: {exc}")
@@ -274,15 +274,13 @@ def command(args) -> int:
     items = [i.strip() for text in (args.items or []) for i in text.split(",") if i.strip()] or None
     if args.items is not None and not items:
         raise InputError("--items is empty; give comma-separated item ids")
-    labels = load_labels(args.labels, args.id_regex) if args.labels else None
+    labels = load_labels(args.labels, args.id_regex, cfg.s3) if args.labels else None
     page, counts = build(args.embeddings, args.neighbours, items, args.sample, args.k, labels, cfg,
                          args.seed, args.thumb_size, args.title)
-    directory = os.path.dirname(os.path.abspath(args.out))
-    os.makedirs(directory, exist_ok=True)
-    temporary = f"{args.out}.tmp"
-    with open(temporary, "w", encoding="utf-8") as handle:
-        handle.write(page)
-    os.replace(temporary, args.out)  # a reader never sees a half-written page
+    try:
+        storage_for(args.out, cfg.s3).write(args.out, page.encode("utf-8"))  # never half a page
+    except StorageError as exc:
+        raise OutputError(f"cannot write {args.out}: {exc.message}") from None
     print(f"wrote {args.out}: {counts['items']} items, {counts['cards']} pictures "
           f"({counts['missing']} missing), {counts['bytes'] / 1e6:.1f} MB")
     return 0

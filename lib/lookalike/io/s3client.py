@@ -1,0 +1,96 @@
+"""The one boto3 S3 client configuration, and the count of HTTP requests each thread sends.
+
+Every S3 request of the jobs and tools goes through :func:`s3_client`: retries (s3.max_attempts
+counted as AWS_MAX_ATTEMPTS counts them, s3.retry_mode), timeouts and the connection pool come
+from S3Config, credentials from boto3's default chain only.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from lookalike.config import S3Config
+from lookalike.io.redact import redact, remember_credentials
+
+# HTTP requests sent by this thread's client since the last reset: botocore's connection errors do
+# not say how many times they were retried, and the message should. ``limit`` caps the requests
+# for one object across botocore's retries and ours (a body cut off mid-transfer).
+_sent = threading.local()
+
+
+class OutOfAttempts(Exception):
+    """Raised before a request that would exceed the thread's limit (see :func:`reset_count`)."""
+
+
+def _count_request(**_) -> None:
+    limit = getattr(_sent, "limit", 0)
+    if limit and getattr(_sent, "n", 0) >= limit:
+        raise OutOfAttempts()  # not retryable: botocore passes it straight up
+    _sent.n = getattr(_sent, "n", 0) + 1
+
+
+def reset_count(limit: int = 0) -> None:
+    """Start counting this thread's requests from zero; ``limit`` > 0 refuses any beyond it."""
+    _sent.n = 0
+    _sent.limit = limit
+
+
+def requests_sent() -> int:
+    return getattr(_sent, "n", 0)
+
+
+def attempts_text(exc, s3: S3Config) -> str:
+    """'3 attempts (s3.max_attempts=3, s3.retry_mode=standard)': how hard we tried."""
+    sent = requests_sent()
+    if not sent:
+        retries = (getattr(exc, "response", None) or {}).get("ResponseMetadata", {}).get("RetryAttempts")
+        sent = None if retries is None else retries + 1
+    done = f"at most {s3.max_attempts} attempts" if sent is None else f"{sent} attempt{'s' if sent > 1 else ''}"
+    return f"{done} (s3.max_attempts={s3.max_attempts}, s3.retry_mode={s3.retry_mode})"
+
+
+def error_code(exc) -> str:
+    """The S3 error code of a botocore ClientError ('NoSuchKey', '404', ...)."""
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def error_text(exc) -> str:
+    """'Code: message' from a botocore ClientError, redacted."""
+    error = exc.response.get("Error", {})
+    code, message = error.get("Code", "?"), error.get("Message", "")
+    return redact(f"{code}: {message}" if message else str(code))
+
+
+_clients = threading.local()
+
+
+def s3_client(cfg: S3Config):
+    """A boto3 S3 client, one per thread and settings (boto3 clients are not safe to share when
+    created concurrently, and creating one per object is slow)."""
+    import boto3
+    from botocore.config import Config as BotoConfig
+
+    key = (cfg.endpoint_url, cfg.region, cfg.max_attempts, cfg.retry_mode, cfg.connect_timeout,
+           cfg.read_timeout, cfg.max_pool_connections)
+    cache = getattr(_clients, "cache", None)
+    if cache is None:
+        cache = _clients.cache = {}
+    if key not in cache:
+        # Credentials: boto3's default chain only (environment, shared files, instance/task role).
+        session = boto3.session.Session()
+        remember_credentials(session)
+        cache[key] = session.client(
+            "s3",
+            endpoint_url=cfg.endpoint_url,
+            region_name=cfg.region,
+            config=BotoConfig(
+                # total_max_attempts counts the first try, like AWS_MAX_ATTEMPTS; botocore's
+                # "max_attempts" would count retries only (one more request than configured).
+                retries={"total_max_attempts": cfg.max_attempts, "mode": cfg.retry_mode},
+                connect_timeout=cfg.connect_timeout,
+                read_timeout=cfg.read_timeout,
+                max_pool_connections=cfg.max_pool_connections,
+            ),
+        )
+        cache[key].meta.events.register("before-send.s3", _count_request)
+    return cache[key]
