@@ -161,7 +161,7 @@ def test_s3_errors_say_how_often_they_were_tried_and_never_quote_credentials(s3_
     assert "gave up after 2 attempts (s3.max_attempts=2" in failed.value.message
 
 
-# --- the tables reader goes through this layer ----------------------------------------------------
+# --- the tables reader uses the same S3 settings ----------------------------------------------------
 
 @pytest.fixture
 def s3_table(s3, bucket, tmp_path):
@@ -173,20 +173,20 @@ def s3_table(s3, bucket, tmp_path):
     return f"s3://{bucket}/tables/t", f"{bucket}/tables/t/part-00000.parquet", table
 
 
-def test_table_reader_honours_s3_max_attempts_where_pyarrows_client_would_give_up(s3_endpoint, s3_table):
-    """Every GET fails three times before it succeeds: pyarrow's S3FileSystem (3 attempts, its
-    own retry strategy) would fail; with s3.max_attempts=4 the table reads, each GET costing
-    exactly 4 requests, including the body cut off half way that only our retry handles."""
+def test_table_reader_honours_s3_max_attempts_where_pyarrows_default_would_give_up(s3_endpoint, s3_table):
+    """Every GET fails three times before it succeeds (errors, dropped connections, bodies cut off
+    half way): pyarrow's S3 file system with its default strategy (3 attempts) would fail; built
+    from s3.max_attempts=4 it reads the table, each GET costing exactly 4 requests."""
     uri, part, table = s3_table
     with FaultProxy(s3_endpoint, seed=5, rates={"get": 1.0}, max_consecutive=3, kinds=FAULT_KINDS) as proxy:
         read = tables.read_table(uri, ["item_id", "score"], S3Config(endpoint_url=proxy.url, max_attempts=4))
         attempts = proxy.stats.attempts[("get", part)]
     assert read.equals(table.select(["item_id", "score"]))
     assert attempts >= 4 and attempts % 4 == 0
-    # A file that never reads: exactly s3.max_attempts requests (pyarrow's client would send 3).
+    # A file that never reads: exactly s3.max_attempts requests (pyarrow's default would send 3).
     with FaultProxy(s3_endpoint, always_fail={part.split("/", 1)[1]}, kinds=FAULT_KINDS) as proxy:
-        with pytest.raises(InputError, match=r"cannot read the Parquet table .*gave up after 2 attempts "
-                                              r"\(s3.max_attempts=2"):
+        with pytest.raises(InputError, match=r"cannot read the Parquet table .*tried up to "
+                                              r"s3.max_attempts=2 times, s3.retry_mode=standard"):
             tables.read_table(uri, ["item_id"], S3Config(endpoint_url=proxy.url, max_attempts=2))
         assert proxy.stats.attempts[("get", part)] == 2
 
@@ -200,9 +200,9 @@ def test_table_reader_point_lookup_reads_only_what_it_needs(s3_endpoint, s3_tabl
                                   ds.field("item_id") == "i007")
         stats = proxy.stats
     assert found.column("neighbour_id").to_pylist() == ["n007"]
-    # One GET each time pyarrow opens the small file (schema, then scan); no HEAD for a listed
-    # file, and nothing but reads.
-    assert stats.attempts[("get", part)] <= 2 and stats.attempts[("head", part)] == 0
+    # A few ranged GETs (the footer when the dataset learns the schema, then the footer and the
+    # column chunk the scan needs) and nothing but reads.
+    assert 1 <= stats.attempts[("get", part)] <= 3
     assert stats.requests["other"] == 0
 
 

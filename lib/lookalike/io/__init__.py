@@ -10,7 +10,7 @@ a file system client.
     local.py      local files: temp + rename, O_EXCL
     hadoop.py     HDFS and other Hadoop file systems through pyarrow.fs
     redact.py     keeping credentials out of every message
-    arrowfs.py    a pyarrow file system over this layer, for reading tables from S3
+    arrowfs.py    the pyarrow file system that reads tables, built from the same S3Config
     partfiles.py  Parquet part files written by Spark tasks with row groups cut at item boundaries
     tables.py     reading the jobs' tables with pyarrow, without Spark, for the tools
 """

@@ -8,9 +8,10 @@ Why these backends and not one library for all three:
   whose request hook lets us count attempts across botocore's retries and ours (a body cut off
   mid-transfer, which botocore does not retry), and which offers conditional writes
   (IfNoneMatch) for locks. Its default credential chain is the one redaction knows. pyarrow's
-  S3FileSystem (the AWS C++ SDK) has its own retry strategy, credential chain and no conditional
-  put: a second S3 client with different behaviour for the same bucket is what this layer
-  removes, so tables are read through pyarrow over *this* layer (io/arrowfs.py).
+  S3FileSystem (the AWS C++ SDK) has no conditional put and no attempt count to report. The one
+  exception is reading Parquet tables with pyarrow datasets for the tools (io/arrowfs.py):
+  there pyarrow's S3 file system is built from the same S3Config (retries, timeouts, endpoint),
+  because a Python-implemented file inside pyarrow's I/O threads aborts the interpreter at exit.
 - fsspec/s3fs is not used: it would add aiobotocore, which pins botocore to a narrow range (a
   fight with the boto3 pin), and wraps botocore anyway, behind an async layer that hides the
   retry and error details the messages need.

@@ -1,8 +1,8 @@
 """Reading the jobs' Parquet tables with pyarrow, without Spark, for the ``lookalike`` tools.
 
-Tables may sit in a local directory, behind file://, hdfs:// or s3:// (through the storage layer
-with the jobs' S3 settings: retries, timeouts and an S3-compatible endpoint work as in the jobs;
-see io/arrowfs.py). Only the columns and rows a tool needs are read.
+Tables may sit in a local directory, behind file://, hdfs:// or s3:// (with the jobs' S3 settings:
+retries, timeouts and an S3-compatible endpoint work as in the jobs; see io/arrowfs.py). Only the
+columns and rows a tool needs are read.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from lookalike.io.redact import redact
 from lookalike.io.storage import StorageError
 
 
-def _unreadable(path: str, exc: Exception) -> InputError:
+def _unreadable(path: str, exc: Exception, s3: Optional[S3Config]) -> InputError:
     text = exc.message if isinstance(exc, StorageError) else str(exc)
-    return InputError(f"cannot read the Parquet table at {path}: {redact(text)}")
+    return InputError(f"cannot read the Parquet table at {path}: {redact(text)}{arrowfs.retry_note(path, s3)}")
 
 
 def dataset(path: str, s3: Optional[S3Config] = None):
@@ -34,7 +34,7 @@ def dataset(path: str, s3: Optional[S3Config] = None):
     except FileNotFoundError:
         raise InputError(f"table not found: {path}") from None
     except (OSError, pa.ArrowInvalid, StorageError) as exc:
-        raise _unreadable(path, exc) from None
+        raise _unreadable(path, exc, s3) from None
 
 
 def read_table(path: str, columns: list[str], s3: Optional[S3Config] = None, filter=None):
@@ -51,7 +51,7 @@ def read_table(path: str, columns: list[str], s3: Optional[S3Config] = None, fil
     try:
         return data.to_table(columns=columns, filter=filter)
     except (OSError, pa.ArrowInvalid, StorageError) as exc:
-        raise _unreadable(path, exc) from None
+        raise _unreadable(path, exc, s3) from None
 
 
 def read_rankings(path: str, k: int, s3: Optional[S3Config] = None,
