@@ -107,6 +107,7 @@ def submit(*args, timeout=600):
     return result
 
 
+@pytest.mark.slow  # a spark-submit application of its own
 def test_spark_submit_embed_from_a_local_directory_random_init_weights(tmp_path, small_dir):
     add_bad_files(small_dir)
     result = submit("embed", "--config", str(ROOT / "conf" / "local.yaml"),
@@ -123,6 +124,7 @@ def test_spark_submit_embed_from_a_local_directory_random_init_weights(tmp_path,
     assert on_disk["run_id"] == summary["run_id"]
 
 
+@pytest.mark.slow  # a spark-submit application of its own
 def test_spark_submit_embed_from_s3_random_init_weights(tmp_path, small_dir, s3, bucket, s3_endpoint):
     keys = upload_dir(s3, bucket, small_dir, "catalogue/")
     result = submit("embed", "--set", f"input.uri=s3://{bucket}/catalogue/", "--set", f"s3.endpoint_url={s3_endpoint}",

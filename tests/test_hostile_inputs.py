@@ -185,6 +185,7 @@ def write_config(tmp_path, uri: str, *extra: str):
     return path
 
 
+@pytest.mark.slow  # a spark-submit application of its own
 def test_embed_job_over_the_whole_corpus_exits_0_with_one_row_per_file_random_init_weights(
         tmp_path, reference_embedder):
     root = tmp_path / "bucket"

@@ -135,6 +135,7 @@ def run_job(tmp_path, uri: str, endpoint: str):
     ], timeout=900)
 
 
+@pytest.mark.slow  # a spark-submit application of its own
 def test_job_with_a_fetch_error_never_writes_or_logs_credentials_random_init_weights(tmp_path, shop, s3_endpoint):
     with FaultProxy(s3_endpoint, always_fail={"shop/always-fails.jpg"}, kinds=("internal",),
                     echo_authorization=True) as proxy:
