@@ -120,16 +120,3 @@ def run_script(args: list[str], timeout: float = 600, env: dict | None = None, c
     """Run a command from the repo root; returns CompletedProcess with text output."""
     return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})})
-
-
-# `make test-fast` (pytest -m "not slow") leaves these out: modules that build the cluster's
-# environment archive, start several spark-submit applications, a notebook kernel or a browser.
-# Single slow tests elsewhere carry @pytest.mark.slow themselves.
-SLOW_MODULES = {"test_cluster", "test_killed_worker", "test_notebook", "test_pipeline", "test_petastorm",
-                "test_submit_master"}
-
-
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        if item.module.__name__.rpartition(".")[2] in SLOW_MODULES:
-            item.add_marker(pytest.mark.slow)

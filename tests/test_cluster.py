@@ -34,6 +34,8 @@ from lookalike.jobs import neighbours as neighbours_job
 from conftest import ROOT, SAMPLE_DIR, free_port, run_script
 from test_neighbours_job import assert_matches, embeddings_dir, make_ids, read_output
 
+pytestmark = pytest.mark.slow  # builds the executors' environment archive and runs a standalone cluster (make test-fast leaves it out)
+
 # The job the cluster test runs end to end; "pipeline" once that job is complete: every table it
 # writes (embeddings, and neighbours when there) is compared with the local run.
 JOB = "embed"

@@ -18,10 +18,13 @@ import shutil
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
+import pytest
 
 from lookalike.publish import versions as publish
 
 from conftest import ROOT, SAMPLE_DIR, run_script
+
+pytestmark = pytest.mark.slow  # two spark-submit applications (make test-fast leaves it out)
 
 # local[2,4]: two task threads and up to four attempts per task (plain local[2] never retries).
 MASTER = "local[2,4]"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
 from lookalike.io import tables
@@ -13,6 +14,8 @@ from lookalike.tools.evaluate import evaluate
 from lookalike.tools.labels import load_labels
 
 from tablekit import ROOT, SAMPLE_LABELS, sample_tables
+
+pytestmark = pytest.mark.slow  # a notebook kernel over the whole pipeline (make test-fast leaves it out)
 
 NOTEBOOK = ROOT / "notebooks" / "explore_recommendations.ipynb"
 

@@ -30,7 +30,8 @@ from test_readers import assert_same_embeddings, embedding_rows
 # petastorm 0.13.1 uses pyarrow's legacy APIs and distutils; their deprecation notices are not ours.
 pytestmark = [pytest.mark.filterwarnings("ignore::FutureWarning"),
               pytest.mark.filterwarnings("ignore::DeprecationWarning"),
-              pytest.mark.filterwarnings("ignore:Tensorflow will convert all unicode strings")]
+              pytest.mark.filterwarnings("ignore:Tensorflow will convert all unicode strings"),
+              pytest.mark.slow]  # a petastorm reader and converter over Spark (make test-fast leaves it out)
 
 
 @pytest.fixture

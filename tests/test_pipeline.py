@@ -6,9 +6,12 @@ import json
 
 import nbformat
 import pyarrow.parquet as pq
+import pytest
 from nbclient import NotebookClient
 
 from conftest import ROOT, SAMPLE_LABELS, run_script
+
+pytestmark = pytest.mark.slow  # a spark-submit application of its own (make test-fast leaves it out)
 
 
 def test_pipeline_on_the_demo_config_then_query_and_notebook_on_its_output(tmp_path, monkeypatch):

@@ -191,7 +191,7 @@ def test_table_reader_honours_s3_max_attempts_where_pyarrows_default_would_give_
         assert proxy.stats.attempts[("get", part)] == 2
 
 
-def test_table_reader_point_lookup_reads_only_what_it_needs(s3_endpoint, s3_table):
+def test_table_reader_point_lookup_sends_a_few_ranged_reads_and_nothing_else(s3_endpoint, s3_table):
     import pyarrow.dataset as ds
 
     uri, part, _ = s3_table

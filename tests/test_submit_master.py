@@ -12,6 +12,8 @@ import pytest
 
 from conftest import ROOT, run_script
 
+pytestmark = pytest.mark.slow  # several spark-submit applications (make test-fast leaves it out)
+
 SPARK_SUBMIT = os.path.join(os.path.dirname(pyspark.__file__), "bin", "spark-submit")
 
 

@@ -6,10 +6,9 @@ system because no HDFS runs there.
 
 from __future__ import annotations
 
-import uuid
 from typing import Iterator, Optional
 
-from lookalike.io.storage import AtomicFile, Entry, Storage, StorageError
+from lookalike.io.storage import AtomicFile, Entry, Storage, StorageError, hidden_name
 
 
 def _open(uri: str):
@@ -181,30 +180,21 @@ class _MoveOnCommit(AtomicFile):
         self.uri = uri
         self.filesystem, self.path = _open(uri)
         parent, _, name = self.path.rpartition("/")
-        self.temp = f"{parent}/.{name}.{uuid.uuid4().hex[:8]}.tmp"
+        self.temp = f"{parent}/{hidden_name(name)}"
         try:
             self.filesystem.create_dir(parent, recursive=True)
             self.file = self.filesystem.open_output_stream(self.temp)
         except OSError as exc:
             raise _failed("write", uri, exc) from None
 
-    def commit(self) -> None:
+    def _put_in_place(self) -> None:
         try:
-            self.file.close()
-            try:
-                self.filesystem.delete_file(self.path)
-            except FileNotFoundError:
-                pass
-            self.filesystem.move(self.temp, self.path)
-        except OSError as exc:
-            self.abort()
-            raise _failed("write", self.uri, exc) from None
-
-    def abort(self) -> None:
-        try:
-            self.file.close()
-        except OSError:
+            self.filesystem.delete_file(self.path)
+        except FileNotFoundError:
             pass
+        self.filesystem.move(self.temp, self.path)
+
+    def _discard(self) -> None:
         try:
             self.filesystem.delete_file(self.temp)
         except OSError:

@@ -5,10 +5,9 @@ from __future__ import annotations
 import os
 import shutil
 import stat as statmode
-import uuid
 from typing import Iterator, Optional
 
-from lookalike.io.storage import AtomicFile, Entry, Storage, StorageError
+from lookalike.io.storage import AtomicFile, Entry, Storage, StorageError, hidden_name
 from lookalike.io.uris import file_uri, local_path
 
 
@@ -150,31 +149,22 @@ class LocalStorage(Storage):
 
 
 class _RenameOnCommit(AtomicFile):
-    """Written under a hidden name beside the target (readers skip '.' files), renamed over it."""
+    """Written under a hidden name beside the target, renamed over it."""
 
     def __init__(self, path: str):
-        self.path = path
+        self.uri = path
         parent, name = os.path.split(path)
-        self.temp = os.path.join(parent, f".{name}.{uuid.uuid4().hex[:8]}.tmp")
+        self.temp = os.path.join(parent, hidden_name(name))
         try:
             os.makedirs(parent, exist_ok=True)
             self.file = open(self.temp, "wb")
         except OSError as exc:
             raise _failed("write", path, exc) from None
 
-    def commit(self) -> None:
-        try:
-            self.file.close()
-            os.replace(self.temp, self.path)  # rename(2): readers see the old file or the new one
-        except OSError as exc:
-            self.abort()
-            raise _failed("write", self.path, exc) from None
+    def _put_in_place(self) -> None:
+        os.replace(self.temp, self.uri)  # rename(2): readers see the old file or the new one
 
-    def abort(self) -> None:
-        try:
-            self.file.close()
-        except OSError:
-            pass
+    def _discard(self) -> None:
         try:
             os.remove(self.temp)
         except FileNotFoundError:

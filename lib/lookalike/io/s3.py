@@ -277,21 +277,13 @@ class _UploadOnCommit(AtomicFile):
         handle, self.path = tempfile.mkstemp(prefix="lookalike-", suffix=".part")
         self.file = os.fdopen(handle, "wb")
 
-    def commit(self) -> None:
+    def _put_in_place(self) -> None:
         try:
-            self.file.close()
             self.storage.upload(self.path, self.uri)
         finally:
-            self._remove()
+            self._discard()
 
-    def abort(self) -> None:
-        try:
-            self.file.close()
-        except Exception:
-            pass
-        self._remove()
-
-    def _remove(self) -> None:
+    def _discard(self) -> None:
         try:
             os.remove(self.path)
         except FileNotFoundError:

@@ -26,6 +26,7 @@ message that is already redacted; callers turn it into their domain error.
 from __future__ import annotations
 
 import logging
+import uuid
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Iterator, Optional
@@ -62,15 +63,34 @@ class Entry:
 class AtomicFile(ABC):
     """A file being written: ``file`` takes the bytes; nothing appears under the final name until
     :meth:`commit`, and :meth:`abort` leaves no trace. As a context manager it commits on success
-    and aborts on an exception."""
+    and aborts on an exception. A backend says only how the closed temporary file is put in place
+    and how it is discarded."""
 
     file = None  # a writable binary file object
+    uri = ""  # the final name, for messages
 
     @abstractmethod
-    def commit(self) -> None: ...
+    def _put_in_place(self) -> None:
+        """Make the closed temporary file the file at ``uri`` in one step (OSError on failure)."""
 
     @abstractmethod
-    def abort(self) -> None: ...
+    def _discard(self) -> None:
+        """Remove the temporary file, if it is still there."""
+
+    def commit(self) -> None:
+        try:
+            self.file.close()
+            self._put_in_place()
+        except OSError as exc:
+            self.abort()
+            raise StorageError("fetch_error", f"cannot write {self.uri}: {getattr(exc, 'strerror', None) or exc}") from None
+
+    def abort(self) -> None:
+        try:
+            self.file.close()
+        except OSError:
+            pass
+        self._discard()
 
     def __enter__(self) -> "AtomicFile":
         return self
@@ -80,6 +100,11 @@ class AtomicFile(ABC):
             self.commit()
         else:
             self.abort()
+
+
+def hidden_name(name: str) -> str:
+    """A name beside ``name`` for writing it: readers (Spark, pyarrow, lookalike) skip '.' files."""
+    return f".{name}.{uuid.uuid4().hex[:8]}.tmp"
 
 
 class Storage(ABC):

@@ -56,7 +56,31 @@ def _checked(what: str, uri: str, operation, *args):
         raise OutputError(f"cannot {what} {uri}: {exc.message}") from None
 
 
-class LocalLayout:
+class _Layout:
+    """What both layouts do the same way through their storage: the lock file and the summary.
+    A layout sets ``storage``, ``lock`` and ``version_path``."""
+
+    storage: Storage
+    lock: str
+
+    def version_path(self, version: str) -> str:
+        raise NotImplementedError
+
+    def put_text(self, version: str, name: str, text: str) -> None:
+        target = f"{self.version_path(version).rstrip('/')}/{name}"
+        _checked("write", target, self.storage.write, target, text.encode("utf-8"))
+
+    def lock_create(self, text: str) -> bool:
+        return _checked("create the lock", self.lock, self.storage.create_exclusive, self.lock, text.encode("utf-8"))
+
+    def lock_read(self) -> Optional[str]:
+        return read_text(self.storage, self.lock)
+
+    def lock_delete(self) -> None:
+        _checked("remove the lock", self.lock, self.storage.delete, self.lock)
+
+
+class LocalLayout(_Layout):
     """A local output: versions are sibling directories, the output path is a symlink to one."""
 
     def __init__(self, path: str):
@@ -114,10 +138,6 @@ class LocalLayout:
         path = self.version_path(version)
         return os.path.isdir(path) and any(n != SUMMARY for n in os.listdir(path))
 
-    def put_text(self, version: str, name: str, text: str) -> None:
-        target = os.path.join(self.version_path(version), name)
-        _checked("write", target, self.storage.write, target, text.encode("utf-8"))
-
     def switch(self, version: str) -> Optional[str]:
         """Point the output at ``version``; returns the version it replaced (kept as the previous)."""
         previous = self.current()
@@ -153,15 +173,6 @@ class LocalLayout:
             if entry.startswith(prefix):
                 os.remove(os.path.join(self.parent, entry))
 
-    def lock_create(self, text: str) -> bool:
-        return _checked("create the lock", self.lock, self.storage.create_exclusive, self.lock, text.encode("utf-8"))
-
-    def lock_read(self) -> Optional[str]:
-        return read_text(self.storage, self.lock)
-
-    def lock_delete(self) -> None:
-        _checked("remove the lock", self.lock, self.storage.delete, self.lock)
-
 
 def _spark_output_name(name: str) -> bool:
     """What Spark, pyarrow and earlier lookalike versions leave in a table directory."""
@@ -181,7 +192,7 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-class PointerLayout:
+class PointerLayout(_Layout):
     """An output on S3 or HDFS: no atomic directory rename there, so a small pointer object
     ``<path>/_LATEST`` names the current version and is written after the version is complete."""
 
@@ -232,10 +243,6 @@ class PointerLayout:
     def staged(self, version: str) -> bool:
         return any(k.rpartition("/")[2] != SUMMARY for k in self._keys(self.version_path(version), 2))
 
-    def put_text(self, version: str, name: str, text: str) -> None:
-        target = f"{self.version_path(version)}/{name}"
-        _checked("write", target, self.storage.write, target, text.encode("utf-8"))
-
     def switch(self, version: str) -> Optional[str]:
         previous = self.current()
         # One PUT on S3 (readers see the old pointer or the new one); on HDFS a move that
@@ -252,15 +259,6 @@ class PointerLayout:
 
     def remove_debris(self) -> None:
         pass
-
-    def lock_create(self, text: str) -> bool:
-        return _checked("create the lock", self.lock, self.storage.create_exclusive, self.lock, text.encode("utf-8"))
-
-    def lock_read(self) -> Optional[str]:
-        return read_text(self.storage, self.lock)
-
-    def lock_delete(self) -> None:
-        _checked("remove the lock", self.lock, self.storage.delete, self.lock)
 
 
 def layout_for(path: str, s3: Optional[S3Config] = None):
