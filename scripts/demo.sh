@@ -1,19 +1,21 @@
 #!/usr/bin/env bash
-# What `make demo` runs: the pipeline on the shipped sample, then a look at the results.
+# What `make demo` runs: the pipeline on the shipped sample, then a look at the results: the
+# neighbours of a few items in the terminal, and a page of thumbnails in output/report.html.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-job=pipeline
-[ -f jobs/pipeline.py ] || job=embed
-./spark-submit.sh "$job" --config conf/local.yaml
+./spark-submit.sh pipeline --config conf/local.yaml
 .venv/bin/python - <<'PY'
 import pyarrow.parquet as pq
-table = pq.read_table("output/embeddings").select(["item_id", "weights", "dim", "embedding"])
-print(f"\nembeddings: {table.num_rows} rows in output/embeddings (schema: README 'Output tables')")
-for row in table.slice(0, 3).to_pylist():
-    print(f"  {row['item_id']:55s} dim={row['dim']} weights={row['weights']} [{', '.join(f'{v:.3f}' for v in row['embedding'][:4])}, ...]")
+table = pq.read_table("output/embeddings").select(["item_id", "model", "weights", "dim"])
+row = table.slice(0, 1).to_pylist()[0]
+print(f"\nembeddings: {table.num_rows} rows in output/embeddings, made by model={row['model']} "
+      f"weights={row['weights']} ({row['dim']}-d)")
 PY
-if [ -d output/neighbours ]; then
-  for item in $(.venv/bin/python -c "import pyarrow.parquet as pq; ids = sorted(pq.read_table('output/embeddings', columns=['item_id']).column(0).to_pylist()); print(ids[0], ids[len(ids) // 2])"); do
-    .venv/bin/lookalike similar "$item" --neighbours output/neighbours -k 5 || true
-  done
-fi
+# One item from each of three departments: the first id under dress/, shoes/ and pants/.
+for department in dress shoes pants; do
+  item=$(.venv/bin/python -c "import pyarrow.parquet as pq, sys; print(min(i for i in pq.read_table('output/embeddings', columns=['item_id']).column(0).to_pylist() if i.startswith(sys.argv[1] + '/')))" "$department")
+  .venv/bin/lookalike similar "$item" --neighbours output/neighbours -k 5
+done
+.venv/bin/lookalike report --embeddings output/embeddings --neighbours output/neighbours --sample 8 -k 6 \
+  --title "lookalike demo: 8 items and their 6 nearest neighbours" --out output/report.html
+echo "Open output/report.html in a browser to see the pictures."

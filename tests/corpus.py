@@ -183,6 +183,12 @@ def cases() -> list[Case]:
                     encode(Image.fromarray(stored), "JPEG", quality=95, exif=exif.tobytes()),
                     size=(40, 60), reference=np.rot90(stored, k=-1).copy(), tolerance=4,
                     not_like=stored))
+    # A camera-sized photo, stored 2400x1600 and shown upright (orientation 6): draft mode decodes it
+    # at a reduced scale, but the recorded size is the real one, as a person sees it.
+    big = photo(2400, 1600, salt=12)
+    out.append(Case("large_exif_rotated_jpeg", "camera-2400x1600.jpg",
+                    encode(Image.fromarray(big), "JPEG", quality=90, exif=exif.tobytes()),
+                    size=(1600, 2400), reference=np.rot90(big, k=-1).copy(), tolerance=4))
     bad_exif = Image.Exif()
     bad_exif[0x0112] = 9  # not a valid orientation: ignored, image shown as stored
     out.append(Case("exif_invalid_orientation", "exif-invalid.jpg",

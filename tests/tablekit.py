@@ -34,12 +34,12 @@ def label_vectors(labels: list[str], dim: int = 16, noise: float = 0.6, seed: in
 
 
 def embeddings_table(ids: list[str], uris: list[str], vectors: np.ndarray,
-                     weights: str = "random-init:seed=0") -> pa.Table:
+                     weights: str = "random-init:seed=0", model: str = "vgg16") -> pa.Table:
     n, dim = vectors.shape
     now = pa.scalar(0, pa.timestamp("us", tz="UTC"))
     data = {
         "item_id": ids, "uri": uris, "source_version": ["v1"] * n, "source_bytes": [1000] * n,
-        "width": [224] * n, "height": [224] * n, "model": ["vgg16"] * n, "weights": [weights] * n,
+        "width": [224] * n, "height": [224] * n, "model": [model] * n, "weights": [weights] * n,
         "pooling": ["avg"] * n, "dim": [dim] * n, "embedding": [list(map(float, v)) for v in vectors],
         "model_fingerprint": ["test"] * n, "run_id": ["test-run"] * n, "embedded_at": [now.value] * n,
     }

@@ -86,6 +86,19 @@ def test_exif_orientation_swaps_width_and_height_and_rotates_the_pixels():
     assert tuple(map(int, pixels[10, 10])) == pytest.approx((30, 30, 220), abs=12)
 
 
+def test_a_large_jpeg_records_its_real_size_not_the_draft_mode_size():
+    case = corpus.by_name()["large_exif_rotated_jpeg"]
+    stored = Image.open(io.BytesIO(case.data))
+    assert stored.size == (2400, 1600) and stored.getexif()[0x0112] == 6
+    stored.draft("RGB", (448, 448))
+    assert stored.size[0] < 2400  # draft mode does shrink this file: the test would see the bug
+    pixels, size = images.decode(case.data, MAX_PIXELS)
+    assert size == (1600, 2400)
+    # Another input size (a backbone at 300x260) gets pixels of that size and the same real size.
+    other, size = images.decode(case.data, MAX_PIXELS, (300, 260))
+    assert other.shape == (260, 300, 3) and size == (1600, 2400)
+
+
 def test_decompression_bomb_is_refused_from_the_header_without_allocating_it():
     bomb = corpus.by_name()["bomb_png"]
     assert len(bomb.data) < 1000  # declares 100000x100000: 30 GB of RGB

@@ -219,14 +219,20 @@ def test_job_mixed_dimensions_is_an_error_naming_both(spark, tmp_path):
     assert not (tmp_path / "neighbours").exists()  # nothing published
 
 
-def test_job_mixed_weights_is_an_error(spark, tmp_path):
+@pytest.mark.parametrize("other_kind,names", [
+    ({"weights": "imagenet"}, ("weights=imagenet", "weights=random-init")),
+    # Same length, same weights tag, different CNNs: cosines between them would mean nothing.
+    ({"model": "efficientnet_lite0"}, ("model=efficientnet_lite0", "model=vgg16")),
+], ids=["weights", "backbones"])
+def test_job_mixed_weights_or_backbones_of_one_dimension_is_an_error(spark, tmp_path, other_kind, names):
     ids = make_ids(10)
     directory = embeddings_dir(tmp_path, ids[:6], random_vectors(6, 4, seed=1), parts=1)
-    other = embeddings_table(ids[6:], [f"file:///x/{i}" for i in ids[6:]], random_vectors(4, 4, seed=2),
-                             weights="imagenet")
+    other = embeddings_table(ids[6:], [f"file:///x/{i}" for i in ids[6:]], random_vectors(4, 4, seed=2), **other_kind)
     pq.write_table(other, Path(directory) / "part-00009.snappy.parquet")
-    with pytest.raises(SchemaMismatchError, match="weights=imagenet.*weights=random-init|weights=random-init.*weights=imagenet"):
+    with pytest.raises(SchemaMismatchError) as error:
         job.run(spark, config(tmp_path, directory, k=3))
+    assert all(name in str(error.value) for name in names), str(error.value)
+    assert not (tmp_path / "neighbours").exists()
 
 
 def test_part_writer_on_s3_cuts_row_groups_at_items(s3_endpoint, s3, bucket):

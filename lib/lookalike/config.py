@@ -73,14 +73,21 @@ class S3Config:
 
 @dataclass(frozen=True)
 class ModelConfig:
+    # The backbone: vgg16 | resnet50 | efficientnetv2b0 (Keras Applications) | efficientnet_lite0
+    # (ImageNet weights from a pip package, no download) | keras_file (model.file).
     name: str = "vgg16"
-    # imagenet (Keras' own download) | a local .h5/.weights.h5 path | an s3:// URI | none
+    # imagenet (Keras' own download; for efficientnet_lite0 the packaged checkpoint) | a local
+    # weights file (.h5; .pth for efficientnet_lite0) | an s3:// URI | none (random init)
     weights: str = "imagenet"
-    # Expected md5 of a weights file; files named like Keras' published ones are checked anyway.
+    # Expected md5 of the weights file or model.file; published files are checked anyway.
     weights_md5: Optional[str] = None
-    # What to do when model.weights=imagenet cannot be obtained (no network): fail, or run with
-    # random-init weights and mark every row as such (the demo does this, loudly).
+    # What to do when ImageNet weights cannot be downloaded (no network): fail; random (random
+    # init, every row marked); or efficientnet_lite0 (a trained model that needs no download).
     on_missing_weights: str = "fail"
+    # model.name=keras_file: a .keras model (local or s3://) and the normalisation it was
+    # trained with (caffe | torch | tf | lite | raw); see docs/backbones.md.
+    file: Optional[str] = None
+    preprocessing: Optional[str] = None
     pooling: str = "avg"
     batch_size: int = 32
     seed: int = 0
@@ -142,9 +149,9 @@ class Config:
 
 
 CHOICES = {
-    "model.name": ("vgg16",),
+    "model.name": ("vgg16", "resnet50", "efficientnetv2b0", "efficientnet_lite0", "keras_file"),
     "model.pooling": ("avg", "max", "flatten"),
-    "model.on_missing_weights": ("fail", "random"),
+    "model.on_missing_weights": ("fail", "random", "efficientnet_lite0"),
     "model.precision": ("float32", "bfloat16", "float16"),
     "s3.retry_mode": ("standard", "adaptive", "legacy"),
     "neighbours.method": ("exact", "ivf"),
@@ -260,14 +267,7 @@ def validate(cfg: Config, require: tuple[str, ...] = ()) -> Config:
             re.compile(cfg.input.id_regex)
         except re.error as exc:
             raise ConfigError(f"config key 'input.id_regex': not a valid regular expression ({exc})")
-    weights = cfg.model.weights
-    if weights not in ("imagenet", "none") and not (
-        weights.startswith("s3://") or weights.endswith(".h5") or os.path.exists(_local(weights))
-    ):
-        raise ConfigError(
-            f"config key 'model.weights': {weights!r} is neither 'imagenet', 'none', an s3:// URI "
-            f"nor an existing .h5 file"
-        )
+    _validate_model(cfg.model)
     candidates = cfg.neighbours.candidates
     if candidates is not None and not isinstance(candidates, (str, list)):
         raise ConfigError(
@@ -275,6 +275,41 @@ def validate(cfg: Config, require: tuple[str, ...] = ()) -> Config:
             f"a CSV/Parquet table with an item_id column; got {candidates!r}"
         )
     return cfg
+
+
+PREPROCESSING = ("caffe", "torch", "tf", "lite", "raw")
+
+
+def _validate_model(model: ModelConfig) -> None:
+    weights = model.weights
+    if weights not in ("imagenet", "none") and not (
+        weights.startswith("s3://") or weights.endswith((".h5", ".pth")) or os.path.exists(_local(weights))
+    ):
+        raise ConfigError(
+            f"config key 'model.weights': {weights!r} is neither 'imagenet', 'none', an s3:// URI "
+            f"nor an existing weights file (.h5, or .pth for efficientnet_lite0)"
+        )
+    if weights.endswith(".pth") and model.name != "efficientnet_lite0":
+        raise ConfigError(f"config key 'model.weights': {weights!r} is a PyTorch checkpoint, which only "
+                          f"model.name=efficientnet_lite0 reads; {model.name} takes Keras .h5 weights")
+    if model.name == "keras_file":
+        if not model.file:
+            raise ConfigError("model.name=keras_file needs model.file: the path or s3:// URI of a .keras "
+                              "model, e.g. --set model.file=s3://bucket/models/finetuned.keras")
+        if not (model.file.endswith(".keras") or model.file.startswith("s3://") or os.path.exists(_local(model.file))):
+            raise ConfigError(f"config key 'model.file': {model.file!r} is neither an s3:// URI nor an "
+                              f"existing .keras file")
+        if model.preprocessing not in PREPROCESSING:
+            raise ConfigError(
+                f"config key 'model.preprocessing': model.name=keras_file needs the normalisation the "
+                f"model was trained with, one of {', '.join(PREPROCESSING)} (got {model.preprocessing!r}); "
+                f"see docs/backbones.md")
+    else:
+        for key in ("file", "preprocessing"):
+            if getattr(model, key) is not None:
+                raise ConfigError(
+                    f"config key 'model.{key}' applies to model.name=keras_file only; {model.name} "
+                    f"has its own (see docs/backbones.md). Remove it, or set model.name=keras_file")
 
 
 def _local(path: str) -> str:

@@ -3,8 +3,13 @@
 listing.py    list input.uri (through lookalike.io) and turn keys into item ids
 manifest.py   input.manifest: the keys read from a table (S3 Inventory) by the executors
 plan.py       incremental runs: what to embed, what to carry over from the previous table
-images.py     bytes -> 224x224 RGB pixels, or a precise reason why not
-model.py      the Keras CNN: Embedder.embed(batch) -> array, weights sources and their checks
+images.py     bytes -> RGB pixels at the model's input size, or a precise reason why not
+backbones.py  the CNNs: input size, preprocessing, output size, where ImageNet weights come from
+preprocessing.py  the normalisations (caffe, torch, tf, raw) in NumPy and as a Keras layer
+weights.py    weights sources (Keras download, pip package, file, s3://), md5 checks, the offline fallback
+pth.py        a reader for legacy PyTorch checkpoints, without PyTorch
+efficientnet_lite0.py  EfficientNet-Lite0 in Keras, and its checkpoint converted once per host
+model.py      Embedder.embed(batch) -> array: the backbone with its preprocessing, loaded once per worker
 stage.py      the Spark stage (mapInPandas): fetch, decode on a thread pool, embed, one row each
 
 lookalike.jobs.embed runs them in this order.

@@ -1,4 +1,4 @@
-"""Bytes -> 224x224 RGB pixels, or a precise reason why not.
+"""Bytes -> RGB pixels at the model's input size, or a precise reason why not.
 
 Buckets filled by other people hold every kind of file: this module turns each into either an
 image the model can take or an :class:`ImageError` whose ``kind`` becomes an error row.
@@ -72,11 +72,28 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
                                       f"{max_pixels} does not raise") from None
 
 
-def decode(data: bytes, max_pixels: int = 0) -> tuple[np.ndarray, tuple[int, int]]:
-    """Decode, orient, convert to RGB and resize to 224x224.
+# EXIF orientations that turn the picture by 90 degrees: width and height swap places.
+_TRANSPOSED_ORIENTATIONS = (5, 6, 7, 8)
 
-    Returns (uint8 array of shape (224, 224, 3), (width, height) after EXIF rotation).
+
+def _shown_size(img: Image.Image) -> tuple[int, int]:
+    """(width, height) of the full-size image as a person sees it (after EXIF rotation), read
+    from the header before draft mode shrinks the decode."""
+    width, height = img.size
+    try:
+        orientation = img.getexif().get(0x0112)
+    except Exception:  # a corrupt EXIF block: exif_transpose ignores it too
+        orientation = None
+    return (height, width) if orientation in _TRANSPOSED_ORIENTATIONS else (width, height)
+
+
+def decode(data: bytes, max_pixels: int = 0, size: tuple[int, int] = TARGET_SIZE) -> tuple[np.ndarray, tuple[int, int]]:
+    """Decode, orient, convert to RGB and resize to ``size`` (width, height).
+
+    Returns (uint8 array of shape (height, width, 3), (width, height) of the original image after
+    EXIF rotation).
     """
+    target = (int(size[0]), int(size[1]))
     if not data:
         raise ImageError("empty", "the file is empty (0 bytes)")
     try:
@@ -94,12 +111,12 @@ def decode(data: bytes, max_pixels: int = 0) -> tuple[np.ndarray, tuple[int, int
                 img.seek(0)
             # JPEG draft mode decodes at a reduced DCT scale: several times faster on photos far
             # larger than the 224 px the model sees, and still at least twice the target size.
+            shown = _shown_size(img)
             if img.format == "JPEG":
-                img.draft("RGB", (TARGET_SIZE[0] * 2, TARGET_SIZE[1] * 2))
+                img.draft("RGB", (target[0] * 2, target[1] * 2))
             img.load()
             img = ImageOps.exif_transpose(img)
-            size = img.size
-            rgb = _to_rgb(img).resize(TARGET_SIZE, Image.BILINEAR)
+            rgb = _to_rgb(img).resize(target, Image.BILINEAR)
             arr = np.asarray(rgb, dtype=np.uint8)
     except ImageError:
         raise
@@ -109,10 +126,11 @@ def decode(data: bytes, max_pixels: int = 0) -> tuple[np.ndarray, tuple[int, int
         raise ImageError("too_large", "not enough memory to decode the image; lower input.max_pixels") from None
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
         raise ImageError(*_decode_failure(exc)) from None
-    if arr.shape != (TARGET_SIZE[1], TARGET_SIZE[0], 3):
+    if arr.shape != (target[1], target[0], 3):
         raise ImageError("unsupported", f"unexpected pixel layout {arr.shape} after conversion")
-    # Width/height after EXIF rotation (what a person sees), not the stored orientation.
-    return arr, (int(size[0]), int(size[1]))
+    # Width/height after EXIF rotation (what a person sees), not the stored orientation, and of
+    # the full image, not of draft mode's reduced decode.
+    return arr, (int(shown[0]), int(shown[1]))
 
 
 # Leading bytes of formats people save under image names; used only to word the message.

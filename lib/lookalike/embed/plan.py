@@ -20,7 +20,7 @@ import pandas as pd
 
 from lookalike import publish, schemas
 from lookalike.config import ModelConfig, S3Config
-from lookalike.embed import model
+from lookalike.embed import weights
 from lookalike.io.redact import redact
 from lookalike.io.uris import is_hadoop, is_s3, local_path
 
@@ -96,13 +96,8 @@ def plan(items: pd.DataFrame, previous: Optional[Previous], fingerprint: str, we
 
 
 def model_identity(cfg: ModelConfig, s3: S3Config) -> tuple[str, str]:
-    """(model_fingerprint, weights tag) that this run's rows will carry, computed on the driver.
-
-    The weights tag includes the file's md5, so replacing a weights file in place also forces a
-    full recompute even though the configured path (and so the fingerprint) did not change.
-    """
-    md5 = model.fetch_weights(cfg, s3)[1] if cfg.weights != "imagenet" and not model.is_random_init(cfg) else None
-    return model.fingerprint(cfg), model.weights_tag(cfg, md5)
+    """(model_fingerprint, weights tag) that this run's rows will carry, computed on the driver."""
+    return weights.identity(cfg, s3)
 
 
 def _published(path: str, s3: S3Config) -> tuple[Optional[str], Optional[str]]:

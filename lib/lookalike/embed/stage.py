@@ -48,11 +48,11 @@ def items_frame(listed: list[tuple[str, Entry]]) -> pd.DataFrame:
     )
 
 
-def _load(uri: str, cfg: Config) -> tuple[Optional[np.ndarray], tuple[int, int], str, str]:
-    """Fetch and decode one image: (pixels or None, size, error kind, message)."""
+def _load(uri: str, cfg: Config, input_size: tuple[int, int]) -> tuple[Optional[np.ndarray], tuple[int, int], str, str]:
+    """Fetch and decode one image at the model's input size: (pixels or None, size, error kind, message)."""
     try:
         data = storage.fetch(uri, cfg.s3, cfg.input.max_bytes)
-        pixels, size = images.decode(data, cfg.input.max_pixels)
+        pixels, size = images.decode(data, cfg.input.max_pixels, input_size)
         return pixels, size, "", ""
     except (StorageError, images.ImageError) as exc:
         return None, (0, 0), exc.kind, exc.message
@@ -95,7 +95,7 @@ def _embed_frame(frame, embedder, pool, cfg, batch_size, run_id) -> pd.DataFrame
     starts = list(range(0, n, batch_size))
 
     def submit(start: int):
-        return [pool.submit(_load, uri, cfg) for uri in uris[start:start + batch_size]]
+        return [pool.submit(_load, uri, cfg, embedder.input_size) for uri in uris[start:start + batch_size]]
 
     pending = submit(starts[0]) if starts else []
     for index, start in enumerate(starts):
