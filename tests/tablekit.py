@@ -40,7 +40,7 @@ def embeddings_table(ids: list[str], uris: list[str], vectors: np.ndarray,
     data = {
         "item_id": ids, "uri": uris, "source_version": ["v1"] * n, "source_bytes": [1000] * n,
         "width": [224] * n, "height": [224] * n, "model": [model] * n, "weights": [weights] * n,
-        "pooling": ["avg"] * n, "dim": [dim] * n, "embedding": [list(map(float, v)) for v in vectors],
+        "pooling": ["avg"] * n, "precision": ["float32"] * n, "runtime": ["keras"] * n, "dim": [dim] * n, "embedding": [list(map(float, v)) for v in vectors],
         "model_fingerprint": ["test"] * n, "run_id": ["test-run"] * n, "embedded_at": [now.value] * n,
     }
     return pa.Table.from_pydict(data, schema=schemas.arrow_schema(schemas.EMBEDDINGS))

@@ -11,7 +11,7 @@ from lookalike.config import ConfigError, ModelConfig, S3Config, load_config
 from lookalike.embed import backbones, images, model, preprocessing, weights
 from lookalike.errors import WeightsError
 
-RANDOM = ModelConfig(weights="none", seed=3, batch_size=4)
+RANDOM = ModelConfig(weights="none", seed=3, batch_size=4, precision="float32", runtime="keras")
 
 
 @pytest.fixture(scope="module")
@@ -83,8 +83,8 @@ def test_fingerprint_tells_backbones_and_keras_files_apart():
     own = ModelConfig(name="keras_file", file="/m/a.keras", preprocessing="tf")
     assert weights.fingerprint(own) != weights.fingerprint(dataclasses.replace(own, file="/m/b.keras"))
     assert weights.fingerprint(own) != weights.fingerprint(dataclasses.replace(own, preprocessing="torch"))
-    # VGG16's fingerprint is what it was before backbones existed: no needless recompute on upgrade.
-    assert weights.fingerprint(ModelConfig()) == "087dc0c27c047021"
+    # VGG16's float32 fingerprint is what it was before backbones existed: no needless recompute on upgrade.
+    assert weights.fingerprint(ModelConfig(precision="float32", runtime="keras")) == "087dc0c27c047021"
 
 
 # --- weights sources ----------------------------------------------------------------------
@@ -153,7 +153,8 @@ def _own_model(tmp_path, pooled: bool):
 
 def test_keras_file_takes_its_input_size_from_the_file_and_uses_the_declared_preprocessing(tmp_path, batch):
     own, path = _own_model(tmp_path, pooled=False)
-    cfg = ModelConfig(name="keras_file", file=str(path), preprocessing="tf", batch_size=4)
+    cfg = ModelConfig(name="keras_file", file=str(path), preprocessing="tf", batch_size=4, precision="float32",
+                      runtime="keras")
     embedder = model.Embedder(cfg, threads=2)
     assert embedder.input_size == (48, 64) and embedder.dim == 8
     pixels = np.stack([images.decode(images_bytes, 0, embedder.input_size)[0] for images_bytes in _sample_bytes(3)])
@@ -170,7 +171,7 @@ def test_keras_file_that_pools_itself_is_used_as_it_is_also_from_s3(tmp_path, s3
     own, path = _own_model(tmp_path, pooled=True)
     s3.upload_file(str(path), bucket, "models/pooled.keras")
     cfg = ModelConfig(name="keras_file", file=f"s3://{bucket}/models/pooled.keras", preprocessing="raw",
-                      cache_dir=str(tmp_path / "cache"))
+                      cache_dir=str(tmp_path / "cache"), precision="float32", runtime="keras")
     embedder = model.Embedder(cfg, S3Config(endpoint_url=s3_endpoint), threads=2)
     pixels = np.stack([images.decode(b, 0, (48, 64))[0] for b in _sample_bytes(2)])
     assert embedder.dim == 5

@@ -1,12 +1,13 @@
 """The embed job on a real local SparkSession, and end to end through ./spark-submit.sh."""
 
+import dataclasses
 import json
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from lookalike.embed import images, model
+from lookalike.embed import hardware, images, model
 from lookalike import schemas
 from lookalike.config import load_config
 from lookalike.errors import DuplicateItemIdError
@@ -16,8 +17,10 @@ from conftest import ROOT, SAMPLE_DIR, run_script, upload_dir
 
 
 def make_cfg(tmp_path, uri, *extra):
+    # float32 on Keras, the reference: the numeric comparisons here are to 1e-5.
     return load_config(None, [
         f"input.uri={uri}", "model.weights=none", "model.seed=11", "model.batch_size=4",
+        "model.precision=float32", "model.runtime=keras",
         "input.partition_size=4", f"output.embeddings={tmp_path}/emb", f"output.errors={tmp_path}/err",
         *extra,
     ])
@@ -68,6 +71,27 @@ def test_embeddings_in_spark_equal_the_model_called_directly_random_init_weights
     assert row["uri"] == f"file://{small_dir}/{row['item_id']}.jpg"
     assert row["width"] > 0 and row["height"] > 0
     assert row["model_fingerprint"] == model.fingerprint(cfg.model)
+
+
+def test_precision_and_runtime_auto_are_decided_by_the_executors_and_recorded(spark, tmp_path, small_dir):
+    cfg = make_cfg(tmp_path, small_dir, "model.precision=auto", "model.runtime=auto", "model.seed=12")
+    summary = embed_job.run(spark, cfg)
+    table = read(tmp_path / "emb")
+    here = hardware.probe()  # local mode: the executors run on this machine
+    precision, runtime = hardware.choose_precision([here])[0], hardware.choose_runtime([here])[0]
+    assert set(table["precision"]) == {precision} and set(table["runtime"]) == {runtime}
+    assert (summary["precision"], summary["runtime"]) == (precision, runtime)
+    resolved = dataclasses.replace(cfg.model, precision=precision, runtime=runtime)
+    assert set(table["model_fingerprint"]) == {model.fingerprint(resolved)} != {model.fingerprint(cfg.model)}
+    assert set(summary["phase_seconds"]) == {"fetch", "decode", "infer", "wait", "write"}
+    assert summary["phase_seconds"]["infer"] > 0 and summary["phase_seconds"]["decode"] > 0
+    # Whatever was chosen, the vectors are the float32 model's to within low-precision rounding.
+    reference = model.Embedder(dataclasses.replace(cfg.model, precision="float32", runtime="keras"))
+    pixels = np.stack([images.decode((small_dir / (i + ".jpg")).read_bytes())[0] for i in table["item_id"]])
+    expected = reference.embed(pixels)
+    got = np.stack(table["embedding"].to_numpy())
+    cosines = (got * expected).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(expected, axis=1)
+    assert cosines.min() > 0.999, cosines.min()
 
 
 def test_model_is_loaded_once_per_python_worker_not_per_batch_random_init_weights(spark, tmp_path, small_dir):
@@ -128,7 +152,8 @@ def test_spark_submit_embed_from_a_local_directory_random_init_weights(tmp_path,
 def test_spark_submit_embed_from_s3_random_init_weights(tmp_path, small_dir, s3, bucket, s3_endpoint):
     keys = upload_dir(s3, bucket, small_dir, "catalogue/")
     result = submit("embed", "--set", f"input.uri=s3://{bucket}/catalogue/", "--set", f"s3.endpoint_url={s3_endpoint}",
-                    "--set", "model.weights=none", "--set", "model.seed=11",
+                    "--set", "model.weights=none", "--set", "model.seed=11", "--set", "model.precision=float32",
+                    "--set", "model.runtime=keras",
                     "--set", f"output.embeddings={tmp_path}/emb", "--set", f"output.errors={tmp_path}/err")
     assert result.returncode == 0, result.output[-3000:]
     table = read(tmp_path / "emb")
@@ -137,7 +162,8 @@ def test_spark_submit_embed_from_s3_random_init_weights(tmp_path, small_dir, s3,
     etag = s3.head_object(Bucket=bucket, Key=f"catalogue/{table['item_id'][0]}.jpg")["ETag"].strip('"')
     assert table["source_version"][0] == etag
     # Same bytes from S3 or from disk give the same embedding.
-    local = model.Embedder(load_config(None, ["model.weights=none", "model.seed=11"]).model)
+    local = model.Embedder(load_config(None, ["model.weights=none", "model.seed=11", "model.precision=float32",
+                                              "model.runtime=keras"]).model)
     pixels = images.decode((small_dir / (table["item_id"][0] + ".jpg")).read_bytes())[0]
     np.testing.assert_allclose(table["embedding"][0], local.embed(pixels[None])[0], atol=1e-5)
 

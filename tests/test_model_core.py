@@ -10,7 +10,8 @@ from lookalike.embed import images, model
 from lookalike.config import ModelConfig, S3Config
 from lookalike.errors import WeightsError
 
-RANDOM = ModelConfig(weights="none", seed=7, batch_size=4)
+# The Keras reference runtime in float32: what the numeric comparisons here are about.
+RANDOM = ModelConfig(weights="none", seed=7, batch_size=4, precision="float32", runtime="keras")
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +71,7 @@ def test_weights_from_a_local_file_with_checked_md5(embedder, batch, tmp_path):
     path = tmp_path / "custom.weights.h5"
     embedder.model.save_weights(str(path))
     md5 = model.md5_of(str(path))
-    loaded = model.Embedder(ModelConfig(weights=str(path), weights_md5=md5))
+    loaded = model.Embedder(dataclasses.replace(RANDOM, weights=str(path), weights_md5=md5))
     np.testing.assert_allclose(loaded.embed(batch), embedder.embed(batch), atol=1e-5)
     assert loaded.weights_tag == f"file:custom.weights.h5@md5:{md5}"
     with pytest.raises(WeightsError, match="md5"):
@@ -89,7 +90,7 @@ def test_weights_from_s3_are_cached_once_per_host(embedder, batch, tmp_path, s3,
     path = tmp_path / "w.weights.h5"
     embedder.model.save_weights(str(path))
     s3.upload_file(str(path), bucket, "models/w.weights.h5")
-    cfg = ModelConfig(weights=f"s3://{bucket}/models/w.weights.h5", cache_dir=str(tmp_path / "cache"))
+    cfg = dataclasses.replace(RANDOM, weights=f"s3://{bucket}/models/w.weights.h5", cache_dir=str(tmp_path / "cache"))
     s3cfg = S3Config(endpoint_url=s3_endpoint)
     local, md5 = model.fetch_weights(cfg, s3cfg)
     assert md5 == model.md5_of(str(path))

@@ -9,7 +9,7 @@ import pytest
 from lookalike.embed import images, model
 from lookalike.config import ModelConfig
 
-BASE = ModelConfig(weights="none", seed=11, batch_size=4)
+BASE = ModelConfig(weights="none", seed=11, batch_size=4, precision="float32", runtime="keras")
 
 
 @pytest.fixture(scope="module")

@@ -91,9 +91,13 @@ class ModelConfig:
     pooling: str = "avg"
     batch_size: int = 32
     seed: int = 0
-    # float32 | bfloat16 | float16: the compute dtype (weights stay float32, outputs are float32).
-    # bfloat16 roughly doubles GPU throughput; on CPUs without bf16 units it is slower.
-    precision: str = "float32"
+    # auto | float32 | bfloat16 | float16: the compute dtype (outputs are float32). auto asks the
+    # executors: bfloat16 where every one has AMX-BF16/AVX512-BF16 (or an Ampere+ GPU), else
+    # float32. float32 gives bit-reproducible runs.
+    precision: str = "auto"
+    # auto | keras | openvino: what runs the model. auto: OpenVINO on CPU executors that have it,
+    # Keras on GPUs. The Keras model is the source of truth; OpenVINO gets a converted copy.
+    runtime: str = "keras"
     # XLA compilation of the model: null = Keras' choice (on for GPUs and for JAX, off on CPU-only
     # TensorFlow), true/false to force it. Batches are then padded to model.batch_size so that
     # one compiled program serves every batch.
@@ -152,7 +156,8 @@ CHOICES = {
     "model.name": ("vgg16", "resnet50", "efficientnetv2b0", "efficientnet_lite0", "keras_file"),
     "model.pooling": ("avg", "max", "flatten"),
     "model.on_missing_weights": ("fail", "random", "efficientnet_lite0"),
-    "model.precision": ("float32", "bfloat16", "float16"),
+    "model.precision": ("auto", "float32", "bfloat16", "float16"),
+    "model.runtime": ("auto", "keras", "openvino"),
     "s3.retry_mode": ("standard", "adaptive", "legacy"),
     "neighbours.method": ("exact", "ivf"),
 }
@@ -268,6 +273,7 @@ def validate(cfg: Config, require: tuple[str, ...] = ()) -> Config:
         except re.error as exc:
             raise ConfigError(f"config key 'input.id_regex': not a valid regular expression ({exc})")
     _validate_model(cfg.model)
+    _validate_runtime(cfg)
     candidates = cfg.neighbours.candidates
     if candidates is not None and not isinstance(candidates, (str, list)):
         raise ConfigError(
@@ -278,6 +284,19 @@ def validate(cfg: Config, require: tuple[str, ...] = ()) -> Config:
 
 
 PREPROCESSING = ("caffe", "torch", "tf", "lite", "raw")
+
+
+def _validate_runtime(cfg: Config) -> None:
+    model = cfg.model
+    if model.runtime != "openvino":
+        return
+    if model.precision == "float16":
+        raise ConfigError("model.runtime=openvino computes in float32 or bfloat16 on CPUs; set model.precision "
+                          "to auto, bfloat16 or float32, or model.runtime=keras for float16 on GPUs")
+    gpus = cfg.spark.conf.get("spark.task.resource.gpu.amount") if isinstance(cfg.spark.conf, dict) else None
+    if gpus not in (None, 0, "0"):
+        raise ConfigError("model.runtime=openvino is a CPU runtime, but spark.task.resource.gpu.amount gives "
+                          "every task a GPU; set model.runtime=auto or keras for GPU executors")
 
 
 def _validate_model(model: ModelConfig) -> None:

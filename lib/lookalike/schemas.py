@@ -26,6 +26,8 @@ EMBEDDINGS = [
     Column("model", "string", False, "The backbone (model.name), e.g. vgg16 or efficientnet_lite0."),
     Column("weights", "string", False, "`imagenet`, `imagenet:CHECKPOINT@md5:MD5` (a packaged checkpoint), `file:NAME@md5:MD5`, or `random-init:seed=N` (never a real recommendation)."),
     Column("pooling", "string", False, "`avg`, `max` or `flatten`."),
+    Column("precision", "string", True, "What the model computed in: `float32`, `bfloat16` or `float16` (null in tables from before lookalike recorded it)."),
+    Column("runtime", "string", True, "What ran the model: `keras` or `openvino` (null in tables from before lookalike recorded it)."),
     Column("dim", "int", False, "Length of the embedding."),
     Column("embedding", "array<float>", False, "The embedding, not normalised."),
     Column("model_fingerprint", "string", False, "Hash of model settings; a change forces a full recompute."),

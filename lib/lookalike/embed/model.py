@@ -11,6 +11,7 @@ and send four times the bytes.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import threading
@@ -20,7 +21,7 @@ from typing import Optional
 import numpy as np
 
 from lookalike.config import ModelConfig, S3Config
-from lookalike.embed import backbones, preprocessing
+from lookalike.embed import backbones, hardware, preprocessing
 from lookalike.embed.weights import (  # noqa: F401 (the public names of the model core)
     IMAGENET_FALLBACK, LITE0_FALLBACK, MISSING_WEIGHTS_HELP, PUBLISHED, fetch_weights, fingerprint, imagenet_available,
     is_imagenet, is_random_init, md5_of, resolve, weights_tag,
@@ -99,11 +100,15 @@ class Embedder:
         import keras
 
         started = time.perf_counter()
+        # Jobs resolve auto on the executors beforehand; a library user gets this machine's answer.
+        cfg = hardware.resolve_here(cfg)
+        _warn_if_emulated(cfg)
         _configure_threads(threads or cfg.threads)
         # The dtype policy is process-wide state: set it for this model's layers only, so that a
-        # float32 model built later in the same worker stays float32.
+        # float32 model built later in the same worker stays float32. OpenVINO gets the float32
+        # model and computes in the precision it is told at compile time.
         previous_policy = keras.config.dtype_policy()
-        if cfg.precision != "float32":
+        if cfg.precision != "float32" and cfg.runtime == "keras":
             keras.config.set_dtype_policy(f"mixed_{cfg.precision}")
         try:
             trunk, md5, self.preprocessing, self.input_size = self._build(keras, cfg, s3 or S3Config())
@@ -116,9 +121,18 @@ class Embedder:
         self.model = trunk
         self.inference_model = inference
         self.config = cfg
+        self.precision, self.runtime = cfg.precision, cfg.runtime
         self.dim = int(np.prod(trunk.output_shape[1:]))
         self.weights_tag = weights_tag(cfg, md5)
         self.fingerprint = fingerprint(cfg)
+        self._compiled = None
+        if cfg.runtime == "openvino":
+            from lookalike.embed import openvino_runtime
+
+            key = hashlib.sha256(f"{self.fingerprint}|{self.weights_tag}|{self.input_size}".encode()).hexdigest()[:24]
+            self._compiled = openvino_runtime.compile_model(
+                inference, precision=cfg.precision, threads=threads or cfg.threads,
+                cache_dir=os.path.expanduser(cfg.cache_dir), key=key)
         # A compiled (XLA) program is specialised to one batch shape: pad every batch to
         # model.batch_size instead of compiling again for each partition's short last batch.
         self.fixed_batch = bool(inference.jit_compile) or keras_backend() == "jax"
@@ -167,6 +181,8 @@ class Embedder:
 
     def _embed_chunk(self, chunk: np.ndarray) -> np.ndarray:
         n = len(chunk)
+        if chunk.dtype == np.uint8 and self._compiled is not None:
+            return np.asarray(self._compiled(chunk), dtype=np.float32).reshape(n, self.dim)
         if chunk.dtype == np.uint8:
             network, inputs = self.inference_model, chunk
         else:
@@ -176,6 +192,20 @@ class Embedder:
             inputs = np.concatenate([inputs, padding])
         out = network.predict_on_batch(inputs)
         return np.asarray(out, dtype=np.float32)[:n].reshape(n, self.dim)
+
+
+_warned_emulation = []
+
+
+def _warn_if_emulated(cfg: ModelConfig) -> None:
+    """bfloat16 on a CPU without bf16 instructions is emulated: correct, and slower than float32."""
+    if cfg.precision != "bfloat16" or _warned_emulation or task_gpu() is not None:
+        return
+    flags = hardware.cpu_flags()
+    if flags and not any(flag in flags for flag in hardware.BF16_FLAGS):
+        _warned_emulation.append(True)
+        log.warning("model.precision=bfloat16 on a CPU without amx_bf16/avx512_bf16 (host %s): emulated, "
+                    "slower than float32; set model.precision=auto or float32", os.uname().nodename)
 
 
 def _keras_download(keras, backbone: backbones.Backbone) -> str:

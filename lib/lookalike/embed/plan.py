@@ -144,7 +144,14 @@ def previous_state(spark, embeddings: str, errors: str, s3: S3Config) -> Optiona
 
 def carried_over(spark, previous: Previous, drop_ids: list):
     """The previous table's rows minus ``drop_ids``, in the embeddings schema's column order."""
-    table = spark.read.parquet(previous.location).select(*schemas.names(schemas.EMBEDDINGS))
+    from pyspark.sql import functions as F
+
+    table = spark.read.parquet(previous.location)
+    # Columns added to the schema since that table was written are null in its rows.
+    for column in schemas.EMBEDDINGS:
+        if column.name not in table.columns and column.nullable:
+            table = table.withColumn(column.name, F.lit(None).cast(column.type))
+    table = table.select(*schemas.names(schemas.EMBEDDINGS))
     if not drop_ids:
         return table
     drop = spark.createDataFrame(pd.DataFrame({"item_id": drop_ids}))

@@ -8,6 +8,7 @@ of the current one on a small thread pool.
 from __future__ import annotations
 
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator, Optional
 
@@ -48,43 +49,71 @@ def items_frame(listed: list[tuple[str, Entry]]) -> pd.DataFrame:
     )
 
 
-def _load(uri: str, cfg: Config, input_size: tuple[int, int]) -> tuple[Optional[np.ndarray], tuple[int, int], str, str]:
-    """Fetch and decode one image at the model's input size: (pixels or None, size, error kind, message)."""
+class Phases:
+    """Seconds spent in each phase of the embed stage, summed over every task (Spark accumulators).
+
+    fetch and decode run on the decode threads, overlapped with inference; ``wait`` is the time the
+    model sat idle waiting for decoded pixels: where it is large, decoding is the bottleneck."""
+
+    NAMES = ("fetch", "decode", "infer", "wait")
+
+    def __init__(self, spark):
+        context = spark.sparkContext
+        self.loads = context.accumulator(0)
+        self.seconds = {name: context.accumulator(0.0) for name in self.NAMES}
+
+    def add(self, name: str, seconds: float) -> None:
+        self.seconds[name].add(seconds)
+
+    def summary(self) -> dict:
+        return {name: round(acc.value, 2) for name, acc in self.seconds.items()}
+
+
+def _load(uri: str, cfg: Config, input_size: tuple[int, int]):
+    """Fetch and decode one image at the model's input size:
+    (pixels or None, size, error kind, message, fetch seconds, decode seconds)."""
+    started = time.perf_counter()
+    fetched = started
     try:
         data = storage.fetch(uri, cfg.s3, cfg.input.max_bytes)
+        fetched = time.perf_counter()
         pixels, size = images.decode(data, cfg.input.max_pixels, input_size)
-        return pixels, size, "", ""
+        return pixels, size, "", "", fetched - started, time.perf_counter() - fetched
     except (StorageError, images.ImageError) as exc:
-        return None, (0, 0), exc.kind, exc.message
+        return None, (0, 0), exc.kind, exc.message, fetched - started, time.perf_counter() - fetched
     except Exception as exc:  # one odd file must never fail the task and its neighbours
-        return None, (0, 0), "decode_error", f"unexpected {type(exc).__name__}: {exc}"
+        return (None, (0, 0), "decode_error", f"unexpected {type(exc).__name__}: {exc}", fetched - started,
+                time.perf_counter() - fetched)
 
 
 def worker_threads(cfg: Config, task_cpus: int) -> int:
     return cfg.model.threads or max(1, task_cpus)
 
 
-def make_embed_function(cfg: Config, run_id: str, task_cpus: int = 1, loads=None):
-    """The mapInPandas function for ``cfg``. ``loads`` (an accumulator) counts model builds."""
+def make_embed_function(cfg: Config, run_id: str, task_cpus: int = 1, phases: Optional[Phases] = None):
+    """The mapInPandas function for ``cfg``. ``phases`` (accumulators) counts model builds and
+    the seconds of each phase."""
     batch_size = cfg.model.batch_size
     threads = worker_threads(cfg, task_cpus)
 
     def embed_partition(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         before = model.LOADS["count"]
         embedder = model.get_embedder(cfg.model, cfg.s3, threads)
-        if loads is not None and model.LOADS["count"] > before:
-            loads.add(1)
+        if phases is not None and model.LOADS["count"] > before:
+            phases.loads.add(1)
+        # As many decode threads as the task has cores (at least two, so that one decodes while
+        # another waits on S3): decoding the next batch overlaps inference of this one.
         pool = ThreadPoolExecutor(max_workers=max(2, threads), thread_name_prefix="lookalike-decode")
         try:
             for frame in frames:
-                yield _embed_frame(frame, embedder, pool, cfg, batch_size, run_id)
+                yield _embed_frame(frame, embedder, pool, cfg, batch_size, run_id, phases)
         finally:
             pool.shutdown(wait=False)
 
     return embed_partition
 
 
-def _embed_frame(frame, embedder, pool, cfg, batch_size, run_id) -> pd.DataFrame:
+def _embed_frame(frame, embedder, pool, cfg, batch_size, run_id, phases=None) -> pd.DataFrame:
     n = len(frame)
     uris = frame["uri"].tolist()
     vectors: list = [None] * n
@@ -93,27 +122,37 @@ def _embed_frame(frame, embedder, pool, cfg, batch_size, run_id) -> pd.DataFrame
     errors: list = [None] * n
     messages: list = [None] * n
     starts = list(range(0, n, batch_size))
+    spent = dict.fromkeys(Phases.NAMES, 0.0)
 
     def submit(start: int):
         return [pool.submit(_load, uri, cfg, embedder.input_size) for uri in uris[start:start + batch_size]]
 
     pending = submit(starts[0]) if starts else []
     for index, start in enumerate(starts):
+        waited = time.perf_counter()
         loaded = [f.result() for f in pending]
+        spent["wait"] += time.perf_counter() - waited
         # Decode the next batch while the model works on this one.
         pending = submit(starts[index + 1]) if index + 1 < len(starts) else []
         good = []
-        for offset, (pixels, size, kind, message) in enumerate(loaded):
+        for offset, (pixels, size, kind, message, fetch_s, decode_s) in enumerate(loaded):
             row = start + offset
+            spent["fetch"] += fetch_s
+            spent["decode"] += decode_s
             if pixels is None:
                 errors[row], messages[row] = kind, message
             else:
                 good.append((row, pixels))
                 widths[row], heights[row] = size
         if good:
+            inferred = time.perf_counter()
             out = embedder.embed(np.stack([p for _, p in good]))
+            spent["infer"] += time.perf_counter() - inferred
             for (row, _), vector in zip(good, out):
                 vectors[row] = vector
+    if phases is not None:
+        for name, seconds in spent.items():
+            phases.add(name, seconds)
 
     now = pd.Timestamp.now(tz="UTC")
     ok = np.array([v is not None for v in vectors], dtype=bool)
@@ -128,6 +167,8 @@ def _embed_frame(frame, embedder, pool, cfg, batch_size, run_id) -> pd.DataFrame
             "model": cfg.model.name,
             "weights": embedder.weights_tag,
             "pooling": cfg.model.pooling,
+            "precision": embedder.precision,
+            "runtime": embedder.runtime,
             "dim": embedder.dim,
             "embedding": vectors,
             "model_fingerprint": embedder.fingerprint,
@@ -139,11 +180,11 @@ def _embed_frame(frame, embedder, pool, cfg, batch_size, run_id) -> pd.DataFrame
     )[schemas.names(RESULT)]
 
 
-def embed_items(items, cfg: Config, run_id: str, loads=None):
+def embed_items(items, cfg: Config, run_id: str, phases: Optional[Phases] = None):
     """items: DataFrame(item_id, uri, source_version, source_bytes) -> RESULT rows, one per item."""
     spark = items.sparkSession
     task_cpus = int(spark.conf.get("spark.task.cpus", "1"))
-    function = make_embed_function(cfg, run_id, task_cpus, loads)
+    function = make_embed_function(cfg, run_id, task_cpus, phases)
     return items.mapInPandas(function, schema=schemas.spark_schema(RESULT))
 
 

@@ -205,10 +205,14 @@ def weights_tag(cfg: ModelConfig, md5: Optional[str] = None) -> str:
 
 
 def fingerprint(cfg: ModelConfig) -> str:
-    """What makes two embeddings comparable: backbone, weights source, pooling, precision."""
+    """What makes two embeddings comparable: backbone, weights source, pooling, precision, runtime.
+    Jobs call it after ``auto`` is resolved, so that it names the precision and runtime used;
+    Keras (the reference runtime) leaves the payload as it was before runtimes existed."""
     payload = f"{cfg.name}|{cfg.weights}|{cfg.weights_md5}|{cfg.pooling}|{cfg.precision}|{cfg.seed if is_random_init(cfg) else ''}"
     if cfg.name == "keras_file":
         payload += f"|{cfg.file}|{cfg.preprocessing}"
+    if cfg.runtime not in ("keras", "auto"):
+        payload += f"|runtime={cfg.runtime}"
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 

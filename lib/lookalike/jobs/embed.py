@@ -17,9 +17,9 @@ import pandas as pd
 
 from lookalike import schemas
 from lookalike.config import Config
-from lookalike.embed import listing, manifest, model
+from lookalike.embed import hardware, listing, manifest, model
 from lookalike.embed import plan as incremental
-from lookalike.embed.stage import ITEMS, embed_items, items_frame, split_results
+from lookalike.embed.stage import ITEMS, Phases, embed_items, items_frame, split_results
 from lookalike.errors import InputError, TooManyErrorsError
 from lookalike.jobs.common import job_main
 from lookalike.progress import Progress, StageWatcher
@@ -34,7 +34,8 @@ REQUIRED = ("input.uri", "output.embeddings", "output.errors")
 def run(spark, cfg: Config) -> dict:
     started = time.perf_counter()
     run_id = new_run_id()
-    cfg = dataclasses.replace(cfg, model=model.resolve(cfg.model, cfg.s3))
+    # Which weights, precision and runtime every worker uses: decided once, before any task runs.
+    cfg = dataclasses.replace(cfg, model=hardware.resolve(spark, model.resolve(cfg.model, cfg.s3)))
     targets = {"embeddings": cfg.output.embeddings, "errors": cfg.output.errors}
     # Lock before listing: a second run on the same outputs refuses before it costs anything.
     with OutputSet(spark, targets, run_id, cfg.output.force_unlock, s3=cfg.s3) as outputs:
@@ -90,6 +91,7 @@ def _summary(cfg: Config, run_id: str, items: pd.DataFrame, plan, previous, weig
         "listed": len(items), "attempted": len(plan.to_embed), "embedded": 0, "errors": 0,
         "errors_by_kind": {}, **{k: counts[k] for k in ("new", "changed", "retried", "reused", "deleted")},
         "model": cfg.model.name, "weights": weights, "pooling": cfg.model.pooling,
+        "precision": cfg.model.precision, "runtime": cfg.model.runtime,
         "config_fingerprint": {s: cfg.fingerprint(s) for s in ("input", "model")},
         "versions": library_versions(),
     }
@@ -101,14 +103,14 @@ def _embed_and_publish(spark, cfg: Config, plan, previous, outputs: OutputSet, s
     todo, listed = len(plan.to_embed), summary["listed"]
     partitions = max(1, math.ceil(todo / cfg.input.partition_size))
     frame = spark.createDataFrame(plan.to_embed, schema=schemas.spark_schema(ITEMS)).repartition(partitions)
-    loads = spark.sparkContext.accumulator(0)
-    results = embed_items(frame, cfg, summary["run_id"], loads).persist()
+    phases = Phases(spark)
+    results = embed_items(frame, cfg, summary["run_id"], phases).persist()
     try:
         by_kind = _outcomes(spark, results, todo, partitions, summary["run_id"])
         embedded = by_kind.pop(None, 0)
         failed = sum(by_kind.values())
         embed_seconds = time.perf_counter() - started
-        summary.update(embedded=embedded, errors=failed, errors_by_kind=by_kind, model_loads=loads.value,
+        summary.update(embedded=embedded, errors=failed, errors_by_kind=by_kind, model_loads=phases.loads.value,
                        partitions=partitions)
         if failed > cfg.input.max_error_fraction * listed:
             raise TooManyErrorsError(
@@ -117,6 +119,7 @@ def _embed_and_publish(spark, cfg: Config, plan, previous, outputs: OutputSet, s
                 f"published; the previous output is unchanged. Raise the limit if this is expected."
             )
 
+        writing = time.perf_counter()
         embeddings, errors = split_results(results)
         if plan.carry_over:
             embeddings = embeddings.unionByName(incremental.carried_over(spark, previous, plan.drop_ids))
@@ -125,6 +128,9 @@ def _embed_and_publish(spark, cfg: Config, plan, previous, outputs: OutputSet, s
         # Read back what was staged: the id describes exactly the table that gets published.
         content = lineage.content_id(spark.read.parquet(outputs.staging("embeddings")))
         seconds = time.perf_counter() - started
+        # Task-seconds of each phase (fetch and decode overlap inference on the decode threads;
+        # wait is the model idle for pixels), and the driver's seconds writing both tables.
+        summary["phase_seconds"] = {**phases.summary(), "write": round(time.perf_counter() - writing, 2)}
         summary.update(rows=int(content.split("-")[0]), embeddings_content=content, published=True,
                        seconds=round(seconds, 2), embed_seconds=round(embed_seconds, 2),
                        images_per_second=round(todo / seconds, 2))
@@ -136,7 +142,10 @@ def _embed_and_publish(spark, cfg: Config, plan, previous, outputs: OutputSet, s
     counts = plan.counts
     log.info("embed done: listed %d, embedded %d, errors %d (%s), reused %d, deleted %d, %.1fs, %.1f images/s, "
              "model loads %d, weights %s -> %s", listed, embedded, failed, kinds, counts["reused"],
-             counts["deleted"], seconds, todo / seconds, loads.value, summary["weights"], cfg.output.embeddings)
+             counts["deleted"], seconds, todo / seconds, phases.loads.value, summary["weights"], cfg.output.embeddings)
+    log.info("embed phases (task-seconds): %s; model %s %s on %s",
+             ", ".join(f"{k} {v:.1f}" for k, v in summary["phase_seconds"].items()), cfg.model.runtime,
+             cfg.model.precision, cfg.model.name)
 
 
 def _outcomes(spark, results, todo: int, partitions: int, run_id: str) -> dict:
