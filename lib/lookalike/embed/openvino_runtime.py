@@ -174,9 +174,9 @@ def compile_model(inference_model, *, precision: str, threads: int, cache_dir: s
                            f"settings {config}") from exc
     result = CompiledModel(compiled, ir_dir, input_shape, dim, converted, convert_seconds,
                            time.perf_counter() - started, performance_hint)
-    log.info("OpenVINO %s: %s %s %s in %.1fs, compiled (%s, %d threads, %s) in %.1fs in pid %d", version(), name,
-             "converted to" if converted else "reused from", ir_dir, convert_seconds, result.precision,
-             result.threads, performance_hint, result.compile_seconds, os.getpid())
+    how = f"converted in {convert_seconds:.1f}s to" if converted else "reused from"
+    log.info("OpenVINO %s: %s %s %s, compiled (%s, %d threads, %s) in %.1fs in pid %d", version(), name, how,
+             ir_dir, result.precision, result.threads, performance_hint, result.compile_seconds, os.getpid())
     if precision == "bfloat16" and result.precision != "bf16":
         log.warning("OpenVINO computes %s in %s: this CPU has no bfloat16 instructions", name, result.precision)
     return result

@@ -211,6 +211,8 @@ def fingerprint(cfg: ModelConfig) -> str:
     payload = f"{cfg.name}|{cfg.weights}|{cfg.weights_md5}|{cfg.pooling}|{cfg.precision}|{cfg.seed if is_random_init(cfg) else ''}"
     if cfg.name == "keras_file":
         payload += f"|{cfg.file}|{cfg.preprocessing}"
+    elif cfg.name != "vgg16":  # VGG16's payload predates backbones, and its caffe mode never changed
+        payload += f"|{backbones.get(cfg.name).preprocessing}"
     if cfg.runtime not in ("keras", "auto"):
         payload += f"|runtime={cfg.runtime}"
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
