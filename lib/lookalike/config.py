@@ -97,7 +97,7 @@ class ModelConfig:
     precision: str = "auto"
     # auto | keras | openvino: what runs the model. auto: OpenVINO on CPU executors that have it,
     # Keras on GPUs. The Keras model is the source of truth; OpenVINO gets a converted copy.
-    runtime: str = "keras"
+    runtime: str = "auto"
     # XLA compilation of the model: null = Keras' choice (on for GPUs and for JAX, off on CPU-only
     # TensorFlow), true/false to force it. Batches are then padded to model.batch_size so that
     # one compiled program serves every batch.
