@@ -107,7 +107,7 @@ def lite0_random(cache_dir, photos):
     embedder = model.Embedder(config("efficientnet_lite0"), threads=2)
     started = time.perf_counter()
     compiled = openvino_runtime.compile_model(embedder.inference_model, precision="float32", threads=2,
-                                              cache_dir=cache_dir, key="lite0-random")
+                                              cache_dir=cache_dir, key="lite0-random", batch_size=len(photos))
     return embedder, embedder.embed(photos), compiled, time.perf_counter() - started
 
 
@@ -122,7 +122,7 @@ def test_openvino_computes_the_keras_embeddings_for_every_backbone_random_init_w
         embedder = model.Embedder(config(name), threads=2)
         want = embedder.embed(photos)
         f32 = openvino_runtime.compile_model(embedder.inference_model, precision="float32", threads=2,
-                                             cache_dir=cache_dir, key=f"{name}-random")
+                                             cache_dir=cache_dir, key=f"{name}-random", batch_size=len(photos))
     assert f32.converted or name == "efficientnet_lite0"
     got = f32(photos)
     assert got.shape == want.shape == (len(photos), backbones.get(name).dim("avg")) and got.dtype == np.float32
@@ -132,7 +132,8 @@ def test_openvino_computes_the_keras_embeddings_for_every_backbone_random_init_w
     assert f32.precision == "f32"
 
     bf16 = openvino_runtime.compile_model(embedder.inference_model, precision="bfloat16", threads=2,
-                                          cache_dir=cache_dir, key=f32.ir_dir.rsplit(os.sep, 1)[-1])
+                                          cache_dir=cache_dir, key=f32.ir_dir.rsplit(os.sep, 1)[-1],
+                                          batch_size=len(photos))
     assert not bf16.converted  # one IR serves both precisions
     low = bf16(photos)
     assert low.dtype == np.float32 and np.isfinite(low).all()
@@ -176,8 +177,10 @@ def neighbours(x, k=5):
 
 def test_any_batch_size_and_threads_from_one_ir(lite0_random, photos):
     embedder, want, f32, _ = lite0_random
-    for n in (1, 3, 8):
+    assert f32.batch_size == 8 and 8 in f32._requests  # compiled for 8 images exactly
+    for n in (8, 1, 3):
         np.testing.assert_allclose(f32(photos[:n]), want[:n], rtol=0, atol=1e-4 * np.abs(want).max())
+    assert None in f32._requests  # 1 and 3 ran on a dynamic-shape copy, compiled when first needed
     assert f32(photos[:0]).shape == (0, embedder.dim)
     one = openvino_runtime.compile_model(embedder.inference_model, precision="float32", threads=1,
                                          cache_dir=os.path.dirname(os.path.dirname(f32.ir_dir)), key="lite0-random")
@@ -238,7 +241,8 @@ def test_two_processes_converting_the_same_model_at_once_share_one_ir(tmp_path):
     reports = [json.loads((tmp_path / f"w{i}.json").read_text()) for i in range(2)]
     assert np.array_equal(outputs[0], outputs[1])
     assert reports[0]["ir_dir"] == reports[1]["ir_dir"] == os.path.join(cache_dir, "openvino", "raced")
-    assert any(report["converted"] for report in reports)
+    # One converted; the other waited for it on the lock, then read its IR.
+    assert sorted(report["converted"] for report in reports) == [False, True]
     assert ir_dirs(cache_dir) == ["raced"] and leftovers(cache_dir) == []
     assert sorted(os.listdir(reports[0]["ir_dir"])) == sorted(
         [openvino_runtime.IR_XML, openvino_runtime.IR_BIN, openvino_runtime.META])
@@ -272,6 +276,8 @@ def test_a_broken_cached_ir_and_abandoned_temporary_directories_are_replaced(lit
     with open(os.path.join(root, "broken", openvino_runtime.IR_XML), "w") as handle:
         handle.write("<net>half an IR")
     open(os.path.join(root, "broken", openvino_runtime.IR_BIN), "w").close()
+    with open(os.path.join(root, "broken", openvino_runtime.META), "w") as handle:
+        json.dump({"conversion": openvino_runtime.CONVERSION}, handle)
     abandoned = os.path.join(root, f"{openvino_runtime.TEMP_PREFIX}broken-999-x")
     recent = os.path.join(root, f"{openvino_runtime.TEMP_PREFIX}broken-998-y")
     os.makedirs(abandoned)
@@ -282,6 +288,21 @@ def test_a_broken_cached_ir_and_abandoned_temporary_directories_are_replaced(lit
     assert compiled.converted
     assert cosines(compiled(photos), want).min() >= F32_MIN_COSINE
     assert ir_dirs(cache_dir) == ["broken"] and leftovers(cache_dir) == [os.path.basename(recent)]
+
+
+def test_an_ir_from_another_version_of_the_conversion_is_converted_again(tmp_path):
+    model, cache_dir = tiny_model(), str(tmp_path / "cache")
+    first = openvino_runtime.compile_model(model, precision="float32", threads=1, cache_dir=cache_dir, key="tiny")
+    meta = os.path.join(first.ir_dir, openvino_runtime.META)
+    with open(meta) as handle:
+        written = json.load(handle)
+    assert written["conversion"] == openvino_runtime.CONVERSION
+    with open(meta, "w") as handle:
+        json.dump(dict(written, conversion=openvino_runtime.CONVERSION - 1), handle)
+    again = openvino_runtime.compile_model(model, precision="float32", threads=1, cache_dir=cache_dir, key="tiny")
+    assert again.converted and ir_dirs(cache_dir) == ["tiny"] and leftovers(cache_dir) == []
+    pixels = np.random.default_rng(1).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    np.testing.assert_allclose(again(pixels), np.asarray(model.predict_on_batch(pixels)), rtol=1e-5, atol=1e-6)
 
 
 def tiny_model():
@@ -327,6 +348,9 @@ def test_float16_and_other_bad_arguments_are_clear_errors(tmp_path):
             openvino_runtime.compile_model(model, precision="float32", threads=0, cache_dir=str(tmp_path), key=key)
     with pytest.raises(ValueError, match="threads"):
         openvino_runtime.compile_model(model, precision="float32", threads=-1, cache_dir=str(tmp_path), key="k")
+    with pytest.raises(ValueError, match="batch_size"):
+        openvino_runtime.compile_model(model, precision="float32", threads=1, cache_dir=str(tmp_path), key="k",
+                                       batch_size=-1)
     assert not os.path.exists(os.path.join(tmp_path, "openvino"))
 
 
@@ -339,3 +363,15 @@ def test_nothing_process_wide_is_changed(tmp_path):
                                               cache_dir=str(tmp_path), key="tiny")
     assert compiled(np.zeros((2, 32, 32, 3), np.uint8)).shape == (2, 8)
     assert dict(os.environ) == environ and keras.config.dtype_policy().name == policy
+
+
+def test_other_keras_backends_go_through_a_saved_model(tmp_path, monkeypatch):
+    """JAX (or any backend but TensorFlow) cannot be traced by tf.function: Keras exports a
+    SavedModel instead, converted from the staging directory and deleted with it."""
+    monkeypatch.setattr(openvino_runtime, "_keras_backend", lambda: "jax")
+    model, cache_dir = tiny_model(), str(tmp_path / "cache")
+    compiled = openvino_runtime.compile_model(model, precision="float32", threads=1, cache_dir=cache_dir, key="tiny")
+    assert sorted(os.listdir(compiled.ir_dir)) == sorted(
+        [openvino_runtime.IR_XML, openvino_runtime.IR_BIN, openvino_runtime.META])
+    pixels = np.random.default_rng(2).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    np.testing.assert_allclose(compiled(pixels), np.asarray(model.predict_on_batch(pixels)), rtol=1e-5, atol=1e-6)

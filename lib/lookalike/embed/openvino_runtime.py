@@ -4,7 +4,14 @@ The Keras model (``Embedder.inference_model``: uint8 ``rgb_uint8`` (N, H, W, 3) 
 layer, trunk, (N, dim) out) stays the source of truth. :func:`compile_model` converts it to an
 OpenVINO IR (``model.xml`` + ``model.bin``, float32 weights) the first time a host sees a key,
 caches it under ``cache_dir/openvino/<key>/``, and compiles it for this CPU with the precision asked
-for. bfloat16 on a CPU with AMX-BF16 is about 1.5x Keras' own mixed_bfloat16 and 3-4x float32.
+for. Measured on 2 cores of a Xeon with AMX-BF16 (images/s, batch 32, 2 threads):
+
+                       Keras f32  Keras bf16  OpenVINO f32  OpenVINO bf16
+    efficientnet_lite0     114        81          239            575
+    vgg16                   13        84           13             91
+
+bfloat16 matters most for VGG16 (7x), OpenVINO most for the EfficientNets, whose depthwise
+convolutions TensorFlow runs slowly (and more slowly still in bfloat16).
 
 The cache is safe for many Python workers on one host starting together:
 
@@ -14,8 +21,10 @@ The cache is safe for many Python workers on one host starting together:
   converting at once (each conversion holds a TensorFlow graph of the model in memory); if the
   lock cannot be had (a file system without ``flock``, a stuck holder) they convert too, and the
   rename decides: the loser deletes its own copy and uses the winner's;
-* a cached IR that cannot be read, or that does not match the model (input or output shape), is
-  moved aside and rebuilt; temporary directories left by killed workers are removed after an hour.
+* a cached IR that cannot be read, does not match the model (input or output shape) or was
+  written by another version of this conversion (:data:`CONVERSION`) is moved aside and rebuilt;
+  temporary directories left by killed workers are removed after an hour. The IR is float32
+  whatever the precision: one copy serves float32 and bfloat16 workers.
 
 Nothing process-wide is changed: no environment variables, no Keras or TensorFlow settings. The
 OpenVINO ``Core`` is this module's own.
@@ -44,6 +53,9 @@ PERFORMANCE_HINTS = ("LATENCY", "THROUGHPUT")
 # One request at a time from one Python thread (a Spark task's batches): LATENCY runs each batch
 # on all the threads; THROUGHPUT splits them into streams that only parallel requests would fill.
 DEFAULT_PERFORMANCE_HINT = "LATENCY"
+
+# Bump when the conversion changes what it writes: IRs of an older conversion are converted again.
+CONVERSION = 1
 
 INPUT_NAME = "rgb_uint8"
 OUTPUT_NAME = "embedding"
@@ -88,25 +100,47 @@ class CompiledModel:
     ``precision`` is the precision OpenVINO actually computes in (``f32`` or ``bf16``: a CPU without
     bf16 instructions may run a bf16 request in f32), ``converted`` whether this call converted the
     model (False: the cached IR was used), ``convert_seconds`` and ``compile_seconds`` what they
-    took. Safe to call from several threads (calls are serialised: one request at a time is what
-    the CPU plugin runs fastest anyway).
+    took. Batches of ``batch_size`` images run on a copy compiled for exactly that shape; other
+    sizes on a dynamic-shape copy compiled when first needed. Safe to call from several threads
+    (calls are serialised: one request at a time is what the CPU plugin runs fastest anyway).
     """
 
-    def __init__(self, compiled, ir_dir: str, input_shape: tuple, dim: int, converted: bool,
-                 convert_seconds: float, compile_seconds: float, performance_hint: str):
-        self._compiled = compiled
-        self._request = compiled.create_infer_request()
+    def __init__(self, core, name: str, ir_dir: str, config: dict, batch_size: int, input_shape: tuple,
+                 dim: int, converted: bool, convert_seconds: float, performance_hint: str):
+        self._core, self._name, self._config = core, name, config
         self._lock = threading.Lock()
+        self._requests: dict = {}  # batch size (None: any) -> infer request
         self.ir_dir = ir_dir
+        self.batch_size = batch_size
         self.input_shape = input_shape  # (H, W, 3)
         self.dim = dim
         self.converted = converted
         self.convert_seconds = convert_seconds
-        self.compile_seconds = compile_seconds
         self.performance_hint = performance_hint
+        started = time.perf_counter()
+        compiled = self._compile(batch_size or None)
+        self.compile_seconds = time.perf_counter() - started
         self.precision = _type_name(compiled.get_property("INFERENCE_PRECISION_HINT"))
         self.threads = int(compiled.get_property("INFERENCE_NUM_THREADS"))
-        self.pinned = bool(compiled.get_property("ENABLE_CPU_PINNING"))
+        try:
+            self.pinned = bool(compiled.get_property("ENABLE_CPU_PINNING"))
+        except Exception:  # not a property of the CPU plugin on every platform
+            self.pinned = False
+
+    def _compile(self, batch: Optional[int]):
+        """Compile for ``batch`` images (None: any number) and keep its infer request."""
+        try:
+            model = self._core.read_model(os.path.join(self.ir_dir, IR_XML))
+            if batch is not None:
+                # A fixed shape lets the CPU plugin plan every layer once: 12-15% more images/s
+                # for efficientnet_lite0 (float32 and bfloat16), no difference for VGG16.
+                model.reshape([batch, *self.input_shape])
+            compiled = self._core.compile_model(model, "CPU", self._config)
+        except Exception as exc:
+            raise RuntimeError(f"OpenVINO cannot compile {self._name} for CPU ({_one_line(exc)}); IR {self.ir_dir}, "
+                               f"settings {self._config}") from exc
+        self._requests[batch] = compiled.create_infer_request()
+        return compiled
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         batch = np.asarray(batch)
@@ -117,27 +151,37 @@ class CompiledModel:
         if n == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
         with self._lock:
-            self._request.infer({0: np.ascontiguousarray(batch)}, share_inputs=True)
+            shape = n if n in self._requests else None
+            if shape not in self._requests:
+                self._compile(None)
+            request = self._requests[shape]
+            request.infer({0: np.ascontiguousarray(batch)}, share_inputs=True)
             # The output tensor's memory is reused by the next request: copy it out.
-            out = np.array(self._request.get_output_tensor(0).data, dtype=np.float32, copy=True)
+            out = np.array(request.get_output_tensor(0).data, dtype=np.float32, copy=True)
         return out.reshape(n, self.dim)
 
     def __repr__(self) -> str:
         return (f"CompiledModel({self.ir_dir}, precision={self.precision}, threads={self.threads}, "
-                f"hint={self.performance_hint})")
+                f"batch_size={self.batch_size or 'any'}, hint={self.performance_hint})")
 
 
 def compile_model(inference_model, *, precision: str, threads: int, cache_dir: str, key: str,
+                  batch_size: int = 0,
                   performance_hint: str = DEFAULT_PERFORMANCE_HINT) -> Callable[[np.ndarray], np.ndarray]:
     """The Keras ``inference_model`` compiled by OpenVINO for this CPU: a function from a uint8 batch
     (N, H, W, 3) to float32 embeddings (N, dim); N may vary from call to call.
 
     ``precision``: ``float32`` or ``bfloat16`` (computed natively on CPUs with AMX-BF16 or
-    AVX512-BF16). ``float16`` is refused: the CPU plugin computes it in float32 or, where it has
-    FP16 instructions, more slowly than bfloat16, and with a smaller range. ``threads``: OpenVINO's
-    INFERENCE_NUM_THREADS, 0 for its default (all the cores it may use). ``cache_dir``: where
-    ``openvino/<key>/`` holds the converted IR; ``key``: what identifies the model (its
-    fingerprint), one path component.
+    AVX512-BF16; elsewhere OpenVINO computes in float32, see ``.precision`` of the result).
+    ``float16`` is refused: on a CPU with AVX512-FP16 it ran slower than float32 (efficientnet_lite0
+    209 images/s against 239, VGG16 7 against 13) and far slower than bfloat16, with a smaller
+    range. ``threads``: OpenVINO's INFERENCE_NUM_THREADS; 0 for its default, every core of the
+    machine, which is right for one process alone and wrong for a Spark task (pass its
+    spark.task.cpus). Threads are never pinned to cores. ``cache_dir``: where ``openvino/<key>/``
+    holds the converted IR; ``key``: what identifies the model (its fingerprint), one path
+    component. ``batch_size``: the size most batches will have (model.batch_size), compiled for
+    that exact shape; 0 for a dynamic shape only. ``performance_hint``: LATENCY (every thread on
+    each batch: right for batches from one Python thread, 2x THROUGHPUT measured) or THROUGHPUT.
 
     Raises ValueError for bad arguments and RuntimeError, naming the model and the reason, when
     OpenVINO is missing or cannot convert or compile the model.
@@ -148,6 +192,8 @@ def compile_model(inference_model, *, precision: str, threads: int, cache_dir: s
         raise ValueError(f"unknown precision {precision!r} for OpenVINO on CPU: use float32 or bfloat16")
     if not isinstance(threads, int) or threads < 0:
         raise ValueError(f"threads must be an integer >= 0 (0: OpenVINO's default), got {threads!r}")
+    if not isinstance(batch_size, int) or batch_size < 0:
+        raise ValueError(f"batch_size must be an integer >= 0 (0: any), got {batch_size!r}")
     if performance_hint not in PERFORMANCE_HINTS:
         raise ValueError(f"performance_hint must be one of {', '.join(PERFORMANCE_HINTS)}, got {performance_hint!r}")
     if not key or key in (".", "..") or "/" in key or os.sep in key or key.startswith("."):
@@ -164,24 +210,20 @@ def compile_model(inference_model, *, precision: str, threads: int, cache_dir: s
     config = {
         "INFERENCE_PRECISION_HINT": PRECISION_HINTS[precision],
         "PERFORMANCE_HINT": performance_hint,
-        # OpenVINO pins its threads to the first cores by default: every Python worker on a host
-        # (one per Spark task) would then compute on the same core(s). Measured with two 1-thread
-        # workers on 2 cores: 278 images/s pinned (both on core 0) against 613 unpinned.
-        "ENABLE_CPU_PINNING": False,
     }
     if threads:
         config["INFERENCE_NUM_THREADS"] = threads
-    started = time.perf_counter()
-    try:
-        compiled = core.compile_model(os.path.join(ir_dir, IR_XML), "CPU", config)
-    except Exception as exc:
-        raise RuntimeError(f"OpenVINO cannot compile {name} for CPU ({_one_line(exc)}); IR {ir_dir}, "
-                           f"settings {config}") from exc
-    result = CompiledModel(compiled, ir_dir, input_shape, dim, converted, convert_seconds,
-                           time.perf_counter() - started, performance_hint)
+    # OpenVINO pins its threads to the first cores by default: every Python worker on a host (one
+    # per Spark task) would then compute on the same core(s). Measured with two 1-thread workers on
+    # 2 cores: 278 images/s in all pinned (both on core 0) against 613 unpinned.
+    if "ENABLE_CPU_PINNING" in core.get_property("CPU", "SUPPORTED_PROPERTIES"):
+        config["ENABLE_CPU_PINNING"] = False
+    result = CompiledModel(core, name, ir_dir, config, batch_size, input_shape, dim, converted, convert_seconds,
+                           performance_hint)
     how = f"converted in {convert_seconds:.1f}s to" if converted else "reused from"
-    log.info("OpenVINO %s: %s %s %s, compiled (%s, %d threads, %s) in %.1fs in pid %d", version(), name, how,
-             ir_dir, result.precision, result.threads, performance_hint, result.compile_seconds, os.getpid())
+    log.info("OpenVINO %s: %s %s %s, compiled (%s, %d threads, batch %s, %s) in %.1fs in pid %d", version(), name,
+             how, ir_dir, result.precision, result.threads, batch_size or "any", performance_hint,
+             result.compile_seconds, os.getpid())
     if precision == "bfloat16" and result.precision != "bf16":
         log.warning("OpenVINO computes %s in %s: this CPU has no bfloat16 instructions", name, result.precision)
     return result
@@ -263,7 +305,16 @@ def _cached_ir(ov, core, inference_model, name, cache_dir, key, input_shape, dim
 def _valid(core, ir_dir: str, input_shape: tuple, dim: int) -> bool:
     """Whether ``ir_dir`` holds a readable IR of a model with this input and output."""
     xml = os.path.join(ir_dir, IR_XML)
-    if not (os.path.isfile(xml) and os.path.isfile(os.path.join(ir_dir, IR_BIN))):
+    if not os.path.isdir(ir_dir):
+        return False
+    try:
+        with open(os.path.join(ir_dir, META), encoding="utf-8") as handle:
+            conversion = json.load(handle).get("conversion")
+    except (OSError, ValueError, AttributeError):
+        conversion = None
+    if conversion != CONVERSION:
+        log.warning("OpenVINO IR %s was written by conversion %s, this is conversion %d; converting again",
+                    ir_dir, conversion, CONVERSION)
         return False
     try:
         model = core.read_model(xml)
@@ -388,7 +439,7 @@ def _convert(ov, core, inference_model, name: str, out_dir: str, input_shape: tu
         raise RuntimeError(f"OpenVINO {version()} converted {name}, but its float32 results differ from Keras' "
                            f"({agreement}): not using it; set model.runtime=keras")
     with open(os.path.join(out_dir, META), "w", encoding="utf-8") as handle:
-        json.dump({"model": name, "openvino": version(), "keras_backend": _keras_backend(),
+        json.dump({"conversion": CONVERSION, "model": name, "openvino": version(), "keras_backend": _keras_backend(),
                    "input_shape": list(input_shape), "dim": dim, "created": time.time(), "pid": os.getpid()},
                   handle)
     for file_name in (IR_XML, IR_BIN, META):
