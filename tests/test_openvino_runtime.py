@@ -375,3 +375,24 @@ def test_other_keras_backends_go_through_a_saved_model(tmp_path, monkeypatch):
         [openvino_runtime.IR_XML, openvino_runtime.IR_BIN, openvino_runtime.META])
     pixels = np.random.default_rng(2).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
     np.testing.assert_allclose(compiled(pixels), np.asarray(model.predict_on_batch(pixels)), rtol=1e-5, atol=1e-6)
+
+
+def test_a_conversion_sends_no_usage_data_and_leaves_openvino_as_it_was(tmp_path, monkeypatch):
+    # OpenVINO's converter reports usage over the network unless the host opted out (and unless
+    # CI=true, which CI sets): take both away, and record whatever it tries to send.
+    import importlib
+
+    import openvino_telemetry
+
+    monkeypatch.delenv("CI", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no opt-out file from an earlier run
+    sent = []
+    monkeypatch.setattr(openvino_telemetry.Telemetry, "send_event", lambda self, *a, **k: sent.append(a), raising=False)
+    monkeypatch.setattr(openvino_telemetry.Telemetry, "send_error", lambda self, *a, **k: sent.append(a), raising=False)
+    users = [importlib.import_module(name) for name in openvino_runtime._TELEMETRY_USERS]
+    before = [module.tm for module in users]
+    compiled = openvino_runtime.compile_model(tiny_model(), precision="float32", threads=1,
+                                              cache_dir=str(tmp_path / "cache"), key="tiny")
+    assert compiled.converted and sent == []
+    assert [module.tm for module in users] == before  # put back after the conversion
+    assert not (tmp_path / "home" / "intel").exists()  # no client id written either

@@ -56,9 +56,10 @@ def gpu_compute_capability() -> Optional[float]:
 
 
 def openvino_installed() -> bool:
-    import importlib.util
+    """Importable, not merely present: a broken install counts as missing."""
+    from lookalike.embed import openvino_runtime
 
-    return importlib.util.find_spec("openvino") is not None
+    return openvino_runtime.available()
 
 
 def probe(gpu: bool = False) -> dict:

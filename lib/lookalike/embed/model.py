@@ -132,7 +132,7 @@ class Embedder:
             key = hashlib.sha256(f"{self.fingerprint}|{self.weights_tag}|{self.input_size}".encode()).hexdigest()[:24]
             self._compiled = openvino_runtime.compile_model(
                 inference, precision=cfg.precision, threads=threads or cfg.threads,
-                cache_dir=os.path.expanduser(cfg.cache_dir), key=key)
+                cache_dir=os.path.expanduser(cfg.cache_dir), key=key, batch_size=cfg.batch_size)
         # A compiled (XLA) program is specialised to one batch shape: pad every batch to
         # model.batch_size instead of compiling again for each partition's short last batch.
         self.fixed_batch = bool(inference.jit_compile) or keras_backend() == "jax"

@@ -32,6 +32,7 @@ OpenVINO ``Core`` is this module's own.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -266,7 +267,7 @@ def _cached_ir(ov, core, inference_model, name, cache_dir, key, input_shape, dim
     """(IR directory, whether it was converted now, seconds converting)."""
     root = os.path.join(os.path.abspath(os.path.expanduser(cache_dir)), SUBDIR)
     target = os.path.join(root, key)
-    if _valid(core, target, input_shape, dim):
+    if _valid(core, target, input_shape, dim, quiet=True):
         return target, False, 0.0
     try:
         os.makedirs(root, exist_ok=True)
@@ -302,8 +303,11 @@ def _cached_ir(ov, core, inference_model, name, cache_dir, key, input_shape, dim
             shutil.rmtree(staging, ignore_errors=True)
 
 
-def _valid(core, ir_dir: str, input_shape: tuple, dim: int) -> bool:
-    """Whether ``ir_dir`` holds a readable IR of a model with this input and output."""
+def _valid(core, ir_dir: str, input_shape: tuple, dim: int, quiet: bool = False) -> bool:
+    """Whether ``ir_dir`` holds a readable IR of a model with this input and output, written by this
+    version of the conversion. ``quiet``: no warning about what is wrong with it (it is checked
+    again, with the lock held, before anything is done about it)."""
+    warn = log.debug if quiet else log.warning
     xml = os.path.join(ir_dir, IR_XML)
     if not os.path.isdir(ir_dir):
         return False
@@ -313,8 +317,8 @@ def _valid(core, ir_dir: str, input_shape: tuple, dim: int) -> bool:
     except (OSError, ValueError, AttributeError):
         conversion = None
     if conversion != CONVERSION:
-        log.warning("OpenVINO IR %s was written by conversion %s, this is conversion %d; converting again",
-                    ir_dir, conversion, CONVERSION)
+        warn("OpenVINO IR %s was written by conversion %s, this is conversion %d; converting again",
+             ir_dir, conversion, CONVERSION)
         return False
     try:
         model = core.read_model(xml)
@@ -324,11 +328,11 @@ def _valid(core, ir_dir: str, input_shape: tuple, dim: int) -> bool:
               and got_in[0].is_dynamic and tuple(got_in[i].get_length() for i in (1, 2, 3)) == input_shape
               and got_out.rank.get_length() == 2 and got_out[1].get_length() == dim)
     except Exception as exc:
-        log.warning("OpenVINO IR %s cannot be read (%s); converting again", ir_dir, _one_line(exc))
+        warn("OpenVINO IR %s cannot be read (%s); converting again", ir_dir, _one_line(exc))
         return False
     if not ok:
-        log.warning("OpenVINO IR %s does not match the model (input %s, output %s; expected (?, %s), (?, %d)); "
-                    "converting again", ir_dir, got_in, got_out, ", ".join(map(str, input_shape)), dim)
+        warn("OpenVINO IR %s does not match the model (input %s, output %s; expected (?, %s), (?, %d)); "
+             "converting again", ir_dir, got_in, got_out, ", ".join(map(str, input_shape)), dim)
     return ok
 
 
@@ -452,6 +456,32 @@ def _keras_backend() -> str:
     return keras.backend.backend()
 
 
+# The converter's modules that bind openvino_telemetry as ``tm``; during a conversion they get the
+# converter's own no-op stub (the module it uses when openvino_telemetry is not installed).
+_TELEMETRY_USERS = ("openvino.tools.ovc.convert_impl", "openvino.tools.ovc.telemetry_utils",
+                    "openvino.tools.ovc.utils")
+_telemetry_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _without_telemetry():
+    """OpenVINO's converter sends usage data over the network unless the host has opted out; a
+    job may reach nothing but its S3 endpoint. Only for the conversion, and put back after it."""
+    import importlib
+
+    stub = importlib.import_module("openvino.tools.ovc.telemetry_stub")
+    modules = [importlib.import_module(name) for name in _TELEMETRY_USERS]
+    with _telemetry_lock:
+        saved = [(module, module.tm) for module in modules if hasattr(module, "tm")]
+        for module, _ in saved:
+            module.tm = stub
+        try:
+            yield
+        finally:
+            for module, original in saved:
+                module.tm = original
+
+
 def _from_tf_function(ov, inference_model, input_shape: tuple):
     """The fast way (2-3x a SavedModel's): the model traced as a tf.function, converted in memory."""
     import tensorflow as tf
@@ -459,7 +489,8 @@ def _from_tf_function(ov, inference_model, input_shape: tuple):
     spec = tf.TensorSpec([None, *input_shape], tf.uint8, name=INPUT_NAME)
     function = tf.function(lambda pixels: inference_model(pixels, training=False), input_signature=[spec],
                            autograph=False).get_concrete_function()
-    ov_model = ov.convert_model(function)
+    with _without_telemetry():
+        ov_model = ov.convert_model(function)
     # Activations with a custom gradient (swish in EfficientNetV2) leave IdentityN nodes that the
     # converter also returns as outputs: keep the function's own output only.
     wanted = function.outputs[0].name
@@ -473,7 +504,8 @@ def _from_tf_function(ov, inference_model, input_shape: tuple):
 def _from_saved_model(ov, inference_model, saved: str):
     """Other Keras backends (JAX): Keras' own SavedModel export (needs TensorFlow installed)."""
     inference_model.export(saved, format="tf_saved_model", verbose=False)
-    return ov.convert_model(saved)
+    with _without_telemetry():
+        return ov.convert_model(saved)
 
 
 # Only gross conversion errors (a channel order, a lost layer) are caught here; the tests hold the
