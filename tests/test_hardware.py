@@ -27,18 +27,17 @@ def test_cpu_flags_are_read_from_cpuinfo():
     assert "bf16" in hardware.cpu_flags(GRAVITON)  # ARM's own name: not one of BF16_FLAGS (yet)
 
 
-@pytest.mark.parametrize("cluster,expected", [
-    ([("a", SAPPHIRE_RAPIDS), ("b", SAPPHIRE_RAPIDS)], "bfloat16"),
-    ([("a", ZEN4)], "bfloat16"),                              # AVX512-BF16 without AMX
-    ([("a", SKYLAKE)], "float32"),                            # bf16 would be emulated: slower
-    ([("a", SAPPHIRE_RAPIDS), ("old", SKYLAKE)], "float32"),  # one run, one precision: the slowest decides
-    ([], "float32"),
+@pytest.mark.parametrize("cluster,expected,named", [
+    ([("a", SAPPHIRE_RAPIDS), ("b", SAPPHIRE_RAPIDS)], "bfloat16", "amx_bf16, avx512_bf16"),
+    ([("a", ZEN4)], "bfloat16", "avx512_bf16"),                             # AVX512-BF16 without AMX
+    ([("a", SKYLAKE)], "float32", "on a"),                                  # bf16 would be emulated: slower
+    ([("a", SAPPHIRE_RAPIDS), ("old", SKYLAKE)], "float32", "on old"),      # the slowest decides for the run
+    ([], "float32", "on no executor answered"),
 ])
-def test_precision_auto_on_cpu_executors(cluster, expected):
+def test_precision_auto_on_cpu_executors(cluster, expected, named):
     precision, why = hardware.choose_precision([executor(h, c) for h, c in cluster])
     assert precision == expected
-    if cluster and expected == "float32":
-        assert "old" in why or "a" in why
+    assert why.endswith(named + ")") if expected == "bfloat16" else why.endswith(named), why
 
 
 @pytest.mark.parametrize("capability,expected", [(9.0, "bfloat16"), (8.0, "bfloat16"), (7.5, "float16"),

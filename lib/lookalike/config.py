@@ -293,7 +293,7 @@ def _validate_runtime(cfg: Config) -> None:
     if model.precision == "float16":
         raise ConfigError("model.runtime=openvino computes in float32 or bfloat16 on CPUs; set model.precision "
                           "to auto, bfloat16 or float32, or model.runtime=keras for float16 on GPUs")
-    gpus = cfg.spark.conf.get("spark.task.resource.gpu.amount") if isinstance(cfg.spark.conf, dict) else None
+    gpus = cfg.spark.conf.get("spark.task.resource.gpu.amount")
     if gpus not in (None, 0, "0"):
         raise ConfigError("model.runtime=openvino is a CPU runtime, but spark.task.resource.gpu.amount gives "
                           "every task a GPU; set model.runtime=auto or keras for GPU executors")

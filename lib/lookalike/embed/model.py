@@ -23,7 +23,7 @@ import numpy as np
 from lookalike.config import ModelConfig, S3Config
 from lookalike.embed import backbones, hardware, preprocessing
 from lookalike.embed.weights import (  # noqa: F401 (the public names of the model core)
-    IMAGENET_FALLBACK, LITE0_FALLBACK, MISSING_WEIGHTS_HELP, PUBLISHED, fetch_weights, fingerprint, imagenet_available,
+    IMAGENET_FALLBACK, LITE0_FALLBACK, MISSING_WEIGHTS_HELP, fetch_weights, fingerprint, imagenet_available,
     is_imagenet, is_random_init, md5_of, resolve, weights_tag,
 )
 from lookalike.errors import WeightsError

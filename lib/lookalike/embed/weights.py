@@ -22,9 +22,6 @@ from lookalike.errors import WeightsError
 
 log = logging.getLogger(__name__)
 
-# Keras' published files by backbone, as {"notop": PublishedWeights}.
-PUBLISHED = {name: {"notop": b.notop} for name, b in backbones.BACKBONES.items() if b.imagenet_source == "keras"}
-
 # What resolve() puts in model.weights when ImageNet weights cannot be had and the config allows
 # random init: distinct from a user's explicit "none" in the weights tag and fingerprint.
 IMAGENET_FALLBACK = "none:imagenet-unavailable"
@@ -38,12 +35,21 @@ MISSING_WEIGHTS_HELP = (
 )
 
 
+# md5 by (device, inode, size, mtime): the driver and each worker check the same file several
+# times (resolve, the run's identity, the conversion), and a rename keeps the inode.
+_md5_seen: dict = {}
+
+
 def md5_of(path: str) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    found = os.stat(path)
+    key = (found.st_dev, found.st_ino, found.st_size, found.st_mtime_ns)
+    if key not in _md5_seen:
+        digest = hashlib.md5()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        _md5_seen[key] = digest.hexdigest()
+    return _md5_seen[key]
 
 
 def is_random_init(cfg: ModelConfig) -> bool:
