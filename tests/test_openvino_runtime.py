@@ -368,7 +368,7 @@ def test_nothing_process_wide_is_changed(tmp_path):
 def test_other_keras_backends_go_through_a_saved_model(tmp_path, monkeypatch):
     """JAX (or any backend but TensorFlow) cannot be traced by tf.function: Keras exports a
     SavedModel instead, converted from the staging directory and deleted with it."""
-    monkeypatch.setattr(openvino_runtime, "_keras_backend", lambda: "jax")
+    monkeypatch.setattr(openvino_runtime, "keras_backend", lambda: "jax")
     model, cache_dir = tiny_model(), str(tmp_path / "cache")
     compiled = openvino_runtime.compile_model(model, precision="float32", threads=1, cache_dir=cache_dir, key="tiny")
     assert sorted(os.listdir(compiled.ir_dir)) == sorted(

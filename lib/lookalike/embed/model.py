@@ -11,6 +11,7 @@ and send four times the bytes.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -23,7 +24,7 @@ import numpy as np
 from lookalike.config import ModelConfig, S3Config
 from lookalike.embed import backbones, hardware, preprocessing
 from lookalike.embed.weights import (  # noqa: F401 (the public names of the model core)
-    IMAGENET_FALLBACK, LITE0_FALLBACK, MISSING_WEIGHTS_HELP, fetch_weights, fingerprint, imagenet_available,
+    IMAGENET_FALLBACK, LITE0_FALLBACK, MISSING_WEIGHTS_HELP, fetch_weights, fingerprint, imagenet_available, keras_download,
     is_imagenet, is_random_init, md5_of, resolve, weights_tag,
 )
 from lookalike.errors import WeightsError
@@ -129,7 +130,9 @@ class Embedder:
         if cfg.runtime == "openvino":
             from lookalike.embed import openvino_runtime
 
-            key = hashlib.sha256(f"{self.fingerprint}|{self.weights_tag}|{self.input_size}".encode()).hexdigest()[:24]
+            # One IR serves every precision (its weights stay float32; the precision is a compile hint).
+            as_float32 = fingerprint(dataclasses.replace(cfg, precision="float32"))
+            key = hashlib.sha256(f"{as_float32}|{self.weights_tag}|{self.input_size}".encode()).hexdigest()[:24]
             self._compiled = openvino_runtime.compile_model(
                 inference, precision=cfg.precision, threads=threads or cfg.threads,
                 cache_dir=os.path.expanduser(cfg.cache_dir), key=key, batch_size=cfg.batch_size)
@@ -151,7 +154,7 @@ class Embedder:
             keras.utils.set_random_seed(cfg.seed)
         path, md5 = local_file(cfg, s3)
         if is_imagenet(cfg) and backbone.imagenet_source == "keras":
-            path = _keras_download(keras, backbone)
+            path = _keras_download(backbone)
         elif path is not None and backbone.name == "efficientnet_lite0" and not path.endswith(".h5"):
             from lookalike.embed import efficientnet_lite0
 
@@ -208,12 +211,11 @@ def _warn_if_emulated(cfg: ModelConfig) -> None:
                     "slower than float32; set model.precision=auto or float32", os.uname().nodename)
 
 
-def _keras_download(keras, backbone: backbones.Backbone) -> str:
+def _keras_download(backbone: backbones.Backbone) -> str:
     published = backbone.notop
     try:
-        return keras.utils.get_file(published.file_name, published.url, cache_subdir="models",
-                                    file_hash=published.md5)
-    except Exception as exc:
+        return keras_download(backbone)
+    except Exception as exc:  # urllib raises many kinds; all mean "not available here"
         raise WeightsError(MISSING_WEIGHTS_HELP.format(
             name=backbone.name, reason=type(exc).__name__, file=published.file_name,
             md5=published.md5, url=published.url)) from None

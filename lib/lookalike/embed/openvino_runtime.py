@@ -45,6 +45,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from lookalike.embed.model import keras_backend
+
 log = logging.getLogger(__name__)
 
 # model.precision -> OpenVINO's INFERENCE_PRECISION_HINT. float16 is left out on purpose: see
@@ -421,7 +423,7 @@ def _convert(ov, core, inference_model, name: str, out_dir: str, input_shape: tu
     """Write ``out_dir/model.xml`` and ``model.bin`` (float32 weights, dynamic batch) and check them."""
     saved = os.path.join(out_dir, "saved_model")
     try:
-        if _keras_backend() == "tensorflow":
+        if keras_backend() == "tensorflow":
             ov_model = _from_tf_function(ov, inference_model, input_shape)
         else:
             ov_model = _from_saved_model(ov, inference_model, saved)
@@ -443,17 +445,11 @@ def _convert(ov, core, inference_model, name: str, out_dir: str, input_shape: tu
         raise RuntimeError(f"OpenVINO {version()} converted {name}, but its float32 results differ from Keras' "
                            f"({agreement}): not using it; set model.runtime=keras")
     with open(os.path.join(out_dir, META), "w", encoding="utf-8") as handle:
-        json.dump({"conversion": CONVERSION, "model": name, "openvino": version(), "keras_backend": _keras_backend(),
+        json.dump({"conversion": CONVERSION, "model": name, "openvino": version(), "keras_backend": keras_backend(),
                    "input_shape": list(input_shape), "dim": dim, "created": time.time(), "pid": os.getpid()},
                   handle)
     for file_name in (IR_XML, IR_BIN, META):
         _fsync(os.path.join(out_dir, file_name))
-
-
-def _keras_backend() -> str:
-    import keras
-
-    return keras.backend.backend()
 
 
 # The converter's modules that bind openvino_telemetry as ``tm``; during a conversion they get the

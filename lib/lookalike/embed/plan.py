@@ -20,7 +20,6 @@ import pandas as pd
 
 from lookalike import publish, schemas
 from lookalike.config import ModelConfig, S3Config
-from lookalike.embed import weights
 from lookalike.io.redact import redact
 from lookalike.io.uris import is_hadoop, is_s3, local_path
 
@@ -93,11 +92,6 @@ def plan(items: pd.DataFrame, previous: Optional[Previous], fingerprint: str, we
     }
     drop_ids = sorted(previous_ids - reused)
     return Plan(to_embed, drop_ids, True, counts, f"incremental from version {previous.version or previous.location}")
-
-
-def model_identity(cfg: ModelConfig, s3: S3Config) -> tuple[str, str]:
-    """(model_fingerprint, weights tag) that this run's rows will carry, computed on the driver."""
-    return weights.identity(cfg, s3)
 
 
 def _published(path: str, s3: S3Config) -> tuple[Optional[str], Optional[str]]:

@@ -72,18 +72,17 @@ class Phases:
 def _load(uri: str, cfg: Config, input_size: tuple[int, int]):
     """Fetch and decode one image at the model's input size:
     (pixels or None, size, error kind, message, fetch seconds, decode seconds)."""
-    started = time.perf_counter()
-    fetched = started
+    pixels, size, kind, message = None, (0, 0), "", ""
+    started = fetched = time.perf_counter()
     try:
         data = storage.fetch(uri, cfg.s3, cfg.input.max_bytes)
         fetched = time.perf_counter()
         pixels, size = images.decode(data, cfg.input.max_pixels, input_size)
-        return pixels, size, "", "", fetched - started, time.perf_counter() - fetched
     except (StorageError, images.ImageError) as exc:
-        return None, (0, 0), exc.kind, exc.message, fetched - started, time.perf_counter() - fetched
+        kind, message = exc.kind, exc.message
     except Exception as exc:  # one odd file must never fail the task and its neighbours
-        return (None, (0, 0), "decode_error", f"unexpected {type(exc).__name__}: {exc}", fetched - started,
-                time.perf_counter() - fetched)
+        kind, message = "decode_error", f"unexpected {type(exc).__name__}: {exc}"
+    return pixels, size, kind, message, fetched - started, time.perf_counter() - fetched
 
 
 def worker_threads(cfg: Config, task_cpus: int) -> int:

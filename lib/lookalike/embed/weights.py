@@ -148,13 +148,19 @@ def local_file(cfg: ModelConfig, s3: S3Config) -> tuple[Optional[str], Optional[
     return fetch_weights(cfg, s3)
 
 
-def imagenet_available(cfg: ModelConfig) -> tuple[bool, str]:
-    """Try Keras' own download (cached in ~/.keras/models). Returns (ok, reason if not)."""
+def keras_download(backbone: backbones.Backbone) -> str:
+    """The published file through Keras' own download (cached in ~/.keras/models, md5-checked by
+    Keras); raises whatever the download raises."""
     from keras.utils import get_file
 
-    published = backbones.get(cfg.name).notop
+    published = backbone.notop
+    return get_file(published.file_name, published.url, cache_subdir="models", file_hash=published.md5)
+
+
+def imagenet_available(cfg: ModelConfig) -> tuple[bool, str]:
+    """Try Keras' own download. Returns (ok, reason if not)."""
     try:
-        get_file(published.file_name, published.url, cache_subdir="models", file_hash=published.md5)
+        keras_download(backbones.get(cfg.name))
         return True, ""
     except Exception as exc:  # urllib raises many kinds; all mean "not available here"
         return False, f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"

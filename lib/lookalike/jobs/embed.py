@@ -18,6 +18,7 @@ import pandas as pd
 from lookalike import schemas
 from lookalike.config import Config
 from lookalike.embed import hardware, listing, manifest, model
+from lookalike.embed import weights as model_weights
 from lookalike.embed import plan as incremental
 from lookalike.embed.stage import ITEMS, Phases, embed_items, items_frame, split_results
 from lookalike.errors import InputError, TooManyErrorsError
@@ -69,7 +70,8 @@ def _listed_items(spark, cfg: Config, started: float) -> pd.DataFrame:
 
 def _plan(spark, cfg: Config, items: pd.DataFrame):
     """(plan, previous state or None, weights tag) for this run."""
-    fingerprint, weights = incremental.model_identity(cfg.model, cfg.s3)
+    # The weights tag includes the file's md5: a weights file replaced in place forces a recompute.
+    fingerprint, weights = model_weights.identity(cfg.model, cfg.s3)
     previous = None
     if cfg.input.incremental:
         previous = incremental.previous_state(spark, cfg.output.embeddings, cfg.output.errors, cfg.s3)
