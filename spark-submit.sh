@@ -2,15 +2,16 @@
 # Run a lookalike job through the spark-submit that ships with the installed pyspark.
 #
 #   ./spark-submit.sh <job> [--config FILE] [--set key=value ...] [--master URL] [--env ARCHIVE]
-#                           [spark-submit args...]
+#                           [--dry-run] [spark-submit args...]
 #   ./spark-submit.sh --package-env [--output FILE] [--python PYTHON] [--extra REQ ...]
 #
 # Jobs: embed, neighbours, pipeline, and envcheck (what Python the executors run). --config
 # defaults to conf/local.yaml and is shipped with --files so that cluster-mode drivers find it
 # too. --env ARCHIVE runs the executors' Python from a venv-pack archive (built by --package-env,
 # see scripts/package-env.sh --help): it is shipped with --archives ARCHIVE#environment and
-# executors run ./environment/bin/python. Anything else is passed to spark-submit before the
-# application (e.g. --conf spark.executor.memory=4g).
+# executors run ./environment/bin/python. --dry-run (embed): list and plan, print what a run would
+# do, write nothing. Anything else is passed to spark-submit before the application (e.g. --conf
+# spark.executor.memory=4g).
 # Returns the job's exit status.
 set -euo pipefail
 
@@ -40,6 +41,7 @@ while [ $# -gt 0 ]; do
     --master) master=$2; shift 2 ;;
     --master=*) master=${1#--master=}; shift ;;
     --log-level) job_args+=(--log-level "$2"); shift 2 ;;
+    --dry-run) job_args+=(--dry-run); shift ;;
     --env) env_archive=$2; shift 2 ;;
     --env=*) env_archive=${1#--env=}; shift ;;
     *) submit_args+=("$1"); shift ;;

@@ -14,7 +14,7 @@ Runs with any Keras 3 backend: on a GPU machine without TensorFlow, ``KERAS_BACK
 bench/results/embed_gpu.json.
 
     KERAS_BACKEND=jax PYTHONPATH=lib python bench/embed_gpu.py [--images N] [--batch-sizes 64,128,256,512]
-        [--precisions float32,bfloat16] [--threads T] [--source DIR] [--jit auto|on|off]
+        [--precisions float32,bfloat16] [--threads T] [--source DIR] [--jit auto|on|off] [--runtime auto]
     .venv/bin/python bench/embed_gpu.py --smoke      # tiny settings: checks that it runs, on CPU
 """
 
@@ -37,8 +37,9 @@ sys.path.insert(0, str(ROOT / "lib"))
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from lookalike.embed import stage as embed, images, model
+from lookalike.embed import stage as embed, hardware, images, model
 from lookalike.io import storage  # noqa: E402
+from lookalike.io.uris import file_uri  # noqa: E402
 from lookalike.config import Config, InputConfig, ModelConfig  # noqa: E402
 
 SOURCES = [ROOT.parent / "shared" / "data" / "clothing-small", ROOT / "samples" / "clothing"]
@@ -52,6 +53,8 @@ def parse_args(argv):
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="decode threads (spark.task.cpus)")
     parser.add_argument("--repeats", type=int, default=20, help="timed batches for the model-only figure")
     parser.add_argument("--jit", choices=("auto", "on", "off"), default="auto", help="model.jit_compile")
+    parser.add_argument("--runtime", choices=("auto", "keras", "openvino"), default="auto",
+                        help="model.runtime; auto is Keras on a GPU (OpenVINO is CPU-only) and OpenVINO on a CPU")
     parser.add_argument("--source", type=Path, default=None, help="directory of JPEGs (default: shared data or samples)")
     parser.add_argument("--smoke", action="store_true", help="tiny settings for a quick check on CPU")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "embed_gpu.json")
@@ -94,7 +97,7 @@ def stage_images(source: Path, n: int, into: Path) -> list[str]:
     for i in range(n):
         target = into / f"{i:07d}.jpg"
         shutil.copyfile(found[i % len(found)], target)
-        uris.append(storage.file_uri(str(target)))
+        uris.append(file_uri(str(target)))
     return uris
 
 
@@ -109,7 +112,7 @@ def decode_rate(uris: list[str], threads: int) -> float:
         return len(uris) / (time.perf_counter() - started)
 
 
-def model_rate(cfg: Config, repeats: int) -> float:
+def model_rate(cfg: Config, repeats: int) -> tuple[float, str]:
     embedder = model.get_embedder(cfg.model, cfg.s3)
     batch = np.random.default_rng(0).integers(0, 256, (cfg.model.batch_size, 224, 224, 3), dtype=np.uint8)
     embedder.embed(batch)
@@ -117,7 +120,7 @@ def model_rate(cfg: Config, repeats: int) -> float:
     started = time.perf_counter()
     for _ in range(repeats):
         embedder.embed(batch)
-    return repeats * len(batch) / (time.perf_counter() - started)
+    return repeats * len(batch) / (time.perf_counter() - started), embedder.runtime
 
 
 def core_rate(cfg: Config, uris: list[str], threads: int) -> tuple[float, int]:
@@ -147,20 +150,23 @@ def main(argv=None) -> int:
         for precision in args.precisions.split(","):
             for batch_size in (int(b) for b in args.batch_sizes.split(",")):
                 cfg = Config(model=ModelConfig(weights="none", precision=precision, batch_size=batch_size,
-                                               jit_compile=jit, threads=args.threads),
+                                               jit_compile=jit, threads=args.threads, runtime=args.runtime),
                              input=InputConfig(uri=tmp))
-                model_ips = model_rate(cfg, args.repeats)
+                # A job decides auto on its executors first; here this process's device decides.
+                cfg = Config(model=hardware.resolve_here(cfg.model), input=cfg.input)
+                model_ips, runtime = model_rate(cfg, args.repeats)
                 core_ips, errors = core_rate(cfg, uris, args.threads)
-                row = {"precision": precision, "batch_size": batch_size, "model_images_per_s": round(model_ips, 1),
+                row = {"precision": precision, "runtime": runtime, "batch_size": batch_size,
+                       "model_images_per_s": round(model_ips, 1),
                        "core_images_per_s": round(core_ips, 1), "core_share_of_model": round(core_ips / model_ips, 3),
                        "errors": errors}
                 rows.append(row)
-                print(f"  {precision:9s} batch {batch_size:4d}: model {model_ips:9,.0f}/s   core {core_ips:9,.0f}/s "
+                print(f"  {precision:9s} {runtime:8s} batch {batch_size:4d}: model {model_ips:9,.0f}/s   core {core_ips:9,.0f}/s "
                       f"({row['core_share_of_model']:.0%} of model)")
-    print("\n| precision | batch | model alone (images/s) | decode + preprocess + model (images/s) |")
-    print("| --- | ---: | ---: | ---: |")
+    print("\n| precision | runtime | batch | model alone (images/s) | decode + preprocess + model (images/s) |")
+    print("| --- | --- | ---: | ---: | ---: |")
     for r in rows:
-        print(f"| {r['precision']} | {r['batch_size']} | {r['model_images_per_s']:,.0f} | {r['core_images_per_s']:,.0f} |")
+        print(f"| {r['precision']} | {r['runtime']} | {r['batch_size']} | {r['model_images_per_s']:,.0f} | {r['core_images_per_s']:,.0f} |")
     print(f"\ndecode + resize alone: {decode:,.0f} images/s on {args.threads} threads")
     result = {"device": info, "images": args.images, "source": str(source), "threads": args.threads,
               "jit_compile": args.jit, "decode_images_per_s": round(decode, 1), "rows": rows, "smoke": args.smoke,

@@ -11,13 +11,16 @@ Plus the kernel alone (one core): float32 matmul, and the top-k selection done w
 on every sub-block versus the running-threshold selection that lookalike.neighbours.topk uses; and the
 symmetric topk_pair (one matmul, both directions) against topk_block once, twice, and against
 topk_block in the other direction (the same column-side output, computed from its own matmul).
+And (d) neighbours.same: the job with 50 groups of Zipf-distributed sizes (--groups) against the
+ungrouped exact run on the same table, one-sided (symmetric: false, as the grouped run scores) and
+as by default, beside the work ratio sum(n_g^2) / N^2 that partitioned search should approach.
 
 Wall time and peak resident memory of the whole process tree (JVM and Python workers included,
 sampled every 0.1 s) for each. Prints a table with ratios and writes JSON to
 bench/results/neighbours.json.
 
     .venv/bin/python bench/neighbours.py [--n 50000] [--dim 512] [--k 10] [--lsh-n 1000]
-                                         [--skip kernel,faiss,job,lsh]
+                                         [--groups 50] [--skip kernel,faiss,job,lsh,groups]
 """
 
 from __future__ import annotations
@@ -78,7 +81,9 @@ def write_embeddings(directory: Path, ids: list[str], x: np.ndarray, weights: st
             "model_fingerprint": pa.array(["bench"] * rows), "run_id": pa.array(["bench"] * rows),
             "embedded_at": pa.array([0] * rows, pa.timestamp("us", tz="UTC")),
         }
-        pq.write_table(pa.table([columns[f.name] for f in schema], schema=schema), directory / f"part-{part:05d}.parquet")
+        # Columns the table gained later (precision, runtime) are nullable: null, as in old tables.
+        pq.write_table(pa.table([columns.get(f.name, pa.nulls(rows, f.type)) for f in schema], schema=schema),
+                       directory / f"part-{part:05d}.parquet")
 
 
 def exact_topk(x: np.ndarray, k: int) -> np.ndarray:
@@ -145,17 +150,98 @@ def check(result: dict, what: str) -> None:
 # ---------------------------------------------------------------------------------------------
 # (a) the job, (b) FAISS, (c) MLlib LSH
 
-def run_job(embeddings: Path, output: Path, k: int, driver_memory: str = "8g") -> dict:
+def run_job(embeddings: Path, output: Path, k: int, driver_memory: str = "8g", settings: tuple = ()) -> dict:
     # local[*] runs everything in the driver JVM, whose heap spark-submit fixes before the job's
     # config is read (1g by default): size it as a user would for the table.
     result = measure([str(ROOT / "spark-submit.sh"), "neighbours", "--config", str(ROOT / "conf" / "local.yaml"),
                       "--set", f"output.embeddings={embeddings}", "--set", f"output.neighbours={output}",
-                      "--set", f"neighbours.k={k}", "--driver-memory", driver_memory])
+                      "--set", f"neighbours.k={k}", *[a for s in settings for a in ("--set", s)],
+                      "--driver-memory", driver_memory])
     check(result, "the neighbours job")
     summary = last_json(result["stdout"])
     return {"seconds": result["seconds"], "peak_rss_mb": result["peak_rss_mb"],
             "job_seconds": summary.get("seconds"), "phase_seconds": summary.get("phase_seconds"),
-            "rows": summary.get("rows"), "chunks": summary.get("chunks"), "partitions": summary.get("partitions")}
+            "rows": summary.get("rows"), "chunks": summary.get("chunks"), "partitions": summary.get("partitions"),
+            "symmetric": summary.get("symmetric")}
+
+
+# ---------------------------------------------------------------------------------------------
+# (d) neighbours.same: partitioned search
+
+def zipf_sizes(n: int, groups: int, exponent: float = 1.0) -> np.ndarray:
+    """Group sizes proportional to 1 / rank^exponent, summing to n, none empty."""
+    weights = 1.0 / np.arange(1, groups + 1) ** exponent
+    sizes = np.maximum(1, np.floor(n * weights / weights.sum()).astype(np.int64))
+    sizes[0] += n - sizes.sum()
+    return sizes
+
+
+GROUP_KERNEL_SCRIPT = r"""
+import sys, time, json
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+from lookalike.neighbours import exact, rules, topk
+n, dim, k, rows = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+sizes = np.array(json.loads(sys.argv[6]))
+rng = np.random.default_rng(2)
+c = rng.standard_normal((n, dim), dtype=np.float32); c /= np.linalg.norm(c, axis=1, keepdims=True)
+group = np.repeat(np.arange(len(sizes)), sizes); rng.shuffle(group)
+ids = np.array([f"item-{j:08d}" for j in range(n)], dtype=object)
+layout = rules.Layout(same=True, width=1)
+chunk = exact._chunk(0, list(ids), c, group[:, None].astype(np.int64), layout)
+pick = np.sort(rng.choice(n, rows, replace=False))
+
+def best(fn, repeat=2):
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter(); fn(); times.append(time.perf_counter() - t)
+    return min(times)
+
+out = {"ungrouped": best(lambda: [topk.topk_block(c[pick[s:s + 1024]], c, k, self_index=pick[s:s + 1024])
+                                  for s in range(0, rows, 1024)]),
+       "grouped": best(lambda: exact.grouped_topk(chunk, ids[pick], c[pick], group[pick][:, None].astype(np.int64),
+                                                  k, 1024, None, layout))}
+print(json.dumps(out))
+"""
+
+
+def run_group_kernel(n: int, dim: int, k: int, sizes: np.ndarray, rows: int = 8192) -> dict:
+    """One core, no Spark: ``rows`` queries against all N candidates, ungrouped (topk_block)
+    against grouped (exact.grouped_topk, what a task runs with neighbours.same)."""
+    result = subprocess.run([sys.executable, "-c", GROUP_KERNEL_SCRIPT, str(ROOT / "lib"), str(n), str(dim), str(k),
+                             str(rows), json.dumps(sizes.tolist())], capture_output=True, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"})
+    if result.returncode:
+        sys.exit(f"grouped kernel benchmark failed:\n{result.stderr[-3000:]}")
+    seconds = json.loads(result.stdout.strip().splitlines()[-1])
+    return {"queries": rows, "seconds": {key: round(v, 3) for key, v in seconds.items()},
+            "ratio": round(seconds["grouped"] / seconds["ungrouped"], 4)}
+
+
+def run_groups(workdir: Path, embeddings: Path, ids: list[str], k: int, groups: int, dim: int) -> dict:
+    """The job with neighbours.same over Zipf-sized groups against the same table ungrouped."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sizes = zipf_sizes(len(ids), groups)
+    category = np.repeat([f"cat-{g:02d}" for g in range(groups)], sizes)
+    np.random.default_rng(3).shuffle(category)
+    attributes = workdir / "attributes.parquet"
+    pq.write_table(pa.table({"item_id": ids, "category": category}), attributes)
+    runs = {}
+    for name, settings in (("grouped", (f"neighbours.attributes={attributes}", "neighbours.same=category")),
+                           ("ungrouped_one_sided", ("neighbours.symmetric=false",)),
+                           ("ungrouped_default", ())):
+        print(f"(d) neighbours.same: {name} ...", flush=True)
+        runs[name] = run_job(embeddings, workdir / f"neighbours-{name}", k, settings=settings)
+    print("(d) neighbours.same: the kernel alone, one core ...", flush=True)
+    kernel = run_group_kernel(len(ids), dim, k, sizes)
+    work = float((sizes.astype(np.float64) ** 2).sum() / float(len(ids)) ** 2)
+    score = {name: r["phase_seconds"]["score"] + r["phase_seconds"].get("merge", 0.0) for name, r in runs.items()}
+    return {"groups": groups, "largest": int(sizes.max()), "smallest": int(sizes.min()), "work_ratio": round(work, 4),
+            "runs": runs, "score_plus_merge_seconds": score, "kernel": kernel,
+            "time_ratio_vs_one_sided": round(score["grouped"] / score["ungrouped_one_sided"], 4),
+            "time_ratio_vs_default": round(score["grouped"] / score["ungrouped_default"], 4)}
 
 
 FAISS_SCRIPT = r"""
@@ -334,7 +420,8 @@ def main(argv=None) -> int:
     parser.add_argument("--lsh-n", type=int, default=1000)
     parser.add_argument("--lsh-bucket-length", type=float, default=0.01)
     parser.add_argument("--lsh-tables", type=int, default=3)
-    parser.add_argument("--skip", default="", help="comma-separated: kernel,faiss,job,lsh")
+    parser.add_argument("--groups", type=int, default=50, help="(d): groups of Zipf-distributed sizes")
+    parser.add_argument("--skip", default="", help="comma-separated: kernel,faiss,job,lsh,groups")
     parser.add_argument("--workdir", default=None, help="where the tables go (default: a temporary directory)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "neighbours.json"))
     args = parser.parse_args(argv)
@@ -345,7 +432,7 @@ def main(argv=None) -> int:
 
     print(f"writing {args.n} x {args.dim} random unit vectors to {workdir} ...", flush=True)
     big = workdir / "embeddings"
-    make_table(big, args.n, args.dim)
+    big_ids, _ = make_table(big, args.n, args.dim)
     if "kernel" not in skip:
         print("kernel (one core) ...", flush=True)
         report["kernel"] = run_kernel(args.n, args.dim, args.k)
@@ -365,6 +452,8 @@ def main(argv=None) -> int:
         if "job" not in skip:
             print(f"(a) neighbours job at N={args.lsh_n} ...", flush=True)
             report["job_small"] = run_job(small, workdir / "neighbours-small", args.k)
+    if "groups" not in skip:
+        report["same_groups"] = run_groups(workdir, big, big_ids, args.k, args.groups, args.dim)
     report["load_average_end"] = os.getloadavg()
 
     print_table(report)
@@ -401,6 +490,15 @@ def print_table(report: dict) -> None:
     if faiss:
         print(f"FAISS phases (s): {faiss['phase_seconds']}, {faiss['threads']} threads; "
               f"pairs in common with the job: {faiss.get('agreement_with_job')}")
+    grouped = report.get("same_groups")
+    if grouped:
+        print(f"(d) neighbours.same, {grouped['groups']} Zipf groups ({grouped['smallest']}..{grouped['largest']} "
+              f"items): scoring + merge {grouped['score_plus_merge_seconds']} s; grouped / ungrouped one-sided "
+              f"{grouped['time_ratio_vs_one_sided']}, / ungrouped default (symmetric) "
+              f"{grouped['time_ratio_vs_default']}; work ratio sum(n_g^2)/N^2 = {grouped['work_ratio']}")
+        kernel = grouped["kernel"]
+        print(f"    kernel alone, one core, {kernel['queries']} queries x N candidates: {kernel['seconds']} s, "
+              f"grouped / ungrouped {kernel['ratio']}")
     kernel = report.get("kernel")
     if kernel:
         print(f"kernel, one core, {kernel['rows']} queries x {kernel['candidates']} candidates "

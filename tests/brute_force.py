@@ -11,9 +11,10 @@ import numpy as np
 from lookalike.neighbours.topk import normalise
 
 
-def brute_force(ids, vectors, k, candidates=None, min_score=None) -> dict:
+def brute_force(ids, vectors, k, candidates=None, min_score=None, allow=None) -> dict:
     """{item_id: [(neighbour_id, score), ...]} for every valid item, best first; items with no
-    neighbour are left out (as in the job's table)."""
+    neighbour are left out (as in the job's table). ``allow(item, other)``: whether ``other`` may
+    be recommended to ``item`` (neighbours.same and friends)."""
     ids = list(ids)
     unit, valid = normalise(vectors)
     wide = unit.astype(np.float64)
@@ -25,7 +26,8 @@ def brute_force(ids, vectors, k, candidates=None, min_score=None) -> dict:
             continue
         pool = [(-float(scores[q, j]), ids[j]) for j in range(len(ids))
                 if j != q and valid[j] and ids[j] in allowed
-                and (min_score is None or scores[q, j] >= np.float32(min_score))]
+                and (min_score is None or scores[q, j] >= np.float32(min_score))
+                and (allow is None or allow(item, ids[j]))]
         best = sorted(pool)[:k]
         if best:
             result[item] = [(neighbour, -negative) for negative, neighbour in best]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -182,3 +183,98 @@ def test_evaluate_command_missing_table_is_one_line(tmp_path, capsys):
     code = cli.main(["evaluate", "--neighbours", str(tmp_path / "nope"), "--labels", str(SAMPLE_LABELS)])
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("lookalike evaluate: table not found") and "\n" not in err
+
+
+def test_labels_are_read_with_a_bom_quoted_fields_and_spaces_in_the_header(tmp_path):
+    csv_path = tmp_path / "labels.csv"
+    csv_path.write_bytes("\ufeffsplit, item_id ,label \ntest,a,\"shoes, red\"\ntrain, b ,hat\n\ntest,c,\"two\nlines\"\n"
+                         .encode("utf-8"))
+    assert load_labels(str(csv_path)) == {"a": "shoes, red", "b": "hat", "c": "two\nlines"}
+
+
+def test_labels_many_rows_are_streamed_and_line_numbers_stay_right(tmp_path, monkeypatch):
+    from lookalike.tools import labels as labels_module
+
+    monkeypatch.setattr(labels_module, "BLOCK", 4096)  # many blocks
+    csv_path = tmp_path / "labels.csv"
+    rows = [f"item-{i:05d},L{i % 3},{'x' * 20}" for i in range(5000)]
+    csv_path.write_text("item_id,label,note\n" + "\n".join(rows) + f"\nitem-00042,other,y\n")
+    with pytest.raises(InputError, match=r"item 'item-00042' has two labels, 'L0' and 'other' \(line 5002\)"):
+        load_labels(str(csv_path))
+    csv_path.write_text("item_id,label,note\n" + "\n".join(rows) + "\n")
+    assert load_labels(str(csv_path)) == {f"item-{i:05d}": f"L{i % 3}" for i in range(5000)}
+
+
+def _write_labels(path, ids, every: int = 10) -> dict:
+    """Labels for all ids but every ``every``-th, as a CSV; returns them."""
+    labels = {item: f"L{int(item[-6:]) % 5}" for n, item in enumerate(ids) if n % every}
+    path.write_text("item_id,label\n" + "".join(f"{i},{label}\n" for i, label in labels.items()))
+    return labels
+
+
+def _whole_table_rankings(path, k) -> dict:
+    """The neighbour table read whole and ranked in plain Python: the reference."""
+    import pyarrow.parquet as pq
+
+    rankings: dict = {}
+    for row in sorted(pq.read_table(path).to_pylist(), key=lambda r: (r["item_id"], r["rank"])):
+        if row["rank"] <= k:
+            rankings.setdefault(row["item_id"], []).append(row["neighbour_id"])
+    return rankings
+
+
+def test_evaluate_command_streams_the_table_a_row_group_at_a_time(tmp_path, monkeypatch, capsys):
+    from test_query import ranked_table, record_reads, write_row_groups
+
+    table = ranked_table(3000, 5)
+    path = write_row_groups(table, tmp_path / "neighbours", files=3, rows_per_group=250)
+    labels = _write_labels(tmp_path / "labels.csv", sorted(set(table.column("item_id").to_pylist())))
+    reads = record_reads(monkeypatch)
+    out = tmp_path / "eval.json"
+    assert cli.main(["evaluate", "--neighbours", path, "--labels", str(tmp_path / "labels.csv"), "-k", "4",
+                     "--json", str(out)]) == 0
+    figures = json.loads(out.read_text())
+    rankings = _whole_table_rankings(path, 4)
+    assert figures == {**evaluate(rankings, labels, 4), "neighbours_table": path,
+                       "labels_file": str(tmp_path / "labels.csv")}
+    assert figures["queries"] == 2700 and figures["unlabelled_neighbours"] > 0
+    # Straight from the definitions: relevant only at rank 5 (i + 35 = i mod 5), so P@4 = 0 ...
+    assert figures["precision_at_k"] == 0 and figures["map_at_k"] == 0
+    # ... and at k=5 one hit in five wherever both are labelled.
+    top5 = _whole_table_rankings(path, 5)
+    hits = [1 if labels.get(ranked[4]) == labels[q] else 0 for q, ranked in top5.items() if q in labels]
+    assert evaluate(top5, labels, 5)["precision_at_k"] == pytest.approx(np.mean(hits) / 5)
+    # 60 row groups, one per scan, without the scores.
+    assert len(reads) == 60 and all(len(scan["groups"]) == 1 for scan in reads)
+    assert reads.columns() == {"item_id", "rank", "neighbour_id"}
+
+
+def test_evaluate_command_on_an_unsorted_table_reads_overlapping_row_groups_together(tmp_path, capsys):
+    from test_query import ranked_table, write_row_groups
+
+    table = ranked_table(600, 5)
+    ordered = write_row_groups(table, tmp_path / "ordered", files=2, rows_per_group=100)
+    # Rows in a random order: every row group spans nearly all ids, so they are one set.
+    shuffled = table.take(np.random.default_rng(3).permutation(table.num_rows))
+    unsorted = write_row_groups(shuffled, tmp_path / "unsorted", files=3, rows_per_group=100)
+    labels_path = tmp_path / "labels.csv"
+    _write_labels(labels_path, sorted(set(table.column("item_id").to_pylist())), every=7)
+    results = []
+    for path in (ordered, unsorted):
+        out = tmp_path / f"{Path(path).name}.json"
+        assert cli.main(["evaluate", "--neighbours", path, "--labels", str(labels_path), "-k", "5",
+                         "--json", str(out)]) == 0
+        results.append({key: value for key, value in json.loads(out.read_text()).items() if key != "neighbours_table"})
+    assert results[0] == results[1]
+
+
+def test_figures_do_not_depend_on_the_order_of_the_lists():
+    rng = random.Random(5)
+    ids = [f"i{j:03d}" for j in range(200)]
+    labels = {item: f"L{j % 6}" for j, item in enumerate(ids) if j % 9}
+    rankings = {q: rng.sample([i for i in ids if i != q], 7) for q in ids}
+    forward = evaluate(rankings, labels, 7)
+    assert evaluate(dict(reversed(list(rankings.items()))), labels, 7) == forward
+    shuffled = list(rankings.items())
+    rng.shuffle(shuffled)
+    assert evaluate(dict(shuffled), labels, 7) == forward

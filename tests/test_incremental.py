@@ -16,7 +16,9 @@ from lookalike.publish import lineage
 from lookalike.config import load_config
 from lookalike.embed.stage import ITEMS
 from lookalike.jobs import embed as embed_job
-from lookalike.schemas import names
+from lookalike.schemas import names, spark_schema
+
+import plan_oracle as oracle
 
 from conftest import SAMPLE_DIR
 
@@ -24,7 +26,7 @@ FP, WEIGHTS = "fp1", "random-init:seed=3"
 
 
 # ---------------------------------------------------------------------------------------------
-# The plan, on plain DataFrames.
+# The plan: Spark joins, checked against the pandas plan it replaced (tests/plan_oracle.py).
 
 def items(*specs):
     """specs: (item_id, version) -> ITEMS rows."""
@@ -34,54 +36,103 @@ def items(*specs):
     }, columns=names(ITEMS))
 
 
-def previous(*specs, failed=(), fp=FP, weights=WEIGHTS):
-    rows = pd.DataFrame({
+def previous(*specs, fp=FP, weights=WEIGHTS):
+    return pd.DataFrame({
         "item_id": [i for i, _ in specs], "uri": [f"file:///x/{i}.jpg" for i, _ in specs],
         "source_version": [v for _, v in specs], "model_fingerprint": fp, "weights": weights,
     }, columns=incremental.KEY_COLUMNS)
-    return incremental.Previous("/prev", "v1", rows, frozenset(failed))
 
 
-def test_plan_embeds_new_changed_and_failed_items_and_drops_deleted_ones():
+def planned(spark, listed, rows, failed=None, fp=FP, weights=WEIGHTS):
+    """The Spark plan of ``listed`` against ``rows`` (None: no previous table) and ``failed`` ids
+    (None: no errors table), after asserting that it equals the oracle's."""
+    from pyspark.sql.types import StructField, StructType, StringType
+
+    frame = spark.createDataFrame(listed, schema=spark_schema(ITEMS)) if len(listed) else \
+        spark.createDataFrame([], spark_schema(ITEMS))
+    prev = None
+    if rows is not None:
+        keys = StructType([StructField(c, StringType(), True) for c in incremental.KEY_COLUMNS])
+        errors = None if failed is None else spark.createDataFrame([(f,) for f in failed], "item_id string")
+        prev = incremental.Previous("/prev", "v1", spark.createDataFrame(rows.astype(object).where(rows.notna(), None)
+                                                                          .values.tolist(), keys), errors)
+    plan = incremental.plan(frame, prev, fp, weights)
+    try:
+        want = oracle.plan(listed, rows, failed, fp, weights)
+        got = {"to_embed": sorted(r["item_id"] for r in plan.to_embed.collect()),
+               "reused": sorted(r["item_id"] for r in plan.reused_ids.collect()),
+               "counts": plan.counts, "carry_over": plan.carry_over,
+               "changed_model": plan.reason.startswith("full recompute: model settings changed")}
+        assert got == want
+        assert plan.to_embed.columns == names(ITEMS) and plan.attempted == len(want["to_embed"])
+        assert plan.listed == len(listed)
+        rows_to_embed = {r["item_id"]: r.asDict() for r in plan.to_embed.collect()}
+        assert rows_to_embed == {r["item_id"]: {**r, "source_bytes": int(r["source_bytes"])}
+                                 for r in listed.astype(object).where(listed.notna(), None).to_dict("records")
+                                 if r["item_id"] in rows_to_embed}
+    finally:
+        plan.release()
+    return plan
+
+
+def test_plan_embeds_new_changed_and_failed_items_and_drops_deleted_ones(spark):
     listed = items(("a", "1"), ("b", "2"), ("c", "9"), ("d", "1"), ("f", "1"), ("g", None))
-    prev = previous(("a", "1"), ("b", "1"), ("c", "9"), ("e", "1"), ("g", None), failed=["f"])
-    plan = incremental.plan(listed, prev, FP, WEIGHTS)
-    assert sorted(plan.to_embed["item_id"]) == ["b", "d", "f", "g"]
-    assert list(plan.to_embed.columns) == names(ITEMS)
+    prev = previous(("a", "1"), ("b", "1"), ("c", "9"), ("e", "1"), ("g", None))
+    plan = planned(spark, listed, prev, failed=["f"])
     # b changed, e deleted, g has no version to compare: neither is carried over.
-    assert plan.drop_ids == ["b", "e", "g"] and plan.carry_over
     assert plan.counts == {"new": 1, "changed": 2, "retried": 1, "reused": 2, "deleted": 1, "stale_errors": 0}
-    assert not plan.unchanged
+    assert plan.carry_over and not plan.unchanged
 
 
-def test_plan_with_nothing_changed_is_unchanged_and_a_moved_key_is_re_embedded():
+def test_plan_with_nothing_changed_is_unchanged_and_a_moved_key_is_re_embedded(spark):
     prev = previous(("a", "1"), ("b", "1"))
-    assert incremental.plan(items(("a", "1"), ("b", "1")), prev, FP, WEIGHTS).unchanged
+    assert planned(spark, items(("a", "1"), ("b", "1")), prev, failed=[]).unchanged
+    assert planned(spark, items(("a", "1"), ("b", "1")), prev, failed=None).unchanged
     moved = items(("a", "1"), ("b", "1"))
     moved.loc[1, "uri"] = "file:///elsewhere/b.jpg"
-    plan = incremental.plan(moved, prev, FP, WEIGHTS)
-    assert list(plan.to_embed["item_id"]) == ["b"] and plan.counts["changed"] == 1
+    assert planned(spark, moved, prev).counts["changed"] == 1
     # An error row for an image that is gone must disappear too: that is a change to publish.
-    gone = incremental.plan(items(("a", "1"), ("b", "1")), previous(("a", "1"), ("b", "1"), failed=["z"]), FP, WEIGHTS)
+    gone = planned(spark, items(("a", "1"), ("b", "1")), prev, failed=["z"])
     assert gone.counts["stale_errors"] == 1 and not gone.unchanged
 
 
 @pytest.mark.parametrize("fp,weights", [("fp2", WEIGHTS), (FP, "file:w.h5@md5:abc")])
-def test_plan_recomputes_everything_when_the_model_or_weights_changed(fp, weights):
-    listed = items(("a", "1"), ("b", "1"))
-    plan = incremental.plan(listed, previous(("a", "1"), ("b", "1")), fp, weights)
-    assert sorted(plan.to_embed["item_id"]) == ["a", "b"] and not plan.carry_over
-    assert plan.reason.startswith("full recompute: model settings changed")
+def test_plan_recomputes_everything_when_the_model_or_weights_changed(spark, fp, weights):
+    plan = planned(spark, items(("a", "1"), ("b", "1")), previous(("a", "1"), ("b", "1")), fp=fp, weights=weights)
+    assert not plan.carry_over and plan.reason.startswith("full recompute: model settings changed")
+    assert f"-> {fp}" in plan.reason
 
 
-def test_plan_recomputes_ids_that_appear_twice_in_the_previous_table():
-    plan = incremental.plan(items(("a", "1"), ("b", "1")), previous(("a", "1"), ("a", "1"), ("b", "1")), FP, WEIGHTS)
-    assert list(plan.to_embed["item_id"]) == ["a"] and plan.drop_ids == ["a"]
+def test_plan_recomputes_ids_that_appear_twice_in_the_previous_table_and_rows_of_another_model(spark):
+    plan = planned(spark, items(("a", "1"), ("b", "1")), previous(("a", "1"), ("a", "1"), ("b", "1")))
+    assert plan.counts["changed"] == 1 and plan.counts["reused"] == 1
+    mixed = pd.concat([previous(("a", "1")), previous(("b", "1"), fp="old")], ignore_index=True)
+    assert planned(spark, items(("a", "1"), ("b", "1")), mixed).counts["changed"] == 1
 
 
-def test_without_a_previous_table_the_plan_is_a_full_run():
-    plan = incremental.plan(items(("a", "1")), None, FP, WEIGHTS)
-    assert len(plan.to_embed) == 1 and not plan.carry_over and "no previous" in plan.reason
+def test_without_a_previous_table_the_plan_is_a_full_run(spark):
+    plan = planned(spark, items(("a", "1")), None)
+    assert not plan.carry_over and "no previous" in plan.reason
+    assert planned(spark, items(), None).listed == 0
+
+
+def test_the_spark_plan_equals_the_pandas_plan_on_random_catalogues(spark):
+    """Random listings against random previous tables and error lists, across partitions: every
+    outcome, every id, every count equal to the pandas plan's."""
+    rng = np.random.default_rng(7)
+    for case in range(6):
+        ids = [f"item-{i:04d}" for i in range(300)]
+        listed_ids = sorted(str(i) for i in rng.choice(ids, size=200, replace=False))
+        listed = items(*[(i, str(rng.integers(3)) if rng.random() > 0.05 else None) for i in listed_ids])
+        moved = rng.random(len(listed)) < 0.05
+        listed.loc[moved, "uri"] = "s3://elsewhere/" + listed.loc[moved, "item_id"]
+        # Plain str: numpy strings do not pickle into Spark 3.5's JVM (make test-compat).
+        previous_ids = [str(i) for i in [*rng.choice(ids, size=180, replace=False), *rng.choice(ids, size=3)]]
+        rows = previous(*[(i, str(rng.integers(3)) if rng.random() > 0.05 else None) for i in previous_ids])
+        if case % 3 == 1:
+            rows.loc[rng.random(len(rows)) < 0.1, "model_fingerprint"] = "old"
+        failed = [str(i) for i in rng.choice(ids, size=20)] if case % 2 else None
+        planned(spark, listed, rows.sample(frac=1, random_state=case).reset_index(drop=True), failed)
 
 
 # ---------------------------------------------------------------------------------------------

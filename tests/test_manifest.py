@@ -8,6 +8,7 @@ import json
 import shutil
 from urllib.parse import quote_plus
 
+import pandas as pd
 import pyarrow as pa
 import pyarrow.orc as orc
 import pyarrow.parquet as pq
@@ -186,3 +187,43 @@ def test_unreadable_manifests_are_one_clear_error(spark, tmp_path):
     odd.write_bytes(b"x")
     with pytest.raises(InputError, match="cannot tell the format"):
         manifest.read_manifest(spark, InputConfig(uri="s3://b/", manifest=str(odd)))
+
+
+def test_a_data_file_larger_than_a_batch_is_streamed_in_several_batches(tmp_path, s3, bucket, s3_endpoint,
+                                                                        monkeypatch):
+    keys = [f"p/{i:05d}.jpg" for i in range(1000)]
+    path = tmp_path / "keys.parquet"
+    pq.write_table(pa.table({"key": keys, "size": pa.array(range(1000), pa.int64()),
+                             "notes": ["x" * 100] * 1000}), path, row_group_size=400)
+    s3.upload_file(str(path), bucket, "m/keys.parquet")
+    cfg = InputConfig(uri="s3://shop/p", manifest=str(path))
+    s3cfg = S3Config(endpoint_url=s3_endpoint)
+    local = manifest.DataFile(f"file://{path}", "parquet")
+    whole = list(manifest.read_file(local, cfg, s3cfg))
+    assert len(whole) == 1  # 1,000 rows in three row groups, well under a batch
+
+    monkeypatch.setattr(manifest, "BATCH_ROWS", 64)
+    for spec in (local, manifest.DataFile(f"s3://{bucket}/m/keys.parquet", "parquet")):
+        frames = list(manifest.read_file(spec, cfg, s3cfg))
+        assert len(frames) >= 1000 // 64 and max(len(f) for f in frames) == 64
+        assert pd.concat(frames, ignore_index=True).equals(pd.concat(whole, ignore_index=True))
+    assert pd.concat(whole)["item_id"].tolist() == [k[2:-4] for k in keys]
+
+
+def test_gzipped_csv_manifest_is_streamed_in_blocks_with_keys_kept_as_text(spark, tmp_path, monkeypatch):
+    rows = [f"{i:07d}/0{i}.jpg,{i}" for i in range(3000)]
+    path = tmp_path / "keys.csv.gz"
+    path.write_bytes(gzip.compress(("key,size\n" + "\n".join(rows) + "\n").encode()))
+    cfg = InputConfig(uri="/data", manifest=str(path))
+    spec = manifest.DataFile(f"file://{path}", "csv")
+    whole = list(manifest.read_file(spec, cfg, S3Config()))
+    assert len(whole) == 1
+
+    monkeypatch.setattr(manifest, "READ_BUFFER_BYTES", 4096)
+    frames = list(manifest.read_file(spec, cfg, S3Config()))
+    assert len(frames) > 5 and all(f["problem"].isna().all() for f in frames)
+    assert pd.concat(frames, ignore_index=True).equals(pd.concat(whole, ignore_index=True))
+
+    monkeypatch.undo()
+    got = items_of(manifest.read_manifest(spark, cfg))
+    assert len(got) == 3000 and got[7] == ("0000007/07", "file:///data/0000007/07.jpg", None, 7)

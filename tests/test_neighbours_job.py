@@ -293,15 +293,24 @@ def test_job_missing_inputs_are_clear_errors(spark, tmp_path):
         job.run(spark, config(tmp_path, directory, k=3, candidates=str(tmp_path / "ids.csv")))
 
 
+def publish_embeddings(spark, embeddings: str, ids: list[str], vectors: np.ndarray, content: str,
+                       run_id: str = "20260101T000000Z-embed001") -> str:
+    """Publish an embeddings table the way the embed job does, with ``content`` as its content id
+    (what the neighbours job's unchanged-input check compares)."""
+    from lookalike.publish import versions as publish
+
+    with publish.OutputSet(spark, {"embeddings": embeddings}, run_id) as out:
+        write_table(embeddings_table(ids, [f"file:///x/{i}.jpg" for i in ids], vectors), out.staging("embeddings"), 2)
+        out.commit({"embeddings": {"embeddings_content": content}})
+    return embeddings
+
+
 def test_a_rerun_on_unchanged_embeddings_and_settings_skips_and_keeps_the_table(spark, tmp_path):
     from lookalike.publish import versions as publish
 
     ids = make_ids(40, seed=9)
     vectors = random_vectors(40, 8, seed=9)
-    embeddings = str(tmp_path / "emb")
-    with publish.OutputSet(spark, {"embeddings": embeddings}, "20260101T000000Z-embed001") as out:
-        write_table(embeddings_table(ids, [f"file:///x/{i}.jpg" for i in ids], vectors), out.staging("embeddings"), 2)
-        out.commit({"embeddings": {"embeddings_content": "40-content-a"}})
+    embeddings = publish_embeddings(spark, str(tmp_path / "emb"), ids, vectors, "40-content-a")
     cfg = config(tmp_path, embeddings, k=3)
     first = job.run(spark, cfg)
     assert not first.get("skipped") and first["rows"] == 40 * 3
@@ -313,7 +322,5 @@ def test_a_rerun_on_unchanged_embeddings_and_settings_skips_and_keeps_the_table(
 
     # Other settings, or new embeddings, recompute.
     assert not job.run(spark, config(tmp_path, embeddings, k=4)).get("skipped")
-    with publish.OutputSet(spark, {"embeddings": embeddings}, "20260102T000000Z-embed002") as out:
-        write_table(embeddings_table(ids, [f"file:///x/{i}.jpg" for i in ids], vectors * 2), out.staging("embeddings"), 2)
-        out.commit({"embeddings": {"embeddings_content": "40-content-b"}})
+    publish_embeddings(spark, embeddings, ids, vectors * 2, "40-content-b", "20260102T000000Z-embed002")
     assert not job.run(spark, config(tmp_path, embeddings, k=4)).get("skipped")

@@ -396,3 +396,47 @@ def test_a_conversion_sends_no_usage_data_and_leaves_openvino_as_it_was(tmp_path
     assert compiled.converted and sent == []
     assert [module.tm for module in users] == before  # put back after the conversion
     assert not (tmp_path / "home" / "intel").exists()  # no client id written either
+
+
+WORKER = r"""
+import json, sys
+import numpy as np
+from lookalike.config import load_config
+from lookalike.embed import model
+cfg = load_config(None, ["model.weights=none", "model.seed=5", "model.name=" + sys.argv[1], "model.precision=float32",
+                         "model.runtime=openvino", "model.batch_size=4", "model.cache_dir=" + sys.argv[2]]).model
+embedder = model.Embedder(cfg, threads=1)
+pixels = np.random.default_rng(0).integers(0, 256, (3, *embedder.input_size[::-1], 3), dtype=np.uint8)
+print(json.dumps({"tensorflow": "tensorflow" in sys.modules, "keras": "keras" in sys.modules, "dim": embedder.dim,
+                  "weights": embedder.weights_tag, "vectors": embedder.embed(pixels).tolist()}))
+"""
+
+
+@pytest.mark.parametrize("name", ["vgg16", "efficientnet_lite0"])
+def test_a_worker_that_finds_the_ir_cached_never_imports_keras_and_embeds_the_same_random_init_weights(name, tmp_path):
+    """The first worker on a host builds the Keras model and converts it; the next ones start from
+    the cached IR alone (no TensorFlow import, no network build: seconds per worker)."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    cache = tmp_path / "cache"
+
+    def worker() -> dict:
+        done = subprocess.run([sys.executable, str(script), name, str(cache)], capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    first, second = worker(), worker()
+    assert first["tensorflow"] and first["keras"]
+    assert not second["tensorflow"] and not second["keras"]
+    assert (second["dim"], second["weights"]) == (first["dim"], first["weights"])
+    np.testing.assert_array_equal(np.array(second["vectors"]), np.array(first["vectors"]))
+    # An IR that does not match (here: another pooling's output length) is never used.
+    (ir,) = [d for d in (cache / openvino_runtime.SUBDIR).iterdir() if not d.name.startswith(".")]
+    assert openvino_runtime.load_cached(name, input_shape=(224, 224, 3), dim=first["dim"] + 1, precision="float32",
+                                        threads=1, cache_dir=str(cache), key=ir.name) is None
+    assert openvino_runtime.load_cached(name, input_shape=(224, 224, 3), dim=first["dim"], precision="float32",
+                                        threads=1, cache_dir=str(cache), key="not-converted-yet") is None

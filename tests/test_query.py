@@ -129,3 +129,127 @@ def test_reading_from_s3_exits_cleanly_every_time_random_init_weights(sample_tab
                          "--s3-endpoint-url", s3_endpoint)
         assert (remote.returncode, remote.stderr) == (0, "")
         assert len(remote.stdout.strip().splitlines()) == 4
+
+
+# --- reading only what is shown: a table of many row groups, every read recorded ------------------
+
+def ranked_table(items: int, k: int) -> "pa.Table":
+    """A neighbour table in the real schema, sorted by item_id: item i's neighbours are items
+    i + 7, i + 14, ... (never itself), scores falling with the rank."""
+    import pyarrow as pa
+
+    from lookalike import schemas
+
+    ids = np.array([f"item-{i:06d}" for i in range(items)], dtype=object)
+    item = np.repeat(np.arange(items), k)
+    rank = np.tile(np.arange(1, k + 1), items)
+    neighbour = (item + 7 * rank) % items
+    score = (1.0 - rank / (k + 1) - (item % 13) / 1000).astype(np.float32)
+    return pa.table({"item_id": ids[item], "rank": rank.astype(np.int32), "neighbour_id": ids[neighbour],
+                     "score": score}, schema=schemas.arrow_schema(schemas.NEIGHBOURS))
+
+
+def write_row_groups(table, directory: Path, files: int, rows_per_group: int) -> str:
+    """Like the neighbours job: part files of consecutive ids, row groups of whole items."""
+    directory.mkdir(parents=True, exist_ok=True)
+    step = -(-table.num_rows // files // rows_per_group) * rows_per_group
+    for index, start in enumerate(range(0, table.num_rows, step)):
+        pq.write_table(table.slice(start, step), directory / f"part-{index:05d}.parquet", row_group_size=rows_per_group)
+    (directory / "_SUCCESS").touch()
+    return str(directory)
+
+
+class Reads(list):
+    """Every scan the tools start, as {"columns", "groups": [("table/file", row group), ...]}."""
+
+    def groups(self, table: str = "") -> list:
+        return [g for scan in self for g in scan["groups"] if g[0].startswith(table)]
+
+    def columns(self) -> set:
+        return {c for scan in self for c in scan["columns"]}
+
+
+def record_reads(monkeypatch) -> Reads:
+    """Wraps the two functions through which lookalike.io.tables reads rows from files."""
+    from lookalike.io import tables
+
+    reads = Reads()
+    read_groups, scan = tables._read_groups, tables._scan
+
+    def name(path: str) -> str:
+        return "/".join(Path(path).parts[-2:])
+
+    def recording_read_groups(filesystem, path, metadata, indices, columns):
+        reads.append({"columns": list(columns), "groups": [(name(path), i) for i in indices]})
+        return read_groups(filesystem, path, metadata, indices, columns)
+
+    def recording_scan(data, columns, **options):
+        groups = [(name(f.path), g.id) for f in data.get_fragments() for g in f.row_groups]
+        reads.append({"columns": list(columns), "groups": groups})
+        return scan(data, columns, **options)
+
+    monkeypatch.setattr(tables, "_read_groups", recording_read_groups)
+    monkeypatch.setattr(tables, "_scan", recording_scan)
+    return reads
+
+
+def bytes_read() -> int:
+    """Bytes this process has read through read(2) and friends, cached or not (Linux)."""
+    with open("/proc/self/io") as handle:
+        return int(next(line for line in handle if line.startswith("rchar:")).split()[1])
+
+
+@pytest.fixture(scope="module")
+def large_neighbours(tmp_path_factory):
+    """200,000 items x k=5 in 4 files of 5,000-row (1,000-item) row groups: 200 row groups."""
+    table = ranked_table(200_000, 5)
+    path = write_row_groups(table, tmp_path_factory.mktemp("large") / "neighbours", files=4, rows_per_group=5000)
+    return path, table
+
+
+def test_similar_reads_one_row_group_and_matches_the_whole_table(large_neighbours, monkeypatch):
+    from lookalike.tools.query import similar as lookup
+
+    import pyarrow.compute as pc
+
+    path, table = large_neighbours
+    whole = pq.read_table(path)  # the brute-force answer: every row
+    reads = record_reads(monkeypatch)
+    for item in ["item-000000", "item-123456", "item-199999"]:
+        reads.clear()
+        got = lookup(path, item)
+        want = sorted(whole.filter(pc.equal(whole.column("item_id"), item)).to_pylist(), key=lambda r: r["rank"])
+        assert [(n["rank"], n["neighbour_id"]) for n in got] == [(r["rank"], r["neighbour_id"]) for r in want]
+        np.testing.assert_allclose([n["score"] for n in got], [r["score"] for r in want], atol=1e-6)
+        assert len(reads) == 1 and len(reads.groups()) == 1, reads  # of 200 row groups
+        assert reads.columns() == {"item_id", "rank", "neighbour_id", "score"}
+    assert [n["rank"] for n in lookup(path, "item-000042", k=2)] == [1, 2]
+
+
+def test_similar_unknown_id_suggests_close_ids_from_one_row_group(large_neighbours, monkeypatch):
+    from lookalike.errors import ItemNotFoundError
+    from lookalike.tools.query import similar as lookup
+
+    path, _ = large_neighbours
+    reads = record_reads(monkeypatch)
+    with pytest.raises(ItemNotFoundError, match=r"not in the neighbour table.*Similar ids: 'item-012345'"):
+        lookup(path, "item-012345x")
+    assert len(reads.groups()) <= 3 and reads.columns() <= {"item_id", "rank", "neighbour_id", "score"}
+    reads.clear()
+    with pytest.raises(ItemNotFoundError, match=r"Ids in this table look like 'item-199"):
+        lookup(path, "~")  # sorts after every id: the last row group's ids
+    assert len(reads.groups()) <= 3
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/io"), reason="needs Linux /proc/self/io to count bytes read")
+def test_similar_reads_a_small_part_of_the_files(large_neighbours):
+    from lookalike.tools.query import similar as lookup
+
+    path, _ = large_neighbours
+    table_bytes = sum(p.stat().st_size for p in Path(path).glob("*.parquet"))
+    lookup(path, "item-000001")  # imports and first-use costs out of the way
+    before = bytes_read()
+    lookup(path, "item-015000")
+    read = bytes_read() - before
+    # Four footers (pyarrow reads at least 64 kB of each) and one row group of 200.
+    assert read < table_bytes / 10, f"read {read} bytes of a {table_bytes}-byte table"

@@ -220,6 +220,19 @@ def test_a_missing_table_or_column_is_a_clear_error(tmp_path):
         readers.embeddings_dataset(str(neighbours), columns=["item_id", "colour"])
 
 
+def test_the_embedding_length_comes_from_one_row_group_then_the_table_streams(tmp_path, monkeypatch):
+    from test_query import record_reads
+
+    path = tmp_path / "embeddings"
+    write_table(path, embedding_rows(1000, 8), rows_per_file=200, rows_per_group=50)
+    reads = record_reads(monkeypatch)
+    batches = list(readers.iter_batches(str(path), batch_size=100))
+    assert sum(len(b["item_id"]) for b in batches) == 1000
+    # The first row's dim: one row group of one file, that column only; then one streamed scan.
+    assert reads[0] == {"columns": ["dim"], "groups": [("embeddings/part-0.parquet", 0)]}
+    assert len(reads) == 2 and reads[1]["columns"] == ["item_id", "embedding"]
+
+
 def test_petastorm_reader_without_petastorm_says_how_to_get_it(tmp_path, monkeypatch):
     # Simulates the main environment, where petastorm cannot import (it needs pyarrow<=14).
     monkeypatch.setitem(__import__("sys").modules, "petastorm", None)

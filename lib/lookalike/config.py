@@ -126,6 +126,57 @@ class NeighboursConfig:
     partitions: int = 0
     # Rows per Parquet row group of the neighbour table (whole items only): what a point lookup reads.
     row_group_rows: int = 65536
+    # A CSV/Parquet table of item_id and any columns, for same and exclude_same.
+    attributes: Optional[str] = None
+    # An attributes column: an item's neighbours all share its value (null: no neighbours).
+    same: Optional[str] = None
+    # An attributes column: never recommend an item sharing the query's value (its own variants).
+    exclude_same: Optional[str] = None
+    # At most one member of each near-duplicate group (output.duplicates) in a list, none of the query's.
+    hide_duplicates: bool = False
+
+    def result_fingerprint(self) -> str:
+        """A hash of the keys that decide the table's rows (NEIGHBOURS_RESULT_KEYS), for the
+        unchanged-input skip. A candidates table counts as "a table": its content is identified
+        apart (neighbours.inputs.candidates_identity)."""
+        keys = NEIGHBOURS_RESULT_KEYS + (NEIGHBOURS_IVF_RESULT_KEYS if self.method == "ivf" else ())
+        values = {key: getattr(self, key) for key in keys}
+        if isinstance(self.candidates, list):
+            # The job reads the list as a set of string ids.
+            values["candidates"] = sorted({str(c) for c in self.candidates})
+        elif self.candidates is not None:
+            values["candidates"] = "table"
+        if self.attributes is not None:
+            values["attributes"] = "table"
+        for key in NEIGHBOURS_RULE_KEYS:
+            # Left out when off, so that tables published before these keys existed still skip.
+            if values.get(key) in (None, False):
+                del values[key]
+        return _digest(values)
+
+
+# The neighbours keys that change what the table holds. The others must not force the N^2 work
+# when they change: block_rows, broadcast_max_mb and symmetric give a bit-identical table,
+# row_group_rows and (for exact) partitions only cut it into other files and row groups, and
+# recall_sample only measures IVF's recall for the summary.
+NEIGHBOURS_RULE_KEYS = ("attributes", "same", "exclude_same", "hide_duplicates")
+NEIGHBOURS_RESULT_KEYS = ("k", "min_score", "method", "candidates") + NEIGHBOURS_RULE_KEYS
+# IVF's answer depends on its lists; exact search ignores these keys. partitions is here because
+# Spark draws the seeded k-means training sample partition by partition.
+NEIGHBOURS_IVF_RESULT_KEYS = ("nlist", "nprobe", "seed", "partitions")
+
+
+@dataclass(frozen=True)
+class DuplicatesConfig:
+    # Run the duplicates stage in the pipeline job (./spark-submit.sh duplicates runs it anyway).
+    enabled: bool = False
+    # Pairs at or above this cosine are near-duplicates. Measured with EfficientNet-Lite0 on 3,781
+    # clothing photos (docs/duplicates.md): resized and re-encoded copies score >= 0.956 with their
+    # original, two different garments at most 0.939.
+    min_score: float = 0.95
+    broadcast_max_mb: float = 256.0
+    block_rows: int = 1024
+    partitions: int = 0
 
 
 @dataclass(frozen=True)
@@ -133,6 +184,7 @@ class OutputConfig:
     embeddings: str = "output/embeddings"
     errors: str = "output/errors"
     neighbours: str = "output/neighbours"
+    duplicates: str = "output/duplicates"
     # Remove a lock left by a crashed run (see docs/scheduled-runs.md).
     force_unlock: bool = False
 
@@ -144,12 +196,16 @@ class Config:
     s3: S3Config = field(default_factory=S3Config)
     model: ModelConfig = field(default_factory=ModelConfig)
     neighbours: NeighboursConfig = field(default_factory=NeighboursConfig)
+    duplicates: DuplicatesConfig = field(default_factory=DuplicatesConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
     def fingerprint(self, section: str) -> str:
         """A short stable hash of one section, stored with outputs to detect changed settings."""
-        payload = json.dumps(dataclasses.asdict(getattr(self, section)), sort_keys=True)
-        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+        return _digest(dataclasses.asdict(getattr(self, section)))
+
+
+def _digest(values: dict) -> str:
+    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
 
 
 CHOICES = {
@@ -180,6 +236,11 @@ BOUNDS = [
     ("neighbours.recall_sample", lambda v: v >= 0, "0 (off) or a number of sampled queries"),
     ("neighbours.partitions", lambda v: v >= 0, "0 (auto) or a positive integer"),
     ("neighbours.row_group_rows", lambda v: v >= 1, "a positive number of rows"),
+    # At or below 0 nearly every pair of a catalogue qualifies: N^2 / 2 rows, not near-duplicates.
+    ("duplicates.min_score", lambda v: 0 < v <= 1, "a cosine in (0, 1]"),
+    ("duplicates.broadcast_max_mb", lambda v: v > 0, "a positive number of megabytes"),
+    ("duplicates.block_rows", lambda v: v >= 1, "a positive integer"),
+    ("duplicates.partitions", lambda v: v >= 0, "0 (auto) or a positive integer"),
 ]
 
 
@@ -280,7 +341,27 @@ def validate(cfg: Config, require: tuple[str, ...] = ()) -> Config:
             "config key 'neighbours.candidates': expected null, a list of item ids or the path of "
             f"a CSV/Parquet table with an item_id column; got {candidates!r}"
         )
+    _validate_neighbour_rules(cfg.neighbours)
     return cfg
+
+
+def _validate_neighbour_rules(settings: NeighboursConfig) -> None:
+    for key in ("same", "exclude_same"):
+        column = getattr(settings, key)
+        if column is None:
+            continue
+        if settings.attributes is None:
+            raise ConfigError(
+                f"config key 'neighbours.{key}' names the column {column!r} of an attributes table, but "
+                f"neighbours.attributes is not set; set it to a CSV/Parquet table with item_id and {column!r}")
+        if column in ("", "item_id"):
+            raise ConfigError(
+                f"config key 'neighbours.{key}': {column!r} is not an attribute column; name a column such "
+                f"as category or product family of neighbours.attributes, or set it to null")
+    if settings.same is not None and settings.same == settings.exclude_same:
+        raise ConfigError(
+            f"config keys 'neighbours.same' and 'neighbours.exclude_same' both name {settings.same!r}: that "
+            f"would allow no neighbour at all; use different columns, or set one to null")
 
 
 PREPROCESSING = ("caffe", "torch", "tf", "lite", "raw")

@@ -52,7 +52,15 @@ NEIGHBOURS = [
     Column("score", "float", False, "Cosine similarity of the two embeddings."),
 ]
 
-TABLES = {"embeddings": EMBEDDINGS, "errors": ERRORS, "neighbours": NEIGHBOURS}
+DUPLICATES = [
+    Column("group_id", "string", False, "First 16 hex digits of sha1(representative): the same for an unchanged group in every run."),
+    Column("item_id", "string", False, "A member of the group (one row per member; items without a near-duplicate have no row)."),
+    Column("group_size", "int", False, "Members of the group, 2 or more."),
+    Column("representative", "string", False, "The group's smallest item id."),
+    Column("max_score", "float", False, "The item's highest cosine to another member of its group."),
+]
+
+TABLES = {"embeddings": EMBEDDINGS, "errors": ERRORS, "neighbours": NEIGHBOURS, "duplicates": DUPLICATES}
 
 
 def spark_schema(columns: list[Column]):

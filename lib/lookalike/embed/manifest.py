@@ -36,17 +36,22 @@ import pandas as pd
 
 from lookalike import schemas
 from lookalike.config import InputConfig, S3Config
-from lookalike.embed.listing import item_id_for, name_matches
+from lookalike.embed.listing import check_unique_ids, item_id_for, name_matches, rows_frame
 from lookalike.embed.stage import ITEMS
-from lookalike.errors import DuplicateItemIdError, InputError
+from lookalike.errors import InputError
+from lookalike.io.arrowfs import filesystem, retry_note
 from lookalike.io.redact import redact
 from lookalike.io.storage import StorageError, fetch, storage_for
 from lookalike.io.uris import file_uri, is_hadoop, is_s3, local_path, normalise_uri, split_s3
 
 log = logging.getLogger(__name__)
 
-# A manifest data file is read whole by one task; S3 Inventory writes files far below this.
-MAX_FILE_BYTES = 16 * 1024**3
+# One task streams one manifest data file, however large (S3 Inventory files run to gigabytes): what
+# bounds its memory is Parquet read BATCH_ROWS rows at a time through READ_BUFFER_BYTES reads per
+# column, ORC a stripe at a time (the writer's unit, 64 MB by default) and CSV in blocks of
+# READ_BUFFER_BYTES. Only the columns a row may use are read from Parquet and ORC.
+BATCH_ROWS = 65_536
+READ_BUFFER_BYTES = 8 << 20
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".orc": "orc", ".csv": "csv", ".csv.gz": "csv",
            ".gz": "csv", ".tsv": "csv"}
 # What each task returns: the items plus the relative key (for duplicate messages) and a problem
@@ -82,21 +87,22 @@ def _head_bytes(uri: str, s3: S3Config, size: int = 65536) -> bytes:
     return storage_for(uri, s3).read_range(uri, 0, size)
 
 
-def _gunzip_if_needed(data: bytes, partial: bool = False) -> bytes:
-    if data[:2] != b"\x1f\x8b":
-        return data
-    decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    out = decompressor.decompress(data)
-    return out if partial else out + decompressor.flush()
+def _is_gzip(head: bytes) -> bool:
+    return head[:2] == b"\x1f\x8b"
+
+
+def _first_row(head: bytes) -> list[str]:
+    """The first CSV row of a file, from its first bytes (gzipped or not)."""
+    text = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(head) if _is_gzip(head) else head
+    lines = text.decode("utf-8", errors="replace").splitlines()
+    return next(csv.reader(io.StringIO(lines[0] if lines else "")), [])
 
 
 def _first_csv_row(uri: str, s3: S3Config) -> list[str]:
     try:
-        head = _head_bytes(uri, s3)
+        return _first_row(_head_bytes(uri, s3))
     except StorageError as exc:
         raise InputError(f"input.manifest: cannot read {uri}: {exc.message}") from None
-    text = _gunzip_if_needed(head, partial=True).decode("utf-8", errors="replace")
-    return next(csv.reader(io.StringIO(text.splitlines()[0] if text else "")), [])
 
 
 def _list_files(uri: str, s3: S3Config) -> list[str]:
@@ -181,33 +187,61 @@ def _csv_columns(cfg: InputConfig, first: str, s3: S3Config) -> Optional[tuple[s
 
 # --- on the executors ---------------------------------------------------------------------------
 
-def _tables(data: bytes, spec: DataFile):
-    """The data file as Arrow record batches with string key/bucket/etag columns."""
+def _needed(names: list[str], key_column: str) -> list[str]:
+    """The columns of a data file that a row may use; ValueError when the key column is missing."""
+    wanted = {_norm(key_column), "bucket", "size", "etag", "islatest", "isdeletemarker"}
+    if _norm(key_column) not in map(_norm, names):
+        raise ValueError(f"no column {key_column!r} (input.manifest_key_column); columns: {', '.join(names)}")
+    return [name for name in names if _norm(name) in wanted]
+
+
+def _tables(spec: DataFile, s3: S3Config, key_column: str):
+    """The data file as Arrow tables of a bounded size, streamed from storage (native pyarrow files:
+    no Python runs in pyarrow's I/O threads, see io/arrowfs.py), with string key/bucket/etag columns."""
     import pyarrow as pa
 
+    files, path = filesystem(spec.uri, s3)
     if spec.format == "parquet":
         import pyarrow.parquet as pq
 
-        reader = pq.ParquetFile(pa.BufferReader(data))
-        for group in range(reader.num_row_groups):
-            yield reader.read_row_group(group)
+        with files.open_input_file(path) as handle:
+            reader = pq.ParquetFile(handle, buffer_size=READ_BUFFER_BYTES)
+            columns = _needed(reader.schema_arrow.names, key_column)
+            for batch in reader.iter_batches(batch_size=BATCH_ROWS, columns=columns, use_threads=False):
+                yield pa.Table.from_batches([batch])
     elif spec.format == "orc":
         import pyarrow.orc as orc
 
-        reader = orc.ORCFile(pa.BufferReader(data))
-        for stripe in range(reader.nstripes):
-            yield pa.Table.from_batches([reader.read_stripe(stripe)])
+        with files.open_input_file(path) as handle:
+            reader = orc.ORCFile(handle)
+            columns = _needed(reader.schema.names, key_column)
+            for stripe in range(reader.nstripes):
+                yield pa.Table.from_batches([reader.read_stripe(stripe, columns=columns)])
     else:
-        import pyarrow.csv as pacsv
+        with files.open_input_file(path) as handle:
+            yield from _csv_tables(handle, spec, key_column)
 
-        text = _gunzip_if_needed(data)
-        names = list(spec.columns) if spec.columns is not None else None
-        read = pacsv.ReadOptions(column_names=names, use_threads=False, block_size=8 << 20)
-        header = names or next(csv.reader(io.StringIO(text[:65536].decode("utf-8", "replace").split("\n", 1)[0])))
-        # Strings throughout: a key such as 007 must stay "007".
-        convert = pacsv.ConvertOptions(column_types={c: pa.string() for c in header}, strings_can_be_null=False)
-        for batch in pacsv.open_csv(pa.BufferReader(text), read_options=read, convert_options=convert):
-            yield pa.Table.from_batches([batch])
+
+def _csv_tables(handle, spec: DataFile, key_column: str):
+    """A CSV file, gzipped or not (told by its first bytes: names need not say), as tables of
+    READ_BUFFER_BYTES blocks, every column a string."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    head = handle.read_at(65536, 0)
+    names = list(spec.columns) if spec.columns is not None else None
+    header = names or _first_row(head)
+    _needed(header, key_column)
+    handle.seek(0)  # local files insist after a read_at
+    # Large reads from storage: gzip alone would ask S3 for 64 KiB at a time.
+    stream = pa.BufferedInputStream(handle, READ_BUFFER_BYTES)
+    if _is_gzip(head):
+        stream = pa.CompressedInputStream(stream, "gzip")
+    read = pacsv.ReadOptions(column_names=names, use_threads=False, block_size=READ_BUFFER_BYTES)
+    # Strings throughout: a key such as 007 must stay "007".
+    convert = pacsv.ConvertOptions(column_types={c: pa.string() for c in header}, strings_can_be_null=False)
+    for batch in pacsv.open_csv(stream, read_options=read, convert_options=convert):
+        yield pa.Table.from_batches([batch])
 
 
 class _Resolver:
@@ -268,12 +302,8 @@ def read_file(spec: DataFile, cfg: InputConfig, s3: S3Config, skipped: Optional[
     key_name = _norm(cfg.manifest_key_column)
     counts = {"outside_uri": 0, "pattern": 0, "no_id": 0, "folder": 0, "not_current": 0}
     try:
-        data = fetch(spec.uri, s3, MAX_FILE_BYTES)
-        for table in _tables(data, spec):
+        for table in _tables(spec, s3, cfg.manifest_key_column):
             keys = _column(table, {key_name})
-            if keys is None:
-                raise ValueError(f"no column {cfg.manifest_key_column!r} (input.manifest_key_column); "
-                                 f"columns: {', '.join(table.column_names)}")
             buckets = _column(table, {"bucket"})
             sizes = _column(table, {"size"})
             etags = _column(table, {"etag"})
@@ -311,11 +341,10 @@ def read_file(spec: DataFile, cfg: InputConfig, s3: S3Config, skipped: Optional[
                 out["source_bytes"].append(int(size) if size not in (None, "") else None)
                 out["key"].append(rel)
                 out["problem"].append(None)
-            frame = pd.DataFrame(out, columns=schemas.names(ROWS))
-            frame["source_bytes"] = frame["source_bytes"].astype("Int64")
-            yield frame
+            yield rows_frame(out)
     except Exception as exc:  # one clear message on the driver instead of a retried task failure
         text = exc.message if isinstance(exc, StorageError) else f"{type(exc).__name__}: {exc}"
+        text += retry_note(spec.uri, s3) if isinstance(exc, OSError) else ""
         yield pd.DataFrame({"item_id": [None], "uri": [spec.uri], "source_version": [None],
                             "source_bytes": pd.array([None], dtype="Int64"), "key": [None],
                             "problem": [f"{spec.uri}: {redact(text)}"]})
@@ -350,29 +379,12 @@ def read_manifest(spark, cfg: InputConfig, s3: Optional[S3Config] = None):
 
     # One pass over the files answers everything: unreadable files (rows with a problem and no
     # item id), ids that come from two different keys, keys listed more than once.
-    found = F.col("item_id").isNotNull()
-    per_id = rows.groupBy("item_id").agg(
-        F.count(F.lit(1)).alias("rows"), F.min("key").alias("first"), F.max("key").alias("second"),
-        F.min("problem").alias("problem"))
-    check = per_id.agg(
-        F.count(F.when(found, 1)).alias("items"),
-        F.max(F.when(found, F.col("rows"))).alias("most"),
-        F.max(F.when(F.col("first") != F.col("second"), F.struct("item_id", "first", "second"))).alias("conflict"),
-        F.min("problem").alias("problem"),
-    ).collect()[0]
-    if check["problem"]:
-        raise InputError(f"input.manifest: cannot read {check['problem']}")
-    if check["conflict"] is not None:
-        item_id, first, second = check["conflict"]
-        raise DuplicateItemIdError(
-            f"item id {item_id!r} comes from two keys: {first!r} and {second!r} (input.manifest). "
-            f"Remove one, or set input.id_regex so that ids are unique."
-        )
+    items_found, most = check_unique_ids(rows, lambda problem: InputError(f"input.manifest: cannot read {problem}"))
     dropped = {name: acc.value for name, acc in skipped.items() if acc.value}
-    log.info("manifest %s: %d data file(s), %d items%s", cfg.manifest, len(files), check["items"] or 0,
+    log.info("manifest %s: %d data file(s), %d items%s", cfg.manifest, len(files), items_found,
              f"; skipped rows: {dropped}" if dropped else "")
     items = rows.filter(F.col("problem").isNull())
-    if (check["most"] or 0) > 1:
+    if most > 1:
         log.warning("input.manifest lists some keys more than once (overlapping reports?); each is embedded once")
         items = items.dropDuplicates(["item_id"])
     return items.select(*schemas.names(ITEMS))

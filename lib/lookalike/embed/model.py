@@ -98,13 +98,49 @@ class Embedder:
     backbone's normalisation, ``dim`` the length of a vector."""
 
     def __init__(self, cfg: ModelConfig, s3: Optional[S3Config] = None, threads: int = 0):
-        import keras
-
         started = time.perf_counter()
         # Jobs resolve auto on the executors beforehand; a library user gets this machine's answer.
         cfg = hardware.resolve_here(cfg)
         _warn_if_emulated(cfg)
-        _configure_threads(threads or cfg.threads)
+        self.config = cfg
+        self.precision, self.runtime = cfg.precision, cfg.runtime
+        self.fingerprint = fingerprint(cfg)
+        self._s3 = s3 or S3Config()
+        self._threads = threads or cfg.threads
+        self._model = self._inference = self._compiled = None
+        self.fixed_batch = False
+        if cfg.runtime == "openvino" and cfg.name != "keras_file":
+            self._compiled = self._cached_openvino(cfg)
+        if self._compiled is None:
+            self._build_keras()
+        self.load_seconds = time.perf_counter() - started
+
+    def _cached_openvino(self, cfg: ModelConfig):
+        """The IR converted earlier on this host, compiled without importing Keras, or None."""
+        from lookalike.embed import openvino_runtime
+        from lookalike.embed.weights import local_file
+
+        backbone = backbones.get(cfg.name)
+        self.preprocessing, self.input_size = backbone.preprocessing, backbone.input_size
+        self.weights_tag = weights_tag(cfg, local_file(cfg, self._s3)[1])
+        self.dim = backbone.dim(cfg.pooling)
+        width, height = self.input_size
+        return openvino_runtime.load_cached(
+            cfg.name, input_shape=(height, width, 3), dim=self.dim, precision=cfg.precision,
+            threads=self._threads, cache_dir=os.path.expanduser(cfg.cache_dir), key=self._ir_key(),
+            batch_size=cfg.batch_size)
+
+    def _ir_key(self) -> str:
+        # One IR serves every precision (its weights stay float32; the precision is a compile hint).
+        as_float32 = fingerprint(dataclasses.replace(self.config, precision="float32"))
+        return hashlib.sha256(f"{as_float32}|{self.weights_tag}|{self.input_size}".encode()).hexdigest()[:24]
+
+    def _build_keras(self) -> None:
+        """Build the Keras model (and, for OpenVINO, convert it once per host and compile it)."""
+        import keras
+
+        cfg = self.config
+        _configure_threads(self._threads)
         # The dtype policy is process-wide state: set it for this model's layers only, so that a
         # float32 model built later in the same worker stays float32. OpenVINO gets the float32
         # model and computes in the precision it is told at compile time.
@@ -112,34 +148,39 @@ class Embedder:
         if cfg.precision != "float32" and cfg.runtime == "keras":
             keras.config.set_dtype_policy(f"mixed_{cfg.precision}")
         try:
-            trunk, md5, self.preprocessing, self.input_size = self._build(keras, cfg, s3 or S3Config())
+            trunk, md5, self.preprocessing, self.input_size = self._build(keras, cfg, self._s3)
             inference = _with_preprocessing(trunk, self.preprocessing, self.input_size)
         finally:
             keras.config.set_dtype_policy(previous_policy)
         if cfg.jit_compile is not None:
             inference.jit_compile = cfg.jit_compile
             trunk.jit_compile = cfg.jit_compile
-        self.model = trunk
-        self.inference_model = inference
-        self.config = cfg
-        self.precision, self.runtime = cfg.precision, cfg.runtime
+        self._model, self._inference = trunk, inference
         self.dim = int(np.prod(trunk.output_shape[1:]))
         self.weights_tag = weights_tag(cfg, md5)
-        self.fingerprint = fingerprint(cfg)
-        self._compiled = None
-        if cfg.runtime == "openvino":
+        if cfg.runtime == "openvino" and self._compiled is None:
             from lookalike.embed import openvino_runtime
 
-            # One IR serves every precision (its weights stay float32; the precision is a compile hint).
-            as_float32 = fingerprint(dataclasses.replace(cfg, precision="float32"))
-            key = hashlib.sha256(f"{as_float32}|{self.weights_tag}|{self.input_size}".encode()).hexdigest()[:24]
             self._compiled = openvino_runtime.compile_model(
-                inference, precision=cfg.precision, threads=threads or cfg.threads,
-                cache_dir=os.path.expanduser(cfg.cache_dir), key=key, batch_size=cfg.batch_size)
+                inference, precision=cfg.precision, threads=self._threads,
+                cache_dir=os.path.expanduser(cfg.cache_dir), key=self._ir_key(), batch_size=cfg.batch_size)
         # A compiled (XLA) program is specialised to one batch shape: pad every batch to
         # model.batch_size instead of compiling again for each partition's short last batch.
         self.fixed_batch = bool(inference.jit_compile) or keras_backend() == "jax"
-        self.load_seconds = time.perf_counter() - started
+
+    @property
+    def model(self):
+        """The Keras trunk on preprocessed input (built on first use when OpenVINO runs from its cache)."""
+        if self._model is None:
+            self._build_keras()
+        return self._model
+
+    @property
+    def inference_model(self):
+        """The Keras model on uint8 RGB input, preprocessing included."""
+        if self._inference is None:
+            self._build_keras()
+        return self._inference
 
     @staticmethod
     def _build(keras, cfg: ModelConfig, s3: S3Config):

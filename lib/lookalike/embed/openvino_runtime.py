@@ -189,6 +189,40 @@ def compile_model(inference_model, *, precision: str, threads: int, cache_dir: s
     Raises ValueError for bad arguments and RuntimeError, naming the model and the reason, when
     OpenVINO is missing or cannot convert or compile the model.
     """
+    _check_arguments(precision, threads, batch_size, performance_hint, key)
+    name = describe(inference_model)
+    if not available():
+        raise RuntimeError(f"model.runtime=openvino for {name}: the openvino package cannot be imported here "
+                           f"(pip install openvino), or use model.runtime=keras")
+    import openvino as ov
+
+    input_shape, dim = _shapes(inference_model, name)
+    core = ov.Core()
+    ir_dir, converted, convert_seconds = _cached_ir(ov, core, inference_model, name, cache_dir, key, input_shape, dim)
+    return _compiled(core, name, ir_dir, precision, threads, batch_size, input_shape, dim, converted,
+                     convert_seconds, performance_hint)
+
+
+def load_cached(name: str, *, input_shape: tuple, dim: int, precision: str, threads: int, cache_dir: str, key: str,
+                batch_size: int = 0, performance_hint: str = DEFAULT_PERFORMANCE_HINT) -> Optional["CompiledModel"]:
+    """The IR cached under ``key`` compiled as :func:`compile_model` would, without the Keras model:
+    None when there is no valid IR yet (then build the model and call compile_model). A worker
+    that finds the IR never imports TensorFlow or builds the network: 3-10 s less per worker.
+    ``input_shape``: (H, W, 3); ``dim``: the output length; both must match the IR."""
+    _check_arguments(precision, threads, batch_size, performance_hint, key)
+    if not available():
+        return None
+    import openvino as ov
+
+    core = ov.Core()
+    ir_dir = os.path.join(os.path.abspath(os.path.expanduser(cache_dir)), SUBDIR, key)
+    if not _valid(core, ir_dir, tuple(input_shape), dim, quiet=True):
+        return None
+    return _compiled(core, f"model {name!r}", ir_dir, precision, threads, batch_size, tuple(input_shape), dim,
+                     False, 0.0, performance_hint)
+
+
+def _check_arguments(precision: str, threads, batch_size, performance_hint: str, key: str) -> None:
     if precision == "float16":
         raise ValueError("model.precision=float16 is not supported by OpenVINO on CPU: use float32 or bfloat16")
     if precision not in PRECISION_HINTS:
@@ -201,15 +235,10 @@ def compile_model(inference_model, *, precision: str, threads: int, cache_dir: s
         raise ValueError(f"performance_hint must be one of {', '.join(PERFORMANCE_HINTS)}, got {performance_hint!r}")
     if not key or key in (".", "..") or "/" in key or os.sep in key or key.startswith("."):
         raise ValueError(f"key must be a file name (the model's fingerprint), got {key!r}")
-    name = describe(inference_model)
-    if not available():
-        raise RuntimeError(f"model.runtime=openvino for {name}: the openvino package cannot be imported here "
-                           f"(pip install openvino), or use model.runtime=keras")
-    import openvino as ov
 
-    input_shape, dim = _shapes(inference_model, name)
-    core = ov.Core()
-    ir_dir, converted, convert_seconds = _cached_ir(ov, core, inference_model, name, cache_dir, key, input_shape, dim)
+
+def _compiled(core, name: str, ir_dir: str, precision: str, threads: int, batch_size: int, input_shape: tuple,
+              dim: int, converted: bool, convert_seconds: float, performance_hint: str) -> "CompiledModel":
     config = {
         "INFERENCE_PRECISION_HINT": PRECISION_HINTS[precision],
         "PERFORMANCE_HINT": performance_hint,

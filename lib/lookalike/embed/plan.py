@@ -7,91 +7,139 @@ same uri, the same ``source_version`` (S3 ETag; size-mtime for files) and the sa
 changed ones, and the ones that failed last time (retried every run, since a failure may have been
 transient). Rows whose image is no longer listed are dropped. Carried-over rows are copied as they
 are, so their ``run_id`` and ``embedded_at`` still say when they were computed.
+
+The plan is Spark joins on the executors: the listing, the previous table's key columns (never
+its embedding column) and the previous errors' ids meet in one full outer join, and only the
+counts per outcome reach the driver. At 100M keys nothing per item is held by the driver.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
-import pandas as pd
-
 from lookalike import publish, schemas
-from lookalike.config import ModelConfig, S3Config
+from lookalike.config import S3Config
 from lookalike.io.redact import redact
 from lookalike.io.uris import is_hadoop, is_s3, local_path
 
 log = logging.getLogger(__name__)
 
 KEY_COLUMNS = ["item_id", "uri", "source_version", "model_fingerprint", "weights"]
+ITEM_COLUMNS = ["item_id", "uri", "source_version", "source_bytes"]
+# What each id of the join is. The first four are listed images; the last two are previous ids
+# that are not listed any more (an embeddings row; an error row, counted whether or not the id
+# also had an embeddings row).
+OUTCOMES = ("new", "changed", "retried", "reused", "deleted", "stale_errors")
+TO_EMBED = ("new", "changed", "retried")
 
 
 @dataclass(frozen=True)
 class Previous:
-    """What an incremental run needs to know about the previous output."""
+    """What an incremental run needs to know about the previous output (Spark DataFrames, read
+    lazily with only the columns the plan compares)."""
 
     location: str  # the resolved version to carry rows over from
     version: Optional[str]
-    rows: pd.DataFrame  # KEY_COLUMNS of the previous embeddings table
-    failed_ids: frozenset = frozenset()  # item ids in the previous errors table
+    rows: object  # DataFrame of KEY_COLUMNS of the previous embeddings table
+    failed_ids: object = None  # DataFrame of item_id of the previous errors table, or None
 
 
 @dataclass(frozen=True)
 class Plan:
-    to_embed: pd.DataFrame  # ITEMS rows for the model
-    drop_ids: list = field(default_factory=list)  # previous rows not carried over
-    carry_over: bool = False  # keep the previous table's rows minus drop_ids
-    counts: dict = field(default_factory=dict)  # new, changed, retried, reused, deleted
-    reason: str = ""  # why this run is full or incremental, for the log and the summary
+    """Every listed and previous id with its outcome, persisted on the executors (listing is
+    expensive and the job reads it twice: counts, then the rows to embed). Call release()."""
+
+    outcomes: object  # DataFrame: ITEM_COLUMNS + outcome
+    counts: dict  # one count per OUTCOMES
+    carry_over: bool  # keep the previous table's reused rows
+    reason: str  # why this run is full or incremental, for the log and the summary
+    previous: Optional[Previous] = None  # what carried-over rows come from
+
+    @property
+    def listed(self) -> int:
+        return sum(self.counts[o] for o in ("new", "changed", "retried", "reused"))
+
+    @property
+    def attempted(self) -> int:
+        return sum(self.counts[o] for o in TO_EMBED)
+
+    @property
+    def to_embed(self):
+        """The ITEMS rows for the model."""
+        from pyspark.sql import functions as F
+
+        return self.outcomes.filter(F.col("outcome").isin(*TO_EMBED)).select(*ITEM_COLUMNS)
+
+    @property
+    def reused_ids(self):
+        from pyspark.sql import functions as F
+
+        return self.outcomes.filter(F.col("outcome") == "reused").select("item_id")
 
     @property
     def unchanged(self) -> bool:
         """Nothing to embed, nothing deleted, no old error rows to retire: publishing would copy."""
-        return self.carry_over and len(self.to_embed) == 0 and not self.drop_ids and not self.counts.get("stale_errors")
+        return self.carry_over and self.attempted == 0 and not self.counts["deleted"] and not self.counts["stale_errors"]
+
+    def release(self) -> None:
+        self.outcomes.unpersist()
 
 
-def full_plan(items: pd.DataFrame, reason: str) -> Plan:
-    counts = {"new": len(items), "changed": 0, "retried": 0, "reused": 0, "deleted": 0, "stale_errors": 0}
-    return Plan(items, [], False, counts, reason)
+def _counted(outcomes, reason: str, previous: Optional[Previous] = None) -> Plan:
+    from pyspark import StorageLevel
+
+    from pyspark.sql import functions as F
+
+    outcomes = outcomes.persist(StorageLevel.MEMORY_AND_DISK)
+    # stale_errors: error rows of images no longer listed, whether or not they also had an embedding.
+    found = outcomes.agg(*[F.count(F.when(F.col("outcome") == o, 1)).alias(o) for o in OUTCOMES[:-1]],
+                         F.count(F.when(F.col("stale"), 1)).alias("stale_errors")).first()
+    return Plan(outcomes.drop("stale"), {o: int(found[o]) for o in OUTCOMES}, previous is not None, reason, previous)
 
 
-def plan(items: pd.DataFrame, previous: Optional[Previous], fingerprint: str, weights: str) -> Plan:
-    """Split the listed ``items`` (ITEMS rows) into images to embed and previous rows to keep."""
+def full_plan(items, reason: str) -> Plan:
+    from pyspark.sql import functions as F
+
+    return _counted(items.select(*ITEM_COLUMNS, F.lit("new").alias("outcome"), F.lit(False).alias("stale")), reason)
+
+
+def plan(items, previous: Optional[Previous], fingerprint: str, weights: str) -> Plan:
+    """Give every listed item (a DataFrame of ITEMS rows) and every previous id an outcome."""
+    from pyspark.sql import functions as F
+
     if previous is None:
         return full_plan(items, "full run: no previous embeddings table")
     rows = previous.rows
-    same_model = (rows["model_fingerprint"] == fingerprint) & (rows["weights"] == weights)
-    if len(rows) and not same_model.any():
-        old = rows.iloc[0]
-        return full_plan(items, f"full recompute: model settings changed (fingerprint {old['model_fingerprint']} "
-                                f"-> {fingerprint}, weights {old['weights']} -> {weights})")
+    same_model = F.coalesce((F.col("model_fingerprint") == fingerprint) & (F.col("weights") == weights),
+                            F.lit(False))
+    model = rows.agg(F.count(F.lit(1)).alias("rows"), F.count(F.when(same_model, 1)).alias("same"),
+                     F.first("model_fingerprint").alias("fingerprint"), F.first("weights").alias("weights")).first()
+    if model["rows"] and not model["same"]:
+        return full_plan(items, f"full recompute: model settings changed (fingerprint {model['fingerprint']} "
+                                f"-> {fingerprint}, weights {model['weights']} -> {weights})")
     # An id twice in the previous table (never written by the job) is recomputed, not guessed at.
-    duplicated = rows["item_id"].duplicated(keep=False)
-    usable = rows[same_model & ~duplicated]
-    merged = items.merge(usable[["item_id", "uri", "source_version"]], on="item_id", how="left",
-                         suffixes=("", "_previous"), indicator=True)
-    known = merged["_merge"] == "both"
-    same = (known & (merged["uri"] == merged["uri_previous"])
-            & merged["source_version"].notna() & (merged["source_version"] == merged["source_version_previous"]))
-    reused = set(merged.loc[same, "item_id"])
-    listed_ids = set(items["item_id"])
-    previous_ids = set(rows["item_id"])
-    to_embed = items[~items["item_id"].isin(reused)].reset_index(drop=True)
-    unknown = to_embed[~to_embed["item_id"].isin(previous_ids)]["item_id"]
-    retried = int(unknown.isin(previous.failed_ids).sum())
-    deleted = previous_ids - listed_ids
-    counts = {
-        "new": len(unknown) - retried,
-        "changed": int((~to_embed["item_id"].isin(unknown)).sum()),
-        "retried": retried,
-        "reused": len(reused),
-        "deleted": len(deleted),
-        "stale_errors": len(previous.failed_ids - listed_ids),
-    }
-    drop_ids = sorted(previous_ids - reused)
-    return Plan(to_embed, drop_ids, True, counts, f"incremental from version {previous.version or previous.location}")
+    known = rows.groupBy("item_id").agg(
+        F.count(F.lit(1)).alias("copies"), F.min(same_model).alias("same_model"),
+        F.first("uri").alias("uri_previous"), F.first("source_version").alias("version_previous"))
+    joined = (items.withColumn("listed", F.lit(True))
+              .join(known, "item_id", "full_outer"))
+    if previous.failed_ids is not None:
+        failed = previous.failed_ids.select("item_id").distinct().withColumn("failed", F.lit(True))
+        joined = joined.join(failed, "item_id", "full_outer")
+    else:
+        joined = joined.withColumn("failed", F.lit(None).cast("boolean"))
+    listed, in_previous = F.col("listed").isNotNull(), F.col("copies").isNotNull()
+    reused = (listed & (F.col("copies") == 1) & F.col("same_model") & (F.col("uri") == F.col("uri_previous"))
+              & F.col("source_version").isNotNull() & (F.col("source_version") == F.col("version_previous")))
+    outcome = (F.when(reused, "reused").when(listed & in_previous, "changed")
+               .when(listed & F.col("failed").isNotNull(), "retried").when(listed, "new")
+               .when(in_previous, "deleted").otherwise("stale_errors"))
+    stale = F.col("listed").isNull() & F.col("failed").isNotNull()
+    return _counted(joined.select(*ITEM_COLUMNS, outcome.alias("outcome"), stale.alias("stale")),
+                    f"incremental from version {previous.version or previous.location}", previous)
 
 
 def _published(path: str, s3: S3Config) -> tuple[Optional[str], Optional[str]]:
@@ -105,7 +153,8 @@ def _published(path: str, s3: S3Config) -> tuple[Optional[str], Optional[str]]:
 
 
 def previous_state(spark, embeddings: str, errors: str, s3: S3Config) -> Optional[Previous]:
-    """Read the key columns of the published embeddings table and the ids in the errors table.
+    """The key columns of the published embeddings table and the ids in the errors table, as
+    DataFrames (nothing is read yet beyond the Parquet footers).
 
     None (a full run) when nothing was published yet, or when the table cannot be used; the
     reason is logged, because a full recompute of a large catalogue is expensive.
@@ -121,23 +170,24 @@ def previous_state(spark, embeddings: str, errors: str, s3: S3Config) -> Optiona
         if missing:
             log.warning("previous embeddings table %s has no column %s: full recompute", location, ", ".join(missing))
             return None
-        rows = table.select(*KEY_COLUMNS).toPandas()
+        rows = table.select(*KEY_COLUMNS)
     except AnalysisException as exc:
         log.warning("cannot read the previous embeddings table %s (%s): full recompute",
                     location, redact(str(exc).splitlines()[0][:300]))
         return None
-    failed: frozenset = frozenset()
+    failed = None
     errors_location, _ = _published(errors, s3)
     if errors_location is not None:
         try:
-            failed = frozenset(r[0] for r in spark.read.parquet(errors_location).select("item_id").collect())
+            failed = spark.read.parquet(errors_location).select("item_id")
         except AnalysisException:
             pass  # an unreadable errors table only changes the "retried" count
     return Previous(location, version, rows, failed)
 
 
-def carried_over(spark, previous: Previous, drop_ids: list):
-    """The previous table's rows minus ``drop_ids``, in the embeddings schema's column order."""
+def carried_over(spark, previous: Previous, reused_ids):
+    """The previous table's rows whose ids are in ``reused_ids``, in the embeddings schema's column
+    order."""
     from pyspark.sql import functions as F
 
     table = spark.read.parquet(previous.location)
@@ -145,8 +195,4 @@ def carried_over(spark, previous: Previous, drop_ids: list):
     for column in schemas.EMBEDDINGS:
         if column.name not in table.columns and column.nullable:
             table = table.withColumn(column.name, F.lit(None).cast(column.type))
-    table = table.select(*schemas.names(schemas.EMBEDDINGS))
-    if not drop_ids:
-        return table
-    drop = spark.createDataFrame(pd.DataFrame({"item_id": drop_ids}))
-    return table.join(drop, "item_id", "left_anti").select(*schemas.names(schemas.EMBEDDINGS))
+    return table.join(reused_ids, "item_id", "left_semi").select(*schemas.names(schemas.EMBEDDINGS))

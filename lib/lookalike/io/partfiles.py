@@ -78,3 +78,22 @@ class PartWriter:
         except Exception:
             pass
         self.out.abort()
+
+
+def write_part(tables, open_writer) -> Optional[dict]:
+    """Write the non-empty Arrow ``tables`` to the PartWriter ``open_writer()`` makes on the first
+    one (a task with no rows writes no file: None); on any failure its temporary file is removed
+    and nothing appears under the final name."""
+    writer = None
+    try:
+        for table in tables:
+            if table.num_rows == 0:
+                continue
+            if writer is None:
+                writer = open_writer()
+            writer.add(table)
+        return None if writer is None else writer.close()
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise

@@ -12,7 +12,7 @@ import os
 import random
 import tempfile
 import time
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Union
 
 from lookalike.config import S3Config
 from lookalike.io.redact import redact
@@ -35,6 +35,14 @@ class _BodyError(Exception):
 
 def _etag(value: Optional[str]) -> Optional[str]:
     return (value or "").strip('"') or None
+
+
+def _is_marker(obj: dict) -> bool:
+    return obj["Key"].endswith("/")  # a "directory" marker some tools write
+
+
+def _entry(bucket: str, prefix: str, obj: dict) -> Entry:
+    return Entry(obj["Key"][len(prefix):], f"s3://{bucket}/{obj['Key']}", obj.get("Size"), _etag(obj.get("ETag")))
 
 
 class S3Storage(Storage):
@@ -85,28 +93,48 @@ class S3Storage(Storage):
             raise StorageError("fetch_error", f"{redact(str(exc))}; gave up after "
                                               f"{attempts_text(exc, self.s3)}") from None
 
+    def _under(self, bucket: str, prefix: str, delimiter: Optional[str] = None) -> Iterator[Union[dict, str]]:
+        """The objects under ``prefix`` (ListObjectsV2 dicts), and with a delimiter its common prefixes (str)."""
+        for page in self._pages(bucket, prefix, delimiter):
+            yield from page.get("Contents", [])
+            yield from (p["Prefix"] for p in page.get("CommonPrefixes", []))
+
     def list(self, uri: str) -> Iterator[Entry]:
         bucket, key = split_s3(uri)
         root = key.rstrip("/")
         prefix = f"{root}/" if root else ""
         anything = False
-        for page in self._pages(bucket, prefix):
-            for obj in page.get("Contents", []):
-                anything = True
-                if obj["Key"].endswith("/"):
-                    continue  # a "directory" marker some tools write
-                yield Entry(obj["Key"][len(prefix):], f"s3://{bucket}/{obj['Key']}", obj.get("Size"),
-                            _etag(obj.get("ETag")))
+        for obj in self._under(bucket, prefix):
+            anything = True
+            if not _is_marker(obj):
+                yield _entry(bucket, prefix, obj)
         if not anything and root:
             entry = self.stat(f"s3://{bucket}/{root}")  # the URI may name one object
             if entry is not None:
                 yield entry
 
+    def list_prefix(self, uri: str) -> Iterator[Entry]:
+        """Every object under the prefix ``uri`` exactly as given (it ends in '/'), keys relative to
+        it. Unlike :meth:`list`, never the object named like the prefix: a prefix that a delimiter
+        listing found is listed once, whatever happened to it since."""
+        bucket, prefix = split_s3(uri)
+        return (_entry(bucket, prefix, obj) for obj in self._under(bucket, prefix) if not _is_marker(obj))
+
+    def list_level(self, uri: str) -> Iterator[Union[Entry, str]]:
+        """One level of the prefix ``uri`` exactly as given ('' or ending in '/'), page by page:
+        an Entry for each object directly in it, and the name of each sub-prefix relative to
+        ``uri``, ending in '/' (a str; "a//b" has the sub-prefixes "a/" and then "/")."""
+        bucket, prefix = split_s3(uri)
+        for found in self._under(bucket, prefix, "/"):
+            if isinstance(found, str):
+                yield found[len(prefix):]
+            elif not _is_marker(found):
+                yield _entry(bucket, prefix, found)
+
     def list_dirs(self, uri: str) -> list[str]:
         bucket, key = split_s3(uri)
         prefix = key.rstrip("/") + "/" if key.rstrip("/") else ""
-        return sorted(p["Prefix"][len(prefix):].rstrip("/") for page in self._pages(bucket, prefix, "/")
-                      for p in page.get("CommonPrefixes", []))
+        return sorted(p.rstrip("/") for p in self.list_level(f"s3://{bucket}/{prefix}") if isinstance(p, str))
 
     def exists(self, uri: str) -> bool:
         return next(iter(self.list(uri)), None) is not None

@@ -39,8 +39,12 @@ def setup_logging(level: str = "INFO") -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def parse_args(argv: list[str], description: str) -> argparse.Namespace:
+def parse_args(argv: list[str], description: str, dry_run: bool = False) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description)
+    if dry_run:
+        parser.add_argument("--dry-run", action="store_true",
+                            help="list and plan, print the summary line with what a run would do, and stop: "
+                                 "no image is fetched, no model loaded, nothing written")
     parser.add_argument("--config", default=None, help="YAML config (default: conf/local.yaml if present)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, YAML-typed (repeatable), e.g. --set model.batch_size=16")
@@ -105,14 +109,15 @@ def default_config_path(path: Optional[str]) -> Optional[str]:
 
 
 def job_main(argv: Optional[list[str]], run: Callable, description: str,
-             require: tuple[str, ...] = ()) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv, description)
+             require: tuple[str, ...] = (), dry_run: bool = False) -> int:
+    """``dry_run``: the job's run() takes dry_run=True, and main offers --dry-run."""
+    args = parse_args(sys.argv[1:] if argv is None else argv, description, dry_run)
     setup_logging(args.log_level)
     spark = None
     try:
         cfg = load_config(default_config_path(args.config), args.overrides, require=require)
         spark = build_session(cfg)
-        summary = run(spark, cfg)
+        summary = run(spark, cfg, dry_run=True) if getattr(args, "dry_run", False) else run(spark, cfg)
         return 0 if summary is None or summary.get("ok", True) else 1
     except LookalikeError as exc:
         log.error("%s", exc)

@@ -13,14 +13,12 @@ import math
 import time
 from typing import Optional
 
-import pandas as pd
-
 from lookalike import schemas
 from lookalike.config import Config
 from lookalike.embed import hardware, listing, manifest, model
 from lookalike.embed import weights as model_weights
 from lookalike.embed import plan as incremental
-from lookalike.embed.stage import ITEMS, Phases, embed_items, items_frame, split_results
+from lookalike.embed.stage import Phases, embed_items, split_results
 from lookalike.errors import InputError, TooManyErrorsError
 from lookalike.jobs.common import job_main
 from lookalike.progress import Progress, StageWatcher
@@ -32,44 +30,61 @@ log = logging.getLogger(__name__)
 REQUIRED = ("input.uri", "output.embeddings", "output.errors")
 
 
-def run(spark, cfg: Config) -> dict:
+def run(spark, cfg: Config, dry_run: bool = False) -> dict:
     started = time.perf_counter()
     run_id = new_run_id()
     # Which weights, precision and runtime every worker uses: decided once, before any task runs.
     cfg = dataclasses.replace(cfg, model=hardware.resolve(spark, model.resolve(cfg.model, cfg.s3)))
+    if dry_run:
+        # What a run would do, for schedulers: no lock, no image fetched, no model, nothing written.
+        plan, summary = _planned(spark, cfg, run_id, started)
+        plan.release()
+        summary.update(dry_run=True, published=False, seconds=round(time.perf_counter() - started, 2))
+        log.info("embed dry run: would embed %d of %d listed images; nothing was fetched or written",
+                 plan.attempted, plan.listed)
+        print(json.dumps(summary, sort_keys=True, default=str))
+        return summary
     targets = {"embeddings": cfg.output.embeddings, "errors": cfg.output.errors}
     # Lock before listing: a second run on the same outputs refuses before it costs anything.
     with OutputSet(spark, targets, run_id, cfg.output.force_unlock, s3=cfg.s3) as outputs:
-        items = _listed_items(spark, cfg, started)
-        plan, previous, weights = _plan(spark, cfg, items)
-        summary = _summary(cfg, run_id, items, plan, previous, weights)
-        if plan.unchanged:
-            summary.update(published=False, seconds=round(time.perf_counter() - started, 2))
-            log.info("embed done: nothing changed since version %s; embedded 0 images, outputs left as they are",
-                     summary["previous_version"])
-        else:
-            _embed_and_publish(spark, cfg, plan, previous, outputs, summary, started)
+        plan, summary = _planned(spark, cfg, run_id, started)
+        try:
+            if plan.unchanged:
+                summary.update(published=False, seconds=round(time.perf_counter() - started, 2))
+                log.info("embed done: nothing changed since version %s; embedded 0 images, outputs left as "
+                         "they are", summary["previous_version"])
+            else:
+                _embed_and_publish(spark, cfg, plan, outputs, summary, started)
+        finally:
+            plan.release()
     print(json.dumps(summary, sort_keys=True, default=str))
     return summary
 
 
-def _listed_items(spark, cfg: Config, started: float) -> pd.DataFrame:
-    """(item_id, uri, source_version, source_bytes) of every image to consider."""
+def _planned(spark, cfg: Config, run_id: str, started: float):
+    """List, plan and count: (plan, summary so far)."""
+    items, source = _listed_items(spark, cfg)
+    try:
+        plan, previous, weights = _plan(spark, cfg, items)
+    finally:
+        items.unpersist()  # a large listing is cached until the plan has its own copy
+    if plan.listed == 0:
+        plan.release()
+        raise InputError(f"no images in {source} match input.pattern={cfg.input.pattern!r}")
+    return plan, _summary(cfg, run_id, plan, previous, weights)
+
+
+def _listed_items(spark, cfg: Config):
+    """(DataFrame of the ITEMS of every image to consider, where they were listed from)."""
     if cfg.input.manifest:
         # Catalogue scale: read the keys in parallel instead of paging through a listing.
-        items = manifest.read_manifest(spark, cfg.input, cfg.s3).toPandas()
-        source = f"manifest {cfg.input.manifest}"
-    else:
-        items = items_frame(listing.list_images(cfg.input, cfg.s3))
-        source = cfg.input.uri
-    if items.empty:
-        raise InputError(f"no images in {source} match input.pattern={cfg.input.pattern!r}")
-    log.info("listed %d images from %s in %.1fs", len(items), source, time.perf_counter() - started)
-    return items
+        return manifest.read_manifest(spark, cfg.input, cfg.s3), f"manifest {cfg.input.manifest}"
+    return listing.list_items(spark, cfg.input, cfg.s3), cfg.input.uri
 
 
-def _plan(spark, cfg: Config, items: pd.DataFrame):
+def _plan(spark, cfg: Config, items):
     """(plan, previous state or None, weights tag) for this run."""
+    mark = time.perf_counter()
     # The weights tag includes the file's md5: a weights file replaced in place forces a recompute.
     fingerprint, weights = model_weights.identity(cfg.model, cfg.s3)
     previous = None
@@ -79,18 +94,18 @@ def _plan(spark, cfg: Config, items: pd.DataFrame):
     else:
         plan = incremental.full_plan(items, "full run: input.incremental is false")
     counts = plan.counts
-    log.info("%s: %d to embed (new %d, changed %d, retried %d), %d reused, %d deleted", plan.reason,
-             len(plan.to_embed), counts["new"], counts["changed"], counts["retried"], counts["reused"],
-             counts["deleted"])
+    log.info("%s: listed %d, %d to embed (new %d, changed %d, retried %d), %d reused, %d deleted (%.1fs)",
+             plan.reason, plan.listed, plan.attempted, counts["new"], counts["changed"], counts["retried"],
+             counts["reused"], counts["deleted"], time.perf_counter() - mark)
     return plan, previous, weights
 
 
-def _summary(cfg: Config, run_id: str, items: pd.DataFrame, plan, previous, weights: str) -> dict:
+def _summary(cfg: Config, run_id: str, plan, previous, weights: str) -> dict:
     counts = plan.counts
     return {
         "job": "embed", "run_id": run_id, "ok": True, "incremental": cfg.input.incremental,
         "plan": plan.reason, "previous_version": previous.version if previous else None,
-        "listed": len(items), "attempted": len(plan.to_embed), "embedded": 0, "errors": 0,
+        "listed": plan.listed, "attempted": plan.attempted, "embedded": 0, "errors": 0,
         "errors_by_kind": {}, **{k: counts[k] for k in ("new", "changed", "retried", "reused", "deleted")},
         "model": cfg.model.name, "weights": weights, "pooling": cfg.model.pooling,
         "precision": cfg.model.precision, "runtime": cfg.model.runtime,
@@ -99,12 +114,11 @@ def _summary(cfg: Config, run_id: str, items: pd.DataFrame, plan, previous, weig
     }
 
 
-def _embed_and_publish(spark, cfg: Config, plan, previous, outputs: OutputSet, summary: dict,
-                       started: float) -> None:
+def _embed_and_publish(spark, cfg: Config, plan, outputs: OutputSet, summary: dict, started: float) -> None:
     """Run the model over plan.to_embed, refuse too many failures, write both tables and publish."""
-    todo, listed = len(plan.to_embed), summary["listed"]
+    todo, listed = plan.attempted, summary["listed"]
     partitions = max(1, math.ceil(todo / cfg.input.partition_size))
-    frame = spark.createDataFrame(plan.to_embed, schema=schemas.spark_schema(ITEMS)).repartition(partitions)
+    frame = plan.to_embed.repartition(partitions)
     phases = Phases(spark)
     results = embed_items(frame, cfg, summary["run_id"], phases).persist()
     try:
@@ -124,7 +138,7 @@ def _embed_and_publish(spark, cfg: Config, plan, previous, outputs: OutputSet, s
         writing = time.perf_counter()
         embeddings, errors = split_results(results)
         if plan.carry_over:
-            embeddings = embeddings.unionByName(incremental.carried_over(spark, previous, plan.drop_ids))
+            embeddings = embeddings.unionByName(incremental.carried_over(spark, plan.previous, plan.reused_ids))
         embeddings.write.mode("overwrite").parquet(outputs.staging("embeddings"))
         errors.coalesce(1).write.mode("overwrite").parquet(outputs.staging("errors"))
         # Read back what was staged: the id describes exactly the table that gets published.
@@ -160,4 +174,4 @@ def _outcomes(spark, results, todo: int, partitions: int, run_id: str) -> dict:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    return job_main(argv, run, "Embed every image under input.uri with a pretrained CNN.", REQUIRED)
+    return job_main(argv, run, "Embed every image under input.uri with a pretrained CNN.", REQUIRED, dry_run=True)

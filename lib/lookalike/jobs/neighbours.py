@@ -11,8 +11,9 @@ from typing import Optional
 from lookalike import publish
 from lookalike.config import Config, NeighboursConfig
 from lookalike.jobs.common import job_main
-from lookalike.neighbours import exact, ivf_stage, prepare, watch, write
-from lookalike.neighbours.inputs import candidates_identity, read_candidates, read_embeddings
+from lookalike.neighbours import arrow, exact, ivf_stage, keys, prepare, watch, write
+from lookalike.neighbours.inputs import (candidates_identity, published_identity, read_attributes, read_candidates,
+                                         read_duplicates, read_embeddings)
 from lookalike.publish import lineage
 from lookalike.runinfo import library_versions, new_run_id
 
@@ -27,26 +28,43 @@ def run(spark, cfg: Config) -> dict:
     started = time.perf_counter()
     run_id = new_run_id()
     settings = cfg.neighbours
-    # Its cost is the N^2 part: when neither the embeddings nor the settings changed since the
-    # published table was computed, that table is already the answer.
+    # Its cost is the N^2 part: when neither the embeddings, the candidates nor a setting that
+    # changes the answer changed since the published table was computed, that table is already
+    # the answer. Identified before anything is read: a file replaced meanwhile then makes the
+    # next run recompute rather than skip.
     inputs = {"embeddings": lineage.embeddings_identity(cfg.output.embeddings, cfg.s3),
-              "settings": cfg.fingerprint("neighbours"),
-              "candidates": candidates_identity(settings.candidates)}
+              "result_settings": settings.result_fingerprint(),
+              "candidates": candidates_identity(settings.candidates, cfg.s3)}
+    # Only when used, so that a table published before these inputs existed still skips.
+    if settings.attributes is not None:
+        inputs["attributes"] = lineage.files_identity(settings.attributes, cfg.s3)
+    if settings.hide_duplicates:
+        inputs["duplicates"] = published_identity(cfg.output.duplicates, cfg.s3)
     done = lineage.unchanged_since(cfg.output.neighbours, inputs, cfg.s3)
     if done:
         return _skipped(cfg, run_id, done, inputs, started)
 
     embeddings = read_embeddings(spark, publish.resolve(cfg.output.embeddings, cfg.s3))
     candidate_ids = read_candidates(spark, settings.candidates)
+    attributes = duplicates = None
+    if settings.attributes is not None:
+        named = tuple((key, getattr(settings, key)) for key in ("same", "exclude_same") if getattr(settings, key))
+        attributes = read_attributes(spark, settings.attributes, named)
+    if settings.hide_duplicates:
+        duplicates = read_duplicates(spark, cfg.output.duplicates, cfg.s3)
     partitions = prepare.partition_count(spark, embeddings, settings.partitions)
+    embeddings = keys.attach(spark, embeddings, settings, attributes, duplicates)
     ordered = prepare.ordered_items(embeddings, partitions, candidate_ids).persist(StorageLevel.MEMORY_AND_DISK)
+    held: list = []  # broadcasts and persisted frames, released whatever happens
     try:
         mark = time.perf_counter()
         seen = prepare.inspect(ordered)
         # prepare: the unchanged-input check, reading the footers, planning (before any vector moves).
         phases = {"prepare": mark - started, "read_order_normalise": time.perf_counter() - mark}
         facts = prepare.validate(seen, ordered, candidate_ids, cfg.output.embeddings)
-        items = prepare.Prepared(ordered, partitions, facts["queries"], facts["candidates"], facts["dim"])
+        facts.update(keys.counts(spark, ordered, settings, attributes, settings.attributes, duplicates))
+        items = prepare.Prepared(ordered, partitions, facts["queries"], facts["candidates"], facts["dim"],
+                                 keys.layout_for(settings), *_hidden(spark, ordered, settings, facts, held))
         summary = {"job": "neighbours", "run_id": run_id, "ok": True, **facts,
                    "embeddings": cfg.output.embeddings, "embeddings_version": _source_version(cfg),
                    "neighbours": cfg.output.neighbours, "phase_seconds": phases, "inputs": inputs}
@@ -55,7 +73,6 @@ def run(spark, cfg: Config) -> dict:
         with publish.OutputSet(spark, {"neighbours": cfg.output.neighbours}, run_id, cfg.output.force_unlock,
                                s3=cfg.s3) as out:
             staging = out.staging("neighbours")
-            held: list = []  # broadcasts and persisted frames, released whatever happens
             try:
                 if settings.method == "ivf":
                     scored = ivf_stage.search(spark, run_id, items, settings, held)
@@ -66,7 +83,8 @@ def run(spark, cfg: Config) -> dict:
                 if written is None:
                     mark = time.perf_counter()
                     written = watch.collect(spark, run_id, "neighbours merge", items.queries, write.merge_and_write(
-                        scored.partials, partitions, staging, settings.k, cfg.s3, settings.row_group_rows))
+                        scored.partials, partitions, staging, settings.k, cfg.s3, settings.row_group_rows,
+                        items.hide))
                     phases["merge"] = time.perf_counter() - mark
                 if not written:
                     write.write_empty(staging, cfg.s3)
@@ -76,18 +94,39 @@ def run(spark, cfg: Config) -> dict:
                 out.commit({"neighbours": summary})
             finally:
                 _release(held)
+                held.clear()
     finally:
         ordered.unpersist()
+        _release(held)
     _log_done(summary, settings)
     print(json.dumps(summary, sort_keys=True, default=str))
     return summary
+
+
+def _hidden(spark, ordered, settings: NeighboursConfig, facts: dict, held: list) -> tuple:
+    """(depth, broadcast write.HiddenGroups) for hide_duplicates, else (0, None). The group of every
+    candidate in one goes to the writers, which keep one member per group."""
+    import numpy as np
+    from pyspark.sql import functions as F
+
+    if not settings.hide_duplicates:
+        return 0, None
+    depth = facts["hide_duplicates"]["depth"]
+    last = F.element_at("codes", -1)
+    members = arrow.to_arrow(ordered.filter(prepare.USABLE).filter(last != -1)
+                             .select("item_id", last.alias("group")))
+    ids = np.array(members.column("item_id").to_pylist(), dtype=object)
+    order = np.argsort(ids, kind="stable")
+    hide = spark.sparkContext.broadcast(write.HiddenGroups(ids[order], members.column("group").to_numpy()[order], depth))
+    held.append(hide)
+    return depth, hide
 
 
 def _skipped(cfg: Config, run_id: str, done: dict, inputs: dict, started: float) -> dict:
     summary = {"job": "neighbours", "run_id": run_id, "ok": True, "skipped": True,
                "unchanged_since": done.get("run_id"), "inputs": inputs,
                "seconds": round(time.perf_counter() - started, 2)}
-    log.info("neighbours: nothing changed since run %s (same embeddings, same settings); "
+    log.info("neighbours: nothing changed since run %s (same embeddings, candidates and result settings); "
              "%s is left as it is", done.get("run_id"), cfg.output.neighbours)
     print(json.dumps(summary, sort_keys=True, default=str))
     return summary

@@ -1,4 +1,6 @@
-"""Pipeline job: embed, then neighbours, in one Spark application (one session, one config)."""
+"""Pipeline job: embed, then near-duplicate groups (when duplicates.enabled), then neighbours, in one
+Spark application (one session, one config). The groups come before the neighbours because
+neighbours.hide_duplicates reads them: this run's, not the previous run's."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ import logging
 from typing import Optional
 
 from lookalike.config import Config
-from lookalike.jobs import embed, neighbours
+from lookalike.jobs import duplicates, embed, neighbours
 from lookalike.jobs.common import job_main
 
 log = logging.getLogger(__name__)
@@ -17,15 +19,20 @@ REQUIRED = tuple(dict.fromkeys(embed.REQUIRED + neighbours.REQUIRED))
 
 def run(spark, cfg: Config) -> dict:
     embedded = embed.run(spark, cfg)
-    ranked = neighbours.run(spark, cfg)
-    summary = {"job": "pipeline", "ok": bool(embedded.get("ok", True) and ranked.get("ok", True)),
-               "embed": embedded, "neighbours": ranked}
+    summary = {"job": "pipeline", "embed": embedded}
+    if cfg.duplicates.enabled:
+        summary["duplicates"] = duplicates.run(spark, cfg)
+    summary["neighbours"] = ranked = neighbours.run(spark, cfg)
+    summary["ok"] = all(bool(summary[stage].get("ok", True)) for stage in ("embed", "duplicates", "neighbours")
+                        if stage in summary)
     log.info("pipeline done: %d images embedded, %d errors, neighbours written to %s",
              embedded.get("embedded", 0), embedded.get("errors", 0), cfg.output.neighbours)
     print(json.dumps({"job": "pipeline", "ok": summary["ok"], "embed_run_id": embedded.get("run_id"),
-                      "neighbours_run_id": ranked.get("run_id")}, sort_keys=True))
+                      "neighbours_run_id": ranked.get("run_id"),
+                      "duplicates_run_id": summary.get("duplicates", {}).get("run_id")}, sort_keys=True))
     return summary
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    return job_main(argv, run, "Embed every image, then compute every item's top-k neighbours.", REQUIRED)
+    return job_main(argv, run, "Embed every image, then compute every item's top-k neighbours "
+                               "(and near-duplicate groups when duplicates.enabled).", REQUIRED)

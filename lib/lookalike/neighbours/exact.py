@@ -21,7 +21,7 @@ from typing import Iterator, Optional
 import numpy as np
 
 from lookalike.config import NeighboursConfig, S3Config
-from lookalike.neighbours import arrow, topk, watch
+from lookalike.neighbours import arrow, rules, topk, watch
 from lookalike.neighbours.prepare import USABLE, Prepared, candidate_offsets
 from lookalike.neighbours.write import Scored, score_and_write
 
@@ -37,11 +37,25 @@ class Chunk:
 
     offset: int
     ids: np.ndarray  # object array of str, sorted
-    vectors: np.ndarray  # float32 (len(ids), dim), unit rows
+    vectors: np.ndarray  # float32 (len(ids), dim), unit rows; with neighbours.same, rows ``order``
+    codes: Optional[np.ndarray] = None  # (len(ids), width) int64 rule codes, id order
+    # neighbours.same: the vectors are stored by (group, id), so that a group is one slice and a
+    # query block is scored against its own group only (sum of n_g^2 work, not N^2). ``order``:
+    # the chunk position of each stored row (candidates without a group are left out).
+    order: Optional[np.ndarray] = None
+    group_values: Optional[np.ndarray] = None  # sorted group codes present
+    group_bounds: Optional[np.ndarray] = None  # (len(group_values) + 1,) slices of the stored rows
 
     @property
     def nbytes(self) -> int:
-        return int(self.vectors.nbytes + ID_BYTES * len(self.ids))
+        extra = sum(a.nbytes for a in (self.codes, self.order) if a is not None)
+        return int(self.vectors.nbytes + ID_BYTES * len(self.ids) + extra)
+
+    def group_slice(self, value: int) -> tuple[int, int]:
+        at = int(np.searchsorted(self.group_values, value))
+        if at == len(self.group_values) or self.group_values[at] != value:
+            return 0, 0
+        return int(self.group_bounds[at]), int(self.group_bounds[at + 1])
 
 
 def rows_per_chunk(broadcast_max_mb: float, dim: int) -> int:
@@ -53,75 +67,141 @@ def queries(ordered):
     return ordered.filter("valid")
 
 
-def _chunk(offset: int, ids: list, vectors: np.ndarray) -> Chunk:
+def _chunk(offset: int, ids: list, vectors: np.ndarray, codes: Optional[np.ndarray] = None,
+           layout: rules.Layout = rules.Layout()) -> Chunk:
     ids = np.array(ids, dtype=object)
     if len(ids) > 1 and not (ids[1:] > ids[:-1]).all():
         raise RuntimeError("candidates arrived out of item_id order")
-    return Chunk(offset, ids, np.ascontiguousarray(vectors))
+    if not layout.same:
+        return Chunk(offset, ids, np.ascontiguousarray(vectors), codes)
+    group = codes[:, 0]
+    grouped = np.flatnonzero(group != rules.NULL)
+    # Stable: within a group, stored order is id order, so a column's rank is its id's rank.
+    order = grouped[np.argsort(group[grouped], kind="stable")]
+    values, starts = np.unique(group[order], return_index=True)
+    return Chunk(offset, ids, np.ascontiguousarray(vectors[order]), codes, order, values,
+                 np.append(starts, len(order)).astype(np.int64))
 
 
-def candidate_chunks(ordered, n_candidates: int, chunk_rows: int, dim: int) -> Iterator[Chunk]:
+def candidate_chunks(ordered, n_candidates: int, chunk_rows: int, dim: int,
+                     layout: rules.Layout = rules.Layout()) -> Iterator[Chunk]:
     """Candidates brought to the driver in item_id order, at most ``chunk_rows`` at a time.
 
     Partitions are range-sorted, so reading them one after another is global id order. When all
     fit in one chunk they come in one Arrow collect; otherwise partition by partition, so that the
     driver never holds more than a chunk and a partition."""
-    rows = ordered.filter(USABLE).select("item_id", "vector")
+    rows = ordered.filter(USABLE).select("item_id", "vector", "codes")
     if n_candidates <= chunk_rows:
         table = arrow.to_arrow(rows)
         unit = arrow.vectors(table.column("vector").combine_chunks(), dim)
-        yield _chunk(0, table.column("item_id").to_pylist(), unit)
+        codes = rules.codes_of(table.column("codes").combine_chunks(), layout)
+        yield _chunk(0, table.column("item_id").to_pylist(), unit, codes, layout)
         return
     ids: list[str] = []
     blobs: list = []
+    codes: list = []
     offset = 0
     last: Optional[str] = None
-    for item_id, vector in rows.toLocalIterator(True):
+
+    def cut():
+        vectors = np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(ids), dim)
+        packed = np.array(codes, dtype=np.int64).reshape(len(ids), layout.width) if layout.active else None
+        return _chunk(offset, ids, vectors, packed, layout)
+
+    for item_id, vector, item_codes in rows.toLocalIterator(True):
         if last is not None and not item_id > last:
             raise RuntimeError(f"candidates arrived out of item_id order ({last!r} then {item_id!r})")
         last = item_id
         ids.append(item_id)
         blobs.append(vector)
+        codes.append(item_codes)
         if len(ids) == chunk_rows:
-            yield _chunk(offset, ids, np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(ids), dim))
+            yield cut()
             offset += len(ids)
-            ids, blobs = [], []
+            ids, blobs, codes = [], [], []
     if ids:
-        yield _chunk(offset, ids, np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(ids), dim))
+        yield cut()
+
+
+def _query_batches(batches, dim: int, layout: rules.Layout = rules.Layout()):
+    """(ids, unit vectors, rule codes or None) of the queries of a partition, batch by batch."""
+    for batch in batches:
+        if batch.num_rows == 0:
+            continue
+        column = batch.schema.get_field_index
+        ids = batch.column(column("item_id")).to_numpy(zero_copy_only=False)
+        unit = arrow.vectors(batch.column(column("vector")), dim)
+        codes = rules.codes_of(batch.column(column("codes")), layout) if layout.active else None
+        yield ids, unit, codes
 
 
 def _query_blocks(batches, block_rows: int, dim: int):
     """(ids, unit vectors) of the queries of a partition, ``block_rows`` at a time, in order."""
-    for batch in batches:
-        if batch.num_rows == 0:
-            continue
-        ids = batch.column(batch.schema.get_field_index("item_id")).to_numpy(zero_copy_only=False)
-        unit = arrow.vectors(batch.column(batch.schema.get_field_index("vector")), dim)
+    for ids, unit, _ in _query_batches(batches, dim):
         for start in range(0, len(ids), block_rows):
             yield ids[start:start + block_rows], unit[start:start + block_rows]
 
 
-def _score_function(chunk_bc, k: int, block_rows: int, min_score: Optional[float], dim: int):
+def _partial(chunk: Chunk, ids, scores, found):
+    present = found != topk.EMPTY_ID
+    rows = np.nonzero(present)[0]
+    neighbours = found[present]
+    return arrow.partial_batch(ids[rows], neighbours, chunk.ids[neighbours - chunk.offset], scores[present])
+
+
+def grouped_topk(chunk: Chunk, ids, unit, codes, k: int, block_rows: int, min_score: Optional[float],
+                 layout: rules.Layout):
+    """neighbours.same: each query's top-k among the chunk's candidates of its own group, scoring
+    only those (the queries of a batch are taken group by group). Returns (scores, global
+    indices) as ``topk.topk_block`` does; queries without a group get nothing."""
+    best_s = np.full((len(ids), k), topk.EMPTY_SCORE, dtype=np.float32)
+    best_i = np.full((len(ids), k), topk.EMPTY_ID, dtype=np.int64)
+    rest, rest_codes = rules.without_same(layout, codes)
+    group = codes[:, 0]
+    for value in np.unique(group[group != rules.NULL]):
+        lo, hi = chunk.group_slice(value)
+        if lo == hi:
+            continue
+        members = np.flatnonzero(group == value)
+        positions = chunk.order[lo:hi]  # ascending: id order within the group
+        for start in range(0, len(members), block_rows):
+            block = members[start:start + block_rows]
+            found_s, found = topk.topk_block(
+                unit[block], chunk.vectors[lo:hi], k, self_index=topk.self_positions(ids[block], chunk.ids[positions]),
+                min_score=min_score,
+                rules=rules.make(rest, rest_codes[block], chunk.codes[positions, 1:]) if rest.active else None)
+            present = found != topk.EMPTY_ID
+            best_s[block] = found_s
+            best_i[block] = np.where(present, positions[np.where(present, found, 0)] + chunk.offset, topk.EMPTY_ID)
+    return best_s, best_i
+
+
+def _score_function(chunk_bc, k: int, block_rows: int, min_score: Optional[float], dim: int,
+                    layout: rules.Layout = rules.Layout()):
     def score(batches):
         chunk: Chunk = chunk_bc.value
-        for block_ids, block in _query_blocks(batches, block_rows, dim):
-            scores, found = topk.topk_block(
-                block, chunk.vectors, k,
-                self_index=topk.self_positions(block_ids, chunk.ids), offset=chunk.offset,
-                min_score=min_score)
-            present = found != topk.EMPTY_ID
-            rows = np.nonzero(present)[0]
-            neighbours = found[present]
-            yield arrow.partial_batch(block_ids[rows], neighbours, chunk.ids[neighbours - chunk.offset],
-                                      scores[present])
+        if layout.same:
+            for ids, unit, codes in _query_batches(batches, dim, layout):
+                scores, found = grouped_topk(chunk, ids, unit, codes, k, block_rows, min_score, layout)
+                yield _partial(chunk, ids, scores, found)
+            return
+        for ids, unit, codes in _query_batches(batches, dim, layout):
+            for start in range(0, len(ids), block_rows):
+                block = slice(start, start + block_rows)
+                scores, found = topk.topk_block(
+                    unit[block], chunk.vectors, k,
+                    self_index=topk.self_positions(ids[block], chunk.ids), offset=chunk.offset,
+                    min_score=min_score, rules=rules.make(layout, codes[block], chunk.codes) if layout.active else None)
+                yield _partial(chunk, ids[block], scores, found)
 
     return score
 
 
-def score(queries, chunk_bc, k: int, block_rows: int, min_score: Optional[float], dim: int):
+def score(queries, chunk_bc, k: int, block_rows: int, min_score: Optional[float], dim: int,
+          layout: rules.Layout = rules.Layout()):
     """Each query's top-k among one broadcast chunk of candidates, as PARTIAL rows (same
     partitioning and order as ``queries``)."""
-    return queries.mapInArrow(_score_function(chunk_bc, k, block_rows, min_score, dim), arrow.PARTIAL)
+    return queries.mapInArrow(_score_function(chunk_bc, k, block_rows, min_score, dim, layout), arrow.PARTIAL)
 
 
 def paired_partitions(p: int, n: int) -> list[int]:
@@ -218,8 +298,9 @@ def search(spark, run_id: str, items: Prepared, settings: NeighboursConfig, held
     go into ``held``, for the caller to release once the table is written."""
     from pyspark import StorageLevel
 
-    k, block_rows, min_score = settings.k, settings.block_rows, settings.min_score
-    ordered, dim, partitions = items.ordered, items.dim, items.partitions
+    # With hide_duplicates the lists are scored deeper and cut to k by the writer.
+    k, block_rows, min_score = items.depth or settings.k, settings.block_rows, settings.min_score
+    ordered, dim, partitions, layout = items.ordered, items.dim, items.partitions, items.layout
     n_queries, n_candidates = items.queries, items.candidates
     chunk_rows = rows_per_chunk(settings.broadcast_max_mb, dim)
     n_chunks = math.ceil(n_candidates / chunk_rows)
@@ -228,12 +309,13 @@ def search(spark, run_id: str, items: Prepared, settings: NeighboursConfig, held
              min(chunk_rows, n_candidates) * (4 * dim + ID_BYTES) / 2 ** 20, partitions, block_rows)
     sc = spark.sparkContext
     # When the queries are the candidates, score(a, b) = score(b, a): each block serves both.
-    symmetric = settings.symmetric and n_candidates == n_queries and partitions > 1
+    # Rules make the pairs one-sided (a query may get a candidate that may not get it back).
+    symmetric = settings.symmetric and n_candidates == n_queries and partitions > 1 and not layout.active
     out = Scored(summary={"chunks": n_chunks, "chunk_rows": chunk_rows, "symmetric": symmetric},
                  phases={"collect_broadcast": 0.0, "score": 0.0})
     phases = out.phases
     partials = []
-    chunks = candidate_chunks(ordered, n_candidates, chunk_rows, dim)
+    chunks = candidate_chunks(ordered, n_candidates, chunk_rows, dim, layout)
     valid = queries(ordered)
     if symmetric:
         bounds_bc = sc.broadcast(candidate_offsets(ordered))
@@ -251,15 +333,15 @@ def search(spark, run_id: str, items: Prepared, settings: NeighboursConfig, held
         del chunk
         if n_chunks == 1 and not symmetric:
             # Already in the output's partitioning and order: rank and write in the same tasks.
-            scorer = _score_function(chunk_bc, k, block_rows, min_score, dim)
+            scorer = _score_function(chunk_bc, k, block_rows, min_score, dim, layout)
             out.written = watch.collect(spark, run_id, "neighbours", n_queries, score_and_write(
-                valid, scorer, directory, k, s3, settings.row_group_rows))
+                valid, scorer, directory, settings.k, s3, settings.row_group_rows, items.hide))
             phases["score"] += time.perf_counter() - mark
             return out
         if symmetric:
             scored = score_symmetric(valid, chunk_bc, bounds_bc, k, block_rows, min_score, dim)
         else:
-            scored = score(valid, chunk_bc, k, block_rows, min_score, dim)
+            scored = score(valid, chunk_bc, k, block_rows, min_score, dim, layout)
         scored = scored.persist(StorageLevel.MEMORY_AND_DISK)
         held.append(scored)
         watch.collect(spark, run_id, f"neighbours chunk {number}/{n_chunks}", n_queries, scored.groupBy().count())

@@ -3,11 +3,13 @@ the identity of that filter for the unchanged-input check."""
 
 from __future__ import annotations
 
-import os
 from typing import Optional
 
+from lookalike.config import S3Config
 from lookalike.errors import ConfigError, InputError
-from lookalike.io.uris import is_hadoop, is_s3, local_path
+from lookalike.publish import lineage
+
+SAMPLE_IDS = 5
 
 EMBEDDING_COLUMNS = ("item_id", "model", "pooling", "weights", "dim", "embedding")
 
@@ -40,30 +42,82 @@ def read_candidates(spark, candidates):
         if not candidates:
             raise ConfigError("config key 'neighbours.candidates' is an empty list; use null to allow every item")
         return spark.createDataFrame([(str(c),) for c in candidates], "item_id string")
-    lowered = candidates.lower()
-    try:
-        if lowered.endswith((".csv", ".csv.gz", ".txt")):
-            table = spark.read.option("header", True).csv(candidates)
-        else:
-            table = spark.read.parquet(candidates)
-    except _analysis_error() as exc:
-        raise ConfigError(f"config key 'neighbours.candidates': cannot read {candidates} as a "
-                          f"{'CSV' if '.csv' in lowered else 'Parquet'} table: {str(exc).splitlines()[0]}") from None
+    table = _read_table(spark, candidates, "neighbours.candidates")
     if "item_id" not in table.columns:
         raise ConfigError(f"config key 'neighbours.candidates': {candidates} has no item_id column "
                           f"(it has {', '.join(table.columns)})")
     return table.select("item_id")
 
 
-def candidates_identity(candidates) -> Optional[str]:
-    """A list is covered by the settings fingerprint; a table file by its size and mtime (or the
-    path alone for remote tables, which the docs point out)."""
+def candidates_identity(candidates, s3: Optional[S3Config] = None) -> Optional[str]:
+    """What the unchanged-input check records of neighbours.candidates: a list is in the settings'
+    result fingerprint already; a table is identified by its files' content (None when they cannot
+    be listed, which makes the job recompute)."""
     if candidates is None:
         return "all"
     if not isinstance(candidates, str):
         return "inline"
-    path = local_path(candidates)
-    if not (is_s3(candidates) or is_hadoop(candidates)) and os.path.exists(path):
-        stat = os.stat(path)
-        return f"{candidates}@{stat.st_size}-{stat.st_mtime_ns}"
-    return candidates
+    return lineage.files_identity(candidates, s3)
+
+
+def _read_table(spark, path: str, key: str):
+    """A CSV (header) or Parquet table by its path, as read_candidates reads one."""
+    lowered = path.lower()
+    try:
+        if lowered.endswith((".csv", ".csv.gz", ".txt")):
+            return spark.read.option("header", True).csv(path)
+        return spark.read.parquet(path)
+    except _analysis_error() as exc:
+        raise ConfigError(f"config key '{key}': cannot read {path} as a "
+                          f"{'CSV' if '.csv' in lowered else 'Parquet'} table: {str(exc).splitlines()[0]}") from None
+
+
+def read_attributes(spark, path: str, columns: tuple[str, ...] = ()):
+    """neighbours.attributes: item_id and any columns. ConfigError when a column a rule names is
+    missing (naming the columns there are), InputError on duplicate item ids."""
+    from pyspark.sql import functions as F
+
+    table = _read_table(spark, path, "neighbours.attributes")
+    if "item_id" not in table.columns:
+        raise ConfigError(f"config key 'neighbours.attributes': {path} has no item_id column "
+                          f"(it has {', '.join(table.columns)})")
+    for key, column in columns:
+        if column not in table.columns:
+            raise ConfigError(f"config key 'neighbours.{key}': the attributes table {path} has no column "
+                              f"{column!r}; its columns are {', '.join(table.columns)}")
+    table = table.withColumn("item_id", F.col("item_id").cast("string"))
+    repeated = table.groupBy("item_id").count().filter("count > 1")
+    found = repeated.limit(SAMPLE_IDS).collect()
+    if found:
+        raise InputError(f"the attributes table {path} has {repeated.count()} item ids on more than one row, "
+                         f"e.g. {', '.join(repr(r.item_id) for r in found)}; keep one row per item")
+    return table
+
+
+def read_duplicates(spark, path: str, s3: Optional[S3Config] = None):
+    """output.duplicates (its current version) for neighbours.hide_duplicates; InputError saying
+    how to make it when it is not there."""
+    from lookalike import publish
+
+    resolved = publish.resolve(path, s3)
+    try:
+        table = spark.read.parquet(resolved)
+    except _analysis_error() as exc:
+        raise InputError(f"neighbours.hide_duplicates needs the near-duplicate groups at output.duplicates = {path}, "
+                         f"which cannot be read ({str(exc).splitlines()[0]}): run the duplicates job first "
+                         f"(./spark-submit.sh duplicates), or the pipeline with duplicates.enabled: true") from None
+    missing = [c for c in ("group_id", "item_id", "group_size") if c not in table.columns]
+    if missing:
+        raise InputError(f"{path} is not a duplicates table: it has no column {', '.join(missing)} "
+                         f"(it has {', '.join(table.columns)})")
+    return table
+
+
+def published_identity(path: str, s3: Optional[S3Config] = None) -> Optional[str]:
+    """The current version of a table this project publishes (output.duplicates), or None."""
+    from lookalike import publish
+
+    try:
+        return publish.current_version(path, s3)
+    except Exception:  # unreadable: recompute rather than skip
+        return None

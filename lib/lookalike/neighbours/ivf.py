@@ -176,6 +176,7 @@ class GroupCandidates:
     indices: np.ndarray  # int64 global candidate indices (id order)
     ids: np.ndarray  # object array of item ids
     vectors: np.ndarray  # float32 (n, d)
+    codes: Optional[np.ndarray] = None  # (n, width) int64 rule codes (lookalike.neighbours.rules)
 
     def ids_of(self, indices: np.ndarray) -> np.ndarray:
         """Item ids of global candidate indices of this group."""
@@ -183,18 +184,19 @@ class GroupCandidates:
         return self.ids[order[np.searchsorted(self.indices[order], indices)]]
 
     @classmethod
-    def build(cls, lists, indices, ids, vectors) -> "GroupCandidates":
+    def build(cls, lists, indices, ids, vectors, codes=None) -> "GroupCandidates":
         lists = np.asarray(lists, dtype=np.int64)
         indices = np.asarray(indices, dtype=np.int64)
         order = np.lexsort((indices, lists))
         lists, indices = lists[order], indices[order]
         present, starts = np.unique(lists, return_index=True)
         return cls(present, np.append(starts, len(lists)), indices, np.asarray(ids, dtype=object)[order],
-                   np.ascontiguousarray(np.asarray(vectors, dtype=np.float32)[order]))
+                   np.ascontiguousarray(np.asarray(vectors, dtype=np.float32)[order]),
+                   None if codes is None else np.asarray(codes, dtype=np.int64)[order])
 
 
 def score_group(group: GroupCandidates, probes: np.ndarray, self_index: np.ndarray, vectors: np.ndarray,
-                k: int, min_score: Optional[float] = None, block_rows: int = 1024):
+                k: int, min_score: Optional[float] = None, block_rows: int = 1024, rules=None):
     """Top-k of each query (rows of ``vectors``) among the members of the group's lists that it
     probes, its own index (``self_index``, -1 for none) excluded. Returns (scores (b, k), global
     indices (b, k)) in canonical order, padded with topk.EMPTY_*.
@@ -204,7 +206,8 @@ def score_group(group: GroupCandidates, probes: np.ndarray, self_index: np.ndarr
     error bound, and only what is left is rescored exactly, once per query rather than once per
     list (rescoring is memory-bound and would otherwise cost as much as the matmuls). A query for
     which a list may have dropped a candidate within the bound (many near-ties) is redone list by
-    list with ``topk.topk_block``."""
+    list with ``topk.topk_block``. ``rules``: lookalike.neighbours.rules.Rules of these queries
+    against the group's candidates (``group.codes``), forbidden pairs masked before selection."""
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     b = len(vectors)
     size = k + topk.POOL_MARGIN
@@ -217,7 +220,8 @@ def score_group(group: GroupCandidates, probes: np.ndarray, self_index: np.ndarr
         lo, hi = int(group.bounds[j]), int(group.bounds[j + 1])
         for first in range(0, len(probing), block_rows):
             rows = probing[first:first + block_rows]
-            picked_rows, cols, picked = _best_of_list(group, lo, hi, vectors, rows, self_index, size, floor, dropped)
+            picked_rows, cols, picked = _best_of_list(group, lo, hi, vectors, rows, self_index, size, floor, dropped,
+                                                      None if rules is None else rules.rows(rows))
             rows_all.append(picked_rows)
             cols_all.append(cols)
             scores_all.append(picked)
@@ -236,12 +240,12 @@ def score_group(group: GroupCandidates, probes: np.ndarray, self_index: np.ndarr
     redo = np.flatnonzero(overflow)
     if len(redo):
         best_s[redo], best_i[redo] = _score_group_listwise(group, probes[redo], self_index[redo], vectors[redo],
-                                                           k, min_score)
+                                                           k, min_score, None if rules is None else rules.rows(redo))
     return best_s, best_i
 
 
 def _best_of_list(group: GroupCandidates, lo: int, hi: int, vectors, rows, self_index, size: int, floor,
-                  dropped: np.ndarray):
+                  dropped: np.ndarray, rules=None):
     """(rows, group positions, float32 scores) of the ``size`` best members of list rows lo..hi
     for each query in ``rows`` (at least ``floor``); raises ``dropped[row]`` to the best score
     left out."""
@@ -251,6 +255,8 @@ def _best_of_list(group: GroupCandidates, lo: int, hi: int, vectors, rows, self_
         pos = np.minimum(np.searchsorted(group.indices[lo:hi], self_index[rows][own]), hi - lo - 1)
         mine = group.indices[lo:hi][pos] == self_index[rows][own]
         scores[own[mine], pos[mine]] = -np.inf
+    if rules is not None:
+        rules.mask(scores, lo)
     width = hi - lo
     if width > size:
         cut = np.argpartition(scores, width - size - 1, axis=1)
@@ -261,11 +267,12 @@ def _best_of_list(group: GroupCandidates, lo: int, hi: int, vectors, rows, self_
     else:
         picked = scores
         cols = np.broadcast_to(np.arange(lo, hi), scores.shape)
-    ok = picked >= floor
+    # A forbidden pair (-inf) passes a floor of -inf but must not be rescored into a real score.
+    ok = (picked >= floor) & (picked != -np.inf)
     return np.broadcast_to(rows[:, None], picked.shape)[ok], cols[ok], picked[ok]
 
 
-def _score_group_listwise(group: GroupCandidates, probes, self_index, vectors, k: int, min_score):
+def _score_group_listwise(group: GroupCandidates, probes, self_index, vectors, k: int, min_score, rules=None):
     """``score_group`` the slow, simple way: exact top-k per probed list, then merged."""
     b = len(vectors)
     rows_all, ids_all, scores_all = [], [], []
@@ -278,7 +285,8 @@ def _score_group_listwise(group: GroupCandidates, probes, self_index, vectors, k
         own = self_index[rows]
         pos = np.minimum(np.searchsorted(members, own), len(members) - 1)
         scores, found = topk.topk_block(vectors[rows], group.vectors[lo:hi], k,
-                                        self_index=np.where(members[pos] == own, pos, -1), min_score=min_score)
+                                        self_index=np.where(members[pos] == own, pos, -1), min_score=min_score,
+                                        rules=None if rules is None else rules.rows(rows).columns(slice(lo, hi)))
         present = found != topk.EMPTY_ID
         rows_all.append(np.broadcast_to(rows[:, None], found.shape)[present])
         ids_all.append(members[found[present]])

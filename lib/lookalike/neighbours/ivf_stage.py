@@ -26,13 +26,14 @@ from typing import Optional
 import numpy as np
 
 from lookalike.config import NeighboursConfig
-from lookalike.neighbours import arrow, ivf, topk, watch
+from lookalike.neighbours import arrow, ivf, rules, topk, watch
 from lookalike.neighbours.prepare import USABLE, Prepared, candidate_offsets
 from lookalike.neighbours.write import Scored
 
 log = logging.getLogger(__name__)
 
-ROUTED = ("group int, kind tinyint, list int, index long, item_id string, probes array<int>, vector binary")
+ROUTED = ("group int, kind tinyint, list int, index long, item_id string, probes array<int>, vector binary, "
+          "codes array<bigint>")
 CANDIDATE, QUERY = 0, 1
 
 
@@ -90,6 +91,7 @@ def route(ordered, centroids_bc, plan_bc, offsets_bc, nprobe: int, dim: int):
                 continue
             column = batch.column(batch.schema.get_field_index("vector"))
             ids = batch.column(batch.schema.get_field_index("item_id"))
+            codes = batch.column(batch.schema.get_field_index("codes"))
             probes = ivf.nearest(arrow.vectors(column, dim), centroids_bc.value, nprobe)
             cand = np.flatnonzero(usable)
             if len(cand):
@@ -99,8 +101,8 @@ def route(ordered, centroids_bc, plan_bc, offsets_bc, nprobe: int, dim: int):
                 yield pa.RecordBatch.from_arrays(
                     [pa.array(groups, pa.int32()), pa.array(np.zeros(len(cand), np.int8)),
                      pa.array(lists, pa.int32()), pa.array(index[cand]), ids.take(take),
-                     pa.nulls(len(cand), pa.list_(pa.int32())), column.take(take)],
-                    names=["group", "kind", "list", "index", "item_id", "probes", "vector"])
+                     pa.nulls(len(cand), pa.list_(pa.int32())), column.take(take), codes.take(take)],
+                    names=["group", "kind", "list", "index", "item_id", "probes", "vector", "codes"])
             rows, groups = the_plan.route(probes)
             take = pa.array(rows)
             flat = pa.array(probes[rows].ravel(), pa.int32())
@@ -108,8 +110,8 @@ def route(ordered, centroids_bc, plan_bc, offsets_bc, nprobe: int, dim: int):
                 [pa.array(groups, pa.int32()), pa.array(np.ones(len(rows), np.int8)),
                  pa.nulls(len(rows), pa.int32()), pa.array(index[rows]), ids.take(take),
                  pa.ListArray.from_arrays(pa.array(np.arange(len(rows) + 1, dtype=np.int32) * nprobe), flat),
-                 column.take(take)],
-                names=["group", "kind", "list", "index", "item_id", "probes", "vector"])
+                 column.take(take), codes.take(take)],
+                names=["group", "kind", "list", "index", "item_id", "probes", "vector", "codes"])
 
     return ordered.filter("valid").mapInArrow(emit, ROUTED)
 
@@ -121,7 +123,8 @@ def _runs(group: np.ndarray, kind: np.ndarray):
     return zip(bounds[:-1], bounds[1:])
 
 
-def score(routed, groups: int, k: int, block_rows: int, min_score: Optional[float], dim: int, nprobe: int):
+def score(routed, groups: int, k: int, block_rows: int, min_score: Optional[float], dim: int, nprobe: int,
+          layout: rules.Layout = rules.Layout()):
     """PARTIAL rows: each query's top-k within each group it was routed to."""
     def scan(batches):
         import pyarrow as pa
@@ -149,7 +152,8 @@ def score(routed, groups: int, k: int, block_rows: int, min_score: Optional[floa
                     ready = ivf.GroupCandidates.build(
                         table.column("list").to_numpy(), table.column("index").to_numpy(),
                         table.column("item_id").to_numpy(zero_copy_only=False),
-                        arrow.vectors(table.column("vector").chunk(0), dim) if table.num_rows else np.empty((0, dim), np.float32))
+                        arrow.vectors(table.column("vector").chunk(0), dim) if table.num_rows else np.empty((0, dim), np.float32),
+                        rules.codes_of(table.column("codes").combine_chunks(), layout))
                     parts = []
                 ids = piece.column(col("item_id")).to_numpy(zero_copy_only=False)
                 self_index = piece.column(col("index")).to_numpy()
@@ -157,7 +161,8 @@ def score(routed, groups: int, k: int, block_rows: int, min_score: Optional[floa
                 vectors = arrow.vectors(piece.column(col("vector")), dim)
                 # The whole run at once (an Arrow batch, up to 10,000 queries): each list meets
                 # all of its queries in few, large matmuls.
-                best_s, best_i = ivf.score_group(ready, probes, self_index, vectors, k, min_score, block_rows)
+                mask = rules.make(layout, rules.codes_of(piece.column(col("codes")), layout), ready.codes)
+                best_s, best_i = ivf.score_group(ready, probes, self_index, vectors, k, min_score, block_rows, mask)
                 present = best_i != topk.EMPTY_ID
                 rows = np.nonzero(present)[0]
                 found = best_i[present]
@@ -175,22 +180,24 @@ def score(routed, groups: int, k: int, block_rows: int, min_score: Optional[floa
 # --------------------------------------------------------------------------------------------
 # Recall against exact search on a sample of queries
 
-def sample_queries(ordered, n_queries: int, size: int, seed: int):
-    """(ids, vectors) of about ``size`` valid items, reproducibly."""
-    rows = ordered.filter("valid").select("item_id", "vector")
+def sample_queries(ordered, n_queries: int, size: int, seed: int, layout: rules.Layout = rules.Layout()):
+    """(ids, vectors, rule codes or None) of about ``size`` valid items, reproducibly."""
+    rows = ordered.filter("valid").select("item_id", "vector", "codes")
     if size < n_queries:
         rows = rows.sample(False, min(1.0, 1.2 * size / n_queries), seed=seed)
     table = arrow.to_arrow(rows).slice(0, size)
-    return np.array(table.column("item_id").to_pylist(), dtype=object), table.column("vector").combine_chunks()
+    return (np.array(table.column("item_id").to_pylist(), dtype=object), table.column("vector").combine_chunks(),
+            rules.codes_of(table.column("codes").combine_chunks(), layout))
 
 
-def exact_for_sample(ordered, offsets_bc, sample_bc, k: int, min_score: Optional[float], dim: int) -> np.ndarray:
+def exact_for_sample(ordered, offsets_bc, sample_bc, k: int, min_score: Optional[float], dim: int,
+                     layout: rules.Layout = rules.Layout()) -> np.ndarray:
     """(sample, k) global indices of the exact top-k of each sampled query over every candidate:
     the sample is broadcast and the candidates scanned where they are, so no N x N work."""
     def scan(batches):
         import pyarrow as pa
 
-        ids, column = sample_bc.value
+        ids, column, sample_codes = sample_bc.value
         queries = arrow.vectors(column, dim)
         for batch, usable, index in _with_indices(offsets_bc, batches):
             cand = np.flatnonzero(usable)
@@ -198,15 +205,17 @@ def exact_for_sample(ordered, offsets_bc, sample_bc, k: int, min_score: Optional
                 continue
             cand_ids = batch.column(batch.schema.get_field_index("item_id")).to_numpy(zero_copy_only=False)[cand]
             vectors = arrow.vectors(batch.column(batch.schema.get_field_index("vector")), dim)[cand]
+            codes = rules.codes_of(batch.column(batch.schema.get_field_index("codes")), layout)
+            mask = rules.make(layout, sample_codes, None if codes is None else codes[cand])
             scores, found = topk.topk_block(queries, vectors, k, self_index=topk.self_positions(ids, cand_ids),
-                                            min_score=min_score)
+                                            min_score=min_score, rules=mask)
             present = found != topk.EMPTY_ID
             rows = np.nonzero(present)[0]
             yield pa.RecordBatch.from_arrays(
                 [pa.array(rows, pa.int64()), pa.array(index[cand][found[present]]), pa.array(scores[present])],
                 names=["query", "neighbour_index", "score"])
 
-    parts = arrow.to_arrow(ordered.filter("valid").select("item_id", "is_candidate", "vector")
+    parts = arrow.to_arrow(ordered.filter("valid").select("item_id", "is_candidate", "vector", "codes")
                       .mapInArrow(scan, "query long, neighbour_index long, score float"))
     n = len(sample_bc.value[0])
     _, best = topk.keep_best(parts.column("query").to_numpy(), parts.column("neighbour_index").to_numpy(),
@@ -237,8 +246,9 @@ def search(spark, run_id: str, items: Prepared, settings: NeighboursConfig, held
     and persisted frames go into ``held``, for the caller to release once the table is written."""
     from pyspark import StorageLevel
 
-    k, min_score = settings.k, settings.min_score
-    ordered, dim, partitions = items.ordered, items.dim, items.partitions
+    # With hide_duplicates the lists are scored deeper and cut to k by the writer.
+    k, min_score = items.depth or settings.k, settings.min_score
+    ordered, dim, partitions, layout = items.ordered, items.dim, items.partitions, items.layout
     n_queries, n_candidates = items.queries, items.candidates
     sc = spark.sparkContext
     out = Scored()
@@ -280,7 +290,7 @@ def search(spark, run_id: str, items: Prepared, settings: NeighboursConfig, held
     mark = time.perf_counter()
     routed = route(ordered, centroids_bc, plan_bc, offsets_bc, nprobe, dim)
     scored = score(routed, the_plan.groups, k, settings.block_rows, min_score, dim,
-                   nprobe).persist(StorageLevel.MEMORY_AND_DISK)
+                   nprobe, layout).persist(StorageLevel.MEMORY_AND_DISK)
     held.append(scored)
     routed_rows = watch.collect(spark, run_id, "neighbours ivf", n_queries, scored.groupBy().count())[0]["count"]
     phases["score"] = time.perf_counter() - mark
@@ -289,10 +299,10 @@ def search(spark, run_id: str, items: Prepared, settings: NeighboursConfig, held
     recall = None
     if settings.recall_sample:
         mark = time.perf_counter()
-        ids, vectors = sample_queries(ordered, n_queries, settings.recall_sample, settings.seed)
-        sample_bc = sc.broadcast((ids, vectors))
+        ids, vectors, sample_codes = sample_queries(ordered, n_queries, settings.recall_sample, settings.seed, layout)
+        sample_bc = sc.broadcast((ids, vectors, sample_codes))
         held.append(sample_bc)
-        exact = exact_for_sample(ordered, offsets_bc, sample_bc, k, min_score, dim)
+        exact = exact_for_sample(ordered, offsets_bc, sample_bc, k, min_score, dim, layout)
         found = found_for_sample(scored, ids, k)
         recall = ivf.recall(found, {q: set(row[row >= 0].tolist()) for q, row in zip(ids, exact)})
         phases["recall_sample"] = time.perf_counter() - mark

@@ -60,18 +60,24 @@ class Pool:
             # Self is -inf, which survives a threshold of -inf (no floor, k not yet filled).
             keep = others + first != exclude[rows]
             rows, others = rows[keep], others[keep]
+        picked = scores[others, rows] if across else scores[rows, others]
+        # Pairs masked by rules (lookalike.neighbours.rules) are -inf too and must never be kept:
+        # finish would rescore them into real scores.
+        real = picked != -np.inf
+        if not real.all():
+            rows, others, picked = rows[real], others[real], picked[real]
         if len(rows) == 0:
             return
         kept = pool_i != EMPTY_ID
         self.scores[here], self.ids[here] = keep_best(
             np.concatenate([np.nonzero(kept)[0], rows]),
             np.concatenate([pool_i[kept], others.astype(np.int64) + first]),
-            np.concatenate([pool_s[kept], scores[others, rows] if across else scores[rows, others]]),
+            np.concatenate([pool_s[kept], picked]),
             n, self.scores.shape[1],
         )
 
     def finish(self, mine: np.ndarray, theirs: np.ndarray, min_score: Optional[float], sub_block: int,
-               exclude: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
+               exclude: Optional[np.ndarray] = None, rules=None) -> tuple[np.ndarray, np.ndarray]:
         """Canonical top-k of every pool row, ids as positions in ``theirs``: the pool entries that
         can be in it are rescored exactly, rows that overflowed with near-ties are redone. The
         pool rows' vectors are ``mine``, so both sides of ``topk_pair`` rescore a pair with its
@@ -91,7 +97,7 @@ class Pool:
             redo = np.flatnonzero(overflow)
             best_s[redo], best_i[redo] = topk_exact(
                 mine[redo], theirs, k, self_index=None if exclude is None else exclude[redo],
-                min_score=min_score, sub_block=sub_block)
+                min_score=min_score, sub_block=sub_block, rules=None if rules is None else rules.rows(redo))
         return best_s, best_i
 
 
@@ -108,9 +114,10 @@ def _sub_block_bounds(m: int, sub_block: int) -> list[tuple[int, int]]:
     return bounds
 
 
-def sub_blocks(queries, candidates, sub_block: int, self_index):
-    """(first column, float32 scores) per column sub-block; a query's own column is -inf. The
-    scores live in one reused buffer (a fresh 16 MB array per sub-block costs page faults)."""
+def sub_blocks(queries, candidates, sub_block: int, self_index, rules=None):
+    """(first column, float32 scores) per column sub-block; a query's own column, and the pairs
+    ``rules`` (lookalike.neighbours.rules) forbid, are -inf. The scores live in one reused buffer
+    (a fresh 16 MB array per sub-block costs page faults)."""
     b, m = len(queries), len(candidates)
     buffer = np.empty((b, min(sub_block, m)), dtype=np.float32)
     all_rows = np.arange(b)
@@ -122,6 +129,8 @@ def sub_blocks(queries, candidates, sub_block: int, self_index):
         if self_index is not None:
             inside = (self_index >= start) & (self_index < stop)
             scores[all_rows[inside], self_index[inside] - start] = -np.inf
+        if rules is not None:
+            rules.mask(scores, start)
         yield start, scores
 
 
@@ -231,6 +240,7 @@ def topk_exact(
     self_index: Optional[np.ndarray] = None,
     min_score: Optional[float] = None,
     sub_block: int = SUB_BLOCK,
+    rules=None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``topk_block`` keeping canonical (float64-rescored) scores all along: every survivor of
     every sub-block is rescored. Slower, but never short of room for ties."""
@@ -238,11 +248,14 @@ def topk_exact(
     b = len(queries)
     if b == 0 or len(candidates) == 0:
         return best_s, best_i
-    for start, scores in sub_blocks(queries, candidates, sub_block, self_index):
+    for start, scores in sub_blocks(queries, candidates, sub_block, self_index, rules):
         rows, cols = _select(scores, best_s[:, k - 1], eps, floor, k)
         if self_index is not None:
             not_self = cols + start != self_index[rows]
             rows, cols = rows[not_self], cols[not_self]
+        if rules is not None:
+            allowed = scores[rows, cols] != -np.inf
+            rows, cols = rows[allowed], cols[allowed]
         if len(rows) == 0:
             continue
         exact = exact_scores(queries, candidates, rows, cols + start)

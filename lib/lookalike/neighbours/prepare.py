@@ -23,12 +23,12 @@ from typing import Any
 import numpy as np
 
 from lookalike.errors import InputError, SchemaMismatchError
-from lookalike.neighbours import topk
+from lookalike.neighbours import rules, topk
 
 log = logging.getLogger(__name__)
 
 PREPARED = ("item_id string, model string, pooling string, weights string, dim int, length int, "
-            "is_candidate boolean, valid boolean, vector binary")
+            "is_candidate boolean, valid boolean, vector binary, codes array<bigint>")
 # The rows of PREPARED that may be recommended.
 USABLE = "valid AND is_candidate"
 # What must be equal for two embeddings to be comparable.
@@ -48,6 +48,9 @@ class Prepared:
     queries: int  # valid items: each gets a neighbour list
     candidates: int  # valid items that may be recommended
     dim: int
+    layout: rules.Layout = rules.Layout()  # what the ``codes`` column holds
+    depth: int = 0  # neighbours scored per item before the writer's cut to k (0: k)
+    hide: Any = None  # broadcast write.HiddenGroups (neighbours.hide_duplicates), or None
 
 
 def partition_count(spark, embeddings, configured: int) -> int:
@@ -88,8 +91,10 @@ def _prepare_batches(batches):
         yield pa.RecordBatch.from_arrays(
             [batch.column(field(name)) for name in ("item_id", "model", "pooling", "weights")]
             + [batch.column(field("dim")).cast(pa.int32()), pa.array(lengths, pa.int32()),
-               batch.column(field("is_candidate")), pa.array(valid), pa.array(blobs, pa.binary())],
-            names=["item_id", "model", "pooling", "weights", "dim", "length", "is_candidate", "valid", "vector"],
+               batch.column(field("is_candidate")), pa.array(valid), pa.array(blobs, pa.binary()),
+               batch.column(field("codes"))],
+            names=["item_id", "model", "pooling", "weights", "dim", "length", "is_candidate", "valid", "vector",
+                   "codes"],
         )
 
 
@@ -97,11 +102,14 @@ def ordered_items(embeddings, partitions: int, candidate_ids=None):
     """Embeddings table -> PREPARED rows, range-partitioned and sorted by item_id.
 
     ``candidate_ids`` (a DataFrame with item_id) marks the items that may be recommended; None
-    marks every item. Ordering happens before the Python step so that Spark's range sampling
-    reads the raw rows in the JVM instead of running the normalisation twice."""
+    marks every item. The rule codes come from a ``codes`` column of ``embeddings`` when it has
+    one (``lookalike.neighbours.keys.attach``), else every item has none. Ordering happens before
+    the Python step so that Spark's range sampling reads the raw rows in the JVM instead of
+    running the normalisation twice."""
     from pyspark.sql import functions as F
 
-    rows = embeddings.select("item_id", "model", "pooling", "weights", "dim", "embedding")
+    codes = F.col("codes") if "codes" in embeddings.columns else F.array().cast("array<bigint>").alias("codes")
+    rows = embeddings.select("item_id", "model", "pooling", "weights", "dim", "embedding", codes)
     if candidate_ids is None:
         rows = rows.withColumn("is_candidate", F.lit(True))
     else:

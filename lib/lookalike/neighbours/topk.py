@@ -71,11 +71,14 @@ def topk_block(
     offset: int = 0,
     min_score: Optional[float] = None,
     sub_block: int = SUB_BLOCK,
+    rules=None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-k candidates of each query in canonical order.
 
     queries (b, d) and candidates (m, d) are unit float32 rows (``normalise``). ``self_index[r]``
     is the position of query r among the candidates, or -1: that column is never returned.
+    ``rules`` (lookalike.neighbours.rules.Rules of these queries and candidates) forbid pairs
+    before selection, so a row still gets k allowed neighbours when there are k.
     Returns (scores float32 (b, k), ids int64 (b, k)) with ids = offset + column; rows with fewer
     than k neighbours are padded with EMPTY_SCORE / EMPTY_ID. Holds at most b x sub_block scores.
     """
@@ -83,9 +86,9 @@ def topk_block(
     if len(queries) == 0 or len(candidates) == 0:
         return best_s, best_i
     pool = Pool(len(queries), k, eps, floor)
-    for start, scores in sub_blocks(queries, candidates, sub_block, self_index):
+    for start, scores in sub_blocks(queries, candidates, sub_block, self_index, rules):
         pool.offer(scores, start, exclude=self_index)
-    best_s, best_i = pool.finish(queries, candidates, min_score, sub_block, exclude=self_index)
+    best_s, best_i = pool.finish(queries, candidates, min_score, sub_block, exclude=self_index, rules=rules)
     return best_s, _shifted(best_i, offset)
 
 

@@ -3,11 +3,17 @@ can leave its output as it is (and say so) instead of recomputing it."""
 
 from __future__ import annotations
 
-from typing import Optional
+import hashlib
+import json
+import logging
+from typing import Iterable, Optional
 
 from lookalike.config import S3Config
+from lookalike.io.storage import Entry, StorageError, storage_for
 from lookalike.publish.summary import read_summary
 from lookalike.publish.versions import current_version
+
+log = logging.getLogger(__name__)
 
 
 def content_id(embeddings) -> str:
@@ -29,6 +35,37 @@ def embeddings_identity(path: str, s3: Optional[S3Config] = None) -> Optional[st
     if summary and summary.get("embeddings_content"):
         return summary["embeddings_content"]
     return current_version(path, s3)
+
+
+def files_identity(uri: str, s3: Optional[S3Config] = None) -> Optional[str]:
+    """An id of the data files under ``uri`` (or of the file ``uri``) as they are now, for a table
+    the job reads by path: what a replaced, added or removed file changes. None, with the reason
+    logged, when the files cannot be listed or there are none."""
+    try:
+        entries = list(storage_for(uri, s3).list(uri))
+    except (StorageError, OSError) as exc:
+        log.warning("cannot list %s to tell whether it changed (%s); the job will recompute", uri,
+                    exc.message if isinstance(exc, StorageError) else exc)
+        return None
+    identity = entries_identity(entries)
+    if identity is None:
+        log.warning("%s holds no data file to identify; the job will recompute", uri)
+    return identity
+
+
+def entries_identity(entries: Iterable[Entry]) -> Optional[str]:
+    """``files_identity`` of listed files: a hash of every data file's key, size and version (S3
+    ETag, or size-mtime), in key order so that listing order does not matter."""
+    files = sorted((e.key, e.size, e.version) for e in entries if not _bookkeeping(e.key))
+    if not files:
+        return None
+    digest = hashlib.sha256(json.dumps(files).encode()).hexdigest()[:16]
+    return f"{len(files)}-{digest}"
+
+
+def _bookkeeping(key: str) -> bool:
+    # Spark's readers skip these (_SUCCESS, .crc files, _temporary/), so they change nothing read.
+    return any(part.startswith(("_", ".")) for part in key.split("/"))
 
 
 def unchanged_since(output: str, inputs: dict, s3: Optional[S3Config] = None) -> Optional[dict]:

@@ -10,15 +10,29 @@ import argparse
 import importlib
 import logging
 import sys
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from lookalike.errors import LookalikeError
+
+if TYPE_CHECKING:
+    from lookalike.config import Config
 
 SUBCOMMANDS = {
     "similar": ("lookalike.tools.query", "print one item's recommendations from the neighbour table"),
     "report": ("lookalike.tools.report", "write a self-contained HTML page of items and their neighbours"),
     "evaluate": ("lookalike.tools.evaluate", "precision/recall/mAP@k of the neighbour table against labels"),
 }
+
+
+def load_settings(args) -> Config:
+    """--config (and --set) plus --s3-endpoint-url: the same S3 and input limits as the jobs.
+    Here rather than in a subcommand's module so that ``similar`` imports no image code."""
+    from lookalike.config import load_config, replace
+
+    cfg = load_config(args.config, getattr(args, "overrides", None) or [])
+    if getattr(args, "s3_endpoint_url", None):
+        cfg = replace(cfg, s3={"endpoint_url": args.s3_endpoint_url})
+    return cfg
 
 
 def main(argv: Optional[list[str]] = None) -> int:

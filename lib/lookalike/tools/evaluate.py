@@ -13,15 +13,21 @@ Definitions (docs/querying.md, "Evaluation against labels"), for one query item 
 
 Every figure is a macro average over queries, overall and per label. Queries without a label, or
 whose label has no other item, have no defined recall or AP and are left out (and counted).
+
+Every list counts, so the whole neighbour table is read, but a row group at a time and only its
+item_id, rank and neighbour_id: memory holds the labels, a few numbers per query and one row
+group, not the table.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
-from collections import Counter
 from typing import Iterable, Mapping, Optional, Sequence
+
+import numpy as np
 
 from lookalike.errors import InputError
 
@@ -30,6 +36,7 @@ log = logging.getLogger(__name__)
 METRICS = ("precision_at_k", "recall_at_k", "map_at_k", "chance")
 
 
+# The definitions, for one list; Tally computes the same over many lists at once (tests check both).
 def precision_at_k(rel: Sequence[int], k: int) -> float:
     return sum(rel[:k]) / k
 
@@ -48,6 +55,127 @@ def average_precision_at_k(rel: Sequence[int], k: int, n_relevant: int) -> float
     return total / min(k, n_relevant)
 
 
+class Tally:
+    """The figures of many ranked lists, fed in pieces (a table is read a few row groups at a time).
+
+    N and each label's size, hence recall, AP and chance, are known only once the whole catalogue
+    has been seen, so per label only sums are kept: counts and hits exactly, and each query's AP
+    numerator, summed with ``math.fsum`` at the end, so the figures do not depend on the order or
+    the pieces in which the lists arrive.
+    """
+
+    def __init__(self, labels: Mapping[str, str], k: int, catalogue_from_lists: bool = True):
+        import pandas as pd
+
+        if k < 1:
+            raise InputError(f"k must be a positive integer, got {k}")
+        self.k = k
+        self.label_names = sorted(set(labels.values()))
+        code = {name: i for i, name in enumerate(self.label_names)}
+        self.index = pd.Index(list(labels), dtype=object)
+        self.codes = np.fromiter((code[v] for v in labels.values()), np.int64, len(labels))
+        self.in_catalogue = np.zeros(len(labels), bool)
+        self.from_lists = catalogue_from_lists
+        size = len(self.label_names)
+        self.queries = np.zeros(size, np.int64)
+        self.hits = np.zeros(size, np.int64)
+        self.unlabelled = np.zeros(size, np.int64)  # neighbours without a label, per query label
+        self.ap_parts: list[tuple[np.ndarray, np.ndarray]] = []
+        self.lists = 0
+        self.unlabelled_queries = 0
+
+    def name(self, ids) -> None:
+        """Items of the catalogue (ids: any sequence or pyarrow array of strings)."""
+        found = self._positions(ids)
+        self.in_catalogue[found[found >= 0]] = True
+
+    def add(self, query_ids, sizes, neighbour_ids) -> None:
+        """Ranked lists: query_ids[i] has the next sizes[i] neighbour_ids, best first, without
+        itself and at most k. With ``catalogue_from_lists`` they also name the catalogue."""
+        sizes = np.asarray(sizes, np.int64)
+        if self.from_lists:
+            self.name(query_ids)
+            self.name(neighbour_ids)
+        query = self._labels(query_ids)
+        owner = np.repeat(query, sizes)
+        neighbour = self._labels(neighbour_ids)
+        rel = (neighbour == owner) & (owner >= 0)
+        starts = np.cumsum(sizes) - sizes
+        position = np.arange(len(rel)) - np.repeat(starts, sizes) + 1
+        cumulative = np.concatenate([[0], np.cumsum(rel)])
+        hits_before = np.repeat(cumulative[starts], sizes)
+        terms = np.where(rel, (cumulative[1:] - hits_before) / position, 0.0)
+        ap = np.zeros(len(sizes))
+        filled = sizes > 0
+        if filled.any():
+            ap[filled] = np.add.reduceat(terms, starts[filled])
+        labelled = query >= 0
+        self.lists += len(sizes)
+        self.unlabelled_queries += int((~labelled).sum())
+        size = len(self.label_names)
+        self.queries += np.bincount(query[labelled], minlength=size)
+        self.hits += np.bincount(query[labelled], (cumulative[starts + sizes] - cumulative[starts])[labelled],
+                                 minlength=size).astype(np.int64)
+        self.unlabelled += np.bincount(owner[(neighbour < 0) & (owner >= 0)], minlength=size)
+        self.ap_parts.append((query[labelled], ap[labelled]))
+
+    def result(self) -> dict:
+        k = self.k
+        size_of = np.bincount(self.codes[self.in_catalogue], minlength=len(self.label_names))
+        n_items = int(self.in_catalogue.sum())
+        codes = np.concatenate([c for c, _ in self.ap_parts] or [np.zeros(0, np.int64)])
+        values = np.concatenate([v for _, v in self.ap_parts] or [np.zeros(0)])
+        order = np.argsort(codes, kind="stable")
+        ap_by_label = np.split(values[order], np.searchsorted(codes[order], np.arange(1, len(self.label_names))))
+
+        per_label, no_relevant, unlabelled_neighbours = {}, 0, 0
+        for code, label in enumerate(self.label_names):
+            queries = int(self.queries[code])
+            if not queries:
+                continue
+            n_relevant = int(size_of[code]) - 1
+            if n_relevant == 0:
+                no_relevant += queries
+                continue
+            unlabelled_neighbours += int(self.unlabelled[code])
+            per_label[label] = {
+                "queries": queries, "items": int(size_of[code]),
+                # Sums over the label's queries, divided by its query count below.
+                "precision_at_k": int(self.hits[code]) / k,
+                "recall_at_k": int(self.hits[code]) / n_relevant,
+                "map_at_k": math.fsum(ap_by_label[code]) / min(k, n_relevant),
+                "chance": queries * n_relevant / (n_items - 1),
+            }
+        if not per_label:
+            raise InputError(
+                f"no query can be evaluated: {self.lists} queries, {self.unlabelled_queries} without a label, "
+                f"{no_relevant} whose label has no other item. Do the label ids match the item ids "
+                f"(see --id-regex)?"
+            )
+        total = sum(figures["queries"] for figures in per_label.values())
+        overall = {name: math.fsum(figures[name] for figures in per_label.values()) / total for name in METRICS}
+        for figures in per_label.values():
+            for name in METRICS:
+                figures[name] /= figures["queries"]
+        return {"k": k, "queries": total, "items": n_items, "label_count": int((size_of > 0).sum()),
+                **overall, "per_label": per_label,
+                "skipped": {"unlabelled_queries": self.unlabelled_queries, "no_other_item_with_label": no_relevant},
+                "unlabelled_neighbours": unlabelled_neighbours}
+
+    def _positions(self, ids) -> np.ndarray:
+        if hasattr(ids, "to_numpy"):
+            ids = ids.to_numpy(zero_copy_only=False)
+        return self.index.get_indexer(np.asarray(ids, dtype=object)) if len(ids) else np.zeros(0, np.int64)
+
+    def _labels(self, ids) -> np.ndarray:
+        """Each id's label code, -1 for an id without a label or outside the catalogue."""
+        found = self._positions(ids)
+        known = found >= 0
+        if not self.from_lists:
+            known[known] = self.in_catalogue[found[known]]
+        return np.where(known, self.codes[np.where(known, found, 0)] if len(self.codes) else -1, -1)
+
+
 def evaluate(rankings: Mapping[str, Sequence], labels: Mapping[str, str], k: int,
              universe: Optional[Iterable[str]] = None) -> dict:
     """Metrics of ``rankings`` ({item: [neighbour_id or (neighbour_id, score), ...] best first}).
@@ -55,58 +183,25 @@ def evaluate(rankings: Mapping[str, Sequence], labels: Mapping[str, str], k: int
     ``universe``: the items a ranking could draw from (default: every item named in
     ``rankings``); only its labelled items count as relevant and as N for the chance level.
     """
-    if k < 1:
-        raise InputError(f"k must be a positive integer, got {k}")
-    if universe is None:
-        names = set(rankings)
-        for ranked in rankings.values():
-            names.update(_neighbour_id(n) for n in ranked)
-    else:
-        names = set(universe)
-    labelled = {item: labels[item] for item in names if item in labels}
-    per_label_size = Counter(labelled.values())
-    n_items = len(labelled)
-
-    rows: list[tuple[str, float, float, float, float]] = []
-    unlabelled_queries = no_relevant = unlabelled_neighbours = 0
+    tally = Tally(labels, k, catalogue_from_lists=universe is None)
+    if universe is not None:
+        tally.name(list(universe))
+    query_ids, sizes, neighbour_ids, named = [], [], [], []
     for item, ranked in rankings.items():
-        label = labelled.get(item)
-        if label is None:
-            unlabelled_queries += 1
-            continue
-        n_relevant = per_label_size[label] - 1
-        if n_relevant == 0:
-            no_relevant += 1
-            continue
-        neighbours = [_neighbour_id(n) for n in ranked if _neighbour_id(n) != item][:k]
-        unlabelled_neighbours += sum(1 for n in neighbours if n not in labelled)
-        rel = [1 if labelled.get(n) == label else 0 for n in neighbours]
-        rows.append((label, precision_at_k(rel, k), recall_at_k(rel, k, n_relevant),
-                     average_precision_at_k(rel, k, n_relevant), n_relevant / (n_items - 1)))
-
-    if not rows:
-        raise InputError(
-            f"no query can be evaluated: {len(rankings)} queries, {unlabelled_queries} without a label, "
-            f"{no_relevant} whose label has no other item. Do the label ids match the item ids "
-            f"(see --id-regex)?"
-        )
-    result = {"k": k, "queries": len(rows), "items": n_items, "label_count": len(per_label_size),
-              **_means(rows), "per_label": {}}
-    for label in sorted({r[0] for r in rows}):
-        subset = [r for r in rows if r[0] == label]
-        result["per_label"][label] = {"queries": len(subset), "items": per_label_size[label], **_means(subset)}
-    result["skipped"] = {"unlabelled_queries": unlabelled_queries, "no_other_item_with_label": no_relevant}
-    result["unlabelled_neighbours"] = unlabelled_neighbours
-    return result
+        entries = [_neighbour_id(n) for n in ranked]
+        named.extend(entries)  # every entry names a catalogue item, also those beyond k
+        kept = [n for n in entries if n != item][:k]
+        query_ids.append(item)
+        sizes.append(len(kept))
+        neighbour_ids.extend(kept)
+    if universe is None:
+        tally.name(named)
+    tally.add(query_ids, sizes, neighbour_ids)
+    return tally.result()
 
 
 def _neighbour_id(entry) -> str:
     return entry[0] if isinstance(entry, (tuple, list)) else entry
-
-
-def _means(rows: list) -> dict:
-    n = len(rows)
-    return {name: sum(r[i + 1] for r in rows) / n for i, name in enumerate(METRICS)}
 
 
 def format_table(result: dict) -> str:
@@ -149,23 +244,29 @@ def add_arguments(parser) -> None:
 
 def command(args) -> int:
     from lookalike.io import tables
+    from lookalike.tools.cli import load_settings
     from lookalike.tools.labels import load_labels
-    from lookalike.tools.report import load_settings
 
     if args.k < 1:
         raise InputError(f"-k must be a positive integer, got {args.k}")
     s3 = load_settings(args).s3
     labels = load_labels(args.labels, args.id_regex, s3)
-    rankings = tables.read_rankings(args.neighbours, args.k, s3)
-    if not rankings:
-        raise InputError(f"the neighbour table {args.neighbours} has no rows")
-    universe = None
+    neighbours = tables.open_table(args.neighbours, s3)
+    neighbours.require(["item_id", "rank", "neighbour_id"], "a neighbour table")
+    tally = Tally(labels, args.k, catalogue_from_lists=not args.embeddings)
     random_init = False
     if args.embeddings:
-        embedded = tables.read_table(args.embeddings, ["item_id", "weights"], s3)
-        universe = embedded.column("item_id").to_pylist()
-        random_init = any(str(w).startswith("random-init") for w in set(embedded.column("weights").to_pylist()))
-    result = evaluate(rankings, labels, args.k, universe)
+        embedded = tables.open_table(args.embeddings, s3)
+        for batch in embedded.scan(["item_id"]):
+            tally.name(batch.column(0))
+        random_init = any(str(w).startswith("random-init") for w in embedded.distinct("weights"))
+    # Every list counts, so the whole table is read, but a few row groups at a time and without scores.
+    for query_ids, sizes, neighbour_ids, _ in tables.iter_ranked_lists(neighbours, args.k,
+                                                                    columns=["item_id", "rank", "neighbour_id"]):
+        tally.add(query_ids, sizes, neighbour_ids)
+    if not tally.lists:
+        raise InputError(f"the neighbour table {args.neighbours} has no rows")
+    result = tally.result()
     result["neighbours_table"] = args.neighbours
     result["labels_file"] = args.labels
     print(format_table(result))

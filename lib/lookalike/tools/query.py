@@ -1,7 +1,8 @@
 """``lookalike similar ITEM_ID --neighbours PATH``: one item's recommendations, without Spark.
 
-The neighbour table is sorted by item_id with row groups cut at item boundaries, so pyarrow's
-filter pushdown on the Parquet statistics reads one row group of one file, wherever the table is.
+The neighbour table is sorted by item_id with row groups cut at item boundaries, so the Parquet
+footers' statistics point at one row group of one file, and only that is read, wherever the table
+is; an unknown id reads one or two more row groups for the ids it suggests.
 """
 
 from __future__ import annotations
@@ -28,64 +29,97 @@ def add_arguments(parser) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. --set s3.region=eu-west-1")
     parser.add_argument("--s3-endpoint-url", metavar="URL", help="S3-compatible endpoint (overrides the config)")
+    parser.add_argument("--attributes", metavar="PATH",
+                        help="an attributes table (item_id and any columns, CSV or Parquet) whose values to show "
+                             "next to each item (default: neighbours.attributes of --config)")
 
 
 def similar(path: str, item_id: str, k: Optional[int] = None, s3: Optional[S3Config] = None) -> list[dict]:
     """[{rank, neighbour_id, score}, ...] best first; ItemNotFoundError for an id with no rows."""
-    import pyarrow.dataset as ds
-
     from lookalike.io import tables
 
-    condition = ds.field("item_id") == item_id
-    if k is not None:
-        condition = condition & (ds.field("rank") <= k)
-    found = tables.read_table(path, ["rank", "neighbour_id", "score"], s3, condition)
+    table = tables.open_table(path, s3)
+    found = table.lookup("item_id", [item_id], ["rank", "neighbour_id", "score"],
+                         [] if k is None else [("rank", "<=", k)])
     if found.num_rows == 0:
         raise ItemNotFoundError(
             f"item {item_id!r} is not in the neighbour table {path}: it was not embedded, its "
             f"embedding was left out (zero or non-finite values), or no neighbour reached "
-            f"neighbours.min_score.{_example_id(path, s3)}")
+            f"neighbours.min_score.{_example_id(table, item_id)}")
     rows = sorted(found.to_pylist(), key=lambda r: r["rank"])
     return [{"rank": r["rank"], "neighbour_id": r["neighbour_id"], "score": round(float(r["score"]), 6)}
             for r in rows]
 
 
-def _example_id(path: str, s3: Optional[S3Config]) -> str:
-    """A hint at what ids look like, from the table's first row (cheap: one row group)."""
-    from lookalike.io import tables
+def _example_id(table, item_id: str) -> str:
+    """A hint at what ids look like, from the row group where the id would be (cheap: one or two
+    row groups' ids, never the whole table)."""
+    import difflib
 
     try:
-        head = tables.dataset(path, s3).head(1, columns=["item_id"]).column(0).to_pylist()
+        near = table.ids_near(item_id)
     except Exception:
         return ""
-    return f" Ids in this table look like {head[0]!r}." if head else " The table is empty."
+    if not near:
+        return " The table is empty."
+    close = difflib.get_close_matches(item_id, near, n=3)
+    if close:
+        return f" Similar ids: {', '.join(repr(c) for c in close)}."
+    return f" Ids in this table look like {near[0]!r}."
 
 
-def render(item_id: str, neighbours: list[dict], fmt: str, out=None) -> None:
+def with_attributes(item_id: str, neighbours: list[dict], path: Optional[str], s3: Optional[S3Config] = None):
+    """(the query's attributes, the neighbours each with an "attributes" dict, the columns), read
+    for these items only; ({}, neighbours, []) without an attributes table."""
+    if not path:
+        return {}, neighbours, []
+    from lookalike.tools import attributes
+
+    columns, found = attributes.lookup(path, [item_id, *(n["neighbour_id"] for n in neighbours)], s3)
+    empty = dict.fromkeys(columns)
+    return (found.get(item_id, empty), [{**n, "attributes": found.get(n["neighbour_id"], empty)} for n in neighbours],
+            columns)
+
+
+def render(item_id: str, neighbours: list[dict], fmt: str, out=None, own: Optional[dict] = None,
+           columns: Optional[list[str]] = None) -> None:
     out = out or sys.stdout
+    columns = columns or []
+    shown = lambda n: ["" if n.get("attributes", {}).get(c) is None else n["attributes"][c]  # noqa: E731
+                       for c in columns]
     if fmt == "json":
-        json.dump({"item_id": item_id, "neighbours": neighbours}, out)
+        record = {"item_id": item_id, "neighbours": neighbours}
+        if columns:
+            record["attributes"] = own or {}
+        json.dump(record, out)
         out.write("\n")
     elif fmt == "csv":
         writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(["item_id", "rank", "neighbour_id", "score"])
+        writer.writerow(["item_id", "rank", "neighbour_id", "score", *columns])
         for n in neighbours:
-            writer.writerow([item_id, n["rank"], n["neighbour_id"], f"{n['score']:.6f}"])
+            writer.writerow([item_id, n["rank"], n["neighbour_id"], f"{n['score']:.6f}", *shown(n)])
     else:
-        out.write(f"items similar to {item_id}\n")
-        out.write(f"{'rank':>4}  {'score':>7}  neighbour_id\n")
+        described = ", ".join(f"{c}={v}" for c, v in (own or {}).items() if v is not None)
+        out.write(f"items similar to {item_id}{f' ({described})' if described else ''}\n")
+        width = max([len("neighbour_id"), *(len(n["neighbour_id"]) for n in neighbours)]) if columns else 0
+        head = f"{'rank':>4}  {'score':>7}  {'neighbour_id':<{width}}"
+        out.write((head + "".join(f"  {c}" for c in columns)).rstrip() + "\n")
         for n in neighbours:
-            out.write(f"{n['rank']:>4}  {n['score']:>7.4f}  {n['neighbour_id']}\n")
+            line = f"{n['rank']:>4}  {n['score']:>7.4f}  {n['neighbour_id']:<{width}}"
+            out.write((line + "".join(f"  {v}" for v in shown(n))).rstrip() + "\n")
 
 
 def command(args) -> int:
-    from lookalike.tools.report import load_settings
+    from lookalike.tools.cli import load_settings
 
     if args.k is not None and args.k < 1:
         raise InputError(f"-k must be a positive integer, got {args.k}")
-    s3 = load_settings(args).s3
+    cfg = load_settings(args)
+    s3 = cfg.s3
     neighbours = similar(args.neighbours, args.item_id, args.k, s3)
-    render(args.item_id, neighbours, args.format)
+    own, neighbours, columns = with_attributes(args.item_id, neighbours,
+                                               args.attributes or getattr(cfg.neighbours, "attributes", None), s3)
+    render(args.item_id, neighbours, args.format, own=own, columns=columns)
     if args.format == "table":
         _note_random_init(args.neighbours, s3)
     return 0

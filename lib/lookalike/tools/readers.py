@@ -21,7 +21,7 @@ from lookalike import publish, schemas
 from lookalike.io import tables
 from lookalike.io.uris import is_hadoop, is_s3, normalise_uri
 from lookalike.config import S3Config
-from lookalike.errors import InputError, SchemaMismatchError
+from lookalike.errors import SchemaMismatchError
 
 log = logging.getLogger(__name__)
 
@@ -50,20 +50,10 @@ def _check_columns(columns: Sequence[str]) -> list[str]:
     return names
 
 
-def _open(path: str, names: list[str], s3: Optional[S3Config]):
-    data = tables.dataset(path, s3)
-    missing = [c for c in names if c not in data.schema.names]
-    if missing:
-        raise InputError(
-            f"{path} has no column {', '.join(repr(c) for c in missing)} (it has "
-            f"{', '.join(data.schema.names) or 'no columns'}); is it an embeddings table?"
-        )
-    return data
-
-
-def _first_dim(data) -> Optional[int]:
-    head = data.head(1, columns=["dim"])
-    return int(head.column("dim")[0].as_py()) if head.num_rows else None
+def _open(path: str, names: list[str], s3: Optional[S3Config]) -> tables.ParquetTable:
+    table = tables.open_table(path, s3)
+    table.require(names, "an embeddings table")
+    return table
 
 
 def _to_numpy(name: str, column, dim: Optional[int], item_ids) -> np.ndarray:
@@ -124,14 +114,10 @@ def iter_batches(path: str, batch_size: int = 256, columns: Sequence[str] = DEFA
     names = _check_columns(columns)
     data = _open(path, names + (["dim"] if "embedding" in names else []), s3)
     if "embedding" in names and dim is None:
-        dim = _first_dim(data)
+        dim = data.first("dim")
     # Embedding errors name the item, so item_id is read with the embedding even when not asked for.
     read = names + ["item_id"] if "embedding" in names and "item_id" not in names else names
-    # use_threads=False: with threads, pyarrow's scanner decodes far past its readahead limits
-    # when the consumer is slower than the disk (a training step is), up to the whole table.
-    # Decoding in the consuming thread keeps the bound; I/O still runs in Arrow's I/O threads.
-    scanned = data.to_batches(columns=read, batch_size=batch_size, batch_readahead=readahead,
-                              fragment_readahead=1, use_threads=False)
+    scanned = data.scan(read, batch_size=batch_size, readahead=readahead)
     for table in _rebatch(scanned, batch_size, drop_remainder):
         item_ids = table.column("item_id").combine_chunks() if "embedding" in names else None
         yield {name: _to_numpy(name, table.column(name).combine_chunks(), dim, item_ids)
@@ -163,7 +149,7 @@ def embeddings_dataset(path: str, batch_size: int = 256, columns: Optional[Seque
     names = _check_columns(columns if columns is not None else DEFAULT_COLUMNS)
     # Opened once here so that a wrong path or table fails now, not at the first training step.
     data = _open(path, names + (["dim"] if "embedding" in names else []), s3)
-    dim = _first_dim(data) if "embedding" in names else None
+    dim = data.first("dim") if "embedding" in names else None
     rows = batch_size if drop_remainder else None
     specs = {name: _tensor_spec(name, rows, dim) for name in names}
 

@@ -13,7 +13,6 @@ import base64
 import datetime as dt
 import html
 import logging
-import random
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Optional
@@ -22,7 +21,7 @@ from urllib.parse import urlparse
 from lookalike.embed import images
 from lookalike.io import tables
 from lookalike.io.storage import StorageError, fetch, storage_for
-from lookalike.config import Config, InputConfig, S3Config, load_config, replace
+from lookalike.config import Config, InputConfig, S3Config
 from lookalike.errors import InputError, ItemNotFoundError, OutputError
 from lookalike.progress import Progress
 
@@ -59,6 +58,7 @@ CSS = """
 .lk-rank { color: #888; }
 .lk-score { font-weight: 600; font-variant-numeric: tabular-nums; }
 .lk-label { color: #0b5394; }
+.lk-attrs { color: #555; }
 .lk-none { color: #888; font-style: italic; }
 """
 
@@ -78,42 +78,35 @@ class Card:
     label: Optional[str] = None
     rank: Optional[int] = None
     score: Optional[float] = None
+    attributes: tuple = ()  # (column, value) pairs from the attributes table, shown as they are
 
 
-def load_settings(args) -> Config:
-    """--config (and --set) plus --s3-endpoint-url: the same S3 and input limits as the jobs."""
-    cfg = load_config(args.config, getattr(args, "overrides", None) or [])
-    if getattr(args, "s3_endpoint_url", None):
-        cfg = replace(cfg, s3={"endpoint_url": args.s3_endpoint_url})
-    return cfg
-
-
-def choose_items(available: list[str], items: Optional[list[str]] = None, sample: Optional[int] = None,
-                 seed: int = 0, known: Optional[set] = None) -> list[str]:
-    """The query items: ``items`` as given (each must be ``known``), or a seeded sample of ``available``."""
-    if items:
-        known = set(available) if known is None else known
-        missing = [item for item in items if item not in known]
-        if missing:
-            raise ItemNotFoundError(
-                f"item {missing[0]!r} is in neither the embeddings nor the neighbour table"
-                + (f" ({len(missing) - 1} more ids are missing too)" if len(missing) > 1 else "")
-                + _close_matches(missing[0], available))
-        return list(dict.fromkeys(items))
+def sample_queries(table: tables.ParquetTable, sample: Optional[int] = None, seed: int = 0) -> list[str]:
+    """``sample`` query items (default DEFAULT_SAMPLE) of the neighbour table, sorted: the items at
+    seeded random row positions (``ParquetTable.sample``), so only the row groups they fall in
+    are read."""
     count = DEFAULT_SAMPLE if sample is None else sample
     if count < 1:
         raise InputError(f"--sample must be a positive number of items, got {count}")
-    if not available:
+    chosen = table.sample(count, seed)
+    if not chosen:
         raise InputError("the neighbour table has no items")
-    return sorted(random.Random(seed).sample(sorted(available), min(count, len(available))))
+    return chosen
 
 
-def _close_matches(item: str, available: list[str]) -> str:
+def _check_known(items: list[str], known: set, neighbours: tables.ParquetTable) -> None:
+    missing = [item for item in items if item not in known]
+    if missing:
+        raise ItemNotFoundError(
+            f"item {missing[0]!r} is in neither the embeddings nor the neighbour table"
+            + (f" ({len(missing) - 1} more ids are missing too)" if len(missing) > 1 else "")
+            + _close_matches(missing[0], neighbours))
+
+
+def _close_matches(item: str, neighbours: tables.ParquetTable) -> str:
     import difflib
 
-    if len(available) > 200_000:  # difflib is quadratic-ish; not worth it on a catalogue
-        return ""
-    close = difflib.get_close_matches(item, available, n=3)
+    close = difflib.get_close_matches(item, neighbours.ids_near(item), n=3)
     return f"; similar ids: {', '.join(repr(c) for c in close)}" if close else ""
 
 
@@ -172,6 +165,9 @@ def render_card(card: Card, thumb: Optional[Thumb], query_label: Optional[str] =
     caption.append(f'<span class="lk-id">{_e(card.item_id)}</span>')
     if card.label is not None:
         caption.append(f'<br><span class="lk-label">{_e(card.label)}</span>')
+    shown = [f"{_e(column)}: {_e(value)}" for column, value in card.attributes if value is not None]
+    if shown:
+        caption.append(f'<br><span class="lk-attrs">{" &middot; ".join(shown)}</span>')
     return f'<figure class="lk-card{match}">{picture}<figcaption>{"".join(caption)}</figcaption></figure>'
 
 
@@ -207,23 +203,37 @@ def render(queries: list[tuple[Card, list[Card]]], thumbs: Mapping[str, Thumb], 
 
 def build(embeddings: str, neighbours: str, items: Optional[list[str]] = None, sample: Optional[int] = None,
           k: int = 10, labels: Optional[Mapping[str, str]] = None, cfg: Config = Config(), seed: int = 0,
-          size: int = THUMB_SIZE, title: str = "Similar items", full_page: bool = True) -> tuple[str, dict]:
-    """Read the tables, fetch thumbnails, render. Returns (html, counts)."""
+          size: int = THUMB_SIZE, title: str = "Similar items", full_page: bool = True,
+          attributes: Optional[str] = None) -> tuple[str, dict]:
+    """Read what the page shows (the chosen items' neighbour rows, the uris of those items and
+    their neighbours, never the embedding column; their rows of the ``attributes`` table, default
+    neighbours.attributes), fetch thumbnails, render. Returns (html, counts)."""
     if k < 1:
         raise InputError(f"-k must be a positive integer, got {k}")
     labels = labels or {}
-    embedded = tables.read_table(embeddings, ["item_id", "uri", "weights"], cfg.s3)
-    uris = dict(zip(embedded.column("item_id").to_pylist(), embedded.column("uri").to_pylist()))
-    weights = sorted(set(embedded.column("weights").to_pylist()))
-    queries_with_neighbours = tables.query_ids(neighbours, cfg.s3)
-    chosen = choose_items(queries_with_neighbours, items, sample, seed,
-                          known=set(uris) | set(queries_with_neighbours))
-    rankings = tables.read_rankings(neighbours, k, cfg.s3, items=chosen)
+    embedded = tables.open_table(embeddings, cfg.s3)
+    embedded.require(["item_id", "uri", "weights"], "an embeddings table")
+    table = tables.open_table(neighbours, cfg.s3)
+    table.require(tables.RANKING_COLUMNS, "a neighbour table")
+    chosen = list(dict.fromkeys(items)) if items else sample_queries(table, sample, seed)
+    rankings = tables.read_rankings(table, k, items=chosen)
+    shown = set(chosen) | {n for item in chosen for n, _ in rankings.get(item, [])}
+    found = embedded.lookup("item_id", shown, ["item_id", "uri"])
+    uris = dict(zip(found.column("item_id").to_pylist(), found.column("uri").to_pylist()))
+    if items:
+        _check_known(chosen, set(uris) | set(rankings), table)
+    weights = embedded.distinct("weights")
+    columns, described = [], {}
+    if attributes or cfg.neighbours.attributes:
+        from lookalike.tools import attributes as item_attributes
+
+        columns, described = item_attributes.lookup(attributes or cfg.neighbours.attributes, shown, cfg.s3)
+    of = lambda item: tuple((c, described.get(item, {}).get(c)) for c in columns)  # noqa: E731
 
     pairs = []
     for item in chosen:
-        query = Card(item, uris.get(item), labels.get(item))
-        ranked = [Card(n, uris.get(n), labels.get(n), rank, score)
+        query = Card(item, uris.get(item), labels.get(item), attributes=of(item))
+        ranked = [Card(n, uris.get(n), labels.get(n), rank, score, of(n))
                   for rank, (n, score) in enumerate(rankings.get(item, []), start=1)]
         pairs.append((query, ranked))
     wanted = [c.uri for q, ns in pairs for c in [q, *ns] if c.uri]
@@ -255,6 +265,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("-k", type=int, default=10, help="neighbours per item (default 10)")
     parser.add_argument("--labels", metavar="CSV", help="show labels from a CSV (item_id,label or path,label)")
     parser.add_argument("--id-regex", metavar="REGEX", help="turn label paths into ids (the embed job's input.id_regex)")
+    parser.add_argument("--attributes", metavar="PATH",
+                        help="show each item's values from an attributes table (item_id and any columns, CSV or "
+                             "Parquet; default: neighbours.attributes of --config)")
     parser.add_argument("--out", required=True, metavar="FILE", help="the HTML file to write")
     parser.add_argument("--title", default="Similar items", help="page title")
     parser.add_argument("--thumb-size", type=int, default=THUMB_SIZE, help=f"thumbnail size in px (default {THUMB_SIZE})")
@@ -265,6 +278,7 @@ def add_arguments(parser) -> None:
 
 
 def command(args) -> int:
+    from lookalike.tools.cli import load_settings
     from lookalike.tools.labels import load_labels
 
     log.setLevel(logging.INFO)  # progress lines on stderr; the CLI's default level is WARNING
@@ -276,7 +290,7 @@ def command(args) -> int:
         raise InputError("--items is empty; give comma-separated item ids")
     labels = load_labels(args.labels, args.id_regex, cfg.s3) if args.labels else None
     page, counts = build(args.embeddings, args.neighbours, items, args.sample, args.k, labels, cfg,
-                         args.seed, args.thumb_size, args.title)
+                         args.seed, args.thumb_size, args.title, attributes=args.attributes)
     try:
         storage_for(args.out, cfg.s3).write(args.out, page.encode("utf-8"))  # never half a page
     except StorageError as exc:

@@ -1,0 +1,109 @@
+"""Duplicates job: output.embeddings -> output.duplicates, the groups of near-duplicate items (every
+pair with cosine >= duplicates.min_score, joined into connected components). The stages live in
+lookalike.duplicates; reading, ordering and checking the embeddings is the neighbours job's."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Optional
+
+from lookalike import publish
+from lookalike.config import Config
+from lookalike.duplicates import components, pairs, write
+from lookalike.jobs.common import job_main
+# The neighbours job's helpers for the same steps: where the embeddings came from, and releasing
+# broadcasts and persisted frames.
+from lookalike.jobs.neighbours import _release, _source_version
+from lookalike.neighbours import prepare
+from lookalike.neighbours.inputs import read_embeddings
+from lookalike.publish import lineage
+from lookalike.runinfo import library_versions, new_run_id
+
+log = logging.getLogger(__name__)
+
+REQUIRED = ("output.embeddings", "output.duplicates")
+
+
+def run(spark, cfg: Config) -> dict:
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    started = time.perf_counter()
+    run_id = new_run_id()
+    settings = cfg.duplicates
+    # Only the embeddings and the threshold decide the groups; chunking and blocking do not.
+    inputs = {"embeddings": lineage.embeddings_identity(cfg.output.embeddings, cfg.s3),
+              "min_score": settings.min_score}
+    done = lineage.unchanged_since(cfg.output.duplicates, inputs, cfg.s3)
+    if done:
+        return _skipped(cfg, run_id, done, inputs, started)
+
+    embeddings = read_embeddings(spark, publish.resolve(cfg.output.embeddings, cfg.s3))
+    partitions = prepare.partition_count(spark, embeddings, settings.partitions)
+    ordered = prepare.ordered_items(embeddings, partitions).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        mark = time.perf_counter()
+        facts = prepare.validate(prepare.inspect(ordered), ordered, None, cfg.output.embeddings)
+        phases = {"prepare": mark - started, "read_order_normalise": time.perf_counter() - mark}
+        items = prepare.Prepared(ordered, partitions, facts["queries"], facts["candidates"], facts["dim"])
+        summary = {"job": "duplicates", "run_id": run_id, "ok": True, "items": facts["items"],
+                   "valid": facts["queries"], "invalid": facts["invalid"], "invalid_sample": facts["invalid_sample"],
+                   **{key: facts[key] for key in ("model", "weights", "pooling", "dim")},
+                   "min_score": settings.min_score, "partitions": partitions, "block_rows": settings.block_rows,
+                   "embeddings": cfg.output.embeddings, "embeddings_version": _source_version(cfg),
+                   "duplicates": cfg.output.duplicates, "inputs": inputs}
+
+        with publish.OutputSet(spark, {"duplicates": cfg.output.duplicates}, run_id, cfg.output.force_unlock,
+                               s3=cfg.s3) as out:
+            held: list = []  # broadcasts and persisted frames, released whatever happens
+            try:
+                found, scored = pairs.find_pairs(spark, run_id, items, settings.min_score, settings.block_rows,
+                                                 settings.broadcast_max_mb, held)
+                phases.update(scored.pop("phase_seconds"))
+                summary.update(scored)
+                mark = time.perf_counter()
+                groups = {"groups": 0, "items_in_groups": 0, "largest_group": 0, "component_rounds": 0}
+                rows = None
+                if summary["pairs"]:
+                    labels, groups["component_rounds"] = components.labels(found, held)
+                    rows, sizes = write.members(found, labels)
+                    counts = sizes.agg(F.count(F.lit(1)).alias("groups"), F.sum("group_size").alias("items_in_groups"),
+                                       F.max("group_size").alias("largest_group")).first()
+                    groups.update({key: int(counts[key]) for key in ("groups", "items_in_groups", "largest_group")})
+                phases["components"] = time.perf_counter() - mark
+                mark = time.perf_counter()
+                written = write.write_members(rows, groups["items_in_groups"], out.staging("duplicates"), cfg.s3)
+                phases["write"] = time.perf_counter() - mark
+                summary.update(groups)
+                summary.update({"files": len(written), "seconds": round(time.perf_counter() - started, 2),
+                                "phase_seconds": {name: round(value, 2) for name, value in phases.items()},
+                                "config_fingerprint": {"duplicates": cfg.fingerprint("duplicates")},
+                                "versions": library_versions()})
+                out.commit({"duplicates": summary})
+            finally:
+                _release(held)
+    finally:
+        ordered.unpersist()
+    log.info("duplicates done: %d pairs with cosine >= %s among %d items (%d invalid left out): %d groups "
+             "holding %d items, the largest %d, %.1fs -> %s", summary["pairs"], settings.min_score,
+             summary["valid"], summary["invalid"], summary["groups"], summary["items_in_groups"],
+             summary["largest_group"], summary["seconds"], cfg.output.duplicates)
+    print(json.dumps(summary, sort_keys=True, default=str))
+    return summary
+
+
+def _skipped(cfg: Config, run_id: str, done: dict, inputs: dict, started: float) -> dict:
+    summary = {"job": "duplicates", "run_id": run_id, "ok": True, "skipped": True,
+               "unchanged_since": done.get("run_id"), "inputs": inputs,
+               "seconds": round(time.perf_counter() - started, 2)}
+    log.info("duplicates: nothing changed since run %s (same embeddings and min_score); %s is left as it is",
+             done.get("run_id"), cfg.output.duplicates)
+    print(json.dumps(summary, sort_keys=True, default=str))
+    return summary
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    return job_main(argv, run, "Groups of near-duplicate items (cosine >= duplicates.min_score) in the "
+                               "embeddings table.", REQUIRED)

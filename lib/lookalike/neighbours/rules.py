@@ -1,0 +1,83 @@
+"""Which candidates a query may get, beyond its own column: neighbours.same, neighbours.exclude_same
+and neighbours.hide_duplicates as integer codes per item (one column per rule, NULL where the item
+has no value), checked inside the kernels before selection.
+
+A masked pair scores -inf, which no cosine of unit vectors does, so the selection drops it like a
+query's own column and the running top-k fills up with allowed candidates: every item still gets
+k neighbours when k allowed ones exist.
+
+Layout of the codes: with ``same``, column 0 must be equal (a NULL query or candidate matches
+nothing: such an item has no neighbours and is never recommended); every other column must differ
+(a NULL matches nothing, so it excludes nothing).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+NULL = -1
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What the code columns mean; travels to the executors with the scoring functions."""
+
+    same: bool = False
+    width: int = 0  # code columns, ``same``'s first
+
+    @property
+    def active(self) -> bool:
+        return self.width > 0
+
+
+@dataclass(frozen=True)
+class Rules:
+    """Codes of a block of queries and of the candidates they are scored against."""
+
+    query: np.ndarray  # (b, width) int64
+    candidate: np.ndarray  # (m, width) int64
+    same: bool
+
+    def rows(self, index) -> "Rules":
+        return Rules(self.query[index], self.candidate, self.same)
+
+    def columns(self, index) -> "Rules":
+        return Rules(self.query, self.candidate[index], self.same)
+
+    def mask(self, scores: np.ndarray, first: int = 0) -> None:
+        """Scores of the pairs the rules forbid -> -inf, in place; ``scores`` (b, w) is against
+        candidates first .. first + w - 1."""
+        width = scores.shape[1]
+        for j in range(self.query.shape[1]):
+            q = self.query[:, j][:, None]
+            c = self.candidate[first:first + width, j][None, :]
+            if self.same and j == 0:
+                banned = (q != c) | (q == NULL)
+            else:
+                banned = (q == c) & (q != NULL)
+            scores[banned] = -np.inf
+
+
+def make(layout: Layout, query_codes: Optional[np.ndarray], candidate_codes: Optional[np.ndarray]) -> Optional[Rules]:
+    if not layout.active:
+        return None
+    return Rules(np.asarray(query_codes, dtype=np.int64).reshape(-1, layout.width),
+                 np.asarray(candidate_codes, dtype=np.int64).reshape(-1, layout.width), layout.same)
+
+
+def codes_of(column, layout: Layout) -> Optional[np.ndarray]:
+    """The (n, width) codes of an Arrow list<int64> column of PREPARED rows (None without rules)."""
+    if not layout.active:
+        return None
+    return np.asarray(column.flatten().to_numpy(zero_copy_only=False), dtype=np.int64).reshape(-1, layout.width)
+
+
+def without_same(layout: Layout, codes: np.ndarray) -> tuple[Layout, np.ndarray]:
+    """The exclusion columns alone: what is left to check once the search is already partitioned by
+    the ``same`` column."""
+    if not layout.same:
+        return layout, codes
+    return Layout(False, layout.width - 1), codes[:, 1:]
