@@ -128,3 +128,22 @@ def job_main(argv: Optional[list[str]], run: Callable, description: str,
     finally:
         if spark is not None:
             spark.stop()
+
+
+def embeddings_version(cfg: Config) -> Optional[str]:
+    """The published version of output.embeddings that a downstream job reads, for its summary."""
+    from lookalike import publish
+
+    try:
+        return publish.current_version(cfg.output.embeddings, cfg.s3)
+    except Exception:  # only informational
+        return None
+
+
+def release(held: list) -> None:
+    """Unpersist the DataFrames and destroy the broadcasts (the driver's copy too) a stage held."""
+    for thing in held:
+        if hasattr(thing, "unpersist") and not hasattr(thing, "destroy"):
+            thing.unpersist()
+        else:
+            thing.destroy()

@@ -12,10 +12,7 @@ from typing import Optional
 from lookalike import publish
 from lookalike.config import Config
 from lookalike.duplicates import components, pairs, write
-from lookalike.jobs.common import job_main
-# The neighbours job's helpers for the same steps: where the embeddings came from, and releasing
-# broadcasts and persisted frames.
-from lookalike.jobs.neighbours import _release, _source_version
+from lookalike.jobs.common import embeddings_version, job_main, release
 from lookalike.neighbours import prepare
 from lookalike.neighbours.inputs import read_embeddings
 from lookalike.publish import lineage
@@ -52,7 +49,7 @@ def run(spark, cfg: Config) -> dict:
                    "valid": facts["queries"], "invalid": facts["invalid"], "invalid_sample": facts["invalid_sample"],
                    **{key: facts[key] for key in ("model", "weights", "pooling", "dim")},
                    "min_score": settings.min_score, "partitions": partitions, "block_rows": settings.block_rows,
-                   "embeddings": cfg.output.embeddings, "embeddings_version": _source_version(cfg),
+                   "embeddings": cfg.output.embeddings, "embeddings_version": embeddings_version(cfg),
                    "duplicates": cfg.output.duplicates, "inputs": inputs}
 
         with publish.OutputSet(spark, {"duplicates": cfg.output.duplicates}, run_id, cfg.output.force_unlock,
@@ -83,7 +80,7 @@ def run(spark, cfg: Config) -> dict:
                                 "versions": library_versions()})
                 out.commit({"duplicates": summary})
             finally:
-                _release(held)
+                release(held)
     finally:
         ordered.unpersist()
     log.info("duplicates done: %d pairs with cosine >= %s among %d items (%d invalid left out): %d groups "

@@ -10,7 +10,7 @@ from typing import Optional
 
 from lookalike import publish
 from lookalike.config import Config, NeighboursConfig
-from lookalike.jobs.common import job_main
+from lookalike.jobs.common import embeddings_version, job_main, release
 from lookalike.neighbours import arrow, exact, ivf_stage, keys, prepare, watch, write
 from lookalike.neighbours.inputs import (candidates_identity, published_identity, read_attributes, read_candidates,
                                          read_duplicates, read_embeddings)
@@ -66,7 +66,7 @@ def run(spark, cfg: Config) -> dict:
         items = prepare.Prepared(ordered, partitions, facts["queries"], facts["candidates"], facts["dim"],
                                  keys.layout_for(settings), *_hidden(spark, ordered, settings, facts, held))
         summary = {"job": "neighbours", "run_id": run_id, "ok": True, **facts,
-                   "embeddings": cfg.output.embeddings, "embeddings_version": _source_version(cfg),
+                   "embeddings": cfg.output.embeddings, "embeddings_version": embeddings_version(cfg),
                    "neighbours": cfg.output.neighbours, "phase_seconds": phases, "inputs": inputs}
         phases["checks"] = time.perf_counter() - mark - phases["read_order_normalise"]
 
@@ -93,11 +93,11 @@ def run(spark, cfg: Config) -> dict:
                 summary["phase_seconds"] = {name: round(value, 2) for name, value in phases.items()}
                 out.commit({"neighbours": summary})
             finally:
-                _release(held)
+                release(held)
                 held.clear()
     finally:
         ordered.unpersist()
-        _release(held)
+        release(held)
     _log_done(summary, settings)
     print(json.dumps(summary, sort_keys=True, default=str))
     return summary
@@ -132,13 +132,6 @@ def _skipped(cfg: Config, run_id: str, done: dict, inputs: dict, started: float)
     return summary
 
 
-def _source_version(cfg: Config) -> Optional[str]:
-    try:
-        return publish.current_version(cfg.output.embeddings, cfg.s3)
-    except Exception:  # only informational
-        return None
-
-
 def _totals(cfg: Config, partitions: int, written: list, n_queries: int, started: float) -> dict:
     """The summary's settings, counts of what was written, and timings."""
     settings = cfg.neighbours
@@ -155,14 +148,6 @@ def _totals(cfg: Config, partitions: int, written: list, n_queries: int, started
         "config_fingerprint": {"neighbours": cfg.fingerprint("neighbours")},
         "versions": library_versions(),
     }
-
-
-def _release(held: list) -> None:
-    for thing in held:
-        if hasattr(thing, "unpersist") and not hasattr(thing, "destroy"):
-            thing.unpersist()  # a DataFrame
-        else:
-            thing.destroy()  # a broadcast: the driver's copy too
 
 
 def _log_done(summary: dict, settings: NeighboursConfig) -> None:
