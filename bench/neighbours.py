@@ -14,13 +14,17 @@ topk_block in the other direction (the same column-side output, computed from it
 And (d) neighbours.same: the job with 50 groups of Zipf-distributed sizes (--groups) against the
 ungrouped exact run on the same table, one-sided (symmetric: false, as the grouped run scores) and
 as by default, beside the work ratio sum(n_g^2) / N^2 that partitioned search should approach.
+And (e) the duplicates job (./spark-submit.sh duplicates) on the same N with planted near-duplicate
+groups (--planted groups of 2-6 copies, chains among them, noise far below the threshold): wall time,
+the pairs it found against the pairs planted, and its groups against the planted ones, exactly.
 
 Wall time and peak resident memory of the whole process tree (JVM and Python workers included,
 sampled every 0.1 s) for each. Prints a table with ratios and writes JSON to
 bench/results/neighbours.json.
 
     .venv/bin/python bench/neighbours.py [--n 50000] [--dim 512] [--k 10] [--lsh-n 1000]
-                                         [--groups 50] [--skip kernel,faiss,job,lsh,groups]
+                                         [--groups 50] [--planted 2000]
+                                         [--skip kernel,faiss,job,lsh,groups,duplicates]
 """
 
 from __future__ import annotations
@@ -244,6 +248,97 @@ def run_groups(workdir: Path, embeddings: Path, ids: list[str], k: int, groups: 
             "time_ratio_vs_default": round(score["grouped"] / score["ungrouped_default"], 4)}
 
 
+def planted_table(directory: Path, n: int, dim: int, planted: int, min_score: float = 0.95,
+                  seed: int = 5) -> tuple[list[list[str]], int]:
+    """N unit vectors of which ``planted`` groups of 2..6 are near-copies of one random vector: each
+    copy is the original plus noise of norm 0.05 (cosine ~0.999 with it, ~0.997 between copies),
+    and every fifth group is a chain (copy j is copy j - 1 plus noise of norm 0.26: cosine ~0.968
+    with it, ~0.937 with copy j - 2, so a ~ b, b ~ c, a !~ c). Random unit vectors of d = 512 have
+    cosines below ~0.3, far under any threshold. Returns the groups to expect (the connected
+    components of each planted group's pairs >= min_score, in float64: a chain whose link dips
+    under the threshold splits) and the number of those pairs."""
+    rng = np.random.default_rng(seed)
+    sizes = rng.integers(2, 7, planted)
+    members = int(sizes.sum())
+    if members > n:
+        sys.exit(f"--planted {planted} needs {members} items, more than --n {n}")
+    x = rng.standard_normal((n, dim)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    order = rng.permutation(n)
+    truth, position, pairs = [], 0, 0
+    for number, size in enumerate(sizes):
+        rows = order[position:position + size]
+        position += size
+        original = x[rows[0]].astype(np.float64)
+        chain = number % 5 == 0
+        copies, previous = [original], original
+        for _ in range(1, size):
+            vector = (previous if chain else original) + (0.26 if chain else 0.05) * _unit_noise(rng, dim)
+            vector /= np.linalg.norm(vector)
+            copies.append(vector)
+            previous = vector
+        x[rows] = np.array(copies, dtype=np.float32)
+        unit = x[rows].astype(np.float64)
+        unit /= np.linalg.norm(unit, axis=1, keepdims=True)
+        linked = np.triu(unit @ unit.T, 1) >= min_score
+        pairs += int(linked.sum())
+        truth.extend(_components(rows, linked))
+    ids = [f"item-{i:08d}" for i in rng.permutation(n)]
+    write_embeddings(directory, ids, x, "random-unit-vectors-planted-duplicates")
+    return [sorted(ids[r] for r in rows) for rows in truth if len(rows) > 1], pairs
+
+
+def _components(rows: np.ndarray, linked: np.ndarray) -> list[list[int]]:
+    """Connected components of one planted group's pairs above the threshold (a chain may split)."""
+    label = list(range(len(rows)))
+
+    def root(i):
+        while label[i] != i:
+            i = label[i]
+        return i
+
+    for a, b in zip(*np.nonzero(linked)):
+        label[root(a)] = root(b)
+    out: dict[int, list[int]] = {}
+    for i, row in enumerate(rows):
+        out.setdefault(root(i), []).append(int(row))
+    return list(out.values())
+
+
+def _unit_noise(rng, dim: int) -> np.ndarray:
+    noise = rng.standard_normal(dim)
+    return noise / np.linalg.norm(noise)
+
+
+def run_duplicates(workdir: Path, n: int, dim: int, planted: int, driver_memory: str = "8g") -> dict:
+    """(e) The duplicates job on N vectors with planted groups: time, pairs and exact groups."""
+    import pyarrow.parquet as pq
+
+    from lookalike import publish
+
+    table = workdir / "embeddings-planted"
+    print(f"(e) duplicates: writing {n} vectors with {planted} planted groups ...", flush=True)
+    truth, planted_pairs = planted_table(table, n, dim, planted)
+    output = workdir / "duplicates"
+    result = measure([str(ROOT / "spark-submit.sh"), "duplicates", "--config", str(ROOT / "conf" / "local.yaml"),
+                      "--set", f"output.embeddings={table}", "--set", f"output.duplicates={output}",
+                      "--driver-memory", driver_memory])
+    check(result, "the duplicates job")
+    summary = last_json(result["stdout"])
+    rows = pq.read_table(publish.resolve(str(output), None), columns=["group_id", "item_id"]).to_pylist()
+    found: dict[str, list[str]] = {}
+    for row in rows:
+        found.setdefault(row["group_id"], []).append(row["item_id"])
+    found_groups = sorted(sorted(members) for members in found.values())
+    return {"n": n, "planted_groups": planted, "planted_items": sum(len(g) for g in truth),
+            "seconds": result["seconds"], "peak_rss_mb": result["peak_rss_mb"],
+            "job_seconds": summary.get("seconds"), "phase_seconds": summary.get("phase_seconds"),
+            "pairs": summary.get("pairs"), "pairs_planted_above_threshold": planted_pairs,
+            "groups": summary.get("groups"), "items_in_groups": summary.get("items_in_groups"),
+            "largest_group": summary.get("largest_group"), "component_rounds": summary.get("component_rounds"),
+            "groups_equal_planted": found_groups == sorted(truth)}
+
+
 FAISS_SCRIPT = r"""
 import sys, time, json
 started = time.perf_counter()
@@ -421,7 +516,8 @@ def main(argv=None) -> int:
     parser.add_argument("--lsh-bucket-length", type=float, default=0.01)
     parser.add_argument("--lsh-tables", type=int, default=3)
     parser.add_argument("--groups", type=int, default=50, help="(d): groups of Zipf-distributed sizes")
-    parser.add_argument("--skip", default="", help="comma-separated: kernel,faiss,job,lsh,groups")
+    parser.add_argument("--planted", type=int, default=2000, help="(e): near-duplicate groups planted")
+    parser.add_argument("--skip", default="", help="comma-separated: kernel,faiss,job,lsh,groups,duplicates")
     parser.add_argument("--workdir", default=None, help="where the tables go (default: a temporary directory)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "neighbours.json"))
     args = parser.parse_args(argv)
@@ -454,6 +550,8 @@ def main(argv=None) -> int:
             report["job_small"] = run_job(small, workdir / "neighbours-small", args.k)
     if "groups" not in skip:
         report["same_groups"] = run_groups(workdir, big, big_ids, args.k, args.groups, args.dim)
+    if "duplicates" not in skip:
+        report["duplicates"] = run_duplicates(workdir, args.n, args.dim, args.planted)
     report["load_average_end"] = os.getloadavg()
 
     print_table(report)
@@ -499,6 +597,14 @@ def print_table(report: dict) -> None:
         kernel = grouped["kernel"]
         print(f"    kernel alone, one core, {kernel['queries']} queries x N candidates: {kernel['seconds']} s, "
               f"grouped / ungrouped {kernel['ratio']}")
+    dup = report.get("duplicates")
+    if dup:
+        print(f"(e) duplicates job, N={dup['n']}, {dup['planted_groups']} planted groups ({dup['planted_items']} "
+              f"items): {dup['seconds']} s wall, {dup['peak_rss_mb']:.0f} MB peak; {dup['pairs']} pairs found "
+              f"({dup['pairs_planted_above_threshold']} planted >= 0.95), {dup['groups']} groups, largest "
+              f"{dup['largest_group']}, {dup['component_rounds']} rounds; groups equal the planted ones: "
+              f"{dup['groups_equal_planted']}")
+        print(f"    phases (s): {dup['phase_seconds']}")
     kernel = report.get("kernel")
     if kernel:
         print(f"kernel, one core, {kernel['rows']} queries x {kernel['candidates']} candidates "

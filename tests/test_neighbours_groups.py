@@ -13,7 +13,7 @@ from brute_force import brute_force, random_vectors
 from lookalike.config import from_dict, validate
 from lookalike.errors import ConfigError, InputError
 from lookalike.jobs import neighbours as job
-from lookalike.neighbours import rules, topk
+from lookalike.neighbours import exact, rules, topk
 from lookalike.neighbours.topk import normalise
 from test_neighbours_job import assert_matches, embeddings_dir, make_ids, publish_embeddings, read_output
 
@@ -116,6 +116,18 @@ def test_rules_same_group_with_nulls_in_the_kernel():
             assert (group[got] == group[q]).all() and len(got) == min(60, (group == group[q]).sum() - 1)
 
 
+def test_group_packs_hold_whole_groups_up_to_a_chunk_and_a_large_group_alone():
+    codes = np.array([0, 1, 2, 3, 4, 5, 7, 9])  # 6 and 8: groups without candidates
+    counts = np.array([10, 60, 5, 5, 50, 1, 2, 54])
+    packs = exact.group_packs(codes, counts, chunk_rows=54)
+    assert [(p.low, p.high, p.rows) for p in packs] == [(0, 1, 10), (1, 2, 60), (2, 4, 10), (4, 9, 53), (9, 10, 54)]
+    # Every code in exactly one pack, the rows add up, and no pack but a lone large group exceeds a chunk.
+    covered = [c for p in packs for c in range(p.low, p.high)]
+    assert covered == list(range(10)) and sum(p.rows for p in packs) == counts.sum()
+    assert all(p.rows <= 54 or p.high - p.low == 1 for p in packs)
+    assert exact.group_packs(np.array([], dtype=np.int64), np.array([], dtype=np.int64), 54) == []
+
+
 # --------------------------------------------------------------------------------------------
 # The job: same
 
@@ -131,7 +143,8 @@ def test_same_group_matches_brute_force_restricted_to_the_group(spark, data, met
     assert summary["attributes_unknown"] == 1 and summary["attributes_unknown_sample"] == ["not-an-item"]
     assert summary["items_without_attributes"] == 20
     if method == "exact":
-        assert summary["chunks"] == 6 and summary["symmetric"] is False
+        # Whole groups packed into chunks; the groups of 150 and 60 are cut into 3 and 2 pieces.
+        assert summary["chunks"] == summary["group_packs"] + 3 >= 7 and summary["symmetric"] is False
     else:
         assert summary["recall_at_k"] == 1.0
 

@@ -6,7 +6,11 @@
 2. When the queries are the candidates, ``score_symmetric`` instead scores each task's queries
    against its own and its ``paired_partitions``' candidates, each block serving both sides
    (about half the matmuls).
-3. ``search`` drives the chunks and hands the PARTIAL rows to ``write.merge_and_write``; with one
+3. With neighbours.same and more candidates than one chunk holds, ``group_packs`` cuts the
+   candidates by group instead: whole groups packed into chunks (a group larger than a chunk alone,
+   in pieces), and each chunk is scored only by the queries of its groups, filtered in Spark, so
+   each query crosses to Python once (per piece of its group) instead of once per chunk.
+4. ``search`` drives the chunks and hands the PARTIAL rows to ``write.merge_and_write``; with one
    chunk and no symmetry the tasks rank and write the table themselves (``write.score_and_write``).
 """
 
@@ -84,8 +88,9 @@ def _chunk(offset: int, ids: list, vectors: np.ndarray, codes: Optional[np.ndarr
 
 
 def candidate_chunks(ordered, n_candidates: int, chunk_rows: int, dim: int,
-                     layout: rules.Layout = rules.Layout()) -> Iterator[Chunk]:
-    """Candidates brought to the driver in item_id order, at most ``chunk_rows`` at a time.
+                     layout: rules.Layout = rules.Layout(), base: int = 0) -> Iterator[Chunk]:
+    """Candidates brought to the driver in item_id order, at most ``chunk_rows`` at a time, the
+    first numbered ``base``.
 
     Partitions are range-sorted, so reading them one after another is global id order. When all
     fit in one chunk they come in one Arrow collect; otherwise partition by partition, so that the
@@ -95,12 +100,12 @@ def candidate_chunks(ordered, n_candidates: int, chunk_rows: int, dim: int,
         table = arrow.to_arrow(rows)
         unit = arrow.vectors(table.column("vector").combine_chunks(), dim)
         codes = rules.codes_of(table.column("codes").combine_chunks(), layout)
-        yield _chunk(0, table.column("item_id").to_pylist(), unit, codes, layout)
+        yield _chunk(base, table.column("item_id").to_pylist(), unit, codes, layout)
         return
     ids: list[str] = []
     blobs: list = []
     codes: list = []
-    offset = 0
+    offset = base
     last: Optional[str] = None
 
     def cut():
@@ -121,6 +126,63 @@ def candidate_chunks(ordered, n_candidates: int, chunk_rows: int, dim: int,
             ids, blobs, codes = [], [], []
     if ids:
         yield cut()
+
+
+@dataclass(frozen=True)
+class Pack:
+    """The candidates of groups ``low`` .. ``high`` - 1 (``same`` codes), ``rows`` of them."""
+
+    low: int
+    high: int
+    rows: int
+
+    def of(self, frame):
+        """The rows of ``frame`` whose group is in the pack."""
+        from pyspark.sql import functions as F
+
+        group = F.col("codes")[0]
+        return frame.filter((group >= self.low) & (group < self.high))
+
+
+def group_packs(codes: np.ndarray, counts: np.ndarray, chunk_rows: int) -> list[Pack]:
+    """Consecutive ``same`` codes packed into as few chunks as whole groups allow: a pack holds at
+    most ``chunk_rows`` candidates, except a group larger than that, which is a pack of its own
+    (``candidate_chunks`` then cuts it into pieces). ``codes`` ascending, with each's candidate
+    count; the codes are numbered densely (keys._numbered), so a pack is a range of them."""
+    packs: list[Pack] = []
+    low, rows = None, 0
+    for code, count in zip(codes.tolist(), counts.tolist()):
+        if low is not None and rows + count > chunk_rows:
+            packs.append(Pack(low, code, rows))
+            low, rows = None, 0
+        if low is None:
+            low = code
+        rows += count
+    if low is not None:
+        packs.append(Pack(low, int(codes[-1]) + 1, rows))
+    return packs
+
+
+def grouped_candidate_chunks(ordered, chunk_rows: int, dim: int, layout: rules.Layout
+                             ) -> tuple[list[Pack], Iterator[tuple[Pack, Chunk]]]:
+    """neighbours.same over more candidates than one chunk: the packs, and each pack's chunks (one,
+    or a large group's pieces) in order, numbered consecutively. A candidate's number is then its
+    rank by (pack, item_id), not by item_id; within a group, the only place a query's candidates
+    come from, both orders agree, so ties still break by id."""
+    from pyspark.sql import functions as F
+
+    group = F.col("codes")[0]
+    sizes = arrow.to_arrow(ordered.filter(USABLE).filter(group != rules.NULL)
+                           .groupBy(group.alias("code")).count().orderBy("code"))
+    packs = group_packs(sizes.column("code").to_numpy(), sizes.column("count").to_numpy(), chunk_rows)
+
+    def chunks():
+        base = 0
+        for pack in packs:
+            for chunk in candidate_chunks(pack.of(ordered), pack.rows, chunk_rows, dim, layout, base):
+                yield pack, chunk
+            base += pack.rows
+    return packs, chunks()
 
 
 def _query_batches(batches, dim: int, layout: rules.Layout = rules.Layout()):
@@ -303,26 +365,36 @@ def search(spark, run_id: str, items: Prepared, settings: NeighboursConfig, held
     ordered, dim, partitions, layout = items.ordered, items.dim, items.partitions, items.layout
     n_queries, n_candidates = items.queries, items.candidates
     chunk_rows = rows_per_chunk(settings.broadcast_max_mb, dim)
-    n_chunks = math.ceil(n_candidates / chunk_rows)
-    log.info("%d queries, %d candidates of dim %d in %d chunk(s) of up to %d rows (%.1f MB), %d partitions, "
+    valid = queries(ordered)
+    if layout.same and n_candidates > chunk_rows:
+        packs, grouped = grouped_candidate_chunks(ordered, chunk_rows, dim, layout)
+        # A group larger than a chunk is cut into pieces; every other pack is one chunk.
+        n_chunks = sum(math.ceil(pack.rows / chunk_rows) for pack in packs)
+        chunks = ((chunk, pack.of(valid)) for pack, chunk in grouped)
+    else:
+        packs = None
+        n_chunks = math.ceil(n_candidates / chunk_rows)
+        chunks = ((chunk, valid) for chunk in candidate_chunks(ordered, n_candidates, chunk_rows, dim, layout))
+    log.info("%d queries, %d candidates of dim %d in %d chunk(s) of up to %d rows (%.1f MB)%s, %d partitions, "
              "blocks of %d queries", n_queries, n_candidates, dim, n_chunks, chunk_rows,
-             min(chunk_rows, n_candidates) * (4 * dim + ID_BYTES) / 2 ** 20, partitions, block_rows)
+             min(chunk_rows, n_candidates) * (4 * dim + ID_BYTES) / 2 ** 20,
+             "" if packs is None else f", whole groups packed into {len(packs)}", partitions, block_rows)
     sc = spark.sparkContext
     # When the queries are the candidates, score(a, b) = score(b, a): each block serves both.
     # Rules make the pairs one-sided (a query may get a candidate that may not get it back).
     symmetric = settings.symmetric and n_candidates == n_queries and partitions > 1 and not layout.active
     out = Scored(summary={"chunks": n_chunks, "chunk_rows": chunk_rows, "symmetric": symmetric},
                  phases={"collect_broadcast": 0.0, "score": 0.0})
+    if packs is not None:
+        out.summary["group_packs"] = len(packs)
     phases = out.phases
     partials = []
-    chunks = candidate_chunks(ordered, n_candidates, chunk_rows, dim, layout)
-    valid = queries(ordered)
     if symmetric:
         bounds_bc = sc.broadcast(candidate_offsets(ordered))
         held.append(bounds_bc)
     for number in range(1, n_chunks + 1):
         mark = time.perf_counter()
-        chunk = next(chunks)
+        chunk, chunk_queries = next(chunks)
         chunk_bc = sc.broadcast(chunk)
         held.append(chunk_bc)
         phases["collect_broadcast"] += time.perf_counter() - mark
@@ -331,7 +403,7 @@ def search(spark, run_id: str, items: Prepared, settings: NeighboursConfig, held
                  chunk.offset, chunk.offset + len(chunk.ids) - 1, chunk.ids[0], chunk.ids[-1],
                  chunk.nbytes / 2 ** 20)
         del chunk
-        if n_chunks == 1 and not symmetric:
+        if n_chunks == 1 and not symmetric and packs is None:
             # Already in the output's partitioning and order: rank and write in the same tasks.
             scorer = _score_function(chunk_bc, k, block_rows, min_score, dim, layout)
             out.written = watch.collect(spark, run_id, "neighbours", n_queries, score_and_write(
@@ -341,7 +413,7 @@ def search(spark, run_id: str, items: Prepared, settings: NeighboursConfig, held
         if symmetric:
             scored = score_symmetric(valid, chunk_bc, bounds_bc, k, block_rows, min_score, dim)
         else:
-            scored = score(valid, chunk_bc, k, block_rows, min_score, dim, layout)
+            scored = score(chunk_queries, chunk_bc, k, block_rows, min_score, dim, layout)
         scored = scored.persist(StorageLevel.MEMORY_AND_DISK)
         held.append(scored)
         watch.collect(spark, run_id, f"neighbours chunk {number}/{n_chunks}", n_queries, scored.groupBy().count())
@@ -350,6 +422,9 @@ def search(spark, run_id: str, items: Prepared, settings: NeighboursConfig, held
         phases["score"] += time.perf_counter() - mark
     if next(chunks, None) is not None:
         raise RuntimeError(f"more candidates than the {n_candidates} counted; was the table changed?")
+    if not partials:  # neighbours.same and no candidate has a group: nobody gets a neighbour
+        out.partials = spark.createDataFrame([], arrow.PARTIAL)
+        return out
     out.partials = partials[0]
     for other in partials[1:]:
         out.partials = out.partials.union(other)
