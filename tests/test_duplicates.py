@@ -247,6 +247,7 @@ def test_table_schema_files_and_summary(chunked_run):
         assert f'"{key}"' in stored and key in summary
 
 
+@pytest.mark.heavy  # CI's compat run leaves it out (pytest.ini)
 def test_one_chunk_rerun_is_identical_then_skipped_and_a_new_threshold_is_not(spark, planted_table, chunked_run):
     tmp, ids, x, _, embeddings = planted_table
     out = tmp / "one-chunk"

@@ -145,6 +145,7 @@ def test_ivf_with_candidates_and_min_score_matches_brute_force(spark, clustered)
     assert summary["ivf"]["nprobe"] == summary["ivf"]["nlist"] == round(np.sqrt(summary["candidates"]))
 
 
+@pytest.mark.heavy  # CI's compat run leaves it out (pytest.ini)
 def test_ivf_probing_every_list_gives_the_exact_jobs_table_bit_for_bit(spark, clustered):
     """Same scores and the same tie-break (smaller id first) as the exact job, across partitions;
     and both are brute force's answer (ties and invalid vectors included)."""

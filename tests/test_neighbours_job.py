@@ -305,6 +305,7 @@ def publish_embeddings(spark, embeddings: str, ids: list[str], vectors: np.ndarr
     return embeddings
 
 
+@pytest.mark.heavy  # CI's compat run leaves it out (pytest.ini)
 def test_a_rerun_on_unchanged_embeddings_and_settings_skips_and_keeps_the_table(spark, tmp_path):
     from lookalike.publish import versions as publish
 

@@ -169,6 +169,7 @@ def test_a_replaced_part_file_of_a_local_candidates_table_recomputes(spark, tmp_
     assert job.run(spark, cfg)["skipped"] is True
 
 
+@pytest.mark.heavy  # CI's compat run leaves it out (pytest.ini)
 def test_speed_settings_skip_and_result_settings_recompute(spark, tmp_path, embeddings):
     def run(**neighbours):
         return job.run(spark, config(tmp_path, embeddings, **neighbours))
