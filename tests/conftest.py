@@ -120,3 +120,10 @@ def run_script(args: list[str], timeout: float = 600, env: dict | None = None, c
     """Run a command from the repo root; returns CompletedProcess with text output."""
     return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})})
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """The standalone-cluster tests last: they start half a dozen JVMs and unpack a 0.6 GB archive
+    per executor, and in CI they suffered most from the compat suite running beside them (their
+    time nearly doubled); by the end of the main suite the compat one has finished."""
+    items.sort(key=lambda item: item.nodeid.startswith("tests/test_cluster.py"))

@@ -20,11 +20,13 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from lookalike.config import load_config
+from lookalike.jobs import embed as embed_job
 from lookalike.publish import versions as publish
 
 from conftest import ROOT, SAMPLE_DIR, run_script
 
-pytestmark = pytest.mark.slow  # two spark-submit applications (make test-fast leaves it out)
+pytestmark = pytest.mark.slow  # a spark-submit application (make test-fast leaves it out)
 
 # local[2,4]: two task threads and up to four attempts per task (plain local[2] never retries).
 MASTER = "local[2,4]"
@@ -34,11 +36,14 @@ HOOKS = ROOT / "tests" / "hooks"
 CRASHING_WORKER = ["--conf", "spark.python.use.daemon=false", "--conf", "spark.python.worker.module=crashing_worker"]
 
 
+# Both runs: the same images, model and batches, so the same floats.
+SETTINGS = ["model.weights=none", "model.seed=7", "model.batch_size=2", "input.partition_size=4"]
+
+
 def embed(images, out, env=None, spark_args=()):
     result = run_script(
         [str(ROOT / "spark-submit.sh"), "embed", "--master", MASTER, *spark_args,
-         "--set", f"input.uri={images}", "--set", "model.weights=none", "--set", "model.seed=7",
-         "--set", "model.batch_size=2", "--set", "input.partition_size=4",
+         *[a for s in SETTINGS for a in ("--set", s)], "--set", f"input.uri={images}",
          "--set", f"output.embeddings={out}/emb", "--set", f"output.errors={out}/err"],
         timeout=900, env=env)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
@@ -51,14 +56,18 @@ def read(path) -> pd.DataFrame:
     return pq.read_table(publish.resolve(str(path))).to_pandas().sort_values("item_id").reset_index(drop=True)
 
 
-def test_a_killed_python_worker_is_retried_and_the_tables_equal_an_undisturbed_run_random_init_weights(tmp_path):
+def test_a_killed_python_worker_is_retried_and_the_tables_equal_an_undisturbed_run_random_init_weights(spark, tmp_path):
     images = tmp_path / "images"
     images.mkdir()
     for path in sorted(SAMPLE_DIR.rglob("*.jpg"))[::5]:
         shutil.copy(path, images / path.name)
     marker = tmp_path / "crashed-once"
 
-    calm, _ = embed(images, tmp_path / "calm")
+    # The undisturbed run: the same job and config in this session (spark-submit.sh's default
+    # config is conf/local.yaml), which saves CI an application.
+    calm = embed_job.run(spark, load_config(str(ROOT / "conf" / "local.yaml"), [
+        *SETTINGS, f"input.uri={images}", f"output.embeddings={tmp_path}/calm/emb",
+        f"output.errors={tmp_path}/calm/err"]))
     path = os.pathsep.join(p for p in (str(HOOKS), os.environ.get("PYTHONPATH")) if p)
     hit, output = embed(images, tmp_path / "hit", env={"LOOKALIKE_TEST_CRASH_ONCE": str(marker), "PYTHONPATH": path},
                         spark_args=CRASHING_WORKER)
