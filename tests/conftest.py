@@ -1,55 +1,23 @@
-"""Shared fixtures: one local SparkSession for the whole run and a real S3 API (moto's server
-mode) on 127.0.0.1, started and stopped by the fixtures."""
+"""Fixtures shared by every tier: one local SparkSession for the whole run, a real S3 API (moto's
+server mode) on 127.0.0.1, and the toy model the Spark tests embed with. Helpers live in
+``tests/support``; nothing imports this file."""
 
 from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-SAMPLE_DIR = ROOT / "samples" / "clothing"
-SAMPLE_LABELS = ROOT / "samples" / "clothing-labels.csv"
+from tests.support import env, toy_model
+from tests.support.net import free_port, wait_for_port
+from tests.support.paths import SAMPLE_DIR
 
-# Set before any Spark JVM starts: Python workers inherit the JVM's environment, not later changes.
-# The secret is recognisable so that tests can prove it never leaks into logs or outputs.
-FAKE_SECRET = "lookalikeFAKEsecretDoNotLog0123456789abcd"
-os.environ.update({
-    "AWS_ACCESS_KEY_ID": "lookalikeFAKEKEYID",
-    "AWS_SECRET_ACCESS_KEY": FAKE_SECRET,
-    "AWS_DEFAULT_REGION": "us-east-1",
-    "SPARK_LOCAL_IP": "127.0.0.1",
-    "SPARK_CONF_DIR": str(ROOT / "conf" / "spark"),
-    "TF_CPP_MIN_LOG_LEVEL": "3",
-    "PYSPARK_PYTHON": sys.executable,
-    "PYSPARK_DRIVER_PYTHON": sys.executable,
-})
-os.environ.pop("AWS_PROFILE", None)
-os.environ.pop("AWS_SESSION_TOKEN", None)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for_port(port: int, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+env.apply()
 
 
 @pytest.fixture(scope="session")
@@ -101,29 +69,18 @@ def bucket(s3):
     return name
 
 
-def upload_dir(s3, bucket: str, source: Path, prefix: str) -> list[str]:
-    keys = []
-    for path in sorted(source.rglob("*")):
-        if path.is_file():
-            key = f"{prefix}{path.relative_to(source).as_posix()}"
-            s3.upload_file(str(path), bucket, key)
-            keys.append(key)
-    return keys
-
-
 @pytest.fixture
 def sample_images() -> list[Path]:
     return sorted(SAMPLE_DIR.rglob("*.jpg"))
 
 
-def run_script(args: list[str], timeout: float = 600, env: dict | None = None, cwd: Path = ROOT):
-    """Run a command from the repo root; returns CompletedProcess with text output."""
-    return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+@pytest.fixture(scope="session")
+def toy_model_file(tmp_path_factory) -> Path:
+    """The toy ``.keras`` model (tests/support/toy_model.py), built once per test session."""
+    return toy_model.build(tmp_path_factory.mktemp("toy-model") / "toy.keras")
 
 
-def pytest_collection_modifyitems(session, config, items):
-    """The standalone-cluster tests last: they start half a dozen JVMs and unpack a 0.6 GB archive
-    per executor, and in CI they suffered most from the compat suite running beside them (their
-    time nearly doubled); by the end of the main suite the compat one has finished."""
-    items.sort(key=lambda item: item.nodeid.startswith("tests/test_cluster.py"))
+@pytest.fixture(scope="session")
+def toy_overrides(toy_model_file) -> list[str]:
+    """``--set`` values for a job that embeds with the toy model."""
+    return toy_model.overrides(toy_model_file)

@@ -1,13 +1,12 @@
 """Every backbone: its preprocessing, its output size per pooling, its weights sources and checks,
 its fingerprint; a team's own .keras model; the offline fallback to efficientnet_lite0."""
 
-import dataclasses
 import logging
 
 import numpy as np
 import pytest
 
-from lookalike.config import ConfigError, ModelConfig, S3Config, load_config
+from lookalike.config import ConfigError, ModelConfig, S3Config, load_config, updated
 from lookalike.embed import backbones, images, model, preprocessing, weights
 from lookalike.errors import WeightsError
 
@@ -16,7 +15,7 @@ RANDOM = ModelConfig(weights="none", seed=3, batch_size=4, precision="float32", 
 
 @pytest.fixture(scope="module")
 def batch():
-    from conftest import SAMPLE_DIR
+    from tests.support.paths import SAMPLE_DIR
 
     paths = sorted(SAMPLE_DIR.rglob("*.jpg"))[:3]
     return np.stack([images.decode(p.read_bytes())[0] for p in paths])
@@ -67,7 +66,7 @@ def test_each_backbone_declares_the_preprocessing_its_weights_were_trained_with(
     ("efficientnet_lite0", "flatten", 7 * 7 * 1280),
 ])
 def test_output_dimension_and_uint8_path_equal_float_path(name, pooling, dim, batch):
-    embedder = model.Embedder(dataclasses.replace(RANDOM, name=name, pooling=pooling), threads=2)
+    embedder = model.Embedder(updated(RANDOM, name=name, pooling=pooling), threads=2)
     assert embedder.dim == dim == backbones.get(name).dim(pooling)
     assert embedder.input_size == (224, 224) and embedder.preprocessing == backbones.get(name).preprocessing
     on_uint8 = embedder.embed(batch)
@@ -78,11 +77,11 @@ def test_output_dimension_and_uint8_path_equal_float_path(name, pooling, dim, ba
 
 
 def test_fingerprint_tells_backbones_and_keras_files_apart():
-    prints = {weights.fingerprint(dataclasses.replace(RANDOM, name=name)) for name in backbones.BACKBONES}
+    prints = {weights.fingerprint(updated(RANDOM, name=name)) for name in backbones.BACKBONES}
     assert len(prints) == len(backbones.BACKBONES)
     own = ModelConfig(name="keras_file", file="/m/a.keras", preprocessing="tf")
-    assert weights.fingerprint(own) != weights.fingerprint(dataclasses.replace(own, file="/m/b.keras"))
-    assert weights.fingerprint(own) != weights.fingerprint(dataclasses.replace(own, preprocessing="torch"))
+    assert weights.fingerprint(own) != weights.fingerprint(updated(own, file="/m/b.keras"))
+    assert weights.fingerprint(own) != weights.fingerprint(updated(own, preprocessing="torch"))
     # VGG16's float32 fingerprint is what it was before backbones existed: no needless recompute on upgrade.
     assert weights.fingerprint(ModelConfig(precision="float32", runtime="keras")) == "087dc0c27c047021"
 
@@ -90,11 +89,11 @@ def test_fingerprint_tells_backbones_and_keras_files_apart():
 # --- weights sources ----------------------------------------------------------------------
 
 def test_resnet50_weights_from_a_local_file_like_vgg16(tmp_path, batch):
-    cfg = dataclasses.replace(RANDOM, name="resnet50")
+    cfg = updated(RANDOM, name="resnet50")
     first = model.Embedder(cfg, threads=2)
     path = tmp_path / "resnet-finetuned.weights.h5"
     first.model.save_weights(str(path))
-    loaded = model.Embedder(dataclasses.replace(cfg, weights=str(path), seed=99), threads=2)
+    loaded = model.Embedder(updated(cfg, weights=str(path), seed=99), threads=2)
     np.testing.assert_allclose(loaded.embed(batch), first.embed(batch), rtol=1e-5, atol=1e-5)
     assert loaded.weights_tag == f"file:resnet-finetuned.weights.h5@md5:{weights.md5_of(str(path))}"
 
@@ -126,7 +125,7 @@ def test_efficientnet_lite0_checkpoint_from_s3_is_converted_and_gives_the_packag
     s3cfg = S3Config(endpoint_url=s3_endpoint)
     from_s3 = ModelConfig(name="efficientnet_lite0", weights=f"s3://{bucket}/models/efficientnet-lite0-57934424.pth",
                           cache_dir=str(tmp_path / "cache"))
-    packaged = dataclasses.replace(from_s3, weights="imagenet")
+    packaged = updated(from_s3, weights="imagenet")
     a = model.Embedder(from_s3, s3cfg, threads=2)
     b = model.Embedder(packaged, s3cfg, threads=2)
     np.testing.assert_allclose(a.embed(batch), b.embed(batch), rtol=1e-6, atol=1e-6)
@@ -162,7 +161,7 @@ def test_keras_file_takes_its_input_size_from_the_file_and_uses_the_declared_pre
     expected = np.asarray(own.predict_on_batch(pixels.astype(np.float32) / 127.5 - 1.0)).mean(axis=(1, 2))
     np.testing.assert_allclose(embedder.embed(pixels), expected, rtol=1e-5, atol=1e-5)
     assert embedder.weights_tag == f"file:trunk.keras@md5:{weights.md5_of(str(path))}"
-    with_max = model.Embedder(dataclasses.replace(cfg, pooling="max"), threads=2)
+    with_max = model.Embedder(updated(cfg, pooling="max"), threads=2)
     np.testing.assert_allclose(with_max.embed(pixels), np.asarray(own.predict_on_batch(
         pixels.astype(np.float32) / 127.5 - 1.0)).max(axis=(1, 2)), rtol=1e-5, atol=1e-5)
 
@@ -223,6 +222,6 @@ def test_without_network_vgg16_falls_back_loudly_to_efficientnet_lite0(monkeypat
 
 
 def _sample_bytes(n):
-    from conftest import SAMPLE_DIR
+    from tests.support.paths import SAMPLE_DIR
 
     return [p.read_bytes() for p in sorted(SAMPLE_DIR.rglob("*.jpg"))[:n]]

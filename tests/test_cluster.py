@@ -31,13 +31,15 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from brute_force import brute_force, random_vectors
+from tests.support.brute_force import brute_force, random_vectors
 from lookalike.config import load_config
 from lookalike.jobs import envcheck
 from lookalike.jobs import neighbours as neighbours_job
 
-from conftest import ROOT, SAMPLE_DIR, free_port, run_script
-from test_neighbours_job import assert_matches, embeddings_dir, make_ids, read_output
+from tests.support.net import free_port
+from tests.support.paths import ROOT, SAMPLE_DIR
+from tests.support.procs import run_script
+from tests.support.neighbour_tables import assert_matches, embeddings_dir, make_ids, read_output
 
 pytestmark = pytest.mark.slow  # builds the executors' environment archive and runs a standalone cluster (make test-fast leaves it out)
 

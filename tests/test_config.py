@@ -5,7 +5,7 @@ import pytest
 from lookalike.config import Config, load_config
 from lookalike.errors import ConfigError
 
-from conftest import ROOT
+from tests.support.paths import ROOT
 
 
 def write(tmp_path, text):

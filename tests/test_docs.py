@@ -14,7 +14,7 @@ import pytest
 
 from lookalike import config, config_docs, schemas
 
-from conftest import ROOT
+from tests.support.paths import ROOT
 
 README_PATH = ROOT / "README.md"
 DOCS_DIR = ROOT / "docs"

@@ -12,8 +12,10 @@ from lookalike import publish
 from lookalike.config import load_config
 from lookalike.jobs import embed as embed_job
 
-from conftest import ROOT, SAMPLE_DIR, run_script, upload_dir
-from faultproxy import FaultProxy
+from tests.support.paths import ROOT, SAMPLE_DIR
+from tests.support.procs import run_script
+from tests.support.s3 import upload_dir
+from tests.support.faultproxy import FaultProxy
 
 
 def cfg_for(endpoint, uri, out, *extra):

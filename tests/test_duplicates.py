@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import ROOT, SAMPLE_DIR
+from tests.support.paths import ROOT, SAMPLE_DIR
 from lookalike import schemas
 from lookalike.config import from_dict, load_config
 from lookalike.duplicates.pairs import block_calls, pairs_above
@@ -21,8 +21,8 @@ from lookalike.duplicates.write import group_id
 from lookalike.errors import InputError
 from lookalike.jobs import duplicates as job
 from lookalike.neighbours.topk import normalise
-from tablekit import embeddings_table, write_table
-from test_neighbours_job import make_ids, publish_embeddings
+from tests.support.tablekit import embeddings_table, write_table
+from tests.support.neighbour_tables import make_ids, publish_embeddings
 
 DIM = 48
 THRESHOLD = 0.9

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import SAMPLE_DIR
+from tests.support.paths import SAMPLE_DIR
 from lookalike.embed import efficientnet_lite0 as lite0
 from lookalike.embed import pth
 from lookalike.errors import WeightsError

@@ -1,6 +1,5 @@
 """The embed job on a real local SparkSession, and end to end through ./spark-submit.sh."""
 
-import dataclasses
 import json
 
 import numpy as np
@@ -9,11 +8,13 @@ import pytest
 
 from lookalike.embed import hardware, images, model
 from lookalike import schemas
-from lookalike.config import load_config
+from lookalike.config import load_config, updated
 from lookalike.errors import DuplicateItemIdError
 from lookalike.jobs import embed as embed_job
 
-from conftest import ROOT, SAMPLE_DIR, run_script, upload_dir
+from tests.support.paths import ROOT, SAMPLE_DIR
+from tests.support.procs import run_script
+from tests.support.s3 import upload_dir
 
 
 def make_cfg(tmp_path, uri, *extra):
@@ -81,12 +82,12 @@ def test_precision_and_runtime_auto_are_decided_by_the_executors_and_recorded(sp
     precision, runtime = hardware.choose_precision([here])[0], hardware.choose_runtime([here])[0]
     assert set(table["precision"]) == {precision} and set(table["runtime"]) == {runtime}
     assert (summary["precision"], summary["runtime"]) == (precision, runtime)
-    resolved = dataclasses.replace(cfg.model, precision=precision, runtime=runtime)
+    resolved = updated(cfg.model, precision=precision, runtime=runtime)
     assert set(table["model_fingerprint"]) == {model.fingerprint(resolved)} != {model.fingerprint(cfg.model)}
     assert set(summary["phase_seconds"]) == {"fetch", "decode", "infer", "wait", "write"}
     assert summary["phase_seconds"]["infer"] > 0 and summary["phase_seconds"]["decode"] > 0
     # Whatever was chosen, the vectors are the float32 model's to within low-precision rounding.
-    reference = model.Embedder(dataclasses.replace(cfg.model, precision="float32", runtime="keras"))
+    reference = model.Embedder(updated(cfg.model, precision="float32", runtime="keras"))
     pixels = np.stack([images.decode((small_dir / (i + ".jpg")).read_bytes())[0] for i in table["item_id"]])
     expected = reference.embed(pixels)
     got = np.stack(table["embedding"].to_numpy())

@@ -16,7 +16,7 @@ from lookalike.errors import InputError
 from lookalike.tools.evaluate import average_precision_at_k, evaluate, precision_at_k, recall_at_k
 from lookalike.tools.labels import load_labels
 
-from tablekit import SAMPLE_LABELS, brute_force_neighbours, label_vectors, sample_tables, write_table
+from tests.support.tablekit import SAMPLE_LABELS, brute_force_neighbours, label_vectors, sample_tables, write_table
 
 
 def test_metrics_of_one_ranking_match_hand_computation():

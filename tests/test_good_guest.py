@@ -14,7 +14,7 @@ import pytest
 
 from lookalike.embed import images
 
-from conftest import ROOT, SAMPLE_DIR
+from tests.support.paths import ROOT, SAMPLE_DIR
 
 PROBE = r"""
 import importlib, json, logging, pkgutil, sys

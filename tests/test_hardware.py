@@ -1,11 +1,10 @@
 """model.precision=auto and model.runtime=auto: decided from what the executors report, with the
 CPU flags and GPUs injected here, and from the real executors of a local SparkSession."""
 
-import dataclasses
 
 import pytest
 
-from lookalike.config import ConfigError, ModelConfig, load_config
+from lookalike.config import ConfigError, ModelConfig, load_config, updated
 from lookalike.embed import hardware, weights
 
 SAPPHIRE_RAPIDS = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_bf16 amx_tile amx_int8\n"
@@ -63,7 +62,7 @@ def test_resolve_asks_the_executors_of_a_real_session(spark):
 
 def test_precision_and_runtime_are_part_of_the_fingerprint():
     base = ModelConfig(precision="float32", runtime="keras")
-    prints = {weights.fingerprint(dataclasses.replace(base, precision=p, runtime=r))
+    prints = {weights.fingerprint(updated(base, precision=p, runtime=r))
               for p in ("float32", "bfloat16") for r in ("keras", "openvino")}
     assert len(prints) == 4
 

@@ -19,8 +19,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-import corpus
-from conftest import SAMPLE_DIR, run_script
+from tests.support import corpus
+from tests.support.paths import SAMPLE_DIR
+from tests.support.procs import run_script
 from lookalike import publish
 from lookalike.embed import images, listing, model
 from lookalike.io import storage, uris

@@ -18,9 +18,9 @@ from lookalike.embed.stage import ITEMS
 from lookalike.jobs import embed as embed_job
 from lookalike.schemas import names, spark_schema
 
-import plan_oracle as oracle
+from tests.support import plan_oracle as oracle
 
-from conftest import SAMPLE_DIR
+from tests.support.paths import SAMPLE_DIR
 
 FP, WEIGHTS = "fp1", "random-init:seed=3"
 

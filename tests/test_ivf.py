@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from brute_force import brute_force, random_vectors
+from tests.support.brute_force import brute_force, random_vectors
 from lookalike.neighbours import ivf
 from lookalike.jobs import neighbours as job
 from lookalike.neighbours.topk import normalise
-from test_neighbours_job import assert_matches, config, embeddings_dir, make_ids, read_output
+from tests.support.neighbour_tables import assert_matches, config, embeddings_dir, make_ids, read_output
 
 
 def unit(x):

@@ -24,7 +24,8 @@ from lookalike.config import load_config
 from lookalike.jobs import embed as embed_job
 from lookalike.publish import versions as publish
 
-from conftest import ROOT, SAMPLE_DIR, run_script
+from tests.support.paths import ROOT, SAMPLE_DIR
+from tests.support.procs import run_script
 
 pytestmark = pytest.mark.slow  # a spark-submit application (make test-fast leaves it out)
 

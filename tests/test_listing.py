@@ -14,7 +14,8 @@ from lookalike.io import storage
 from lookalike.config import InputConfig, S3Config
 from lookalike.errors import DuplicateItemIdError, InputError
 
-from conftest import SAMPLE_DIR, free_port
+from tests.support.net import free_port
+from tests.support.paths import SAMPLE_DIR
 
 
 def test_local_listing_gives_ids_relative_to_the_root_without_extension():

@@ -18,7 +18,7 @@ from lookalike.embed import listing, manifest
 from lookalike.config import InputConfig, S3Config
 from lookalike.errors import DuplicateItemIdError, InputError
 
-from conftest import SAMPLE_DIR
+from tests.support.paths import SAMPLE_DIR
 
 INVENTORY_SCHEMA = "Bucket, Key, Size, LastModifiedDate, ETag"
 

@@ -1,13 +1,12 @@
 """The model core without Spark: preprocessing, embedding, weights sources and their checks."""
 
-import dataclasses
 import shutil
 
 import numpy as np
 import pytest
 
 from lookalike.embed import images, model
-from lookalike.config import ModelConfig, S3Config
+from lookalike.config import ModelConfig, S3Config, updated
 from lookalike.errors import WeightsError
 
 # The Keras reference runtime in float32: what the numeric comparisons here are about.
@@ -21,7 +20,7 @@ def embedder():
 
 @pytest.fixture(scope="module")
 def batch(request):
-    from conftest import SAMPLE_DIR
+    from tests.support.paths import SAMPLE_DIR
 
     paths = sorted(SAMPLE_DIR.rglob("*.jpg"))[:4]
     return np.stack([images.decode(p.read_bytes())[0] for p in paths])
@@ -46,7 +45,7 @@ def test_embed_shape_dtype_and_determinism_with_random_init_weights(embedder, ba
     # Same seed in a fresh model -> the same weights -> the same embeddings.
     again = model.Embedder(RANDOM, threads=2).embed(batch)
     np.testing.assert_allclose(out, again, rtol=0, atol=1e-6)
-    other_seed = model.Embedder(dataclasses.replace(RANDOM, seed=8), threads=2).embed(batch)
+    other_seed = model.Embedder(updated(RANDOM, seed=8), threads=2).embed(batch)
     assert not np.allclose(out, other_seed)
     # Batch composition does not change a row's embedding.
     np.testing.assert_allclose(embedder.embed(batch[1:2])[0], out[1], atol=1e-5)
@@ -54,15 +53,15 @@ def test_embed_shape_dtype_and_determinism_with_random_init_weights(embedder, ba
 
 
 def test_pooling_dimensions_with_random_init_weights(batch):
-    assert model.Embedder(dataclasses.replace(RANDOM, pooling="max")).embed(batch[:1]).shape == (1, 512)
-    assert model.Embedder(dataclasses.replace(RANDOM, pooling="flatten")).embed(batch[:1]).shape == (1, 25088)
+    assert model.Embedder(updated(RANDOM, pooling="max")).embed(batch[:1]).shape == (1, 512)
+    assert model.Embedder(updated(RANDOM, pooling="flatten")).embed(batch[:1]).shape == (1, 25088)
 
 
 def test_weights_tag_never_pretends_random_init_is_imagenet():
     assert model.weights_tag(RANDOM) == "random-init:seed=7"
     # An explicit "none" is not a fallback, even where the config would allow one.
-    assert model.weights_tag(dataclasses.replace(RANDOM, on_missing_weights="random")) == "random-init:seed=7"
-    fallback = dataclasses.replace(RANDOM, weights=model.IMAGENET_FALLBACK)
+    assert model.weights_tag(updated(RANDOM, on_missing_weights="random")) == "random-init:seed=7"
+    fallback = updated(RANDOM, weights=model.IMAGENET_FALLBACK)
     assert model.weights_tag(fallback) == "random-init:seed=7 (imagenet unavailable)"
     assert model.fingerprint(fallback) != model.fingerprint(RANDOM)
 
@@ -71,7 +70,7 @@ def test_weights_from_a_local_file_with_checked_md5(embedder, batch, tmp_path):
     path = tmp_path / "custom.weights.h5"
     embedder.model.save_weights(str(path))
     md5 = model.md5_of(str(path))
-    loaded = model.Embedder(dataclasses.replace(RANDOM, weights=str(path), weights_md5=md5))
+    loaded = model.Embedder(updated(RANDOM, weights=str(path), weights_md5=md5))
     np.testing.assert_allclose(loaded.embed(batch), embedder.embed(batch), atol=1e-5)
     assert loaded.weights_tag == f"file:custom.weights.h5@md5:{md5}"
     with pytest.raises(WeightsError, match="md5"):
@@ -90,7 +89,7 @@ def test_weights_from_s3_are_cached_once_per_host(embedder, batch, tmp_path, s3,
     path = tmp_path / "w.weights.h5"
     embedder.model.save_weights(str(path))
     s3.upload_file(str(path), bucket, "models/w.weights.h5")
-    cfg = dataclasses.replace(RANDOM, weights=f"s3://{bucket}/models/w.weights.h5", cache_dir=str(tmp_path / "cache"))
+    cfg = updated(RANDOM, weights=f"s3://{bucket}/models/w.weights.h5", cache_dir=str(tmp_path / "cache"))
     s3cfg = S3Config(endpoint_url=s3_endpoint)
     local, md5 = model.fetch_weights(cfg, s3cfg)
     assert md5 == model.md5_of(str(path))
@@ -99,7 +98,7 @@ def test_weights_from_s3_are_cached_once_per_host(embedder, batch, tmp_path, s3,
     assert (tmp_path / "cache" / local.rsplit("/", 1)[-1]).stat().st_mtime_ns == mtime
     np.testing.assert_allclose(model.Embedder(cfg, s3cfg).embed(batch), embedder.embed(batch), atol=1e-5)
     with pytest.raises(WeightsError, match="cannot read"):
-        model.fetch_weights(dataclasses.replace(cfg, weights=f"s3://{bucket}/models/missing.h5"), s3cfg)
+        model.fetch_weights(updated(cfg, weights=f"s3://{bucket}/models/missing.h5"), s3cfg)
 
 
 def _offline(monkeypatch):

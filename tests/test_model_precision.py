@@ -1,20 +1,19 @@
 """Model options for GPU executors, checked on CPU with random-init weights: preprocessing inside
 the model, mixed precision, XLA with padded batches."""
 
-import dataclasses
 
 import numpy as np
 import pytest
 
 from lookalike.embed import images, model
-from lookalike.config import ModelConfig
+from lookalike.config import ModelConfig, updated
 
 BASE = ModelConfig(weights="none", seed=11, batch_size=4, precision="float32", runtime="keras")
 
 
 @pytest.fixture(scope="module")
 def batch():
-    from conftest import SAMPLE_DIR
+    from tests.support.paths import SAMPLE_DIR
 
     paths = sorted(SAMPLE_DIR.rglob("*.jpg"))[:6]
     return np.stack([images.decode(p.read_bytes())[0] for p in paths])
@@ -46,7 +45,7 @@ def test_mixed_precision_is_close_to_float32_and_leaves_the_global_policy_alone_
     import keras
 
     _, out = reference
-    mixed = model.Embedder(dataclasses.replace(BASE, precision=precision), threads=2)
+    mixed = model.Embedder(updated(BASE, precision=precision), threads=2)
     got = mixed.embed(batch)
     assert got.dtype == np.float32 and np.isfinite(got).all()
     assert cosines(got, out).min() > 0.999
@@ -59,13 +58,13 @@ def test_mixed_precision_is_close_to_float32_and_leaves_the_global_policy_alone_
 
 def test_xla_pads_every_batch_to_batch_size_random_init_weights(reference, batch):
     _, out = reference
-    compiled = model.Embedder(dataclasses.replace(BASE, jit_compile=True), threads=2)
+    compiled = model.Embedder(updated(BASE, jit_compile=True), threads=2)
     assert compiled.fixed_batch and compiled.inference_model.jit_compile
     got = compiled.embed(batch)  # chunks of 4 and 2, the 2 padded to 4
     scale = np.abs(out).max()
     np.testing.assert_allclose(got, out, rtol=0, atol=1e-5 * scale)
     np.testing.assert_allclose(compiled.embed(batch[5:6]), got[5:6], rtol=0, atol=1e-6 * scale)
-    assert not model.Embedder(dataclasses.replace(BASE, jit_compile=False), threads=2).fixed_batch
+    assert not model.Embedder(updated(BASE, jit_compile=False), threads=2).fixed_batch
 
 
 def test_no_task_gpu_outside_spark():

@@ -9,13 +9,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from brute_force import brute_force, random_vectors
+from tests.support.brute_force import brute_force, random_vectors
 from lookalike.config import from_dict, validate
 from lookalike.errors import ConfigError, InputError
 from lookalike.jobs import neighbours as job
 from lookalike.neighbours import exact, rules, topk
 from lookalike.neighbours.topk import normalise
-from test_neighbours_job import assert_matches, embeddings_dir, make_ids, publish_embeddings, read_output
+from tests.support.neighbour_tables import assert_matches, embeddings_dir, make_ids, publish_embeddings, read_output
 
 N, DIM, K = 300, 8, 7
 IDS = make_ids(N, seed=5)

@@ -13,50 +13,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from brute_force import brute_force, random_vectors
+from tests.support.brute_force import brute_force, random_vectors
 from lookalike import schemas
 from lookalike.config import from_dict
 from lookalike.errors import ConfigError, InputError, SchemaMismatchError
 from lookalike.jobs import neighbours as job
 from lookalike.io.partfiles import PartWriter
 from lookalike.neighbours.topk import normalise
-from tablekit import embeddings_table, write_table
+from tests.support.neighbour_tables import assert_matches, config, embeddings_dir, make_ids, publish_embeddings, read_output
+from tests.support.tablekit import embeddings_table, write_table
 
 N = 301  # not a multiple of block_rows below
-
-
-def make_ids(n: int, seed: int = 0) -> list[str]:
-    """Ids in shuffled order, of mixed length and with non-ASCII characters, so that the job's
-    (Spark, binary UTF-8) order and Python's code point order are both exercised."""
-    rng = np.random.default_rng(seed)
-    stems = ["a", "B", "é", "z", "Ä", "ß", "日本"]
-    return [f"{stems[i % len(stems)]}-{int(v)}" for i, v in enumerate(rng.permutation(n) * 7 + 3)]
-
-
-def embeddings_dir(tmp: Path, ids: list[str], vectors: np.ndarray, parts: int = 3) -> str:
-    return write_table(embeddings_table(ids, [f"file:///x/{i}.jpg" for i in ids], vectors), tmp / "embeddings", parts)
-
-
-def config(tmp: Path, embeddings: str, **neighbours):
-    return from_dict({"output": {"embeddings": embeddings, "neighbours": str(tmp / "neighbours")},
-                      "neighbours": neighbours})
-
-
-def read_output(path: str) -> dict:
-    table = pq.read_table(path).to_pylist()
-    result: dict = {}
-    for row in sorted(table, key=lambda r: (r["item_id"], r["rank"])):
-        result.setdefault(row["item_id"], []).append((row["rank"], row["neighbour_id"], row["score"]))
-    return result
-
-
-def assert_matches(got: dict, want: dict):
-    assert sorted(got) == sorted(want)
-    for item, expected in want.items():
-        rows = got[item]
-        assert [r for r, _, _ in rows] == list(range(1, len(expected) + 1)), item
-        assert [n for _, n, _ in rows] == [n for n, _ in expected], item
-        np.testing.assert_allclose([s for _, _, s in rows], [s for _, s in expected], atol=1e-5)
 
 
 @pytest.fixture(scope="module")
@@ -291,18 +258,6 @@ def test_job_missing_inputs_are_clear_errors(spark, tmp_path):
     (tmp_path / "ids.csv").write_text("id\nx\n")
     with pytest.raises(ConfigError, match="has no item_id column \\(it has id\\)"):
         job.run(spark, config(tmp_path, directory, k=3, candidates=str(tmp_path / "ids.csv")))
-
-
-def publish_embeddings(spark, embeddings: str, ids: list[str], vectors: np.ndarray, content: str,
-                       run_id: str = "20260101T000000Z-embed001") -> str:
-    """Publish an embeddings table the way the embed job does, with ``content`` as its content id
-    (what the neighbours job's unchanged-input check compares)."""
-    from lookalike.publish import versions as publish
-
-    with publish.OutputSet(spark, {"embeddings": embeddings}, run_id) as out:
-        write_table(embeddings_table(ids, [f"file:///x/{i}.jpg" for i in ids], vectors), out.staging("embeddings"), 2)
-        out.commit({"embeddings": {"embeddings_content": content}})
-    return embeddings
 
 
 @pytest.mark.heavy  # CI's compat run leaves it out (pytest.ini)

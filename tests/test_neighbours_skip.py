@@ -12,13 +12,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from brute_force import brute_force, random_vectors
-from lookalike.config import NEIGHBOURS_IVF_RESULT_KEYS, NEIGHBOURS_RESULT_KEYS, NeighboursConfig, S3Config
+from tests.support.brute_force import brute_force, random_vectors
+from lookalike.config import NEIGHBOURS_IVF_RESULT_KEYS, NEIGHBOURS_RESULT_KEYS, NeighboursConfig, S3Config, updated
 from lookalike.io.storage import Entry, fetch
 from lookalike.io.uris import is_s3
 from lookalike.jobs import neighbours as job
 from lookalike.publish.lineage import entries_identity, files_identity
-from test_neighbours_job import assert_matches, config, make_ids, publish_embeddings, read_output
+from tests.support.neighbour_tables import assert_matches, config, make_ids, publish_embeddings, read_output
 
 N, K = 30, 3
 IDS = make_ids(N, seed=11)
@@ -40,7 +40,7 @@ def test_result_fingerprint_counts_exactly_the_result_keys(method):
         if key == "method":
             value = "exact" if method == "ivf" else "ivf"
         counts = key in NEIGHBOURS_RESULT_KEYS or (method == "ivf" and key in NEIGHBOURS_IVF_RESULT_KEYS)
-        changed = dataclasses.replace(base, **{key: value}).result_fingerprint() != base.result_fingerprint()
+        changed = updated(base, **{key: value}).result_fingerprint() != base.result_fingerprint()
         assert changed == counts, key
 
 
@@ -130,7 +130,7 @@ def test_a_replaced_s3_candidates_file_recomputes(spark, tmp_path, embeddings, s
         s3.put_object(Bucket=bucket, Key="likes/candidates.csv", Body="\n".join(["item_id", *ids]).encode())
 
     before, after = IDS[:10], IDS[5:15]
-    cfg = dataclasses.replace(config(tmp_path, embeddings, k=K, candidates=f"s3://{bucket}/likes/candidates.csv"),
+    cfg = updated(config(tmp_path, embeddings, k=K, candidates=f"s3://{bucket}/likes/candidates.csv"),
                               s3=S3Config(endpoint_url=s3_endpoint))
     put(before)
     first = job.run(spark, cfg)

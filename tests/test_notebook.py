@@ -13,7 +13,7 @@ from lookalike.io import tables
 from lookalike.tools.evaluate import evaluate
 from lookalike.tools.labels import load_labels
 
-from tablekit import ROOT, SAMPLE_LABELS, sample_tables
+from tests.support.tablekit import ROOT, SAMPLE_LABELS, sample_tables
 
 pytestmark = pytest.mark.slow  # a notebook kernel over the whole pipeline (make test-fast leaves it out)
 

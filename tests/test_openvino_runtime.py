@@ -53,7 +53,7 @@ def config(name: str, **changes) -> ModelConfig:
 
 def sample_photos(count: Optional[int] = 8) -> np.ndarray:
     """``count`` photos spread over the kinds of garment (None: all 60)."""
-    from conftest import SAMPLE_DIR
+    from tests.support.paths import SAMPLE_DIR
 
     paths = sorted(SAMPLE_DIR.rglob("*.jpg"))
     if count is not None:

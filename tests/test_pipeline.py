@@ -10,7 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 from nbclient import NotebookClient
 
-from conftest import ROOT, SAMPLE_LABELS, run_script
+from tests.support.paths import ROOT, SAMPLE_LABELS
+from tests.support.procs import run_script
 
 pytestmark = pytest.mark.slow  # a spark-submit application of its own (make test-fast leaves it out)
 

@@ -23,7 +23,7 @@ from lookalike.config import S3Config, load_config
 from lookalike.errors import OutputError, OutputLockedError, TooManyErrorsError
 from lookalike.jobs import embed as embed_job
 
-from conftest import SAMPLE_DIR
+from tests.support.paths import SAMPLE_DIR
 
 ROWS = 300
 

@@ -17,7 +17,7 @@ from lookalike import schemas
 from lookalike.config import S3Config
 from lookalike.errors import InputError, SchemaMismatchError
 
-from conftest import upload_dir
+from tests.support.s3 import upload_dir
 
 EPOCH = dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.timezone.utc)
 

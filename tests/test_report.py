@@ -24,9 +24,9 @@ from lookalike.errors import InputError
 from lookalike.tools import report
 from lookalike.tools.report import Card, Thumb, render, sample_queries
 
-from conftest import upload_dir
-from test_query import bytes_read, ranked_table, record_reads, write_row_groups
-from tablekit import (SAMPLE_DIR, SAMPLE_LABELS, brute_force_neighbours, embeddings_table, label_vectors,
+from tests.support.s3 import upload_dir
+from tests.support.row_groups import bytes_read, ranked_table, record_reads, write_row_groups
+from tests.support.tablekit import (SAMPLE_DIR, SAMPLE_LABELS, brute_force_neighbours, embeddings_table, label_vectors,
                       sample_items, sample_tables, write_table)
 
 # Each would add an element, an attribute or a running script to the page if it were not escaped.

@@ -15,8 +15,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import SAMPLE_DIR
-from faultproxy import FAULT_KINDS, FaultProxy
+from tests.support.paths import SAMPLE_DIR
+from tests.support.faultproxy import FAULT_KINDS, FaultProxy
 from lookalike import publish
 from lookalike.embed import images, listing, model
 from lookalike.io import storage

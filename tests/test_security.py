@@ -1,7 +1,7 @@
 """Security: credentials come only from boto3's default chain and never appear in logs, summaries,
 error rows or messages; configs are parsed with a safe YAML loader; nothing is unpickled from data.
 
-tests/conftest.py puts a recognisable fake secret (FAKE_SECRET) and access key id in the
+tests/support/env.py puts a recognisable fake secret (FAKE_SECRET) and access key id in the
 environment before anything starts; the jobs below run with them, against an S3 endpoint that
 misbehaves on purpose (tests/faultproxy.py: errors that quote the request's Authorization header).
 """
@@ -17,8 +17,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import FAKE_SECRET, ROOT, SAMPLE_DIR, run_script
-from faultproxy import FaultProxy
+from tests.support.env import FAKE_SECRET
+from tests.support.paths import ROOT, SAMPLE_DIR
+from tests.support.procs import run_script
+from tests.support.faultproxy import FaultProxy
 from lookalike import publish
 from lookalike.io.redact import redact
 from lookalike.config import S3Config, load_config, load_dict, parse_override

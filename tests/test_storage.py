@@ -12,8 +12,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import ROOT
-from faultproxy import FAULT_KINDS, FaultProxy
+from tests.support.paths import ROOT
+from tests.support.faultproxy import FAULT_KINDS, FaultProxy
 from lookalike.config import S3Config
 from lookalike.errors import InputError
 from lookalike.io import tables

@@ -10,7 +10,8 @@ import sys
 import pyspark
 import pytest
 
-from conftest import ROOT, run_script
+from tests.support.paths import ROOT
+from tests.support.procs import run_script
 
 pytestmark = pytest.mark.slow  # several spark-submit applications (make test-fast leaves it out)
 

@@ -16,8 +16,8 @@ import pytest
 from lookalike.io import tables
 from lookalike.tools import attributes, cli
 
-from test_query import ranked_table, record_reads, write_row_groups
-from test_report import sample_tables
+from tests.support.row_groups import ranked_table, record_reads, write_row_groups
+from tests.support.tablekit import sample_tables
 
 
 def attribute_rows(ids):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from brute_force import brute_force, random_vectors
+from tests.support.brute_force import brute_force, random_vectors
 from lookalike.neighbours import pool, topk
 
 

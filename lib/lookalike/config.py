@@ -473,6 +473,12 @@ def from_dict(data: dict) -> Config:
     return _build(Config, data, "")
 
 
+def updated(settings: Any, **changes: Any) -> Any:
+    """A copy of a config section (or of the whole config) with some keys changed, e.g.
+    ``updated(cfg.model, precision="float32")``."""
+    return dataclasses.replace(settings, **changes)
+
+
 def replace(cfg: Config, **sections: dict) -> Config:
     """A copy of ``cfg`` with some keys of some sections changed, e.g. replace(c, model={"seed": 1})."""
     changes = {name: dataclasses.replace(getattr(cfg, name), **values) for name, values in sections.items()}

@@ -132,7 +132,7 @@ def resolve_here(cfg):
 
 
 def _decide(cfg, probes: list[dict], say):
-    import dataclasses
+    from lookalike.config import updated
 
     changes = {}
     for key, choose in (("precision", choose_precision), ("runtime", choose_runtime)):
@@ -140,4 +140,4 @@ def _decide(cfg, probes: list[dict], say):
             changes[key], why = choose(probes)
             say("model.%s=auto: %s (%s; %d probes on %d hosts)", key, changes[key], why, len(probes),
                 len({p["host"] for p in probes}))
-    return dataclasses.replace(cfg, **changes)
+    return updated(cfg, **changes)

@@ -11,7 +11,6 @@ and send four times the bytes.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import logging
 import os
@@ -21,7 +20,7 @@ from typing import Optional
 
 import numpy as np
 
-from lookalike.config import ModelConfig, S3Config
+from lookalike.config import ModelConfig, S3Config, updated
 from lookalike.embed import backbones, hardware, preprocessing
 from lookalike.embed.weights import (  # noqa: F401 (the public names of the model core)
     IMAGENET_FALLBACK, LITE0_FALLBACK, MISSING_WEIGHTS_HELP, fetch_weights, fingerprint, imagenet_available, keras_download,
@@ -132,7 +131,7 @@ class Embedder:
 
     def _ir_key(self) -> str:
         # One IR serves every precision (its weights stay float32; the precision is a compile hint).
-        as_float32 = fingerprint(dataclasses.replace(self.config, precision="float32"))
+        as_float32 = fingerprint(updated(self.config, precision="float32"))
         return hashlib.sha256(f"{as_float32}|{self.weights_tag}|{self.input_size}".encode()).hexdigest()[:24]
 
     def _build_keras(self) -> None:

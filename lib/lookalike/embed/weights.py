@@ -9,14 +9,13 @@ driver, what every worker will load, including the fallback when ImageNet weight
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import logging
 import os
 import tempfile
 from typing import Optional
 
-from lookalike.config import ModelConfig, S3Config
+from lookalike.config import ModelConfig, S3Config, updated
 from lookalike.embed import backbones
 from lookalike.errors import WeightsError
 
@@ -183,7 +182,7 @@ def resolve(cfg: ModelConfig, s3: S3Config) -> ModelConfig:
                                        md5=published.md5, url=published.url)
     banner = "!" * 100
     if cfg.on_missing_weights == "efficientnet_lite0":
-        fallback = dataclasses.replace(cfg, name="efficientnet_lite0", weights=LITE0_FALLBACK + cfg.name)
+        fallback = updated(cfg, name="efficientnet_lite0", weights=LITE0_FALLBACK + cfg.name)
         local_file(fallback, s3)
         log.warning("\n%s\n%s\nUsing efficientnet_lite0 with its ImageNet weights from the installed pip package "
                     "instead (model.on_missing_weights=efficientnet_lite0): real recommendations, from another "
@@ -195,7 +194,7 @@ def resolve(cfg: ModelConfig, s3: S3Config) -> ModelConfig:
     log.warning("\n%s\n%s\nRunning with RANDOM-INIT weights (seed %d) because "
                 "model.on_missing_weights=random. Every row is marked weights='random-init:...'; "
                 "the neighbours are NOT meaningful recommendations.\n%s", banner, text, cfg.seed, banner)
-    return dataclasses.replace(cfg, weights=IMAGENET_FALLBACK)
+    return updated(cfg, weights=IMAGENET_FALLBACK)
 
 
 def weights_tag(cfg: ModelConfig, md5: Optional[str] = None) -> str:

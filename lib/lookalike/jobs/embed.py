@@ -6,7 +6,6 @@ changed, embed in the workers, check the failures, write and publish both tables
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -14,7 +13,7 @@ import time
 from typing import Optional
 
 from lookalike import schemas
-from lookalike.config import Config
+from lookalike.config import Config, updated
 from lookalike.embed import hardware, listing, manifest, model
 from lookalike.embed import weights as model_weights
 from lookalike.embed import plan as incremental
@@ -34,7 +33,7 @@ def run(spark, cfg: Config, dry_run: bool = False) -> dict:
     started = time.perf_counter()
     run_id = new_run_id()
     # Which weights, precision and runtime every worker uses: decided once, before any task runs.
-    cfg = dataclasses.replace(cfg, model=hardware.resolve(spark, model.resolve(cfg.model, cfg.s3)))
+    cfg = updated(cfg, model=hardware.resolve(spark, model.resolve(cfg.model, cfg.s3)))
     if dry_run:
         # What a run would do, for schedulers: no lock, no image fetched, no model, nothing written.
         plan, summary = _planned(spark, cfg, run_id, started)

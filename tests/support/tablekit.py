@@ -14,9 +14,7 @@ import pyarrow.parquet as pq
 
 from lookalike import schemas
 
-ROOT = Path(__file__).resolve().parent.parent
-SAMPLE_DIR = ROOT / "samples" / "clothing"
-SAMPLE_LABELS = ROOT / "samples" / "clothing-labels.csv"
+from tests.support.paths import ROOT, SAMPLE_DIR, SAMPLE_LABELS
 
 
 def sample_items() -> list[tuple[str, str, str]]:
