@@ -109,14 +109,22 @@ def default_config_path(path: Optional[str]) -> Optional[str]:
 
 
 def job_main(argv: Optional[list[str]], run: Callable, description: str,
-             require: tuple[str, ...] = (), dry_run: bool = False) -> int:
-    """``dry_run``: the job's run() takes dry_run=True, and main offers --dry-run."""
+             require: tuple[str, ...] = (), dry_run: bool = False, spark=None) -> int:
+    """Parse, validate, run and return the exit status. ``dry_run``: the job's run() takes
+    dry_run=True, and main offers --dry-run.
+
+    With ``spark`` given (an application or notebook that already runs Spark, the tests' shared
+    session) the job runs in that session, leaves it running and leaves logging as the caller set
+    it; without, main is the process's entry point: it sets up logging, builds the session from the
+    config and stops it at the end."""
     args = parse_args(sys.argv[1:] if argv is None else argv, description, dry_run)
-    setup_logging(args.log_level)
-    spark = None
+    owned = spark is None
+    if owned:
+        setup_logging(args.log_level)
     try:
         cfg = load_config(default_config_path(args.config), args.overrides, require=require)
-        spark = build_session(cfg)
+        if owned:
+            spark = build_session(cfg)
         summary = run(spark, cfg, dry_run=True) if getattr(args, "dry_run", False) else run(spark, cfg)
         return 0 if summary is None or summary.get("ok", True) else 1
     except LookalikeError as exc:
@@ -126,7 +134,7 @@ def job_main(argv: Optional[list[str]], run: Callable, description: str,
         log.error("interrupted; nothing was published")
         return 130
     finally:
-        if spark is not None:
+        if owned and spark is not None:
             spark.stop()
 
 

@@ -101,6 +101,7 @@ def _skipped(cfg: Config, run_id: str, done: dict, inputs: dict, started: float)
     return summary
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: Optional[list[str]] = None, spark=None) -> int:
+    """The command line (``jobs/duplicates.py``); ``spark``: run in a session the caller owns."""
     return job_main(argv, run, "Groups of near-duplicate items (cosine >= duplicates.min_score) in the "
-                               "embeddings table.", REQUIRED)
+                               "embeddings table.", REQUIRED, spark=spark)

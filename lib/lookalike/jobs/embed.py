@@ -172,5 +172,6 @@ def _outcomes(spark, results, todo: int, partitions: int, run_id: str) -> dict:
         return {row["error"]: row["count"] for row in results.groupBy("error").count().collect()}
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    return job_main(argv, run, "Embed every image under input.uri with a pretrained CNN.", REQUIRED, dry_run=True)
+def main(argv: Optional[list[str]] = None, spark=None) -> int:
+    """The command line (``jobs/embed.py``); ``spark``: run in a session the caller owns."""
+    return job_main(argv, run, "Embed every image under input.uri with a pretrained CNN.", REQUIRED, dry_run=True, spark=spark)

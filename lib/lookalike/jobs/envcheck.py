@@ -113,5 +113,6 @@ def run(spark, cfg: Config) -> dict:
     return summary
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    return job_main(argv, run, "Report the executors' Python environment and compare it with the driver's.")
+def main(argv: Optional[list[str]] = None, spark=None) -> int:
+    """The command line (``jobs/envcheck.py``); ``spark``: run in a session the caller owns."""
+    return job_main(argv, run, "Report the executors' Python environment and compare it with the driver's.", spark=spark)

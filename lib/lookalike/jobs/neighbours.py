@@ -161,5 +161,6 @@ def _log_done(summary: dict, settings: NeighboursConfig) -> None:
              summary["queries_per_second"], summary["neighbours"])
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    return job_main(argv, run, "Exact cosine top-k neighbours of every item in the embeddings table.", REQUIRED)
+def main(argv: Optional[list[str]] = None, spark=None) -> int:
+    """The command line (``jobs/neighbours.py``); ``spark``: run in a session the caller owns."""
+    return job_main(argv, run, "Exact cosine top-k neighbours of every item in the embeddings table.", REQUIRED, spark=spark)

@@ -33,6 +33,7 @@ def run(spark, cfg: Config) -> dict:
     return summary
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: Optional[list[str]] = None, spark=None) -> int:
+    """The command line (``jobs/pipeline.py``); ``spark``: run in a session the caller owns."""
     return job_main(argv, run, "Embed every image, then compute every item's top-k neighbours "
-                               "(and near-duplicate groups when duplicates.enabled).", REQUIRED)
+                               "(and near-duplicate groups when duplicates.enabled).", REQUIRED, spark=spark)
