@@ -4,15 +4,19 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-EXTRAS ?= test,query,notebook,bench
+EXTRAS ?= test,query,notebook,bench,lint
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast test-compat bench cluster-up cluster-down clean help
+.PHONY: setup demo test test-unit test-fast test-compat lint format coverage bench cluster-up cluster-down clean help
 
 help:
 	@echo "make demo   - set up, then run the pipeline on samples/clothing and show some results"
-	@echo "make test   - set up with test extras, then run the whole test suite"
-	@echo "make test-fast - unit and small Spark tests only (pytest -m 'not slow'): a few minutes, no cluster archive"
+	@echo "make test   - set up with test extras, then run the whole test suite (unit, models, spark, e2e)"
+	@echo "make test-unit - tests/unit only: under a minute, no JVM, no model larger than a toy"
+	@echo "make test-fast - tests/unit and tests/spark: the code's logic in one local Spark session, no whole processes"
+	@echo "make lint   - ruff (lint and format check) and mypy over lib/ and jobs/"
+	@echo "make format - ruff's fixes and formatting over lib/ and jobs/"
+	@echo "make coverage - the whole suite under coverage.py: line coverage of lib/ (build/coverage)"
 	@echo "make test-compat - the suite plus petastorm tests on Spark 3.5 / pyarrow 14 / numpy 1.26 (.venv-compat)"
 	@echo "make bench  - run the benchmarks in bench/ (uses ../shared/data when present)"
 	@echo "make cluster-up / cluster-down - a standalone Spark cluster (master + 2 workers) on 127.0.0.1"
@@ -33,11 +37,31 @@ $(VENV)/.installed-%: setup.py constraints.txt
 demo: setup
 	@scripts/demo.sh
 
+# With no path pytest runs its testpaths in order: tests/unit, tests/models, tests/spark, tests/e2e.
 test: setup
-	$(PY) -m pytest $(PYTEST_ARGS) tests
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-unit: setup
+	$(PY) -m pytest $(PYTEST_ARGS) tests/unit
 
 test-fast: setup
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS) tests
+	$(PY) -m pytest $(PYTEST_ARGS) tests/unit tests/spark
+
+LINTED := lib jobs
+
+lint: setup
+	$(VENV)/bin/ruff check $(LINTED)
+	$(VENV)/bin/ruff format --check $(LINTED)
+	$(VENV)/bin/mypy
+
+format: setup
+	$(VENV)/bin/ruff check --fix $(LINTED)
+	$(VENV)/bin/ruff format $(LINTED)
+
+coverage: setup
+	$(VENV)/bin/coverage run -m pytest $(PYTEST_ARGS)
+	$(VENV)/bin/coverage report --skip-covered --sort=cover | tail -40
+	$(VENV)/bin/coverage json -q -o build/coverage/coverage.json
 
 test-compat:
 	scripts/test-compat.sh $(PYTEST_ARGS)

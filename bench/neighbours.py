@@ -184,7 +184,7 @@ GROUP_KERNEL_SCRIPT = r"""
 import sys, time, json
 import numpy as np
 sys.path.insert(0, sys.argv[1])
-from lookalike.neighbours import exact, rules, topk
+from lookalike.neighbours import chunks, exact, rules, topk
 n, dim, k, rows = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 sizes = np.array(json.loads(sys.argv[6]))
 rng = np.random.default_rng(2)
@@ -192,7 +192,7 @@ c = rng.standard_normal((n, dim), dtype=np.float32); c /= np.linalg.norm(c, axis
 group = np.repeat(np.arange(len(sizes)), sizes); rng.shuffle(group)
 ids = np.array([f"item-{j:08d}" for j in range(n)], dtype=object)
 layout = rules.Layout(same=True, width=1)
-chunk = exact._chunk(0, list(ids), c, group[:, None].astype(np.int64), layout)
+chunk = chunks._chunk(0, list(ids), c, group[:, None].astype(np.int64), layout)
 pick = np.sort(rng.choice(n, rows, replace=False))
 
 def best(fn, repeat=2):

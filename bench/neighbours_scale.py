@@ -126,7 +126,7 @@ def main(argv=None) -> int:
     parser.add_argument("--big-n", type=int, default=1_000_000)
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--k", type=int, default=10)
-    parser.add_argument("--nprobe", type=int, default=NeighboursConfig.nprobe, help="default: the job's")
+    parser.add_argument("--nprobe", type=int, default=NeighboursConfig().nprobe, help="default: the job's")
     parser.add_argument("--nlist", type=int, default=0, help="0: the job's default, about sqrt(N)")
     parser.add_argument("--check-queries", type=int, default=1000)
     parser.add_argument("--driver-memory", default="12g")

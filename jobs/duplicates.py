@@ -1,4 +1,5 @@
 """spark-submit entry point for the duplicates job: near-duplicate groups (lookalike.jobs.duplicates)."""
+
 import sys
 
 from lookalike.jobs.duplicates import main

@@ -1,4 +1,5 @@
 """spark-submit entry point for the embed job (logic: lookalike.jobs.embed)."""
+
 import sys
 
 from lookalike.jobs.embed import main

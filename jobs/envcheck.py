@@ -1,4 +1,5 @@
 """spark-submit entry point for the envcheck job (logic: lookalike.jobs.envcheck)."""
+
 import sys
 
 from lookalike.jobs.envcheck import main

@@ -1,4 +1,5 @@
 """spark-submit entry point for the neighbours job (logic: lookalike.jobs.neighbours)."""
+
 import sys
 
 from lookalike.jobs.neighbours import main

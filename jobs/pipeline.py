@@ -1,4 +1,5 @@
 """spark-submit entry point for the pipeline job: embed then neighbours (lookalike.jobs.pipeline)."""
+
 import sys
 
 from lookalike.jobs.pipeline import main

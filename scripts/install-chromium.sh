@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install Debian's chromium for the report's browser test (tests/test_report.py), unless a
+# Install Debian's chromium for the report's browser test (tests/e2e/test_report_browser.py), unless a
 # Chromium is already on PATH. Needs root (or sudo) and apt; elsewhere it says what to do.
 set -euo pipefail
 

@@ -2,7 +2,7 @@
 # make test-compat: the whole test suite plus the petastorm tests in a second, pinned environment:
 # Spark 3.5 as on EMR 7, pyarrow 14.0.2, numpy 1.26, pandas 2.2, petastorm 0.13.1, setuptools<70.
 #
-#   scripts/test-compat.sh [pytest args...]   run pytest (default: the tests/ directory)
+#   scripts/test-compat.sh [pytest args...]   run pytest (default: every tier, pytest.ini testpaths)
 #   scripts/test-compat.sh --setup            install or refresh .venv-compat only (CI runs the suites later)
 #   scripts/test-compat.sh --refreeze         re-resolve SEED_PINS below in a scratch venv and
 #                                             write the result to constraints-compat.txt
@@ -69,10 +69,10 @@ fi
 [ "${1:-}" = "--setup" ] && exit 0
 
 export LOOKALIKE_PYTHON="$(cd "$venv" && pwd)/bin/python"
-# Makes tests/test_petastorm.py fail, not skip, when petastorm cannot be imported.
+# Makes tests/spark/tools/test_petastorm.py fail, not skip, when petastorm cannot be imported.
 export LOOKALIKE_COMPAT=1
 TF_CPP_MIN_LOG_LEVEL=3 "$venv/bin/python" -c 'import numpy, pandas, pyarrow, pyspark, petastorm, tensorflow as tf, keras
 print("compat environment: pyspark %s, pyarrow %s, numpy %s, pandas %s, petastorm %s, tensorflow %s, keras %s"
       % (pyspark.__version__, pyarrow.__version__, numpy.__version__, pandas.__version__,
          petastorm.__version__, tf.__version__, keras.__version__))'
-exec "$venv/bin/python" -m pytest "${@:-tests}"
+exec "$venv/bin/python" -m pytest "$@"

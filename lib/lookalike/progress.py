@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Callable, Optional
+from collections.abc import Callable
 
 
 def format_eta(seconds: float) -> str:
@@ -32,8 +32,10 @@ class Progress:
         rate = done / elapsed
         remaining = (self.total - done) / rate if rate > 0 else float("inf")
         pct = 100.0 * done / self.total if self.total else 100.0
-        return (f"{self.stage}: {done}/{self.total} {self.unit} ({pct:.0f}%), "
-                f"{rate:.1f} {self.unit}/s, ETA {format_eta(remaining)}")
+        return (
+            f"{self.stage}: {done}/{self.total} {self.unit} ({pct:.0f}%), "
+            f"{rate:.1f} {self.unit}/s, ETA {format_eta(remaining)}"
+        )
 
     def update(self, done: int, force: bool = False) -> None:
         now = time.monotonic()
@@ -49,13 +51,14 @@ class StageWatcher:
     ``items_per_task``; works on any cluster manager because it only asks the driver.
     """
 
-    def __init__(self, spark, group: str, progress: Progress, items_per_task: Callable[[int, int], int],
-                 interval: float = 5.0):
+    def __init__(
+        self, spark, group: str, progress: Progress, items_per_task: Callable[[int, int], int], interval: float = 5.0
+    ):
         self.sc = spark.sparkContext
         self.group, self.progress, self.items_per_task = group, progress, items_per_task
         self.interval = interval
         self._stop = threading.Event()
-        self._thread: Optional[threading.Thread] = None
+        self._thread: threading.Thread | None = None
 
     def _poll(self) -> None:
         tracker = self.sc.statusTracker()
@@ -64,7 +67,7 @@ class StageWatcher:
                 done = total = 0
                 for job_id in tracker.getJobIdsForGroup(self.group):
                     job = tracker.getJobInfo(job_id)
-                    for stage_id in (job.stageIds if job else []):
+                    for stage_id in job.stageIds if job else []:
                         stage = tracker.getStageInfo(stage_id)
                         if stage:
                             done += stage.numCompletedTasks
@@ -74,7 +77,7 @@ class StageWatcher:
             except Exception:  # progress must never break the job
                 pass
 
-    def __enter__(self) -> "StageWatcher":
+    def __enter__(self) -> StageWatcher:
         self.sc.setJobGroup(self.group, self.progress.stage)
         self._thread = threading.Thread(target=self._poll, daemon=True, name="lookalike-progress")
         self._thread.start()

@@ -2,4 +2,9 @@
 kept stable for users' code; the readers live in :mod:`lookalike.tools.readers`."""
 
 from lookalike.tools.readers import (  # noqa: F401
-    DEFAULT_COLUMNS, embeddings_dataset, iter_batches, petastorm_converter, petastorm_reader)
+    DEFAULT_COLUMNS,
+    embeddings_dataset,
+    iter_batches,
+    petastorm_converter,
+    petastorm_reader,
+)

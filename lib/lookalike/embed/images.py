@@ -65,11 +65,16 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
             raise ImageError(*_decode_failure(exc)) from None
         pixels, limit = int(found.group(1)), int(found.group(2))
         if max_pixels and pixels > max_pixels:
-            raise ImageError("too_large", f"declared size of {pixels} pixels is more than "
-                                          f"input.max_pixels={max_pixels} (decompression bomb?)") from None
-        raise ImageError("too_large", f"declared size of {pixels} pixels is more than Pillow's limit of "
-                                      f"{limit} pixels (decompression bomb?), which input.max_pixels="
-                                      f"{max_pixels} does not raise") from None
+            raise ImageError(
+                "too_large",
+                f"declared size of {pixels} pixels is more than input.max_pixels={max_pixels} (decompression bomb?)",
+            ) from None
+        raise ImageError(
+            "too_large",
+            f"declared size of {pixels} pixels is more than Pillow's limit of "
+            f"{limit} pixels (decompression bomb?), which input.max_pixels="
+            f"{max_pixels} does not raise",
+        ) from None
 
 
 # EXIF orientations that turn the picture by 90 degrees: width and height swap places.
@@ -116,7 +121,7 @@ def decode(data: bytes, max_pixels: int = 0, size: tuple[int, int] = TARGET_SIZE
                 img.draft("RGB", (target[0] * 2, target[1] * 2))
             img.load()
             img = ImageOps.exif_transpose(img)
-            rgb = _to_rgb(img).resize(target, Image.BILINEAR)
+            rgb = _to_rgb(img).resize(target, Image.Resampling.BILINEAR)
             arr = np.asarray(rgb, dtype=np.uint8)
     except ImageError:
         raise
@@ -135,8 +140,13 @@ def decode(data: bytes, max_pixels: int = 0, size: tuple[int, int] = TARGET_SIZE
 
 # Leading bytes of formats people save under image names; used only to word the message.
 _SIGNATURES = (
-    (b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
-    (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"BM", "BMP"),
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"BM", "BMP"),
 )
 _HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1")
 
@@ -189,7 +199,7 @@ def thumbnail(data: bytes, size: int = 160, max_pixels: int = THUMBNAIL_MAX_PIXE
             img.draft("RGB", (size * 2, size * 2))
         img = ImageOps.exif_transpose(img)
         img = _to_rgb(img)
-        img.thumbnail((size, size), Image.BILINEAR)
+        img.thumbnail((size, size), Image.Resampling.BILINEAR)
         out = io.BytesIO()
         img.save(out, "JPEG", quality=82)
         return out.getvalue()

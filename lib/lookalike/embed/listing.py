@@ -15,8 +15,8 @@ import logging
 import os
 import re
 from collections import deque
+from collections.abc import Callable, Iterator
 from itertools import islice
-from typing import Callable, Iterator, Optional
 
 from lookalike.config import InputConfig, S3Config
 from lookalike.errors import DuplicateItemIdError, InputError
@@ -50,7 +50,7 @@ def name_matches(name: str, pattern: str) -> bool:
     return any(fnmatch.fnmatchcase(lowered, p.strip().lower()) for p in pattern.split("|") if p.strip())
 
 
-def item_id_for(key: str, id_regex: Optional[re.Pattern]) -> Optional[str]:
+def item_id_for(key: str, id_regex: re.Pattern | None) -> str | None:
     """The item id of ``key`` (relative to input.uri); None when ``id_regex`` does not match."""
     if id_regex is None:
         stem, _ = os.path.splitext(key)
@@ -63,7 +63,7 @@ def item_id_for(key: str, id_regex: Optional[re.Pattern]) -> Optional[str]:
     return match.group(1) if match.groups() else match.group(0)
 
 
-def assign_ids(listed: list[Entry], id_regex: Optional[str]) -> list[tuple[str, Entry]]:
+def assign_ids(listed: list[Entry], id_regex: str | None) -> list[tuple[str, Entry]]:
     """(item_id, file) pairs in id order; duplicate ids are an error naming both keys."""
     pattern = re.compile(id_regex) if id_regex else None
     seen: dict[str, Entry] = {}
@@ -81,8 +81,10 @@ def assign_ids(listed: list[Entry], id_regex: Optional[str]) -> list[tuple[str, 
 
 
 def duplicate_id_error(item_id: str, first: str, second: str) -> DuplicateItemIdError:
-    return DuplicateItemIdError(f"item id {item_id!r} comes from two keys: {first!r} and {second!r}. "
-                                f"Remove one, or set input.id_regex so that ids are unique.")
+    return DuplicateItemIdError(
+        f"item id {item_id!r} comes from two keys: {first!r} and {second!r}. "
+        f"Remove one, or set input.id_regex so that ids are unique."
+    )
 
 
 def _warn_skipped(skipped: int) -> None:
@@ -90,14 +92,21 @@ def _warn_skipped(skipped: int) -> None:
         log.warning("%d keys did not match input.id_regex and were skipped", skipped)
 
 
+def input_uri(cfg: InputConfig) -> str:
+    """``input.uri``; InputError when it is not set (the jobs require it, a caller in code may not)."""
+    if cfg.uri is None:
+        raise InputError("input.uri is not set: where the images are, e.g. s3://bucket/prefix/")
+    return cfg.uri
+
+
 def _cannot_list(cfg: InputConfig, message: str) -> InputError:
     return InputError(f"cannot list {cfg.uri}: {message}. Nothing was written.")
 
 
-def list_images(cfg: InputConfig, s3: S3Config, most: Optional[int] = None) -> Optional[list[tuple[str, Entry]]]:
+def list_images(cfg: InputConfig, s3: S3Config, most: int | None = None) -> list[tuple[str, Entry]] | None:
     """List the image files under ``input.uri`` on the driver: (item_id, file) in id order. With
     ``most``: None as soon as there are more than ``most`` files, without listing the rest."""
-    uri = normalise_uri(cfg.uri)
+    uri = normalise_uri(input_uri(cfg))
     storage = storage_for(uri, s3)
     try:
         found = list(islice(storage.list(uri), most + 1 if most is not None else None))
@@ -125,8 +134,11 @@ def check_unique_ids(rows, problem_error: Callable[[str], Exception], key=None, 
     problem = F.col("problem") if problem is None else problem
     found = F.col("problem").isNull()
     per_id = rows.groupBy("item_id").agg(
-        F.count(F.lit(1)).alias("rows"), F.min(key).alias("first"), F.max(key).alias("second"),
-        F.min(problem).alias("problem"))
+        F.count(F.lit(1)).alias("rows"),
+        F.min(key).alias("first"),
+        F.max(key).alias("second"),
+        F.min(problem).alias("problem"),
+    )
     check = per_id.agg(
         F.count(F.when(found, 1)).alias("items"),
         F.max(F.when(found, F.col("rows"))).alias("most"),
@@ -149,7 +161,7 @@ def list_items(spark, cfg: InputConfig, s3: S3Config):
     An s3:// input of more than SMALL_INPUT_KEYS keys is listed by Spark tasks; that frame is
     persisted, because every action on it would list the bucket again: call its unpersist() once
     done with it (a no-op for the other inputs, listed on the driver by :func:`list_images`)."""
-    uri = normalise_uri(cfg.uri)
+    uri = normalise_uri(input_uri(cfg))
     listed = list_images(cfg, s3, most=SMALL_INPUT_KEYS if is_s3(uri) else None)
     if listed is not None:
         return _items_on_driver(spark, listed)
@@ -187,12 +199,17 @@ def _listing_tasks(storage, root: str) -> list[tuple[str, bool]]:
             tasks.append((rel, False))
         pending.extend((rel + sub, depth + 1) for sub in subs)
     tasks += [(rel, True) for rel, _ in pending]
-    log.info("listing %s in parallel: %d prefixes (%d of them one level only), found by delimiter listings "
-             "of %d", root, len(tasks), sum(1 for _, recursive in tasks if not recursive), expanded)
+    log.info(
+        "listing %s in parallel: %d prefixes (%d of them one level only), found by delimiter listings of %d",
+        root,
+        len(tasks),
+        sum(1 for _, recursive in tasks if not recursive),
+        expanded,
+    )
     return tasks
 
 
-def _level(storage, uri: str) -> Optional[tuple[list[str], bool]]:
+def _level(storage, uri: str) -> tuple[list[str], bool] | None:
     """The sub-prefixes of ``uri`` and whether objects sit directly in it (not kept: a task lists
     them again rather than the driver holding them); None when more than EXPAND_OBJECTS do."""
     subs, objects = [], 0
@@ -218,18 +235,24 @@ def _list_in_parallel(spark, cfg: InputConfig, s3: S3Config, root: str, tasks: l
 
     def list_tasks(frames):
         for frame in frames:
-            for rel, recursive in zip(frame["prefix"], frame["recursive"]):
+            for rel, recursive in zip(frame["prefix"], frame["recursive"], strict=True):
                 yield from _task_rows(root, rel, bool(recursive), cfg, s3, skipped)
 
-    rows = (spark.createDataFrame(sc.parallelize(tasks, min(len(tasks), MAX_LISTING_TASKS)),
-                                  "prefix string, recursive boolean")
-            .mapInPandas(list_tasks, schema=schemas.spark_schema(ITEMS))
-            .persist(StorageLevel.MEMORY_AND_DISK))
+    rows = (
+        spark.createDataFrame(
+            sc.parallelize(tasks, min(len(tasks), MAX_LISTING_TASKS)), "prefix string, recursive boolean"
+        )
+        .mapInPandas(list_tasks, schema=schemas.spark_schema(ITEMS))
+        .persist(StorageLevel.MEMORY_AND_DISK)
+    )
     failed = F.col("item_id") == ""
     try:
-        items, _ = check_unique_ids(rows, lambda problem: _cannot_list(cfg, problem),
-                                    key=F.when(~failed, F.expr(f"substring(uri, {len(root) + 1})")),
-                                    problem=F.when(failed, F.col("uri")))
+        items, _ = check_unique_ids(
+            rows,
+            lambda problem: _cannot_list(cfg, problem),
+            key=F.when(~failed, F.expr(f"substring(uri, {len(root) + 1})")),
+            problem=F.when(failed, F.col("uri")),
+        )
     except BaseException:
         rows.unpersist()
         raise
@@ -246,7 +269,8 @@ def _task_rows(root: str, rel: str, recursive: bool, cfg: InputConfig, s3: S3Con
     regex = re.compile(cfg.id_regex) if cfg.id_regex else None
     storage = storage_for(root, s3)  # S3 clients are cached per worker thread and settings
     names = ("item_id", "uri", "source_version", "source_bytes")
-    out, no_id = {name: [] for name in names}, 0
+    out: dict[str, list] = {name: [] for name in names}
+    no_id = 0
     try:
         for entry in _task_entries(storage, root + rel, recursive):
             key = rel + entry.key
@@ -256,13 +280,15 @@ def _task_rows(root: str, rel: str, recursive: bool, cfg: InputConfig, s3: S3Con
             if not item_id:
                 no_id += 1
                 continue
-            for name, value in zip(names, (item_id, entry.uri, entry.version, entry.size)):
+            for name, value in zip(names, (item_id, entry.uri, entry.version, entry.size), strict=True):
                 out[name].append(value)
             if len(out["uri"]) >= ROWS_PER_FRAME:
                 yield rows_frame(out)
                 out = {name: [] for name in names}
     except StorageError as exc:
-        out = {name: [value] for name, value in zip(names, ("", f"{root + rel}: {exc.message}", None, None))}
+        out = {
+            name: [value] for name, value in zip(names, ("", f"{root + rel}: {exc.message}", None, None), strict=True)
+        }
     skipped.add(no_id)
     yield rows_frame(out)
 
@@ -279,5 +305,9 @@ def rows_frame(columns: dict[str, list]):
     nullable integers."""
     import pandas as pd
 
-    return pd.DataFrame({name: pd.array(values, dtype="Int64") if name == "source_bytes" else
-                         pd.Series(values, dtype=object) for name, values in columns.items()})
+    return pd.DataFrame(
+        {
+            name: pd.array(values, dtype="Int64") if name == "source_bytes" else pd.Series(values, dtype=object)
+            for name, values in columns.items()
+        }
+    )

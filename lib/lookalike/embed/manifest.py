@@ -28,15 +28,15 @@ import json
 import logging
 import re
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator, Optional
 from urllib.parse import unquote_plus
 
 import pandas as pd
 
 from lookalike import schemas
 from lookalike.config import InputConfig, S3Config
-from lookalike.embed.listing import check_unique_ids, item_id_for, name_matches, rows_frame
+from lookalike.embed.listing import check_unique_ids, input_uri, item_id_for, name_matches, rows_frame
 from lookalike.embed.stage import ITEMS
 from lookalike.errors import InputError
 from lookalike.io.arrowfs import filesystem, retry_note
@@ -52,12 +52,21 @@ log = logging.getLogger(__name__)
 # READ_BUFFER_BYTES. Only the columns a row may use are read from Parquet and ORC.
 BATCH_ROWS = 65_536
 READ_BUFFER_BYTES = 8 << 20
-FORMATS = {".parquet": "parquet", ".pq": "parquet", ".orc": "orc", ".csv": "csv", ".csv.gz": "csv",
-           ".gz": "csv", ".tsv": "csv"}
+FORMATS = {
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".orc": "orc",
+    ".csv": "csv",
+    ".csv.gz": "csv",
+    ".gz": "csv",
+    ".tsv": "csv",
+}
 # What each task returns: the items plus the relative key (for duplicate messages) and a problem
 # text for a data file that cannot be read (reported on the driver as one clear error).
 ROWS = [c._replace(nullable=True) for c in ITEMS] + [
-    schemas.Column("key", "string", True, ""), schemas.Column("problem", "string", True, "")]
+    schemas.Column("key", "string", True, ""),
+    schemas.Column("problem", "string", True, ""),
+]
 
 
 @dataclass(frozen=True)
@@ -65,7 +74,7 @@ class DataFile:
     uri: str
     format: str  # parquet | orc | csv
     # CSV only: the column names of a file without a header row (None: the file has a header).
-    columns: Optional[tuple[str, ...]] = None
+    columns: tuple[str, ...] | None = None
     # CSV only: keys are URL-encoded (S3 Inventory, S3 Batch Operations).
     encoded_keys: bool = False
 
@@ -74,7 +83,7 @@ def _norm(name: str) -> str:
     return name.strip().lower().replace("_", "").replace("-", "")
 
 
-def format_of(uri: str) -> Optional[str]:
+def format_of(uri: str) -> str | None:
     lowered = uri.lower()
     for suffix in sorted(FORMATS, key=len, reverse=True):
         if lowered.endswith(suffix):
@@ -117,8 +126,13 @@ def _list_files(uri: str, s3: S3Config) -> list[str]:
     except StorageError as exc:
         raise InputError(f"input.manifest {uri}: cannot list it: {exc.message}") from None
     names = lambda u: u.rstrip("/").rsplit("/", 1)[-1]  # noqa: E731
-    return sorted(u for u in found if not names(u).startswith(("_", ".")) and not u.endswith("/")
-                  and names(u) not in ("manifest.json", "manifest.checksum", "symlink.txt"))
+    return sorted(
+        u
+        for u in found
+        if not names(u).startswith(("_", "."))
+        and not u.endswith("/")
+        and names(u) not in ("manifest.json", "manifest.checksum", "symlink.txt")
+    )
 
 
 def _from_inventory_manifest(uri: str, s3: S3Config) -> list[DataFile]:
@@ -130,46 +144,58 @@ def _from_inventory_manifest(uri: str, s3: S3Config) -> list[DataFile]:
         raise InputError(f"input.manifest {uri}: not a valid S3 Inventory manifest.json ({exc})") from None
     fmt = str(manifest.get("fileFormat", "")).lower()
     if fmt not in ("csv", "parquet", "orc") or not manifest.get("files"):
-        raise InputError(f"input.manifest {uri}: expected an S3 Inventory manifest.json with fileFormat "
-                         f"CSV, Parquet or ORC and a list of files; got fileFormat={manifest.get('fileFormat')!r}")
+        raise InputError(
+            f"input.manifest {uri}: expected an S3 Inventory manifest.json with fileFormat "
+            f"CSV, Parquet or ORC and a list of files; got fileFormat={manifest.get('fileFormat')!r}"
+        )
     destination = str(manifest.get("destinationBucket", "")).split(":::")[-1]
     if not destination:
         raise InputError(f"input.manifest {uri}: destinationBucket is missing")
     columns = None
     if fmt == "csv":
         columns = tuple(c.strip() for c in str(manifest.get("fileSchema", "")).split(",") if c.strip())
-    return [DataFile(f"s3://{destination}/{f['key']}", fmt, columns, encoded_keys=fmt == "csv")
-            for f in manifest["files"]]
+    return [
+        DataFile(f"s3://{destination}/{f['key']}", fmt, columns, encoded_keys=fmt == "csv") for f in manifest["files"]
+    ]
 
 
 def data_files(cfg: InputConfig, s3: S3Config) -> list[DataFile]:
     """Decide, on the driver, which files to read and how; fail here on anything unclear."""
     uri = cfg.manifest
+    if uri is None:
+        raise InputError("input.manifest is not set: the S3 Inventory manifest.json or the data files to read")
     if uri.rstrip("/").endswith("manifest.json"):
         files = _from_inventory_manifest(uri, s3)
     else:
         found = _list_files(uri, s3)
         if not found:
             raise InputError(f"input.manifest {uri}: no such file, or no data files under it")
-        unknown = [u for u in found if format_of(u) is None]
+        formats = [(u, format_of(u)) for u in found]
+        unknown = [u for u, fmt in formats if fmt is None]
         if unknown:
-            raise InputError(f"input.manifest: cannot tell the format of {unknown[0]} from its name; "
-                             f"manifest files end in .parquet, .orc, .csv or .csv.gz")
-        files = [DataFile(u, format_of(u)) for u in found]
+            raise InputError(
+                f"input.manifest: cannot tell the format of {unknown[0]} from its name; "
+                f"manifest files end in .parquet, .orc, .csv or .csv.gz"
+            )
+        files = [DataFile(u, fmt) for u, fmt in formats if fmt is not None]
         csvs = [f for f in files if f.format == "csv"]
         if csvs:
             columns = _csv_columns(cfg, csvs[0].uri, s3)
-            files = [DataFile(f.uri, f.format, columns, encoded_keys=columns is not None) if f.format == "csv" else f
-                     for f in files]
+            files = [
+                DataFile(f.uri, f.format, columns, encoded_keys=columns is not None) if f.format == "csv" else f
+                for f in files
+            ]
     key = _norm(cfg.manifest_key_column)
     for f in files:
         if f.columns is not None and key not in map(_norm, f.columns):
-            raise InputError(f"input.manifest: the columns of {f.uri} are {', '.join(f.columns)}: none is "
-                             f"input.manifest_key_column={cfg.manifest_key_column!r}")
+            raise InputError(
+                f"input.manifest: the columns of {f.uri} are {', '.join(f.columns)}: none is "
+                f"input.manifest_key_column={cfg.manifest_key_column!r}"
+            )
     return files
 
 
-def _csv_columns(cfg: InputConfig, first: str, s3: S3Config) -> Optional[tuple[str, ...]]:
+def _csv_columns(cfg: InputConfig, first: str, s3: S3Config) -> tuple[str, ...] | None:
     """None when CSV files have a header row naming the key column, else their column names."""
     if cfg.manifest_schema:
         return tuple(c.strip() for c in cfg.manifest_schema.split(",") if c.strip())
@@ -181,11 +207,12 @@ def _csv_columns(cfg: InputConfig, first: str, s3: S3Config) -> Optional[tuple[s
     raise InputError(
         f"input.manifest: {first} has no header row naming input.manifest_key_column="
         f"{cfg.manifest_key_column!r} and {len(row)} columns; point input.manifest at the S3 Inventory "
-        f"manifest.json, or name the columns with input.manifest_schema, e.g. \"Bucket, Key, Size, ETag\""
+        f'manifest.json, or name the columns with input.manifest_schema, e.g. "Bucket, Key, Size, ETag"'
     )
 
 
 # --- on the executors ---------------------------------------------------------------------------
+
 
 def _needed(names: list[str], key_column: str) -> list[str]:
     """The columns of a data file that a row may use; ValueError when the key column is missing."""
@@ -250,7 +277,7 @@ class _Resolver:
     def __init__(self, cfg: InputConfig):
         self.cfg = cfg
         self.regex = re.compile(cfg.id_regex) if cfg.id_regex else None
-        root = cfg.uri
+        root = input_uri(cfg)
         if is_s3(root):
             self.kind = "s3"
             self.bucket, prefix = split_s3(root)
@@ -262,7 +289,7 @@ class _Resolver:
             self.kind = "local"
             self.base = local_path(normalise_uri(root)).rstrip("/")
 
-    def locate(self, bucket: Optional[str], key: str) -> Optional[tuple[str, str]]:
+    def locate(self, bucket: str | None, key: str) -> tuple[str, str] | None:
         """(uri, key relative to input.uri), or None when the object is outside input.uri."""
         if self.kind == "s3":
             if bucket is None and is_s3(key):
@@ -270,18 +297,18 @@ class _Resolver:
             bucket = bucket if bucket is not None else self.bucket
             if bucket != self.bucket or not key.startswith(self.prefix):
                 return None
-            return f"s3://{bucket}/{key}", key[len(self.prefix):]
+            return f"s3://{bucket}/{key}", key[len(self.prefix) :]
         if self.kind == "hadoop":
             full = key if "://" in key else f"{self.base}/{key}"
             if not full.startswith(self.base + "/"):
                 return None
-            rel = full[len(self.base) + 1:]
+            rel = full[len(self.base) + 1 :]
             return f"{self.base}/{rel}", rel
         path = local_path(key) if key.startswith("file://") else key
         path = path if path.startswith("/") else f"{self.base}/{path}"
         if bucket is not None or not path.startswith(self.base + "/"):
             return None
-        return file_uri(path), path[len(self.base) + 1:]
+        return file_uri(path), path[len(self.base) + 1 :]
 
 
 def _column(table, wanted: set[str]):
@@ -295,7 +322,7 @@ def _truthy(value) -> bool:
     return value is True or (isinstance(value, str) and value.strip().lower() == "true")
 
 
-def read_file(spec: DataFile, cfg: InputConfig, s3: S3Config, skipped: Optional[dict] = None) -> Iterator[pd.DataFrame]:
+def read_file(spec: DataFile, cfg: InputConfig, s3: S3Config, skipped: dict | None = None) -> Iterator[pd.DataFrame]:
     """One manifest data file -> frames of ROWS. Never raises for a bad file: it becomes one row
     whose ``problem`` says what is wrong, which the driver turns into one clear error."""
     resolver = _Resolver(cfg)
@@ -309,7 +336,7 @@ def read_file(spec: DataFile, cfg: InputConfig, s3: S3Config, skipped: Optional[
             etags = _column(table, {"etag"})
             latest = _column(table, {"islatest"})
             deleted = _column(table, {"isdeletemarker"})
-            out = {c: [] for c in schemas.names(ROWS)}
+            out: dict[str, list] = {c: [] for c in schemas.names(ROWS)}
             for i, key in enumerate(keys):
                 if key is None or key == "":
                     continue
@@ -345,16 +372,23 @@ def read_file(spec: DataFile, cfg: InputConfig, s3: S3Config, skipped: Optional[
     except Exception as exc:  # one clear message on the driver instead of a retried task failure
         text = exc.message if isinstance(exc, StorageError) else f"{type(exc).__name__}: {exc}"
         text += retry_note(spec.uri, s3) if isinstance(exc, OSError) else ""
-        yield pd.DataFrame({"item_id": [None], "uri": [spec.uri], "source_version": [None],
-                            "source_bytes": pd.array([None], dtype="Int64"), "key": [None],
-                            "problem": [f"{spec.uri}: {redact(text)}"]})
+        yield pd.DataFrame(
+            {
+                "item_id": [None],
+                "uri": [spec.uri],
+                "source_version": [None],
+                "source_bytes": pd.array([None], dtype="Int64"),
+                "key": [None],
+                "problem": [f"{spec.uri}: {redact(text)}"],
+            }
+        )
     if skipped is not None:
         for name, value in counts.items():
             if value:
                 skipped[name].add(value)
 
 
-def read_manifest(spark, cfg: InputConfig, s3: Optional[S3Config] = None):
+def read_manifest(spark, cfg: InputConfig, s3: S3Config | None = None):
     """The items named by input.manifest as a DataFrame with the columns of ``embed.ITEMS``, one
     partition per manifest data file. Raises InputError for an unreadable manifest and
     DuplicateItemIdError (naming both keys) when two keys give one item id; a key listed twice
@@ -371,18 +405,26 @@ def read_manifest(spark, cfg: InputConfig, s3: Optional[S3Config] = None):
             for text in frame["spec"]:
                 yield from read_file(DataFile(**json.loads(text)), cfg, s3, skipped)
 
-    specs = [json.dumps({"uri": f.uri, "format": f.format, "columns": f.columns, "encoded_keys": f.encoded_keys})
-             for f in files]
+    specs = [
+        json.dumps({"uri": f.uri, "format": f.format, "columns": f.columns, "encoded_keys": f.encoded_keys})
+        for f in files
+    ]
     # parallelize with one slice per file: exactly one file per task, no shuffle.
-    rows = (spark.createDataFrame(sc.parallelize([(spec,) for spec in specs], len(specs)), "spec string")
-            .mapInPandas(read_files, schema=schemas.spark_schema(ROWS)))
+    rows = spark.createDataFrame(sc.parallelize([(spec,) for spec in specs], len(specs)), "spec string").mapInPandas(
+        read_files, schema=schemas.spark_schema(ROWS)
+    )
 
     # One pass over the files answers everything: unreadable files (rows with a problem and no
     # item id), ids that come from two different keys, keys listed more than once.
     items_found, most = check_unique_ids(rows, lambda problem: InputError(f"input.manifest: cannot read {problem}"))
     dropped = {name: acc.value for name, acc in skipped.items() if acc.value}
-    log.info("manifest %s: %d data file(s), %d items%s", cfg.manifest, len(files), items_found,
-             f"; skipped rows: {dropped}" if dropped else "")
+    log.info(
+        "manifest %s: %d data file(s), %d items%s",
+        cfg.manifest,
+        len(files),
+        items_found,
+        f"; skipped rows: {dropped}" if dropped else "",
+    )
     items = rows.filter(F.col("problem").isNull())
     if most > 1:
         log.warning("input.manifest lists some keys more than once (overlapping reports?); each is embedded once")

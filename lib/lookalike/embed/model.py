@@ -16,25 +16,29 @@ import logging
 import os
 import threading
 import time
-from typing import Optional
 
 import numpy as np
 
 from lookalike.config import ModelConfig, S3Config, updated
 from lookalike.embed import backbones, hardware, preprocessing
+from lookalike.embed.backend import keras_backend
 from lookalike.embed.weights import (  # noqa: F401 (the public names of the model core)
-    IMAGENET_FALLBACK, LITE0_FALLBACK, MISSING_WEIGHTS_HELP, fetch_weights, fingerprint, imagenet_available, keras_download,
-    is_imagenet, is_random_init, md5_of, resolve, weights_tag,
+    IMAGENET_FALLBACK,
+    LITE0_FALLBACK,
+    MISSING_WEIGHTS_HELP,
+    fetch_weights,
+    fingerprint,
+    imagenet_available,
+    is_imagenet,
+    is_random_init,
+    keras_download,
+    md5_of,
+    resolve,
+    weights_tag,
 )
 from lookalike.errors import WeightsError
 
 log = logging.getLogger(__name__)
-
-
-def keras_backend() -> str:
-    import keras
-
-    return keras.backend.backend()
 
 
 def preprocess(batch: np.ndarray, mode: str = "caffe") -> np.ndarray:
@@ -52,7 +56,7 @@ def _with_preprocessing(trunk, mode: str, input_size: tuple[int, int]):
     return keras.Model(pixels, trunk(preprocessing.layer(mode)(pixels)))
 
 
-def task_gpu() -> Optional[str]:
+def task_gpu() -> str | None:
     """The GPU address(es) Spark assigned to the running task, if any (spark.task.resource.gpu.amount)."""
     try:
         from pyspark import TaskContext
@@ -65,7 +69,7 @@ def task_gpu() -> Optional[str]:
     return ",".join(gpus.addresses) if gpus is not None and gpus.addresses else None
 
 
-def pin_task_gpu() -> Optional[str]:
+def pin_task_gpu() -> str | None:
     """Make the task's GPU the only one this process sees, before the backend initialises CUDA.
 
     Executors on a multi-GPU host see every GPU; without this every Python worker would put its
@@ -96,7 +100,7 @@ class Embedder:
     ``input_size`` (width, height) is what the images must be resized to, ``preprocessing`` the
     backbone's normalisation, ``dim`` the length of a vector."""
 
-    def __init__(self, cfg: ModelConfig, s3: Optional[S3Config] = None, threads: int = 0):
+    def __init__(self, cfg: ModelConfig, s3: S3Config | None = None, threads: int = 0):
         started = time.perf_counter()
         # Jobs resolve auto on the executors beforehand; a library user gets this machine's answer.
         cfg = hardware.resolve_here(cfg)
@@ -116,7 +120,7 @@ class Embedder:
 
     def _cached_openvino(self, cfg: ModelConfig):
         """The IR converted earlier on this host, compiled without importing Keras, or None."""
-        from lookalike.embed import openvino_runtime
+        from lookalike.embed.openvino import runtime as openvino_runtime
         from lookalike.embed.weights import local_file
 
         backbone = backbones.get(cfg.name)
@@ -125,9 +129,15 @@ class Embedder:
         self.dim = backbone.dim(cfg.pooling)
         width, height = self.input_size
         return openvino_runtime.load_cached(
-            cfg.name, input_shape=(height, width, 3), dim=self.dim, precision=cfg.precision,
-            threads=self._threads, cache_dir=os.path.expanduser(cfg.cache_dir), key=self._ir_key(),
-            batch_size=cfg.batch_size)
+            cfg.name,
+            input_shape=(height, width, 3),
+            dim=self.dim,
+            precision=cfg.precision,
+            threads=self._threads,
+            cache_dir=os.path.expanduser(cfg.cache_dir),
+            key=self._ir_key(),
+            batch_size=cfg.batch_size,
+        )
 
     def _ir_key(self) -> str:
         # One IR serves every precision (its weights stay float32; the precision is a compile hint).
@@ -158,11 +168,16 @@ class Embedder:
         self.dim = int(np.prod(trunk.output_shape[1:]))
         self.weights_tag = weights_tag(cfg, md5)
         if cfg.runtime == "openvino" and self._compiled is None:
-            from lookalike.embed import openvino_runtime
+            from lookalike.embed.openvino import runtime as openvino_runtime
 
             self._compiled = openvino_runtime.compile_model(
-                inference, precision=cfg.precision, threads=self._threads,
-                cache_dir=os.path.expanduser(cfg.cache_dir), key=self._ir_key(), batch_size=cfg.batch_size)
+                inference,
+                precision=cfg.precision,
+                threads=self._threads,
+                cache_dir=os.path.expanduser(cfg.cache_dir),
+                key=self._ir_key(),
+                batch_size=cfg.batch_size,
+            )
         # A compiled (XLA) program is specialised to one batch shape: pad every batch to
         # model.batch_size instead of compiling again for each partition's short last batch.
         self.fixed_batch = bool(inference.jit_compile) or keras_backend() == "jax"
@@ -205,8 +220,9 @@ class Embedder:
             try:
                 trunk.load_weights(path)
             except (ValueError, OSError) as exc:
-                raise WeightsError(f"model.weights {cfg.weights}: cannot load into {cfg.name} "
-                                   f"(include_top=False): {exc}") from None
+                raise WeightsError(
+                    f"model.weights {cfg.weights}: cannot load into {cfg.name} (include_top=False): {exc}"
+                ) from None
         if cfg.pooling == "flatten":
             trunk = keras.Sequential([trunk, keras.layers.Flatten()])
         return trunk, md5, backbone.preprocessing, backbone.input_size
@@ -219,7 +235,7 @@ class Embedder:
         if len(batch) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
         step = self.config.batch_size
-        parts = [self._embed_chunk(batch[start:start + step]) for start in range(0, len(batch), step)]
+        parts = [self._embed_chunk(batch[start : start + step]) for start in range(0, len(batch), step)]
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def _embed_chunk(self, chunk: np.ndarray) -> np.ndarray:
@@ -237,7 +253,7 @@ class Embedder:
         return np.asarray(out, dtype=np.float32)[:n].reshape(n, self.dim)
 
 
-_warned_emulation = []
+_warned_emulation: list[bool] = []
 
 
 def _warn_if_emulated(cfg: ModelConfig) -> None:
@@ -247,8 +263,11 @@ def _warn_if_emulated(cfg: ModelConfig) -> None:
     flags = hardware.cpu_flags()
     if flags and not any(flag in flags for flag in hardware.BF16_FLAGS):
         _warned_emulation.append(True)
-        log.warning("model.precision=bfloat16 on a CPU without amx_bf16/avx512_bf16 (host %s): emulated, "
-                    "slower than float32; set model.precision=auto or float32", os.uname().nodename)
+        log.warning(
+            "model.precision=bfloat16 on a CPU without amx_bf16/avx512_bf16 (host %s): emulated, "
+            "slower than float32; set model.precision=auto or float32",
+            os.uname().nodename,
+        )
 
 
 def _keras_download(backbone: backbones.Backbone) -> str:
@@ -256,15 +275,20 @@ def _keras_download(backbone: backbones.Backbone) -> str:
     try:
         return keras_download(backbone)
     except Exception as exc:  # urllib raises many kinds; all mean "not available here"
-        raise WeightsError(MISSING_WEIGHTS_HELP.format(
-            name=backbone.name, reason=type(exc).__name__, file=published.file_name,
-            md5=published.md5, url=published.url)) from None
+        raise WeightsError(
+            MISSING_WEIGHTS_HELP.format(
+                name=backbone.name,
+                reason=type(exc).__name__,
+                file=published.file_name,
+                md5=published.md5,
+                url=published.url,
+            )
+        ) from None
 
 
 def _load_keras_file(keras, cfg: ModelConfig, s3: S3Config):
     """A team's own .keras model: its input size from the file; a 4-D output is pooled by
     model.pooling, a 2-D output (the model pools itself) is used as it is."""
-    from lookalike.embed.weights import fetch_weights
 
     path, md5 = fetch_weights(cfg, s3, cfg.file, "model.file")
     try:
@@ -273,16 +297,23 @@ def _load_keras_file(keras, cfg: ModelConfig, s3: S3Config):
         raise WeightsError(f"model.file {cfg.file}: cannot load it as a Keras model: {exc}") from None
     shape = loaded.input_shape
     if isinstance(shape, list) or len(shape) != 4 or shape[-1] != 3 or None in shape[1:3]:
-        raise WeightsError(f"model.file {cfg.file}: expected one input of shape (batch, height, width, 3) "
-                           f"with a fixed height and width, found {shape}")
+        raise WeightsError(
+            f"model.file {cfg.file}: expected one input of shape (batch, height, width, 3) "
+            f"with a fixed height and width, found {shape}"
+        )
     outputs = loaded.output
     if len(loaded.output_shape) == 4:
-        pooling = {"avg": keras.layers.GlobalAveragePooling2D(), "max": keras.layers.GlobalMaxPooling2D(),
-                   "flatten": keras.layers.Flatten()}[cfg.pooling]
+        pooling = {
+            "avg": keras.layers.GlobalAveragePooling2D(),
+            "max": keras.layers.GlobalMaxPooling2D(),
+            "flatten": keras.layers.Flatten(),
+        }[cfg.pooling]
         outputs = pooling(outputs)
     elif len(loaded.output_shape) != 2:
-        raise WeightsError(f"model.file {cfg.file}: expected a (batch, dim) or (batch, h, w, channels) output, "
-                           f"found {loaded.output_shape}")
+        raise WeightsError(
+            f"model.file {cfg.file}: expected a (batch, dim) or (batch, h, w, channels) output, "
+            f"found {loaded.output_shape}"
+        )
     trunk = keras.Model(loaded.inputs, outputs)
     return trunk, md5, cfg.preprocessing, (int(shape[2]), int(shape[1]))
 
@@ -292,7 +323,7 @@ _cache_lock = threading.Lock()
 LOADS = {"count": 0}
 
 
-def get_embedder(cfg: ModelConfig, s3: Optional[S3Config] = None, threads: int = 0) -> Embedder:
+def get_embedder(cfg: ModelConfig, s3: S3Config | None = None, threads: int = 0) -> Embedder:
     """The process-wide Embedder for these settings: built on first use, then reused by every batch
     and every task that this Python worker runs."""
     key = (cfg, s3, threads)
@@ -303,8 +334,12 @@ def get_embedder(cfg: ModelConfig, s3: Optional[S3Config] = None, threads: int =
                 pin_task_gpu()
             embedder = _cache[key] = Embedder(cfg, s3, threads)
             LOADS["count"] += 1
-            log.info("loaded %s (%s, pooling=%s) in %.1fs in pid %d", cfg.name, embedder.weights_tag,
-                     cfg.pooling, embedder.load_seconds, os.getpid())
+            log.info(
+                "loaded %s (%s, pooling=%s) in %.1fs in pid %d",
+                cfg.name,
+                embedder.weights_tag,
+                cfg.pooling,
+                embedder.load_seconds,
+                os.getpid(),
+            )
         return embedder
-
-

@@ -18,12 +18,15 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING
 
 from lookalike import publish, schemas
 from lookalike.config import S3Config
 from lookalike.io.redact import redact
 from lookalike.io.uris import is_hadoop, is_s3, local_path
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +45,9 @@ class Previous:
     lazily with only the columns the plan compares)."""
 
     location: str  # the resolved version to carry rows over from
-    version: Optional[str]
-    rows: object  # DataFrame of KEY_COLUMNS of the previous embeddings table
-    failed_ids: object = None  # DataFrame of item_id of the previous errors table, or None
+    version: str | None
+    rows: DataFrame  # KEY_COLUMNS of the previous embeddings table
+    failed_ids: DataFrame | None = None  # item_id of the previous errors table, or None
 
 
 @dataclass(frozen=True)
@@ -52,11 +55,11 @@ class Plan:
     """Every listed and previous id with its outcome, persisted on the executors (listing is
     expensive and the job reads it twice: counts, then the rows to embed). Call release()."""
 
-    outcomes: object  # DataFrame: ITEM_COLUMNS + outcome
+    outcomes: DataFrame  # ITEM_COLUMNS + outcome
     counts: dict  # one count per OUTCOMES
     carry_over: bool  # keep the previous table's reused rows
     reason: str  # why this run is full or incremental, for the log and the summary
-    previous: Optional[Previous] = None  # what carried-over rows come from
+    previous: Previous | None = None  # what carried-over rows come from
 
     @property
     def listed(self) -> int:
@@ -82,21 +85,24 @@ class Plan:
     @property
     def unchanged(self) -> bool:
         """Nothing to embed, nothing deleted, no old error rows to retire: publishing would copy."""
-        return self.carry_over and self.attempted == 0 and not self.counts["deleted"] and not self.counts["stale_errors"]
+        return (
+            self.carry_over and self.attempted == 0 and not self.counts["deleted"] and not self.counts["stale_errors"]
+        )
 
     def release(self) -> None:
         self.outcomes.unpersist()
 
 
-def _counted(outcomes, reason: str, previous: Optional[Previous] = None) -> Plan:
+def _counted(outcomes, reason: str, previous: Previous | None = None) -> Plan:
     from pyspark import StorageLevel
-
     from pyspark.sql import functions as F
 
     outcomes = outcomes.persist(StorageLevel.MEMORY_AND_DISK)
     # stale_errors: error rows of images no longer listed, whether or not they also had an embedding.
-    found = outcomes.agg(*[F.count(F.when(F.col("outcome") == o, 1)).alias(o) for o in OUTCOMES[:-1]],
-                         F.count(F.when(F.col("stale"), 1)).alias("stale_errors")).first()
+    found = outcomes.agg(
+        *[F.count(F.when(F.col("outcome") == o, 1)).alias(o) for o in OUTCOMES[:-1]],
+        F.count(F.when(F.col("stale"), 1)).alias("stale_errors"),
+    ).first()
     return Plan(outcomes.drop("stale"), {o: int(found[o]) for o in OUTCOMES}, previous is not None, reason, previous)
 
 
@@ -106,43 +112,66 @@ def full_plan(items, reason: str) -> Plan:
     return _counted(items.select(*ITEM_COLUMNS, F.lit("new").alias("outcome"), F.lit(False).alias("stale")), reason)
 
 
-def plan(items, previous: Optional[Previous], fingerprint: str, weights: str) -> Plan:
+def plan(items, previous: Previous | None, fingerprint: str, weights: str) -> Plan:
     """Give every listed item (a DataFrame of ITEMS rows) and every previous id an outcome."""
     from pyspark.sql import functions as F
 
     if previous is None:
         return full_plan(items, "full run: no previous embeddings table")
     rows = previous.rows
-    same_model = F.coalesce((F.col("model_fingerprint") == fingerprint) & (F.col("weights") == weights),
-                            F.lit(False))
-    model = rows.agg(F.count(F.lit(1)).alias("rows"), F.count(F.when(same_model, 1)).alias("same"),
-                     F.first("model_fingerprint").alias("fingerprint"), F.first("weights").alias("weights")).first()
+    same_model = F.coalesce((F.col("model_fingerprint") == fingerprint) & (F.col("weights") == weights), F.lit(False))
+    model = rows.agg(
+        F.count(F.lit(1)).alias("rows"),
+        F.count(F.when(same_model, 1)).alias("same"),
+        F.first("model_fingerprint").alias("fingerprint"),
+        F.first("weights").alias("weights"),
+    ).first()
+    assert model is not None  # an aggregate without groups has exactly one row
     if model["rows"] and not model["same"]:
-        return full_plan(items, f"full recompute: model settings changed (fingerprint {model['fingerprint']} "
-                                f"-> {fingerprint}, weights {model['weights']} -> {weights})")
+        return full_plan(
+            items,
+            f"full recompute: model settings changed (fingerprint {model['fingerprint']} "
+            f"-> {fingerprint}, weights {model['weights']} -> {weights})",
+        )
     # An id twice in the previous table (never written by the job) is recomputed, not guessed at.
     known = rows.groupBy("item_id").agg(
-        F.count(F.lit(1)).alias("copies"), F.min(same_model).alias("same_model"),
-        F.first("uri").alias("uri_previous"), F.first("source_version").alias("version_previous"))
-    joined = (items.withColumn("listed", F.lit(True))
-              .join(known, "item_id", "full_outer"))
+        F.count(F.lit(1)).alias("copies"),
+        F.min(same_model).alias("same_model"),
+        F.first("uri").alias("uri_previous"),
+        F.first("source_version").alias("version_previous"),
+    )
+    joined = items.withColumn("listed", F.lit(True)).join(known, "item_id", "full_outer")
     if previous.failed_ids is not None:
         failed = previous.failed_ids.select("item_id").distinct().withColumn("failed", F.lit(True))
         joined = joined.join(failed, "item_id", "full_outer")
     else:
         joined = joined.withColumn("failed", F.lit(None).cast("boolean"))
     listed, in_previous = F.col("listed").isNotNull(), F.col("copies").isNotNull()
-    reused = (listed & (F.col("copies") == 1) & F.col("same_model") & (F.col("uri") == F.col("uri_previous"))
-              & F.col("source_version").isNotNull() & (F.col("source_version") == F.col("version_previous")))
-    outcome = (F.when(reused, "reused").when(listed & in_previous, "changed")
-               .when(listed & F.col("failed").isNotNull(), "retried").when(listed, "new")
-               .when(in_previous, "deleted").otherwise("stale_errors"))
+    reused = (
+        listed
+        & (F.col("copies") == 1)
+        & F.col("same_model")
+        & (F.col("uri") == F.col("uri_previous"))
+        & F.col("source_version").isNotNull()
+        & (F.col("source_version") == F.col("version_previous"))
+    )
+    outcome = (
+        F.when(reused, "reused")
+        .when(listed & in_previous, "changed")
+        .when(listed & F.col("failed").isNotNull(), "retried")
+        .when(listed, "new")
+        .when(in_previous, "deleted")
+        .otherwise("stale_errors")
+    )
     stale = F.col("listed").isNull() & F.col("failed").isNotNull()
-    return _counted(joined.select(*ITEM_COLUMNS, outcome.alias("outcome"), stale.alias("stale")),
-                    f"incremental from version {previous.version or previous.location}", previous)
+    return _counted(
+        joined.select(*ITEM_COLUMNS, outcome.alias("outcome"), stale.alias("stale")),
+        f"incremental from version {previous.version or previous.location}",
+        previous,
+    )
 
 
-def _published(path: str, s3: S3Config) -> tuple[Optional[str], Optional[str]]:
+def _published(path: str, s3: S3Config) -> tuple[str | None, str | None]:
     """(location to read, version id) of the table at ``path``; (None, None) when there is none.
     A local plain directory from before versioned outputs counts, with version None."""
     version = publish.current_version(path, s3)
@@ -152,7 +181,7 @@ def _published(path: str, s3: S3Config) -> tuple[Optional[str], Optional[str]]:
     return location, version
 
 
-def previous_state(spark, embeddings: str, errors: str, s3: S3Config) -> Optional[Previous]:
+def previous_state(spark, embeddings: str, errors: str, s3: S3Config) -> Previous | None:
     """The key columns of the published embeddings table and the ids in the errors table, as
     DataFrames (nothing is read yet beyond the Parquet footers).
 
@@ -172,8 +201,11 @@ def previous_state(spark, embeddings: str, errors: str, s3: S3Config) -> Optiona
             return None
         rows = table.select(*KEY_COLUMNS)
     except AnalysisException as exc:
-        log.warning("cannot read the previous embeddings table %s (%s): full recompute",
-                    location, redact(str(exc).splitlines()[0][:300]))
+        log.warning(
+            "cannot read the previous embeddings table %s (%s): full recompute",
+            location,
+            redact(str(exc).splitlines()[0][:300]),
+        )
         return None
     failed = None
     errors_location, _ = _published(errors, s3)

@@ -3,8 +3,9 @@
 A backbone's weights only mean something on inputs normalised the way they were trained: VGG16 and
 ResNet50 (converted from Caffe) want BGR with the ImageNet means subtracted; models trained in
 PyTorch want ``(x/255 - mean)/std`` in RGB; some Keras models normalise inside themselves and take
-raw 0..255 values; EfficientNet-Lite was trained on ``(x - 127)/128``. The NumPy versions serve float inputs on the CPU and the tests; the layer runs
-inside the model on uint8 input, so that a GPU receives a quarter of the bytes. Both compute in
+raw 0..255 values; EfficientNet-Lite was trained on ``(x - 127)/128``. The NumPy versions serve
+float inputs on the CPU and the tests; the layer runs inside the model on uint8 input, so that a
+GPU receives a quarter of the bytes. Both compute in
 float32 even under a mixed-precision policy, so that they give the same numbers.
 
 Modes (the names are Keras' ``imagenet_utils.preprocess_input`` modes, plus ``raw``):

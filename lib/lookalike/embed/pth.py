@@ -29,7 +29,7 @@ import os
 import pickle
 import zipfile
 from dataclasses import dataclass
-from typing import BinaryIO, Optional, Union
+from typing import BinaryIO
 
 import numpy as np
 
@@ -72,14 +72,14 @@ class _Storage:
     type: _StorageType
     key: str
     numel: int
-    data: Optional[np.ndarray] = None
+    data: np.ndarray | None = None
     # Old PyTorch (< 0.4) storage views: (root storage, element offset).
-    root: Optional["_Storage"] = None
+    root: _Storage | None = None
     root_offset: int = 0
 
     def array(self) -> np.ndarray:
         if self.root is not None:
-            return self.root.array()[self.root_offset:self.root_offset + self.numel]
+            return self.root.array()[self.root_offset : self.root_offset + self.numel]
         assert self.data is not None
         return self.data
 
@@ -94,8 +94,7 @@ class _TensorRef:
     stride: tuple
 
 
-def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None,
-                       metadata=None):
+def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None):
     return _TensorRef(storage, storage_offset, tuple(size), tuple(stride))
 
 
@@ -129,8 +128,10 @@ class _Unpickler(pickle.Unpickler):
         try:
             found = _ALLOWED[(module, name)]
         except KeyError:
-            raise ValueError(f"{self._name}: refusing to unpickle the global {module}.{name}: only a "
-                             f"PyTorch state dict of plain tensors can be read") from None
+            raise ValueError(
+                f"{self._name}: refusing to unpickle the global {module}.{name}: only a "
+                f"PyTorch state dict of plain tensors can be read"
+            ) from None
         if found is collections.OrderedDict:
             return found
         return lambda *args: found(*args)  # fresh, so that a BUILD opcode cannot alter ours
@@ -147,7 +148,7 @@ def _describe(path_or_fileobj) -> str:
     return getattr(path_or_fileobj, "name", None) or repr(path_or_fileobj)
 
 
-def read_state_dict(path_or_fileobj: Union[str, os.PathLike, BinaryIO]) -> "collections.OrderedDict[str, np.ndarray]":
+def read_state_dict(path_or_fileobj: str | os.PathLike | BinaryIO) -> collections.OrderedDict[str, np.ndarray]:
     """The tensors of a PyTorch state dict file, as NumPy arrays, keys in file order.
 
     Raises ``ValueError`` (naming the file) for anything that is not a state dict of tensors:
@@ -157,10 +158,10 @@ def read_state_dict(path_or_fileobj: Union[str, os.PathLike, BinaryIO]) -> "coll
     if isinstance(path_or_fileobj, (str, os.PathLike)):
         with open(path_or_fileobj, "rb") as f:
             return _read(f, name)
-    f = path_or_fileobj
-    if not (hasattr(f, "seekable") and f.seekable()):
-        f = io.BytesIO(f.read())
-    return _read(f, name)
+    fileobj = path_or_fileobj
+    if not (hasattr(fileobj, "seekable") and fileobj.seekable()):
+        fileobj = io.BytesIO(fileobj.read())
+    return _read(fileobj, name)
 
 
 def _read(f: BinaryIO, name: str):
@@ -173,8 +174,17 @@ def _read(f: BinaryIO, name: str):
                 obj = _read_zip(archive, name)
         else:
             obj = _read_legacy(f, name)
-    except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, TypeError, AttributeError, IndexError,
-            KeyError, OverflowError, UnicodeDecodeError) as exc:
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        zipfile.BadZipFile,
+        TypeError,
+        AttributeError,
+        IndexError,
+        KeyError,
+        OverflowError,
+        UnicodeDecodeError,
+    ) as exc:
         raise ValueError(f"{name}: not a readable PyTorch checkpoint ({type(exc).__name__}: {exc})") from None
     return _state_dict(obj, name)
 
@@ -187,8 +197,12 @@ def _storage_factory(name: str, storages: dict, on_new=None):
             raise ValueError(f"{name}: unsupported persistent id {pid!r}")
         storage_type, key, _location, numel = pid[1:5]
         view = pid[5] if len(pid) == 6 else None
-        if not isinstance(storage_type, _StorageType) or not isinstance(key, str) \
-                or not isinstance(numel, int) or numel < 0:
+        if (
+            not isinstance(storage_type, _StorageType)
+            or not isinstance(key, str)
+            or not isinstance(numel, int)
+            or numel < 0
+        ):
             raise ValueError(f"{name}: malformed storage id {pid!r}")
         storage = storages.get(key)
         if storage is None:
@@ -200,8 +214,7 @@ def _storage_factory(name: str, storages: dict, on_new=None):
         if view is None:
             return storage
         view_key, offset, view_size = view
-        if not (isinstance(offset, int) and isinstance(view_size, int) and 0 <= offset
-                and offset + view_size <= numel):
+        if not (isinstance(offset, int) and isinstance(view_size, int) and 0 <= offset and offset + view_size <= numel):
             raise ValueError(f"{name}: storage view {view!r} lies outside storage {key}")
         return _Storage(storage_type, f"{key}/{view_key}", view_size, root=storage, root_offset=offset)
 
@@ -237,7 +250,7 @@ def _read_zip(archive: zipfile.ZipFile, name: str):
     pickles = [n for n in archive.namelist() if n == "data.pkl" or n.endswith("/data.pkl")]
     if len(pickles) != 1:
         raise ValueError(f"{name}: a zip file without exactly one data.pkl: not a PyTorch checkpoint")
-    prefix = pickles[0][:-len("data.pkl")]
+    prefix = pickles[0][: -len("data.pkl")]
     if prefix + "byteorder" in archive.namelist():
         order = archive.read(prefix + "byteorder").decode("ascii", "replace").strip()
         if order != "little":
@@ -280,21 +293,27 @@ def _decode(raw: bytes, storage_type: _StorageType) -> np.ndarray:
 def _materialise(ref: _TensorRef, key: str, name: str) -> np.ndarray:
     data = ref.storage.array()
     size, stride, offset = ref.size, ref.stride, ref.offset
-    if not (isinstance(offset, int) and len(size) == len(stride)
-            and all(isinstance(v, int) and v >= 0 for v in (offset, *size, *stride))):
+    if not (
+        isinstance(offset, int)
+        and len(size) == len(stride)
+        and all(isinstance(v, int) and v >= 0 for v in (offset, *size, *stride))
+    ):
         raise ValueError(f"{name}: tensor {key} has a malformed size {size}, stride {stride} or offset {offset}")
     if 0 in size:
         return np.zeros(size, dtype=data.dtype)
-    last = offset + sum((n - 1) * s for n, s in zip(size, stride))
+    last = offset + sum((n - 1) * s for n, s in zip(size, stride, strict=True))
     if last >= data.shape[0]:
-        raise ValueError(f"{name}: tensor {key} (size {size}, stride {stride}, offset {offset}) reaches "
-                         f"past the end of its storage of {data.shape[0]} elements")
-    view = np.lib.stride_tricks.as_strided(data[offset:], shape=size,
-                                           strides=tuple(s * data.itemsize for s in stride), writeable=False)
+        raise ValueError(
+            f"{name}: tensor {key} (size {size}, stride {stride}, offset {offset}) reaches "
+            f"past the end of its storage of {data.shape[0]} elements"
+        )
+    view = np.lib.stride_tricks.as_strided(
+        data[offset:], shape=size, strides=tuple(s * data.itemsize for s in stride), writeable=False
+    )
     return np.array(view, order="C")
 
 
-def _state_dict(obj, name: str) -> "collections.OrderedDict[str, np.ndarray]":
+def _state_dict(obj, name: str) -> collections.OrderedDict[str, np.ndarray]:
     if not isinstance(obj, dict):
         raise ValueError(f"{name}: holds a {type(obj).__name__}, not a state dict")
     result = collections.OrderedDict()

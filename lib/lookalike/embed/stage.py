@@ -9,17 +9,17 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterator, Optional
 
 import numpy as np
 import pandas as pd
 
-from lookalike.embed import images, model
 from lookalike import schemas
+from lookalike.config import Config
+from lookalike.embed import images, model
 from lookalike.io import storage
 from lookalike.io.storage import Entry, StorageError
-from lookalike.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def worker_threads(cfg: Config, task_cpus: int) -> int:
     return cfg.model.threads or max(1, task_cpus)
 
 
-def make_embed_function(cfg: Config, run_id: str, task_cpus: int = 1, phases: Optional[Phases] = None):
+def make_embed_function(cfg: Config, run_id: str, task_cpus: int = 1, phases: Phases | None = None):
     """The mapInPandas function for ``cfg``. ``phases`` (accumulators) counts model builds and
     the seconds of each phase."""
     batch_size = cfg.model.batch_size
@@ -124,7 +124,7 @@ def _embed_frame(frame, embedder, pool, cfg, batch_size, run_id, phases=None) ->
     spent = dict.fromkeys(Phases.NAMES, 0.0)
 
     def submit(start: int):
-        return [pool.submit(_load, uri, cfg, embedder.input_size) for uri in uris[start:start + batch_size]]
+        return [pool.submit(_load, uri, cfg, embedder.input_size) for uri in uris[start : start + batch_size]]
 
     pending = submit(starts[0]) if starts else []
     for index, start in enumerate(starts):
@@ -147,7 +147,7 @@ def _embed_frame(frame, embedder, pool, cfg, batch_size, run_id, phases=None) ->
             inferred = time.perf_counter()
             out = embedder.embed(np.stack([p for _, p in good]))
             spent["infer"] += time.perf_counter() - inferred
-            for (row, _), vector in zip(good, out):
+            for (row, _), vector in zip(good, out, strict=True):
                 vectors[row] = vector
     if phases is not None:
         for name, seconds in spent.items():
@@ -179,7 +179,7 @@ def _embed_frame(frame, embedder, pool, cfg, batch_size, run_id, phases=None) ->
     )[schemas.names(RESULT)]
 
 
-def embed_items(items, cfg: Config, run_id: str, phases: Optional[Phases] = None):
+def embed_items(items, cfg: Config, run_id: str, phases: Phases | None = None):
     """items: DataFrame(item_id, uri, source_version, source_bytes) -> RESULT rows, one per item."""
     spark = items.sparkSession
     task_cpus = int(spark.conf.get("spark.task.cpus", "1"))

@@ -13,10 +13,10 @@ import hashlib
 import logging
 import os
 import tempfile
-from typing import Optional
 
 from lookalike.config import ModelConfig, S3Config, updated
 from lookalike.embed import backbones
+from lookalike.embed.checksums import md5_of
 from lookalike.errors import WeightsError
 
 log = logging.getLogger(__name__)
@@ -34,23 +34,6 @@ MISSING_WEIGHTS_HELP = (
 )
 
 
-# md5 by (device, inode, size, mtime): the driver and each worker check the same file several
-# times (resolve, the run's identity, the conversion), and a rename keeps the inode.
-_md5_seen: dict = {}
-
-
-def md5_of(path: str) -> str:
-    found = os.stat(path)
-    key = (found.st_dev, found.st_ino, found.st_size, found.st_mtime_ns)
-    if key not in _md5_seen:
-        digest = hashlib.md5()
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        _md5_seen[key] = digest.hexdigest()
-    return _md5_seen[key]
-
-
 def is_random_init(cfg: ModelConfig) -> bool:
     return cfg.weights in ("none", IMAGENET_FALLBACK)
 
@@ -60,11 +43,11 @@ def is_imagenet(cfg: ModelConfig) -> bool:
     return cfg.weights == "imagenet" or cfg.weights.startswith(LITE0_FALLBACK)
 
 
-def expected_md5(cfg: ModelConfig, file_name: str) -> Optional[str]:
+def expected_md5(cfg: ModelConfig, file_name: str) -> str | None:
     if cfg.weights_md5:
         return cfg.weights_md5.lower()
     for backbone in backbones.BACKBONES.values():
-        if backbone.notop is not None and backbone.notop.file_name == file_name:
+        if backbone.notop.file_name == file_name:
             return backbone.notop.md5
     return None
 
@@ -81,8 +64,9 @@ def _verify(path: str, cfg: ModelConfig, shown: str) -> str:
     return md5
 
 
-def fetch_weights(cfg: ModelConfig, s3: S3Config, source: Optional[str] = None,
-                  key: str = "model.weights") -> tuple[str, str]:
+def fetch_weights(
+    cfg: ModelConfig, s3: S3Config, source: str | None = None, key: str = "model.weights"
+) -> tuple[str, str]:
     """Make ``source`` (default model.weights; a path or s3:// URI) a checked local file.
     Returns (path, md5).
 
@@ -94,7 +78,7 @@ def fetch_weights(cfg: ModelConfig, s3: S3Config, source: Optional[str] = None,
 
     source = source or cfg.weights
     if not is_s3(source):
-        path = os.path.expanduser(source[len("file://"):] if source.startswith("file://") else source)
+        path = os.path.expanduser(source[len("file://") :] if source.startswith("file://") else source)
         if not os.path.isfile(path):
             raise WeightsError(f"{key}: file not found: {path}")
         return path, _verify(path, cfg, path)
@@ -133,7 +117,7 @@ def packaged_checkpoint() -> tuple[str, str]:
     return path, _verify(path, ModelConfig(), path)
 
 
-def local_file(cfg: ModelConfig, s3: S3Config) -> tuple[Optional[str], Optional[str]]:
+def local_file(cfg: ModelConfig, s3: S3Config) -> tuple[str | None, str | None]:
     """(local path, md5) of the file this config loads; (None, None) for random init and Keras'
     own ImageNet download (Keras checks that one itself)."""
     if cfg.name == "keras_file":
@@ -178,28 +162,44 @@ def resolve(cfg: ModelConfig, s3: S3Config) -> ModelConfig:
     if ok:
         return cfg
     published = backbones.get(cfg.name).notop
-    text = MISSING_WEIGHTS_HELP.format(name=cfg.name, reason=reason, file=published.file_name,
-                                       md5=published.md5, url=published.url)
+    text = MISSING_WEIGHTS_HELP.format(
+        name=cfg.name, reason=reason, file=published.file_name, md5=published.md5, url=published.url
+    )
     banner = "!" * 100
     if cfg.on_missing_weights == "efficientnet_lite0":
         fallback = updated(cfg, name="efficientnet_lite0", weights=LITE0_FALLBACK + cfg.name)
         local_file(fallback, s3)
-        log.warning("\n%s\n%s\nUsing efficientnet_lite0 with its ImageNet weights from the installed pip package "
-                    "instead (model.on_missing_weights=efficientnet_lite0): real recommendations, from another "
-                    "model. Every row says model=efficientnet_lite0.\n%s", banner, text, banner)
+        log.warning(
+            "\n%s\n%s\nUsing efficientnet_lite0 with its ImageNet weights from the installed pip package "
+            "instead (model.on_missing_weights=efficientnet_lite0): real recommendations, from another "
+            "model. Every row says model=efficientnet_lite0.\n%s",
+            banner,
+            text,
+            banner,
+        )
         return fallback
     if cfg.on_missing_weights != "random":
-        raise WeightsError(text + " (Or set model.on_missing_weights=efficientnet_lite0 to use a trained model "
-                                  "that needs no download.)")
-    log.warning("\n%s\n%s\nRunning with RANDOM-INIT weights (seed %d) because "
-                "model.on_missing_weights=random. Every row is marked weights='random-init:...'; "
-                "the neighbours are NOT meaningful recommendations.\n%s", banner, text, cfg.seed, banner)
+        raise WeightsError(
+            text + " (Or set model.on_missing_weights=efficientnet_lite0 to use a trained model "
+            "that needs no download.)"
+        )
+    log.warning(
+        "\n%s\n%s\nRunning with RANDOM-INIT weights (seed %d) because "
+        "model.on_missing_weights=random. Every row is marked weights='random-init:...'; "
+        "the neighbours are NOT meaningful recommendations.\n%s",
+        banner,
+        text,
+        cfg.seed,
+        banner,
+    )
     return updated(cfg, weights=IMAGENET_FALLBACK)
 
 
-def weights_tag(cfg: ModelConfig, md5: Optional[str] = None) -> str:
+def weights_tag(cfg: ModelConfig, md5: str | None = None) -> str:
     """What the rows' ``weights`` column says."""
     if cfg.name == "keras_file":
+        if not cfg.file:  # load_config refuses this; a config built in code may not have been through it
+            raise WeightsError("model.name=keras_file needs model.file: the path or s3:// URI of a .keras model")
         return f"file:{os.path.basename(cfg.file)}@md5:{md5}"
     if is_random_init(cfg):
         tag = f"random-init:seed={cfg.seed}"
@@ -210,7 +210,7 @@ def weights_tag(cfg: ModelConfig, md5: Optional[str] = None) -> str:
             return "imagenet"
         tag = f"imagenet:{backbone.notop.file_name}@md5:{md5}"
         if cfg.weights.startswith(LITE0_FALLBACK):
-            tag += f" (fallback: {cfg.weights[len(LITE0_FALLBACK):]} imagenet unavailable)"
+            tag += f" (fallback: {cfg.weights[len(LITE0_FALLBACK) :]} imagenet unavailable)"
         return tag
     return f"file:{os.path.basename(cfg.weights)}@md5:{md5}"
 
@@ -219,7 +219,8 @@ def fingerprint(cfg: ModelConfig) -> str:
     """What makes two embeddings comparable: backbone, weights source, pooling, precision, runtime.
     Jobs call it after ``auto`` is resolved, so that it names the precision and runtime used;
     Keras (the reference runtime) leaves the payload as it was before runtimes existed."""
-    payload = f"{cfg.name}|{cfg.weights}|{cfg.weights_md5}|{cfg.pooling}|{cfg.precision}|{cfg.seed if is_random_init(cfg) else ''}"
+    seed = cfg.seed if is_random_init(cfg) else ""
+    payload = f"{cfg.name}|{cfg.weights}|{cfg.weights_md5}|{cfg.pooling}|{cfg.precision}|{seed}"
     if cfg.name == "keras_file":
         payload += f"|{cfg.file}|{cfg.preprocessing}"
     elif cfg.name != "vgg16":  # VGG16's payload predates backbones, and its caffe mode never changed

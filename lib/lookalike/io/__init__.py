@@ -4,7 +4,8 @@ Every module reads and writes through this package; nothing outside it talks to 
 a file system client.
 
     uris.py       telling local paths, file://, s3:// and hdfs:// URIs apart
-    storage.py    the one Storage interface, StorageError, storage_for(uri, s3) (why these backends)
+    base.py       the one Storage interface every backend implements, Entry, StorageError
+    storage.py    storage_for(uri, s3): the backend for a URI (why these backends)
     s3.py         S3 through boto3: retries shared across botocore and body cuts, conditional locks
     s3client.py   the one boto3 client configuration (from S3Config) and per-thread request counts
     local.py      local files: temp + rename, O_EXCL
@@ -12,5 +13,6 @@ a file system client.
     redact.py     keeping credentials out of every message
     arrowfs.py    the pyarrow file system that reads tables, built from the same S3Config
     partfiles.py  Parquet part files written by Spark tasks with row groups cut at item boundaries
+    current.py    which version of a published table readers read (publish/ writes them)
     tables.py     reading the jobs' tables with pyarrow, without Spark, for the tools
 """

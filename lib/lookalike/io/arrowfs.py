@@ -14,7 +14,6 @@ those threads. Local and Hadoop tables use pyarrow's native file systems too.
 from __future__ import annotations
 
 import os
-from typing import Optional
 from urllib.parse import urlparse
 
 from pyarrow import fs as pafs
@@ -23,7 +22,7 @@ from lookalike.config import S3Config
 from lookalike.io.uris import is_hadoop, is_s3, local_path, split_s3
 
 
-def filesystem(uri: str, s3: Optional[S3Config] = None):
+def filesystem(uri: str, s3: S3Config | None = None):
     """(pyarrow FileSystem, path in it) for reading the file or directory at ``uri``."""
     if is_s3(uri):
         bucket, key = split_s3(uri)
@@ -39,8 +38,12 @@ def s3_filesystem(s3: S3Config):
     # botocore's standard and adaptive modes share the SDK's standard strategy (pyarrow has no
     # adaptive one); legacy is the SDK's default strategy. Both count the first attempt.
     strategy = pafs.AwsDefaultS3RetryStrategy if s3.retry_mode == "legacy" else pafs.AwsStandardS3RetryStrategy
-    kwargs = {"region": s3.region, "connect_timeout": s3.connect_timeout, "request_timeout": s3.read_timeout,
-              "retry_strategy": strategy(max_attempts=s3.max_attempts)}
+    kwargs = {
+        "region": s3.region,
+        "connect_timeout": s3.connect_timeout,
+        "request_timeout": s3.read_timeout,
+        "retry_strategy": strategy(max_attempts=s3.max_attempts),
+    }
     if s3.endpoint_url:
         parsed = urlparse(s3.endpoint_url)
         kwargs["endpoint_override"] = parsed.netloc or parsed.path
@@ -48,7 +51,7 @@ def s3_filesystem(s3: S3Config):
     return pafs.S3FileSystem(**kwargs)
 
 
-def retry_note(uri: str, s3: Optional[S3Config]) -> str:
+def retry_note(uri: str, s3: S3Config | None) -> str:
     """What an S3 read error message should add: how hard it was tried."""
     if not is_s3(uri):
         return ""

@@ -6,9 +6,10 @@ system because no HDFS runs there.
 
 from __future__ import annotations
 
-from typing import Iterator, Optional
+import builtins
+from collections.abc import Iterator
 
-from lookalike.io.storage import AtomicFile, Entry, Storage, StorageError, hidden_name
+from lookalike.io.base import AtomicFile, Entry, Storage, StorageError, hidden_name
 
 
 def _open(uri: str):
@@ -61,10 +62,10 @@ class HadoopStorage(Storage):
         infos, root = self._infos(uri, True)
         for info in infos:
             if info.type == pafs.FileType.File:
-                rel = info.path[len(root.rstrip("/")) + 1:]
+                rel = info.path[len(root.rstrip("/")) + 1 :]
                 yield _entry(rel, f"{base}/{rel}", info)
 
-    def list_dirs(self, uri: str) -> list[str]:
+    def list_dirs(self, uri: str) -> builtins.list[str]:  # builtins: ``list`` here is the method above
         from pyarrow import fs as pafs
 
         infos, _ = self._infos(uri, False)
@@ -75,7 +76,7 @@ class HadoopStorage(Storage):
 
         return self._info(uri).type != pafs.FileType.NotFound
 
-    def stat(self, uri: str) -> Optional[Entry]:
+    def stat(self, uri: str) -> Entry | None:
         from pyarrow import fs as pafs
 
         info = self._info(uri)
@@ -174,7 +175,7 @@ class _MoveOnCommit(AtomicFile):
 
     HDFS rename does not replace a file, so the move deletes the old file first (pyarrow's move
     would do the same): a reader looking in between finds no file and must retry, which
-    publish.resolve does for the _LATEST pointer."""
+    resolve (io/current.py) does for the _LATEST pointer."""
 
     def __init__(self, uri: str):
         self.uri = uri

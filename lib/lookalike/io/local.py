@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import builtins
 import os
 import shutil
 import stat as statmode
-from typing import Iterator, Optional
+from collections.abc import Iterator
 
-from lookalike.io.storage import AtomicFile, Entry, Storage, StorageError, hidden_name
+from lookalike.io.base import AtomicFile, Entry, Storage, StorageError, hidden_name
 from lookalike.io.uris import file_uri, local_path
 
 
@@ -39,7 +40,7 @@ class LocalStorage(Storage):
                     continue  # removed while listing
                 yield _entry(os.path.relpath(path, root).replace(os.sep, "/"), path, info)
 
-    def list_dirs(self, uri: str) -> list[str]:
+    def list_dirs(self, uri: str) -> builtins.list[str]:  # builtins: ``list`` here is the method above
         try:
             with os.scandir(_path(uri)) as entries:
                 return sorted(e.name for e in entries if e.is_dir())
@@ -49,7 +50,7 @@ class LocalStorage(Storage):
     def exists(self, uri: str) -> bool:
         return os.path.exists(_path(uri))
 
-    def stat(self, uri: str) -> Optional[Entry]:
+    def stat(self, uri: str) -> Entry | None:
         path = _path(uri)
         try:
             info = os.stat(path)

@@ -12,7 +12,6 @@ uploaded, so an interrupted upload never becomes visible).
 from __future__ import annotations
 
 import os
-from typing import Optional
 
 from lookalike.config import S3Config
 from lookalike.io.storage import storage_for
@@ -23,8 +22,15 @@ class PartWriter:
     """Writes one part file; ``add`` takes tables that end at an item boundary and buffers them
     until about ``row_group_rows`` rows, so that each row group holds whole items only."""
 
-    def __init__(self, directory: str, name: str, schema, s3: Optional[S3Config] = None,
-                 row_group_rows: int = 65536, sorting_columns: tuple[str, ...] = ()):
+    def __init__(
+        self,
+        directory: str,
+        name: str,
+        schema,
+        s3: S3Config | None = None,
+        row_group_rows: int = 65536,
+        sorting_columns: tuple[str, ...] = (),
+    ):
         import pyarrow.parquet as pq
 
         uri = f"{directory.rstrip('/')}/{name}"
@@ -42,8 +48,7 @@ class PartWriter:
         # environment, make test-compat) cannot record it, and the files are sorted all the same.
         if sorting_columns and hasattr(pq, "SortingColumn"):
             options["sorting_columns"] = [pq.SortingColumn(schema.get_field_index(c)) for c in sorting_columns]
-        self.writer = pq.ParquetWriter(self.stream, schema, compression="snappy", write_statistics=True,
-                                       **options)
+        self.writer = pq.ParquetWriter(self.stream, schema, compression="snappy", write_statistics=True, **options)
 
     def add(self, table) -> None:
         if table.num_rows == 0:
@@ -80,7 +85,7 @@ class PartWriter:
         self.out.abort()
 
 
-def write_part(tables, open_writer) -> Optional[dict]:
+def write_part(tables, open_writer) -> dict | None:
     """Write the non-empty Arrow ``tables`` to the PartWriter ``open_writer()`` makes on the first
     one (a task with no rows writes no file: None); on any failure its temporary file is removed
     and nothing appears under the final name."""

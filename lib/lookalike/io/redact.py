@@ -12,7 +12,9 @@ import re
 _known_secrets: set[str] = set()
 _SIGNING_PARTS = re.compile(
     r"((?:X-Amz-)?(?:Credential|Signature|Security-Token)=|aws_secret_access_key\s*[=:]\s*)"
-    r"[^\s,&\"'<>]+", re.IGNORECASE)
+    r"[^\s,&\"'<>]+",
+    re.IGNORECASE,
+)
 _ACCESS_KEY_IDS = re.compile(r"\b(?:AKIA|ASIA|AROA|AIDA)[A-Z0-9]{12,}\b")
 
 

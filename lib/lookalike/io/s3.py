@@ -7,18 +7,26 @@ s3.max_attempts requests per object, so "gave up after N attempts" is exact.
 
 from __future__ import annotations
 
+import builtins
 import logging
 import os
 import random
 import tempfile
 import time
-from typing import Iterator, Optional, Union
+from collections.abc import Iterator
 
 from lookalike.config import S3Config
+from lookalike.io.base import AtomicFile, Entry, Storage, StorageError
 from lookalike.io.redact import redact
-from lookalike.io.s3client import (OutOfAttempts, attempts_text, error_code, error_text, requests_sent,
-                                   reset_count, s3_client)
-from lookalike.io.storage import AtomicFile, Entry, Storage, StorageError
+from lookalike.io.s3client import (
+    OutOfAttempts,
+    attempts_text,
+    error_code,
+    error_text,
+    requests_sent,
+    reset_count,
+    s3_client,
+)
 from lookalike.io.uris import split_s3
 
 log = logging.getLogger(__name__)
@@ -33,7 +41,7 @@ class _BodyError(Exception):
         self.cause = cause
 
 
-def _etag(value: Optional[str]) -> Optional[str]:
+def _etag(value: str | None) -> str | None:
     return (value or "").strip('"') or None
 
 
@@ -42,7 +50,7 @@ def _is_marker(obj: dict) -> bool:
 
 
 def _entry(bucket: str, prefix: str, obj: dict) -> Entry:
-    return Entry(obj["Key"][len(prefix):], f"s3://{bucket}/{obj['Key']}", obj.get("Size"), _etag(obj.get("ETag")))
+    return Entry(obj["Key"][len(prefix) :], f"s3://{bucket}/{obj['Key']}", obj.get("Size"), _etag(obj.get("ETag")))
 
 
 class S3Storage(Storage):
@@ -60,8 +68,9 @@ class S3Storage(Storage):
         if isinstance(exc, ClientError):
             kind = "not_found" if error_code(exc) in _MISSING + ("NoSuchBucket",) else "fetch_error"
             return StorageError(kind, f"S3 error {error_text(exc)}; gave up after {attempts_text(exc, self.s3)}")
-        return StorageError("fetch_error", f"{type(exc).__name__}: {redact(str(exc))}; gave up after "
-                                           f"{attempts_text(exc, self.s3)}")
+        return StorageError(
+            "fetch_error", f"{type(exc).__name__}: {redact(str(exc))}; gave up after {attempts_text(exc, self.s3)}"
+        )
 
     def _call(self, method, **kwargs):
         from botocore.exceptions import BotoCoreError, ClientError
@@ -73,7 +82,7 @@ class S3Storage(Storage):
             raise self._failure(exc) from None
 
     # --- listing --------------------------------------------------------------------------------
-    def _pages(self, bucket: str, prefix: str, delimiter: Optional[str] = None) -> Iterator[dict]:
+    def _pages(self, bucket: str, prefix: str, delimiter: str | None = None) -> Iterator[dict]:
         from botocore.exceptions import BotoCoreError, ClientError
 
         kwargs = {"Bucket": bucket, "Prefix": prefix, **({"Delimiter": delimiter} if delimiter else {})}
@@ -87,15 +96,23 @@ class S3Storage(Storage):
                 "NoSuchBucket": f"bucket {bucket!r} does not exist",
                 "AccessDenied": f"the job's credentials need s3:ListBucket on arn:aws:s3:::{bucket}",
             }.get(error_code(exc), f"gave up after {attempts_text(exc, self.s3)}")
-            raise StorageError("not_found" if error_code(exc) == "NoSuchBucket" else "fetch_error",
-                               f"{error_text(exc)}; {hint}") from None
+            raise StorageError(
+                "not_found" if error_code(exc) == "NoSuchBucket" else "fetch_error", f"{error_text(exc)}; {hint}"
+            ) from None
         except BotoCoreError as exc:
-            raise StorageError("fetch_error", f"{redact(str(exc))}; gave up after "
-                                              f"{attempts_text(exc, self.s3)}") from None
+            raise StorageError(
+                "fetch_error", f"{redact(str(exc))}; gave up after {attempts_text(exc, self.s3)}"
+            ) from None
 
-    def _under(self, bucket: str, prefix: str, delimiter: Optional[str] = None) -> Iterator[Union[dict, str]]:
-        """The objects under ``prefix`` (ListObjectsV2 dicts), and with a delimiter its common prefixes (str)."""
-        for page in self._pages(bucket, prefix, delimiter):
+    def _objects(self, bucket: str, prefix: str) -> Iterator[dict]:
+        """Every object under ``prefix``, recursively (ListObjectsV2 dicts): without a delimiter a
+        listing has no common prefixes."""
+        for page in self._pages(bucket, prefix):
+            yield from page.get("Contents", [])
+
+    def _level(self, bucket: str, prefix: str) -> Iterator[dict | str]:
+        """The objects directly under ``prefix`` (dicts), and its common prefixes (str)."""
+        for page in self._pages(bucket, prefix, "/"):
             yield from page.get("Contents", [])
             yield from (p["Prefix"] for p in page.get("CommonPrefixes", []))
 
@@ -104,7 +121,7 @@ class S3Storage(Storage):
         root = key.rstrip("/")
         prefix = f"{root}/" if root else ""
         anything = False
-        for obj in self._under(bucket, prefix):
+        for obj in self._objects(bucket, prefix):
             anything = True
             if not _is_marker(obj):
                 yield _entry(bucket, prefix, obj)
@@ -118,20 +135,20 @@ class S3Storage(Storage):
         it. Unlike :meth:`list`, never the object named like the prefix: a prefix that a delimiter
         listing found is listed once, whatever happened to it since."""
         bucket, prefix = split_s3(uri)
-        return (_entry(bucket, prefix, obj) for obj in self._under(bucket, prefix) if not _is_marker(obj))
+        return (_entry(bucket, prefix, obj) for obj in self._objects(bucket, prefix) if not _is_marker(obj))
 
-    def list_level(self, uri: str) -> Iterator[Union[Entry, str]]:
+    def list_level(self, uri: str) -> Iterator[Entry | str]:
         """One level of the prefix ``uri`` exactly as given ('' or ending in '/'), page by page:
         an Entry for each object directly in it, and the name of each sub-prefix relative to
         ``uri``, ending in '/' (a str; "a//b" has the sub-prefixes "a/" and then "/")."""
         bucket, prefix = split_s3(uri)
-        for found in self._under(bucket, prefix, "/"):
+        for found in self._level(bucket, prefix):
             if isinstance(found, str):
-                yield found[len(prefix):]
+                yield found[len(prefix) :]
             elif not _is_marker(found):
                 yield _entry(bucket, prefix, found)
 
-    def list_dirs(self, uri: str) -> list[str]:
+    def list_dirs(self, uri: str) -> builtins.list[str]:  # builtins: ``list`` here is the method above
         bucket, key = split_s3(uri)
         prefix = key.rstrip("/") + "/" if key.rstrip("/") else ""
         return sorted(p.rstrip("/") for p in self.list_level(f"s3://{bucket}/{prefix}") if isinstance(p, str))
@@ -139,7 +156,7 @@ class S3Storage(Storage):
     def exists(self, uri: str) -> bool:
         return next(iter(self.list(uri)), None) is not None
 
-    def stat(self, uri: str) -> Optional[Entry]:
+    def stat(self, uri: str) -> Entry | None:
         from botocore.exceptions import BotoCoreError, ClientError
 
         bucket, key = split_s3(uri)
@@ -165,7 +182,7 @@ class S3Storage(Storage):
             return b""
         return self._get(uri, byte_range=f"bytes={start}-{start + length - 1}")
 
-    def _get(self, uri: str, max_bytes: Optional[int] = None, byte_range: Optional[str] = None) -> bytes:
+    def _get(self, uri: str, max_bytes: int | None = None, byte_range: str | None = None) -> bytes:
         """GetObject with botocore's retries for the request plus our own for the body."""
         bucket, key = split_s3(uri)
         client = self.client
@@ -180,16 +197,19 @@ class S3Storage(Storage):
                     if requests_sent() >= self.s3.max_attempts:
                         break
                     # Same shape as botocore's standard mode: full jitter, exponential, capped at 20 s.
-                    time.sleep(random.random() * min(20.0, 2.0 ** retry))
+                    time.sleep(random.random() * min(20.0, 2.0**retry))
                 except OutOfAttempts:
                     break
-            raise StorageError("fetch_error", f"S3 kept failing: gave up after {attempts_text(None, self.s3)}; "
-                                              f"the last broken transfer: the connection dropped while "
-                                              f"reading the object ({broken})")
+            raise StorageError(
+                "fetch_error",
+                f"S3 kept failing: gave up after {attempts_text(None, self.s3)}; "
+                f"the last broken transfer: the connection dropped while "
+                f"reading the object ({broken})",
+            )
         finally:
             reset_count()
 
-    def _get_once(self, client, bucket: str, key: str, max_bytes: Optional[int], byte_range: Optional[str]) -> bytes:
+    def _get_once(self, client, bucket: str, key: str, max_bytes: int | None, byte_range: str | None) -> bytes:
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
@@ -201,9 +221,12 @@ class S3Storage(Storage):
             if code in ("InvalidRange", "416"):
                 return b""  # a range that starts at or after the end
             if code in ("AccessDenied", "403"):
-                raise StorageError("fetch_error", f"access denied: the job's credentials need s3:GetObject on "
-                                                  f"arn:aws:s3:::{bucket}/* (S3 also answers 403 for a deleted "
-                                                  f"object when s3:ListBucket is not granted)") from None
+                raise StorageError(
+                    "fetch_error",
+                    f"access denied: the job's credentials need s3:GetObject on "
+                    f"arn:aws:s3:::{bucket}/* (S3 also answers 403 for a deleted "
+                    f"object when s3:ListBucket is not granted)",
+                ) from None
             raise self._failure(exc) from None
         except BotoCoreError as exc:
             raise self._failure(exc) from None
@@ -237,8 +260,9 @@ class S3Storage(Storage):
         try:
             self.client.upload_file(source, bucket, key)
         except (ClientError, BotoCoreError, Boto3Error) as exc:
-            raise StorageError("fetch_error", f"cannot upload to {uri}: {type(exc).__name__}: "
-                                              f"{redact(str(exc))}") from None
+            raise StorageError(
+                "fetch_error", f"cannot upload to {uri}: {type(exc).__name__}: {redact(str(exc))}"
+            ) from None
 
     def download(self, uri: str, target: str) -> None:
         from boto3.exceptions import Boto3Error
@@ -285,13 +309,16 @@ class S3Storage(Storage):
         prefix = key.rstrip("/") + "/"
         keys = [obj["Key"] for page in self._pages(bucket, prefix) for obj in page.get("Contents", [])]
         for start in range(0, len(keys), 1000):
-            chunk = [{"Key": k} for k in keys[start:start + 1000]]
+            chunk = [{"Key": k} for k in keys[start : start + 1000]]
             answer = self._call(self.client.delete_objects, Bucket=bucket, Delete={"Objects": chunk, "Quiet": True})
             failed = answer.get("Errors") or []
             if failed:
                 first = failed[0]
-                raise StorageError("fetch_error", f"{len(failed)} objects under {uri} were not deleted, e.g. "
-                                                  f"{first.get('Key')}: {redact(str(first.get('Code')))}")
+                raise StorageError(
+                    "fetch_error",
+                    f"{len(failed)} objects under {uri} were not deleted, e.g. "
+                    f"{first.get('Key')}: {redact(str(first.get('Code')))}",
+                )
 
     def make_dirs(self, uri: str) -> None:
         pass  # S3 has no directories

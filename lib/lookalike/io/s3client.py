@@ -41,7 +41,7 @@ def requests_sent() -> int:
 
 def attempts_text(exc, s3: S3Config) -> str:
     """'3 attempts (s3.max_attempts=3, s3.retry_mode=standard)': how hard we tried."""
-    sent = requests_sent()
+    sent: int | None = requests_sent()
     if not sent:
         retries = (getattr(exc, "response", None) or {}).get("ResponseMetadata", {}).get("RetryAttempts")
         sent = None if retries is None else retries + 1
@@ -70,8 +70,15 @@ def s3_client(cfg: S3Config):
     import boto3
     from botocore.config import Config as BotoConfig
 
-    key = (cfg.endpoint_url, cfg.region, cfg.max_attempts, cfg.retry_mode, cfg.connect_timeout,
-           cfg.read_timeout, cfg.max_pool_connections)
+    key = (
+        cfg.endpoint_url,
+        cfg.region,
+        cfg.max_attempts,
+        cfg.retry_mode,
+        cfg.connect_timeout,
+        cfg.read_timeout,
+        cfg.max_pool_connections,
+    )
     cache = getattr(_clients, "cache", None)
     if cache is None:
         cache = _clients.cache = {}

@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import bisect
 import random
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Optional, Sequence, Union
+from typing import Any
 
-from lookalike import publish
 from lookalike.config import S3Config
 from lookalike.errors import InputError
 from lookalike.io import arrowfs
+from lookalike.io.current import resolve
 from lookalike.io.redact import redact
 from lookalike.io.storage import StorageError
 
@@ -38,7 +39,7 @@ HIDDEN_PREFIXES = (".", "_")
 Filters = Sequence[tuple]
 
 
-def _unreadable(path: str, exc: Exception, s3: Optional[S3Config]) -> InputError:
+def _unreadable(path: str, exc: Exception, s3: S3Config | None) -> InputError:
     text = exc.message if isinstance(exc, StorageError) else str(exc)
     return InputError(f"cannot read the Parquet table at {path}: {redact(text)}{arrowfs.retry_note(path, s3)}")
 
@@ -49,11 +50,11 @@ def _errors():
     return OSError, pa.ArrowInvalid, StorageError
 
 
-def dataset(path: str, s3: Optional[S3Config] = None):
+def dataset(path: str, s3: S3Config | None = None):
     """A pyarrow dataset over the current version of the table at ``path``."""
     import pyarrow.dataset as ds
 
-    location = publish.resolve(path, s3)
+    location = resolve(path, s3)
     try:
         filesystem, where = arrowfs.filesystem(location, s3)
         return ds.dataset(where, format="parquet", filesystem=filesystem)
@@ -74,7 +75,7 @@ class RowGroup:
     start: int  # position of its first row in the table (files in path order)
     low: Any = None
     high: Any = None
-    nulls: Optional[int] = None
+    nulls: int | None = None
 
     def may_hold(self, sorted_values: list) -> bool:
         if self.low is None or self.high is None:
@@ -86,14 +87,16 @@ class RowGroup:
 class ParquetTable:
     """The current version of one table, its files listed once and each footer read at most once."""
 
-    def __init__(self, path: str, s3: Optional[S3Config] = None):
+    def __init__(self, path: str, s3: S3Config | None = None):
         self.path, self.s3 = path, s3
-        location = publish.resolve(path, s3)
+        location = resolve(path, s3)
         self.filesystem, where = self._guard(lambda: arrowfs.filesystem(location, s3))
         self.files = self._guard(lambda: _list_files(self.filesystem, where))
         self._footers: dict[str, Any] = {}
         self._groups: dict[str, list[RowGroup]] = {}
-        self.names = self._guard(lambda: self.footer(self.files[0]).schema.to_arrow_schema().names) if self.files else []
+        self.names = (
+            self._guard(lambda: self.footer(self.files[0]).schema.to_arrow_schema().names) if self.files else []
+        )
 
     def require(self, columns: Iterable[str], what: str = "the right table") -> None:
         _require(self.path, self.names, columns, what)
@@ -110,7 +113,7 @@ class ParquetTable:
             self.require([key])
             unread = [f for f in self.files if f not in self._footers]
             footers = self._guard(lambda: _in_parallel(lambda f: _read_footer(self.filesystem, f), unread))
-            self._footers.update(zip(unread, footers))
+            self._footers.update(zip(unread, footers, strict=True))
             groups, start = [], 0
             for path in self.files:
                 metadata = self.footer(path)
@@ -129,7 +132,7 @@ class ParquetTable:
             self._groups[key] = groups
         return self._groups[key]
 
-    def read(self, columns: list[str], groups: Optional[list[RowGroup]] = None, filters: Filters = ()):
+    def read(self, columns: list[str], groups: list[RowGroup] | None = None, filters: Filters = ()):
         """The given columns of the rows that meet ``filters``, as a pyarrow Table, reading only
         ``groups`` when given (None: every row group)."""
         import pyarrow as pa
@@ -161,8 +164,11 @@ class ParquetTable:
         # use_threads=False: with threads, pyarrow's scanner decodes far past its readahead limits
         # when the consumer is slower than the disk (a training step is), up to the whole table.
         # Decoding in the consuming thread keeps the bound; I/O still runs in Arrow's I/O threads.
-        scanner = self._guard(lambda: _scan(data, columns, batch_size=batch_size, batch_readahead=readahead,
-                                            fragment_readahead=1, use_threads=False))
+        scanner = self._guard(
+            lambda: _scan(
+                data, columns, batch_size=batch_size, batch_readahead=readahead, fragment_readahead=1, use_threads=False
+            )
+        )
         batches = iter(scanner.to_batches())
         while True:
             batch = self._guard(lambda: next(batches, None))
@@ -241,12 +247,13 @@ class ParquetTable:
             holding = [g for g in groups if g.low <= value <= g.high]
             below = [g for g in groups if g.high < value]
             above = [g for g in groups if g.low > value]
-            nearest = ([max(below, key=lambda g: g.high)] if below else []) + \
-                      ([min(above, key=lambda g: g.low)] if above else [])
+            nearest = ([max(below, key=lambda g: g.high)] if below else []) + (
+                [min(above, key=lambda g: g.low)] if above else []
+            )
             groups = holding or nearest
         ids = sorted(set(self.read([key], groups[:most_groups]).column(0).to_pylist()))
         at = bisect.bisect_left(ids, value)
-        return ids[max(0, at - window):at + window]
+        return ids[max(0, at - window) : at + window]
 
     def whole_items(self, key: str = "item_id") -> list[list[RowGroup]]:
         """Row groups in sets that hold every row of the ids in them: groups whose ranges of
@@ -255,7 +262,8 @@ class ParquetTable:
         groups = [g for g in self.groups(key) if g.rows]
         if any(g.low is None for g in groups):
             return [groups] if groups else []
-        units, high = [], None
+        units: list[list[RowGroup]] = []
+        high = None
         for group in sorted(groups, key=lambda g: (g.low, g.high)):
             if units and group.low <= high:
                 units[-1].append(group)
@@ -287,9 +295,12 @@ def _list_files(filesystem, where: str) -> list[str]:
     if info.type == fs.FileType.File:
         return [where]
     base = where.rstrip("/") + "/"
-    return sorted(i.path for i in filesystem.get_file_info(fs.FileSelector(where, recursive=True))
-                  if i.type == fs.FileType.File
-                  and not any(part.startswith(HIDDEN_PREFIXES) for part in i.path[len(base):].split("/")))
+    return sorted(
+        i.path
+        for i in filesystem.get_file_info(fs.FileSelector(where, recursive=True))
+        if i.type == fs.FileType.File
+        and not any(part.startswith(HIDDEN_PREFIXES) for part in i.path[len(base) :].split("/"))
+    )
 
 
 def _text(value):
@@ -351,11 +362,11 @@ def _mask(table, filters: Filters):
     return mask
 
 
-def open_table(path: Union[str, ParquetTable], s3: Optional[S3Config] = None) -> ParquetTable:
+def open_table(path: str | ParquetTable, s3: S3Config | None = None) -> ParquetTable:
     return path if isinstance(path, ParquetTable) else ParquetTable(path, s3)
 
 
-def read_table(path: str, columns: list[str], s3: Optional[S3Config] = None, filter=None):
+def read_table(path: str, columns: list[str], s3: S3Config | None = None, filter=None):
     """The given columns (and rows matching ``filter``, a pyarrow dataset expression) as a pyarrow
     Table; the tools use ``ParquetTable``, this is for notebooks and scripts."""
     data = dataset(path, s3)
@@ -391,12 +402,17 @@ def ranked_lists(table, k: int):
     sizes = np.diff(np.append(starts, n))
     kept = table.filter(pa.array(np.arange(n) - np.repeat(starts, sizes) < k))
     scores = kept.column("score").to_numpy() if "score" in kept.column_names else None
-    return (items.take(pa.array(starts, pa.int64())), np.minimum(sizes, k),
-            kept.column("neighbour_id").combine_chunks(), scores)
+    return (
+        items.take(pa.array(starts, pa.int64())),
+        np.minimum(sizes, k),
+        kept.column("neighbour_id").combine_chunks(),
+        scores,
+    )
 
 
-def iter_ranked_lists(path: Union[str, ParquetTable], k: int, s3: Optional[S3Config] = None,
-                      columns: Optional[list[str]] = None) -> Iterator[tuple]:
+def iter_ranked_lists(
+    path: str | ParquetTable, k: int, s3: S3Config | None = None, columns: list[str] | None = None
+) -> Iterator[tuple]:
     """``ranked_lists`` of the whole neighbour table, a set of row groups at a time (whole items
     each, see ``ParquetTable.whole_items``): memory bounded by the largest set, not the table."""
     table = open_table(path, s3)
@@ -406,14 +422,16 @@ def iter_ranked_lists(path: Union[str, ParquetTable], k: int, s3: Optional[S3Con
         yield ranked_lists(table.read(columns, unit, [("rank", "<=", k)]), k)
 
 
-def read_rankings(path: Union[str, ParquetTable], k: int, s3: Optional[S3Config] = None,
-                  items: Optional[Iterable[str]] = None) -> dict[str, list[tuple[str, float]]]:
+def read_rankings(
+    path: str | ParquetTable, k: int, s3: S3Config | None = None, items: Iterable[str] | None = None
+) -> dict[str, list[tuple[str, float]]]:
     """Neighbour table -> {item_id: [(neighbour_id, score), ...] best first, at most k each}.
 
     ``items`` restricts the queries read to the row groups that can hold them (the report needs
     a few, not the whole table).
     """
     table = open_table(path, s3)
+    parts: Iterable[tuple]
     if items is None:
         parts = iter_ranked_lists(table, k)
     else:
@@ -422,7 +440,7 @@ def read_rankings(path: Union[str, ParquetTable], k: int, s3: Optional[S3Config]
     for query_ids, sizes, neighbour_ids, scores in parts:
         neighbours = neighbour_ids.to_pylist()
         at = 0
-        for item, size in zip(query_ids.to_pylist(), sizes.tolist()):
+        for item, size in zip(query_ids.to_pylist(), sizes.tolist(), strict=True):
             rankings[item] = [(neighbours[i], float(scores[i])) for i in range(at, at + size)]
             at += size
     return rankings

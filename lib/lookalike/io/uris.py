@@ -28,7 +28,7 @@ def local_path(uri: str) -> str:
     """A local path for a plain path or file:// URI (percent-escapes decoded, the way
     :func:`file_uri` writes them; '#' and '?' are taken as part of the name)."""
     if uri.startswith("file://"):
-        rest = uri[len("file://"):]
+        rest = uri[len("file://") :]
         if not rest.startswith("/"):  # file://localhost/path
             rest = "/" + rest.partition("/")[2]
         return unquote(rest)

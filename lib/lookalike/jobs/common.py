@@ -7,7 +7,7 @@ import argparse
 import logging
 import os
 import sys
-from typing import Callable, Optional
+from collections.abc import Callable
 
 from lookalike.config import Config, SparkConfig, load_config
 from lookalike.errors import LookalikeError
@@ -42,12 +42,21 @@ def setup_logging(level: str = "INFO") -> None:
 def parse_args(argv: list[str], description: str, dry_run: bool = False) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description)
     if dry_run:
-        parser.add_argument("--dry-run", action="store_true",
-                            help="list and plan, print the summary line with what a run would do, and stop: "
-                                 "no image is fetched, no model loaded, nothing written")
+        parser.add_argument(
+            "--dry-run",
+            action="store_true",
+            help="list and plan, print the summary line with what a run would do, and stop: "
+            "no image is fetched, no model loaded, nothing written",
+        )
     parser.add_argument("--config", default=None, help="YAML config (default: conf/local.yaml if present)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key, YAML-typed (repeatable), e.g. --set model.batch_size=16")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, YAML-typed (repeatable), e.g. --set model.batch_size=16",
+    )
     parser.add_argument("--log-level", default=os.environ.get("LOOKALIKE_LOG_LEVEL", "INFO"))
     return parser.parse_args(argv)
 
@@ -69,10 +78,14 @@ def build_session(cfg: Config, app_suffix: str = ""):
     master = submitted or cfg.spark.master
     if submitted is None:
         builder = builder.master(cfg.spark.master)
-    elif submitted != cfg.spark.master and cfg.spark.master != SparkConfig.master:
-        log.warning("spark.master=%s from the config is not used: spark-submit started this driver with "
-                    "master %s (pass --master %s to use the config's)", cfg.spark.master, submitted,
-                    cfg.spark.master)
+    elif submitted != cfg.spark.master and cfg.spark.master != SparkConfig.model_fields["master"].default:
+        log.warning(
+            "spark.master=%s from the config is not used: spark-submit started this driver with "
+            "master %s (pass --master %s to use the config's)",
+            cfg.spark.master,
+            submitted,
+            cfg.spark.master,
+        )
     defaults = {
         "spark.sql.execution.arrow.pyspark.enabled": "true",
         "spark.sql.session.timeZone": "UTC",
@@ -84,12 +97,15 @@ def build_session(cfg: Config, app_suffix: str = ""):
             builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
-    log.info("Spark master %s (%s)", spark.sparkContext.master,
-             "from spark-submit" if submitted is not None else "spark.master in the config")
+    log.info(
+        "Spark master %s (%s)",
+        spark.sparkContext.master,
+        "from spark-submit" if submitted is not None else "spark.master in the config",
+    )
     return spark
 
 
-def submitted_master() -> Optional[str]:
+def submitted_master() -> str | None:
     """The master spark-submit gave this driver, or None when Python started Spark itself.
 
     spark-submit launches the Python driver with the JVM already running and tells it the
@@ -102,14 +118,20 @@ def submitted_master() -> Optional[str]:
     return SparkConf().get("spark.master", None)
 
 
-def default_config_path(path: Optional[str]) -> Optional[str]:
+def default_config_path(path: str | None) -> str | None:
     if path:
         return path
     return "conf/local.yaml" if os.path.exists("conf/local.yaml") else None
 
 
-def job_main(argv: Optional[list[str]], run: Callable, description: str,
-             require: tuple[str, ...] = (), dry_run: bool = False, spark=None) -> int:
+def job_main(
+    argv: list[str] | None,
+    run: Callable,
+    description: str,
+    require: tuple[str, ...] = (),
+    dry_run: bool = False,
+    spark=None,
+) -> int:
     """Parse, validate, run and return the exit status. ``dry_run``: the job's run() takes
     dry_run=True, and main offers --dry-run.
 
@@ -138,7 +160,7 @@ def job_main(argv: Optional[list[str]], run: Callable, description: str,
             spark.stop()
 
 
-def embeddings_version(cfg: Config) -> Optional[str]:
+def embeddings_version(cfg: Config) -> str | None:
     """The published version of output.embeddings that a downstream job reads, for its summary."""
     from lookalike import publish
 

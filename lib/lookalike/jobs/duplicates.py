@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import Optional
 
 from lookalike import publish
 from lookalike.config import Config
@@ -31,8 +30,7 @@ def run(spark, cfg: Config) -> dict:
     run_id = new_run_id()
     settings = cfg.duplicates
     # Only the embeddings and the threshold decide the groups; chunking and blocking do not.
-    inputs = {"embeddings": lineage.embeddings_identity(cfg.output.embeddings, cfg.s3),
-              "min_score": settings.min_score}
+    inputs = {"embeddings": lineage.embeddings_identity(cfg.output.embeddings, cfg.s3), "min_score": settings.min_score}
     done = lineage.unchanged_since(cfg.output.duplicates, inputs, cfg.s3)
     if done:
         return _skipped(cfg, run_id, done, inputs, started)
@@ -45,19 +43,32 @@ def run(spark, cfg: Config) -> dict:
         facts = prepare.validate(prepare.inspect(ordered), ordered, None, cfg.output.embeddings)
         phases = {"prepare": mark - started, "read_order_normalise": time.perf_counter() - mark}
         items = prepare.Prepared(ordered, partitions, facts["queries"], facts["candidates"], facts["dim"])
-        summary = {"job": "duplicates", "run_id": run_id, "ok": True, "items": facts["items"],
-                   "valid": facts["queries"], "invalid": facts["invalid"], "invalid_sample": facts["invalid_sample"],
-                   **{key: facts[key] for key in ("model", "weights", "pooling", "dim")},
-                   "min_score": settings.min_score, "partitions": partitions, "block_rows": settings.block_rows,
-                   "embeddings": cfg.output.embeddings, "embeddings_version": embeddings_version(cfg),
-                   "duplicates": cfg.output.duplicates, "inputs": inputs}
+        summary = {
+            "job": "duplicates",
+            "run_id": run_id,
+            "ok": True,
+            "items": facts["items"],
+            "valid": facts["queries"],
+            "invalid": facts["invalid"],
+            "invalid_sample": facts["invalid_sample"],
+            **{key: facts[key] for key in ("model", "weights", "pooling", "dim")},
+            "min_score": settings.min_score,
+            "partitions": partitions,
+            "block_rows": settings.block_rows,
+            "embeddings": cfg.output.embeddings,
+            "embeddings_version": embeddings_version(cfg),
+            "duplicates": cfg.output.duplicates,
+            "inputs": inputs,
+        }
 
-        with publish.OutputSet(spark, {"duplicates": cfg.output.duplicates}, run_id, cfg.output.force_unlock,
-                               s3=cfg.s3) as out:
+        with publish.OutputSet(
+            spark, {"duplicates": cfg.output.duplicates}, run_id, cfg.output.force_unlock, s3=cfg.s3
+        ) as out:
             held: list = []  # broadcasts and persisted frames, released whatever happens
             try:
-                found, scored = pairs.find_pairs(spark, run_id, items, settings.min_score, settings.block_rows,
-                                                 settings.broadcast_max_mb, held)
+                found, scored = pairs.find_pairs(
+                    spark, run_id, items, settings.min_score, settings.block_rows, settings.broadcast_max_mb, held
+                )
                 phases.update(scored.pop("phase_seconds"))
                 summary.update(scored)
                 mark = time.perf_counter()
@@ -66,42 +77,73 @@ def run(spark, cfg: Config) -> dict:
                 if summary["pairs"]:
                     labels, groups["component_rounds"] = components.labels(found, held)
                     rows, sizes = write.members(found, labels)
-                    counts = sizes.agg(F.count(F.lit(1)).alias("groups"), F.sum("group_size").alias("items_in_groups"),
-                                       F.max("group_size").alias("largest_group")).first()
+                    counts = sizes.agg(
+                        F.count(F.lit(1)).alias("groups"),
+                        F.sum("group_size").alias("items_in_groups"),
+                        F.max("group_size").alias("largest_group"),
+                    ).first()
                     groups.update({key: int(counts[key]) for key in ("groups", "items_in_groups", "largest_group")})
                 phases["components"] = time.perf_counter() - mark
                 mark = time.perf_counter()
                 written = write.write_members(rows, groups["items_in_groups"], out.staging("duplicates"), cfg.s3)
                 phases["write"] = time.perf_counter() - mark
                 summary.update(groups)
-                summary.update({"files": len(written), "seconds": round(time.perf_counter() - started, 2),
-                                "phase_seconds": {name: round(value, 2) for name, value in phases.items()},
-                                "config_fingerprint": {"duplicates": cfg.fingerprint("duplicates")},
-                                "versions": library_versions()})
+                summary.update(
+                    {
+                        "files": len(written),
+                        "seconds": round(time.perf_counter() - started, 2),
+                        "phase_seconds": {name: round(value, 2) for name, value in phases.items()},
+                        "config_fingerprint": {"duplicates": cfg.fingerprint("duplicates")},
+                        "versions": library_versions(),
+                    }
+                )
                 out.commit({"duplicates": summary})
             finally:
                 release(held)
     finally:
         ordered.unpersist()
-    log.info("duplicates done: %d pairs with cosine >= %s among %d items (%d invalid left out): %d groups "
-             "holding %d items, the largest %d, %.1fs -> %s", summary["pairs"], settings.min_score,
-             summary["valid"], summary["invalid"], summary["groups"], summary["items_in_groups"],
-             summary["largest_group"], summary["seconds"], cfg.output.duplicates)
+    log.info(
+        "duplicates done: %d pairs with cosine >= %s among %d items (%d invalid left out): %d groups "
+        "holding %d items, the largest %d, %.1fs -> %s",
+        summary["pairs"],
+        settings.min_score,
+        summary["valid"],
+        summary["invalid"],
+        summary["groups"],
+        summary["items_in_groups"],
+        summary["largest_group"],
+        summary["seconds"],
+        cfg.output.duplicates,
+    )
     print(json.dumps(summary, sort_keys=True, default=str))
     return summary
 
 
 def _skipped(cfg: Config, run_id: str, done: dict, inputs: dict, started: float) -> dict:
-    summary = {"job": "duplicates", "run_id": run_id, "ok": True, "skipped": True,
-               "unchanged_since": done.get("run_id"), "inputs": inputs,
-               "seconds": round(time.perf_counter() - started, 2)}
-    log.info("duplicates: nothing changed since run %s (same embeddings and min_score); %s is left as it is",
-             done.get("run_id"), cfg.output.duplicates)
+    summary = {
+        "job": "duplicates",
+        "run_id": run_id,
+        "ok": True,
+        "skipped": True,
+        "unchanged_since": done.get("run_id"),
+        "inputs": inputs,
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    log.info(
+        "duplicates: nothing changed since run %s (same embeddings and min_score); %s is left as it is",
+        done.get("run_id"),
+        cfg.output.duplicates,
+    )
     print(json.dumps(summary, sort_keys=True, default=str))
     return summary
 
 
-def main(argv: Optional[list[str]] = None, spark=None) -> int:
+def main(argv: list[str] | None = None, spark=None) -> int:
     """The command line (``jobs/duplicates.py``); ``spark``: run in a session the caller owns."""
-    return job_main(argv, run, "Groups of near-duplicate items (cosine >= duplicates.min_score) in the "
-                               "embeddings table.", REQUIRED, spark=spark)
+    return job_main(
+        argv,
+        run,
+        "Groups of near-duplicate items (cosine >= duplicates.min_score) in the embeddings table.",
+        REQUIRED,
+        spark=spark,
+    )

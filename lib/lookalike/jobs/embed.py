@@ -10,13 +10,11 @@ import json
 import logging
 import math
 import time
-from typing import Optional
 
-from lookalike import schemas
 from lookalike.config import Config, updated
 from lookalike.embed import hardware, listing, manifest, model
-from lookalike.embed import weights as model_weights
 from lookalike.embed import plan as incremental
+from lookalike.embed import weights as model_weights
 from lookalike.embed.stage import Phases, embed_items, split_results
 from lookalike.errors import InputError, TooManyErrorsError
 from lookalike.jobs.common import job_main
@@ -39,8 +37,11 @@ def run(spark, cfg: Config, dry_run: bool = False) -> dict:
         plan, summary = _planned(spark, cfg, run_id, started)
         plan.release()
         summary.update(dry_run=True, published=False, seconds=round(time.perf_counter() - started, 2))
-        log.info("embed dry run: would embed %d of %d listed images; nothing was fetched or written",
-                 plan.attempted, plan.listed)
+        log.info(
+            "embed dry run: would embed %d of %d listed images; nothing was fetched or written",
+            plan.attempted,
+            plan.listed,
+        )
         print(json.dumps(summary, sort_keys=True, default=str))
         return summary
     targets = {"embeddings": cfg.output.embeddings, "errors": cfg.output.errors}
@@ -50,8 +51,10 @@ def run(spark, cfg: Config, dry_run: bool = False) -> dict:
         try:
             if plan.unchanged:
                 summary.update(published=False, seconds=round(time.perf_counter() - started, 2))
-                log.info("embed done: nothing changed since version %s; embedded 0 images, outputs left as "
-                         "they are", summary["previous_version"])
+                log.info(
+                    "embed done: nothing changed since version %s; embedded 0 images, outputs left as they are",
+                    summary["previous_version"],
+                )
             else:
                 _embed_and_publish(spark, cfg, plan, outputs, summary, started)
         finally:
@@ -93,21 +96,41 @@ def _plan(spark, cfg: Config, items):
     else:
         plan = incremental.full_plan(items, "full run: input.incremental is false")
     counts = plan.counts
-    log.info("%s: listed %d, %d to embed (new %d, changed %d, retried %d), %d reused, %d deleted (%.1fs)",
-             plan.reason, plan.listed, plan.attempted, counts["new"], counts["changed"], counts["retried"],
-             counts["reused"], counts["deleted"], time.perf_counter() - mark)
+    log.info(
+        "%s: listed %d, %d to embed (new %d, changed %d, retried %d), %d reused, %d deleted (%.1fs)",
+        plan.reason,
+        plan.listed,
+        plan.attempted,
+        counts["new"],
+        counts["changed"],
+        counts["retried"],
+        counts["reused"],
+        counts["deleted"],
+        time.perf_counter() - mark,
+    )
     return plan, previous, weights
 
 
 def _summary(cfg: Config, run_id: str, plan, previous, weights: str) -> dict:
     counts = plan.counts
     return {
-        "job": "embed", "run_id": run_id, "ok": True, "incremental": cfg.input.incremental,
-        "plan": plan.reason, "previous_version": previous.version if previous else None,
-        "listed": plan.listed, "attempted": plan.attempted, "embedded": 0, "errors": 0,
-        "errors_by_kind": {}, **{k: counts[k] for k in ("new", "changed", "retried", "reused", "deleted")},
-        "model": cfg.model.name, "weights": weights, "pooling": cfg.model.pooling,
-        "precision": cfg.model.precision, "runtime": cfg.model.runtime,
+        "job": "embed",
+        "run_id": run_id,
+        "ok": True,
+        "incremental": cfg.input.incremental,
+        "plan": plan.reason,
+        "previous_version": previous.version if previous else None,
+        "listed": plan.listed,
+        "attempted": plan.attempted,
+        "embedded": 0,
+        "errors": 0,
+        "errors_by_kind": {},
+        **{k: counts[k] for k in ("new", "changed", "retried", "reused", "deleted")},
+        "model": cfg.model.name,
+        "weights": weights,
+        "pooling": cfg.model.pooling,
+        "precision": cfg.model.precision,
+        "runtime": cfg.model.runtime,
         "config_fingerprint": {s: cfg.fingerprint(s) for s in ("input", "model")},
         "versions": library_versions(),
     }
@@ -125,8 +148,13 @@ def _embed_and_publish(spark, cfg: Config, plan, outputs: OutputSet, summary: di
         embedded = by_kind.pop(None, 0)
         failed = sum(by_kind.values())
         embed_seconds = time.perf_counter() - started
-        summary.update(embedded=embedded, errors=failed, errors_by_kind=by_kind, model_loads=phases.loads.value,
-                       partitions=partitions)
+        summary.update(
+            embedded=embedded,
+            errors=failed,
+            errors_by_kind=by_kind,
+            model_loads=phases.loads.value,
+            partitions=partitions,
+        )
         if failed > cfg.input.max_error_fraction * listed:
             raise TooManyErrorsError(
                 f"{failed} of {listed} images failed ({failed / listed:.1%}), more than "
@@ -146,32 +174,56 @@ def _embed_and_publish(spark, cfg: Config, plan, outputs: OutputSet, summary: di
         # Task-seconds of each phase (fetch and decode overlap inference on the decode threads;
         # wait is the model idle for pixels), and the driver's seconds writing both tables.
         summary["phase_seconds"] = {**phases.summary(), "write": round(time.perf_counter() - writing, 2)}
-        summary.update(rows=int(content.split("-")[0]), embeddings_content=content, published=True,
-                       seconds=round(seconds, 2), embed_seconds=round(embed_seconds, 2),
-                       images_per_second=round(todo / seconds, 2))
+        summary.update(
+            rows=int(content.split("-")[0]),
+            embeddings_content=content,
+            published=True,
+            seconds=round(seconds, 2),
+            embed_seconds=round(embed_seconds, 2),
+            images_per_second=round(todo / seconds, 2),
+        )
         outputs.commit({"embeddings": summary, "errors": summary})
     finally:
         results.unpersist()
 
     kinds = ", ".join(f"{k}={v}" for k, v in sorted(by_kind.items())) or "none"
     counts = plan.counts
-    log.info("embed done: listed %d, embedded %d, errors %d (%s), reused %d, deleted %d, %.1fs, %.1f images/s, "
-             "model loads %d, weights %s -> %s", listed, embedded, failed, kinds, counts["reused"],
-             counts["deleted"], seconds, todo / seconds, phases.loads.value, summary["weights"], cfg.output.embeddings)
-    log.info("embed phases (task-seconds): %s; model %s %s on %s",
-             ", ".join(f"{k} {v:.1f}" for k, v in summary["phase_seconds"].items()), cfg.model.runtime,
-             cfg.model.precision, cfg.model.name)
+    log.info(
+        "embed done: listed %d, embedded %d, errors %d (%s), reused %d, deleted %d, %.1fs, %.1f images/s, "
+        "model loads %d, weights %s -> %s",
+        listed,
+        embedded,
+        failed,
+        kinds,
+        counts["reused"],
+        counts["deleted"],
+        seconds,
+        todo / seconds,
+        phases.loads.value,
+        summary["weights"],
+        cfg.output.embeddings,
+    )
+    log.info(
+        "embed phases (task-seconds): %s; model %s %s on %s",
+        ", ".join(f"{k} {v:.1f}" for k, v in summary["phase_seconds"].items()),
+        cfg.model.runtime,
+        cfg.model.precision,
+        cfg.model.name,
+    )
 
 
 def _outcomes(spark, results, todo: int, partitions: int, run_id: str) -> dict:
     """{error kind or None: count}, computing ``results`` under a progress watcher."""
     progress = Progress(log, "embed", todo, "images")
     per_task = todo / partitions
-    with StageWatcher(spark, f"lookalike-embed-{run_id}", progress,
-                      lambda done, total: min(todo, int(done * per_task))):
+    with StageWatcher(
+        spark, f"lookalike-embed-{run_id}", progress, lambda done, total: min(todo, int(done * per_task))
+    ):
         return {row["error"]: row["count"] for row in results.groupBy("error").count().collect()}
 
 
-def main(argv: Optional[list[str]] = None, spark=None) -> int:
+def main(argv: list[str] | None = None, spark=None) -> int:
     """The command line (``jobs/embed.py``); ``spark``: run in a session the caller owns."""
-    return job_main(argv, run, "Embed every image under input.uri with a pretrained CNN.", REQUIRED, dry_run=True, spark=spark)
+    return job_main(
+        argv, run, "Embed every image under input.uri with a pretrained CNN.", REQUIRED, dry_run=True, spark=spark
+    )

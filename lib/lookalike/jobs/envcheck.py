@@ -15,12 +15,11 @@ import os
 import platform
 import socket
 import sys
-from typing import Optional
 
 from lookalike.config import Config
 from lookalike.errors import ClusterEnvironmentError
-from lookalike.runinfo import library_versions
 from lookalike.jobs.common import job_main
+from lookalike.runinfo import library_versions
 
 log = logging.getLogger(__name__)
 
@@ -43,14 +42,21 @@ def code_fingerprint() -> str:
 
 def probe() -> dict:
     """What this Python process is: runs on the driver and inside every executor's Python worker."""
-    import lookalike
     import pyspark
 
+    import lookalike
+
     return {
-        "host": socket.gethostname(), "pid": os.getpid(), "cwd": os.getcwd(),
-        "executable": sys.executable, "prefix": sys.prefix, "python": platform.python_version(),
-        "lookalike_file": lookalike.__file__, "code": code_fingerprint(),
-        "pyspark": pyspark.__version__, "versions": library_versions(),
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "cwd": os.getcwd(),
+        "executable": sys.executable,
+        "prefix": sys.prefix,
+        "python": platform.python_version(),
+        "lookalike_file": lookalike.__file__,
+        "code": code_fingerprint(),
+        "pyspark": pyspark.__version__,
+        "versions": library_versions(),
     }
 
 
@@ -88,9 +94,11 @@ def compare(driver: dict, executors: list[dict]) -> list[str]:
     for info in executors:
         where = f"executor Python {info['executable']} on {info['host']} (pid {info['pid']})"
         if info["code"] != driver["code"]:
-            problems.append(f"{where} runs other lookalike code ({info['lookalike_file']}, fingerprint "
-                            f"{info['code']}) than the driver ({driver['code']}): rebuild the archive "
-                            f"with ./spark-submit.sh --package-env")
+            problems.append(
+                f"{where} runs other lookalike code ({info['lookalike_file']}, fingerprint "
+                f"{info['code']}) than the driver ({driver['code']}): rebuild the archive "
+                f"with ./spark-submit.sh --package-env"
+            )
         if minor(info["python"]) != minor(driver["python"]):
             problems.append(f"{where} is Python {info['python']}, the driver {driver['python']}")
     return problems
@@ -101,18 +109,38 @@ def run(spark, cfg: Config) -> dict:
     executors = executor_probes(spark)
     problems = compare(driver, executors)
     for info in executors:
-        log.info("executor on %s pid %d: python %s (%s), lookalike %s [%s], pyspark %s", info["host"], info["pid"],
-                 info["python"], info["executable"], info["lookalike_file"], info["code"], info["pyspark"])
+        log.info(
+            "executor on %s pid %d: python %s (%s), lookalike %s [%s], pyspark %s",
+            info["host"],
+            info["pid"],
+            info["python"],
+            info["executable"],
+            info["lookalike_file"],
+            info["code"],
+            info["pyspark"],
+        )
     for problem in problems:
         log.error("%s", problem)
-    summary = {"job": "envcheck", "ok": not problems, "master": spark.sparkContext.master,
-               "spark": spark.version, "driver": driver, "executors": executors, "problems": problems}
-    log.info("envcheck %s: %d executor Python process(es) checked against the driver",
-             "passed" if not problems else "FAILED", len(executors))
+    summary = {
+        "job": "envcheck",
+        "ok": not problems,
+        "master": spark.sparkContext.master,
+        "spark": spark.version,
+        "driver": driver,
+        "executors": executors,
+        "problems": problems,
+    }
+    log.info(
+        "envcheck %s: %d executor Python process(es) checked against the driver",
+        "passed" if not problems else "FAILED",
+        len(executors),
+    )
     print(json.dumps(summary, sort_keys=True, default=str))
     return summary
 
 
-def main(argv: Optional[list[str]] = None, spark=None) -> int:
+def main(argv: list[str] | None = None, spark=None) -> int:
     """The command line (``jobs/envcheck.py``); ``spark``: run in a session the caller owns."""
-    return job_main(argv, run, "Report the executors' Python environment and compare it with the driver's.", spark=spark)
+    return job_main(
+        argv, run, "Report the executors' Python environment and compare it with the driver's.", spark=spark
+    )

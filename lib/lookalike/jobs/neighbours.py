@@ -6,14 +6,19 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import Optional
 
 from lookalike import publish
 from lookalike.config import Config, NeighboursConfig
 from lookalike.jobs.common import embeddings_version, job_main, release
 from lookalike.neighbours import arrow, exact, ivf_stage, keys, prepare, watch, write
-from lookalike.neighbours.inputs import (candidates_identity, published_identity, read_attributes, read_candidates,
-                                         read_duplicates, read_embeddings)
+from lookalike.neighbours.inputs import (
+    candidates_identity,
+    published_identity,
+    read_attributes,
+    read_candidates,
+    read_duplicates,
+    read_embeddings,
+)
 from lookalike.publish import lineage
 from lookalike.runinfo import library_versions, new_run_id
 
@@ -32,9 +37,11 @@ def run(spark, cfg: Config) -> dict:
     # changes the answer changed since the published table was computed, that table is already
     # the answer. Identified before anything is read: a file replaced meanwhile then makes the
     # next run recompute rather than skip.
-    inputs = {"embeddings": lineage.embeddings_identity(cfg.output.embeddings, cfg.s3),
-              "result_settings": settings.result_fingerprint(),
-              "candidates": candidates_identity(settings.candidates, cfg.s3)}
+    inputs = {
+        "embeddings": lineage.embeddings_identity(cfg.output.embeddings, cfg.s3),
+        "result_settings": settings.result_fingerprint(),
+        "candidates": candidates_identity(settings.candidates, cfg.s3),
+    }
     # Only when used, so that a table published before these inputs existed still skips.
     if settings.attributes is not None:
         inputs["attributes"] = lineage.files_identity(settings.attributes, cfg.s3)
@@ -63,15 +70,31 @@ def run(spark, cfg: Config) -> dict:
         phases = {"prepare": mark - started, "read_order_normalise": time.perf_counter() - mark}
         facts = prepare.validate(seen, ordered, candidate_ids, cfg.output.embeddings)
         facts.update(keys.counts(spark, ordered, settings, attributes, settings.attributes, duplicates))
-        items = prepare.Prepared(ordered, partitions, facts["queries"], facts["candidates"], facts["dim"],
-                                 keys.layout_for(settings), *_hidden(spark, ordered, settings, facts, held))
-        summary = {"job": "neighbours", "run_id": run_id, "ok": True, **facts,
-                   "embeddings": cfg.output.embeddings, "embeddings_version": embeddings_version(cfg),
-                   "neighbours": cfg.output.neighbours, "phase_seconds": phases, "inputs": inputs}
+        items = prepare.Prepared(
+            ordered,
+            partitions,
+            facts["queries"],
+            facts["candidates"],
+            facts["dim"],
+            keys.layout_for(settings),
+            *_hidden(spark, ordered, settings, facts, held),
+        )
+        summary = {
+            "job": "neighbours",
+            "run_id": run_id,
+            "ok": True,
+            **facts,
+            "embeddings": cfg.output.embeddings,
+            "embeddings_version": embeddings_version(cfg),
+            "neighbours": cfg.output.neighbours,
+            "phase_seconds": phases,
+            "inputs": inputs,
+        }
         phases["checks"] = time.perf_counter() - mark - phases["read_order_normalise"]
 
-        with publish.OutputSet(spark, {"neighbours": cfg.output.neighbours}, run_id, cfg.output.force_unlock,
-                               s3=cfg.s3) as out:
+        with publish.OutputSet(
+            spark, {"neighbours": cfg.output.neighbours}, run_id, cfg.output.force_unlock, s3=cfg.s3
+        ) as out:
             staging = out.staging("neighbours")
             try:
                 if settings.method == "ivf":
@@ -82,9 +105,21 @@ def run(spark, cfg: Config) -> dict:
                 written = scored.written
                 if written is None:
                     mark = time.perf_counter()
-                    written = watch.collect(spark, run_id, "neighbours merge", items.queries, write.merge_and_write(
-                        scored.partials, partitions, staging, settings.k, cfg.s3, settings.row_group_rows,
-                        items.hide))
+                    written = watch.collect(
+                        spark,
+                        run_id,
+                        "neighbours merge",
+                        items.queries,
+                        write.merge_and_write(
+                            scored.partials,
+                            partitions,
+                            staging,
+                            settings.k,
+                            cfg.s3,
+                            settings.row_group_rows,
+                            items.hide,
+                        ),
+                    )
                     phases["merge"] = time.perf_counter() - mark
                 if not written:
                     write.write_empty(staging, cfg.s3)
@@ -113,21 +148,32 @@ def _hidden(spark, ordered, settings: NeighboursConfig, facts: dict, held: list)
         return 0, None
     depth = facts["hide_duplicates"]["depth"]
     last = F.element_at("codes", -1)
-    members = arrow.to_arrow(ordered.filter(prepare.USABLE).filter(last != -1)
-                             .select("item_id", last.alias("group")))
+    members = arrow.to_arrow(ordered.filter(prepare.USABLE).filter(last != -1).select("item_id", last.alias("group")))
     ids = np.array(members.column("item_id").to_pylist(), dtype=object)
     order = np.argsort(ids, kind="stable")
-    hide = spark.sparkContext.broadcast(write.HiddenGroups(ids[order], members.column("group").to_numpy()[order], depth))
+    hide = spark.sparkContext.broadcast(
+        write.HiddenGroups(ids[order], members.column("group").to_numpy()[order], depth)
+    )
     held.append(hide)
     return depth, hide
 
 
 def _skipped(cfg: Config, run_id: str, done: dict, inputs: dict, started: float) -> dict:
-    summary = {"job": "neighbours", "run_id": run_id, "ok": True, "skipped": True,
-               "unchanged_since": done.get("run_id"), "inputs": inputs,
-               "seconds": round(time.perf_counter() - started, 2)}
-    log.info("neighbours: nothing changed since run %s (same embeddings, candidates and result settings); "
-             "%s is left as it is", done.get("run_id"), cfg.output.neighbours)
+    summary = {
+        "job": "neighbours",
+        "run_id": run_id,
+        "ok": True,
+        "skipped": True,
+        "unchanged_since": done.get("run_id"),
+        "inputs": inputs,
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    log.info(
+        "neighbours: nothing changed since run %s (same embeddings, candidates and result settings); "
+        "%s is left as it is",
+        done.get("run_id"),
+        cfg.output.neighbours,
+    )
     print(json.dumps(summary, sort_keys=True, default=str))
     return summary
 
@@ -138,29 +184,51 @@ def _totals(cfg: Config, partitions: int, written: list, n_queries: int, started
     items_with = sum(w["items"] for w in written)
     seconds = time.perf_counter() - started
     return {
-        "method": settings.method, "k": settings.k, "min_score": settings.min_score,
-        "candidates_filter": settings.candidates if isinstance(settings.candidates, str) else
-        (None if settings.candidates is None else f"{len(settings.candidates)} ids"),
-        "partitions": partitions, "block_rows": settings.block_rows, "rows": sum(w["rows"] for w in written),
-        "files": len(written), "row_groups": sum(w["row_groups"] for w in written),
-        "items_with_neighbours": items_with, "items_without_neighbours": n_queries - items_with,
-        "seconds": round(seconds, 2), "queries_per_second": round(n_queries / seconds, 1),
+        "method": settings.method,
+        "k": settings.k,
+        "min_score": settings.min_score,
+        "candidates_filter": settings.candidates
+        if isinstance(settings.candidates, str)
+        else (None if settings.candidates is None else f"{len(settings.candidates)} ids"),
+        "partitions": partitions,
+        "block_rows": settings.block_rows,
+        "rows": sum(w["rows"] for w in written),
+        "files": len(written),
+        "row_groups": sum(w["row_groups"] for w in written),
+        "items_with_neighbours": items_with,
+        "items_without_neighbours": n_queries - items_with,
+        "seconds": round(seconds, 2),
+        "queries_per_second": round(n_queries / seconds, 1),
         "config_fingerprint": {"neighbours": cfg.fingerprint("neighbours")},
         "versions": library_versions(),
     }
 
 
 def _log_done(summary: dict, settings: NeighboursConfig) -> None:
-    how = (f"{summary['chunks']} chunk(s)" if settings.method == "exact" else
-           f"IVF {summary['ivf']['nlist']} lists, nprobe {summary['ivf']['nprobe']}, "
-           f"recall@{settings.k} {summary['recall_at_k']}")
-    log.info("neighbours done: %d queries x %d candidates (%s), k=%d: %d rows, %d items "
-             "without neighbours, %d invalid left out, %.1fs (%.0f queries/s) -> %s",
-             summary["queries"], summary["candidates"], how, settings.k, summary["rows"],
-             summary["items_without_neighbours"], summary["invalid"], summary["seconds"],
-             summary["queries_per_second"], summary["neighbours"])
+    how = (
+        f"{summary['chunks']} chunk(s)"
+        if settings.method == "exact"
+        else f"IVF {summary['ivf']['nlist']} lists, nprobe {summary['ivf']['nprobe']}, "
+        f"recall@{settings.k} {summary['recall_at_k']}"
+    )
+    log.info(
+        "neighbours done: %d queries x %d candidates (%s), k=%d: %d rows, %d items "
+        "without neighbours, %d invalid left out, %.1fs (%.0f queries/s) -> %s",
+        summary["queries"],
+        summary["candidates"],
+        how,
+        settings.k,
+        summary["rows"],
+        summary["items_without_neighbours"],
+        summary["invalid"],
+        summary["seconds"],
+        summary["queries_per_second"],
+        summary["neighbours"],
+    )
 
 
-def main(argv: Optional[list[str]] = None, spark=None) -> int:
+def main(argv: list[str] | None = None, spark=None) -> int:
     """The command line (``jobs/neighbours.py``); ``spark``: run in a session the caller owns."""
-    return job_main(argv, run, "Exact cosine top-k neighbours of every item in the embeddings table.", REQUIRED, spark=spark)
+    return job_main(
+        argv, run, "Exact cosine top-k neighbours of every item in the embeddings table.", REQUIRED, spark=spark
+    )

@@ -28,8 +28,9 @@ def vectors(column, dim: int) -> np.ndarray:
     n = len(column)
     width = 8 if pa.types.is_large_binary(column.type) else 4
     buffers = column.buffers()
-    offsets = np.frombuffer(buffers[1], dtype=np.int64 if width == 8 else np.int32,
-                            count=n + 1, offset=column.offset * width)
+    offsets = np.frombuffer(
+        buffers[1], dtype=np.int64 if width == 8 else np.int32, count=n + 1, offset=column.offset * width
+    )
     if n and not (np.diff(offsets) == 4 * dim).all():
         raise ValueError(f"vectors of unexpected size in a block of {n} queries (want {dim} floats)")
     unpacked = np.frombuffer(buffers[2], dtype=np.float32, count=n * dim, offset=int(offsets[0])).reshape(n, dim)
@@ -41,6 +42,11 @@ def partial_batch(item_ids, neighbour_index, neighbour_ids, scores):
     import pyarrow as pa
 
     return pa.RecordBatch.from_arrays(
-        [pa.array(item_ids, pa.string()), pa.array(neighbour_index, pa.int64()),
-         pa.array(neighbour_ids, pa.string()), pa.array(scores, pa.float32())],
-        names=["item_id", "neighbour_index", "neighbour_id", "score"])
+        [
+            pa.array(item_ids, pa.string()),
+            pa.array(neighbour_index, pa.int64()),
+            pa.array(neighbour_ids, pa.string()),
+            pa.array(scores, pa.float32()),
+        ],
+        names=["item_id", "neighbour_index", "neighbour_id", "score"],
+    )

@@ -17,8 +17,8 @@ EMPTY_ID = -1
 # Float64 values per operand rescored at once (512 KB): the copies stay in cache, and reused
 # buffers spare the allocator, which otherwise hands megabyte temporaries back to the OS and
 # page-faults them in again (3-4x the cost of the arithmetic at d=512).
-RESCORE_VALUES = 2 ** 16
-_U = 2.0 ** -24
+RESCORE_VALUES = 2**16
+_U = 2.0**-24
 
 
 def tolerance(dim: int) -> float:
@@ -50,14 +50,14 @@ def exact_scores(queries: np.ndarray, candidates: np.ndarray, rows: np.ndarray, 
     wide_q, wide_c = np.empty((size, dim)), np.empty((size, dim))
     wide = np.empty(size)
     for start in range(0, len(rows), step):
-        r, c = rows[start:start + step], cols[start:start + step]
+        r, c = rows[start : start + step], cols[start : start + step]
         n = len(r)
         wide_q[:n], wide_c[:n] = queries[r], candidates[c]
         # Each pair is one contiguous row of exact float64 products, summed by the same loop in
         # the same order wherever the pair sits (the order depends on d alone): identical
         # vectors get identical scores, and so does a pair with its sides swapped.
         np.einsum("ij,ij->i", wide_q[:n], wide_c[:n], out=wide[:n])
-        out[start:start + n] = wide[:n]
+        out[start : start + n] = wide[:n]
     return out
 
 
@@ -67,7 +67,7 @@ _NO_KEY = np.uint64(0xFFFFFFFFFFFFFFFF)
 def _order_keys(scores: np.ndarray, ids: np.ndarray) -> np.ndarray:
     """uint64 keys whose ascending order is the canonical order: score descending (high 32 bits,
     float32 bits mapped to an order-preserving integer; -0.0 counts as 0.0), then id ascending."""
-    if len(ids) and (ids.min() < 0 or ids.max() >= 2 ** 32):
+    if len(ids) and (ids.min() < 0 or ids.max() >= 2**32):
         raise ValueError("candidate indices must be in [0, 2**32)")
     bits = (np.asarray(scores, dtype=np.float32) + np.float32(0.0)).view(np.uint32).astype(np.uint64)
     ordered = np.where(bits & 0x80000000, ~bits & 0xFFFFFFFF, bits | 0x80000000)

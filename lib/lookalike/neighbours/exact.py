@@ -1,12 +1,12 @@
 """Exact scoring (neighbours.method: exact): every query against every candidate.
 
-1. ``candidate_chunks`` on the driver cuts the candidates (``prepare.ordered_items``' usable
+1. ``chunks.candidate_chunks`` on the driver cuts the candidates (``prepare.ordered_items``' usable
    rows, in item_id order) into chunks of at most ``neighbours.broadcast_max_mb``; each is
    broadcast and ``score`` runs ``topk.topk_block`` on every query partition, block by block.
 2. When the queries are the candidates, ``score_symmetric`` instead scores each task's queries
    against its own and its ``paired_partitions``' candidates, each block serving both sides
    (about half the matmuls).
-3. With neighbours.same and more candidates than one chunk holds, ``group_packs`` cuts the
+3. With neighbours.same and more candidates than one chunk holds, ``chunks.group_packs`` cuts the
    candidates by group instead: whole groups packed into chunks (a group larger than a chunk alone,
    in pieces), and each chunk is scored only by the queries of its groups, filtered in Spark, so
    each query crosses to Python once (per piece of its group) instead of once per chunk.
@@ -19,173 +19,26 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass
-from typing import Iterator, Optional
 
 import numpy as np
 
 from lookalike.config import NeighboursConfig, S3Config
 from lookalike.neighbours import arrow, rules, topk, watch
-from lookalike.neighbours.prepare import USABLE, Prepared, candidate_offsets
+from lookalike.neighbours.chunks import (
+    ID_BYTES,
+    Chunk,
+    candidate_chunks,
+    grouped_candidate_chunks,
+    queries,
+    rows_per_chunk,
+)
+from lookalike.neighbours.prepare import Prepared, candidate_offsets
 from lookalike.neighbours.write import Scored, score_and_write
 
 log = logging.getLogger(__name__)
 
-# Per-candidate overhead of a broadcast chunk besides the vector (the pickled id and its slot).
-ID_BYTES = 64
 
-
-@dataclass(frozen=True)
-class Chunk:
-    """Candidates ``offset .. offset + len(ids) - 1`` in item_id order, as broadcast."""
-
-    offset: int
-    ids: np.ndarray  # object array of str, sorted
-    vectors: np.ndarray  # float32 (len(ids), dim), unit rows; with neighbours.same, rows ``order``
-    codes: Optional[np.ndarray] = None  # (len(ids), width) int64 rule codes, id order
-    # neighbours.same: the vectors are stored by (group, id), so that a group is one slice and a
-    # query block is scored against its own group only (sum of n_g^2 work, not N^2). ``order``:
-    # the chunk position of each stored row (candidates without a group are left out).
-    order: Optional[np.ndarray] = None
-    group_values: Optional[np.ndarray] = None  # sorted group codes present
-    group_bounds: Optional[np.ndarray] = None  # (len(group_values) + 1,) slices of the stored rows
-
-    @property
-    def nbytes(self) -> int:
-        extra = sum(a.nbytes for a in (self.codes, self.order) if a is not None)
-        return int(self.vectors.nbytes + ID_BYTES * len(self.ids) + extra)
-
-    def group_slice(self, value: int) -> tuple[int, int]:
-        at = int(np.searchsorted(self.group_values, value))
-        if at == len(self.group_values) or self.group_values[at] != value:
-            return 0, 0
-        return int(self.group_bounds[at]), int(self.group_bounds[at + 1])
-
-
-def rows_per_chunk(broadcast_max_mb: float, dim: int) -> int:
-    return max(1, int(broadcast_max_mb * 2 ** 20 // (4 * dim + ID_BYTES)))
-
-
-def queries(ordered):
-    """The valid rows of ``ordered_items``: every one is a query."""
-    return ordered.filter("valid")
-
-
-def _chunk(offset: int, ids: list, vectors: np.ndarray, codes: Optional[np.ndarray] = None,
-           layout: rules.Layout = rules.Layout()) -> Chunk:
-    ids = np.array(ids, dtype=object)
-    if len(ids) > 1 and not (ids[1:] > ids[:-1]).all():
-        raise RuntimeError("candidates arrived out of item_id order")
-    if not layout.same:
-        return Chunk(offset, ids, np.ascontiguousarray(vectors), codes)
-    group = codes[:, 0]
-    grouped = np.flatnonzero(group != rules.NULL)
-    # Stable: within a group, stored order is id order, so a column's rank is its id's rank.
-    order = grouped[np.argsort(group[grouped], kind="stable")]
-    values, starts = np.unique(group[order], return_index=True)
-    return Chunk(offset, ids, np.ascontiguousarray(vectors[order]), codes, order, values,
-                 np.append(starts, len(order)).astype(np.int64))
-
-
-def candidate_chunks(ordered, n_candidates: int, chunk_rows: int, dim: int,
-                     layout: rules.Layout = rules.Layout(), base: int = 0) -> Iterator[Chunk]:
-    """Candidates brought to the driver in item_id order, at most ``chunk_rows`` at a time, the
-    first numbered ``base``.
-
-    Partitions are range-sorted, so reading them one after another is global id order. When all
-    fit in one chunk they come in one Arrow collect; otherwise partition by partition, so that the
-    driver never holds more than a chunk and a partition."""
-    rows = ordered.filter(USABLE).select("item_id", "vector", "codes")
-    if n_candidates <= chunk_rows:
-        table = arrow.to_arrow(rows)
-        unit = arrow.vectors(table.column("vector").combine_chunks(), dim)
-        codes = rules.codes_of(table.column("codes").combine_chunks(), layout)
-        yield _chunk(base, table.column("item_id").to_pylist(), unit, codes, layout)
-        return
-    ids: list[str] = []
-    blobs: list = []
-    codes: list = []
-    offset = base
-    last: Optional[str] = None
-
-    def cut():
-        vectors = np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(ids), dim)
-        packed = np.array(codes, dtype=np.int64).reshape(len(ids), layout.width) if layout.active else None
-        return _chunk(offset, ids, vectors, packed, layout)
-
-    for item_id, vector, item_codes in rows.toLocalIterator(True):
-        if last is not None and not item_id > last:
-            raise RuntimeError(f"candidates arrived out of item_id order ({last!r} then {item_id!r})")
-        last = item_id
-        ids.append(item_id)
-        blobs.append(vector)
-        codes.append(item_codes)
-        if len(ids) == chunk_rows:
-            yield cut()
-            offset += len(ids)
-            ids, blobs, codes = [], [], []
-    if ids:
-        yield cut()
-
-
-@dataclass(frozen=True)
-class Pack:
-    """The candidates of groups ``low`` .. ``high`` - 1 (``same`` codes), ``rows`` of them."""
-
-    low: int
-    high: int
-    rows: int
-
-    def of(self, frame):
-        """The rows of ``frame`` whose group is in the pack."""
-        from pyspark.sql import functions as F
-
-        group = F.col("codes")[0]
-        return frame.filter((group >= self.low) & (group < self.high))
-
-
-def group_packs(codes: np.ndarray, counts: np.ndarray, chunk_rows: int) -> list[Pack]:
-    """Consecutive ``same`` codes packed into as few chunks as whole groups allow: a pack holds at
-    most ``chunk_rows`` candidates, except a group larger than that, which is a pack of its own
-    (``candidate_chunks`` then cuts it into pieces). ``codes`` ascending, with each's candidate
-    count; the codes are numbered densely (keys._numbered), so a pack is a range of them."""
-    packs: list[Pack] = []
-    low, rows = None, 0
-    for code, count in zip(codes.tolist(), counts.tolist()):
-        if low is not None and rows + count > chunk_rows:
-            packs.append(Pack(low, code, rows))
-            low, rows = None, 0
-        if low is None:
-            low = code
-        rows += count
-    if low is not None:
-        packs.append(Pack(low, int(codes[-1]) + 1, rows))
-    return packs
-
-
-def grouped_candidate_chunks(ordered, chunk_rows: int, dim: int, layout: rules.Layout
-                             ) -> tuple[list[Pack], Iterator[tuple[Pack, Chunk]]]:
-    """neighbours.same over more candidates than one chunk: the packs, and each pack's chunks (one,
-    or a large group's pieces) in order, numbered consecutively. A candidate's number is then its
-    rank by (pack, item_id), not by item_id; within a group, the only place a query's candidates
-    come from, both orders agree, so ties still break by id."""
-    from pyspark.sql import functions as F
-
-    group = F.col("codes")[0]
-    sizes = arrow.to_arrow(ordered.filter(USABLE).filter(group != rules.NULL)
-                           .groupBy(group.alias("code")).count().orderBy("code"))
-    packs = group_packs(sizes.column("code").to_numpy(), sizes.column("count").to_numpy(), chunk_rows)
-
-    def chunks():
-        base = 0
-        for pack in packs:
-            for chunk in candidate_chunks(pack.of(ordered), pack.rows, chunk_rows, dim, layout, base):
-                yield pack, chunk
-            base += pack.rows
-    return packs, chunks()
-
-
-def _query_batches(batches, dim: int, layout: rules.Layout = rules.Layout()):
+def _query_batches(batches, dim: int, layout: rules.Layout = rules.NO_RULES):
     """(ids, unit vectors, rule codes or None) of the queries of a partition, batch by batch."""
     for batch in batches:
         if batch.num_rows == 0:
@@ -201,7 +54,7 @@ def _query_blocks(batches, block_rows: int, dim: int):
     """(ids, unit vectors) of the queries of a partition, ``block_rows`` at a time, in order."""
     for ids, unit, _ in _query_batches(batches, dim):
         for start in range(0, len(ids), block_rows):
-            yield ids[start:start + block_rows], unit[start:start + block_rows]
+            yield ids[start : start + block_rows], unit[start : start + block_rows]
 
 
 def _partial(chunk: Chunk, ids, scores, found):
@@ -211,13 +64,16 @@ def _partial(chunk: Chunk, ids, scores, found):
     return arrow.partial_batch(ids[rows], neighbours, chunk.ids[neighbours - chunk.offset], scores[present])
 
 
-def grouped_topk(chunk: Chunk, ids, unit, codes, k: int, block_rows: int, min_score: Optional[float],
-                 layout: rules.Layout):
+def grouped_topk(
+    chunk: Chunk, ids, unit, codes, k: int, block_rows: int, min_score: float | None, layout: rules.Layout
+):
     """neighbours.same: each query's top-k among the chunk's candidates of its own group, scoring
     only those (the queries of a batch are taken group by group). Returns (scores, global
     indices) as ``topk.topk_block`` does; queries without a group get nothing."""
     best_s = np.full((len(ids), k), topk.EMPTY_SCORE, dtype=np.float32)
     best_i = np.full((len(ids), k), topk.EMPTY_ID, dtype=np.int64)
+    if chunk.order is None or chunk.codes is None:
+        raise ValueError("the chunk's candidates are not stored by group (neighbours.same)")
     rest, rest_codes = rules.without_same(layout, codes)
     group = codes[:, 0]
     for value in np.unique(group[group != rules.NULL]):
@@ -227,19 +83,24 @@ def grouped_topk(chunk: Chunk, ids, unit, codes, k: int, block_rows: int, min_sc
         members = np.flatnonzero(group == value)
         positions = chunk.order[lo:hi]  # ascending: id order within the group
         for start in range(0, len(members), block_rows):
-            block = members[start:start + block_rows]
+            block = members[start : start + block_rows]
             found_s, found = topk.topk_block(
-                unit[block], chunk.vectors[lo:hi], k, self_index=topk.self_positions(ids[block], chunk.ids[positions]),
+                unit[block],
+                chunk.vectors[lo:hi],
+                k,
+                self_index=topk.self_positions(ids[block], chunk.ids[positions]),
                 min_score=min_score,
-                rules=rules.make(rest, rest_codes[block], chunk.codes[positions, 1:]) if rest.active else None)
+                rules=rules.make(rest, rest_codes[block], chunk.codes[positions, 1:]) if rest.active else None,
+            )
             present = found != topk.EMPTY_ID
             best_s[block] = found_s
             best_i[block] = np.where(present, positions[np.where(present, found, 0)] + chunk.offset, topk.EMPTY_ID)
     return best_s, best_i
 
 
-def _score_function(chunk_bc, k: int, block_rows: int, min_score: Optional[float], dim: int,
-                    layout: rules.Layout = rules.Layout()):
+def _score_function(
+    chunk_bc, k: int, block_rows: int, min_score: float | None, dim: int, layout: rules.Layout = rules.NO_RULES
+):
     def score(batches):
         chunk: Chunk = chunk_bc.value
         if layout.same:
@@ -251,16 +112,22 @@ def _score_function(chunk_bc, k: int, block_rows: int, min_score: Optional[float
             for start in range(0, len(ids), block_rows):
                 block = slice(start, start + block_rows)
                 scores, found = topk.topk_block(
-                    unit[block], chunk.vectors, k,
-                    self_index=topk.self_positions(ids[block], chunk.ids), offset=chunk.offset,
-                    min_score=min_score, rules=rules.make(layout, codes[block], chunk.codes) if layout.active else None)
+                    unit[block],
+                    chunk.vectors,
+                    k,
+                    self_index=topk.self_positions(ids[block], chunk.ids),
+                    offset=chunk.offset,
+                    min_score=min_score,
+                    rules=rules.make(layout, codes[block], chunk.codes) if layout.active else None,
+                )
                 yield _partial(chunk, ids[block], scores, found)
 
     return score
 
 
-def score(queries, chunk_bc, k: int, block_rows: int, min_score: Optional[float], dim: int,
-          layout: rules.Layout = rules.Layout()):
+def score(
+    queries, chunk_bc, k: int, block_rows: int, min_score: float | None, dim: int, layout: rules.Layout = rules.NO_RULES
+):
     """Each query's top-k among one broadcast chunk of candidates, as PARTIAL rows (same
     partitioning and order as ``queries``)."""
     return queries.mapInArrow(_score_function(chunk_bc, k, block_rows, min_score, dim, layout), arrow.PARTIAL)
@@ -276,7 +143,7 @@ def paired_partitions(p: int, n: int) -> list[int]:
     return out
 
 
-def _symmetric_function(chunk_bc, bounds_bc, k: int, block_rows: int, min_score: Optional[float], dim: int):
+def _symmetric_function(chunk_bc, bounds_bc, k: int, block_rows: int, min_score: float | None, dim: int):
     def score(batches):
         from pyspark import TaskContext
 
@@ -299,7 +166,7 @@ def _symmetric_function(chunk_bc, bounds_bc, k: int, block_rows: int, min_score:
             for _ in batches:
                 pass
             return
-        columns = np.concatenate([chunk.vectors[a - lo:b - lo] for a, b in ranges])
+        columns = np.concatenate([chunk.vectors[a - lo : b - lo] for a, b in ranges])
         global_index = np.concatenate([np.arange(a, b) for a, b in ranges])
         n_own = own[1] - own[0] if own[0] < own[1] else 0
         # The paired partitions' items, as one block of columns, collect their best among this
@@ -335,13 +202,14 @@ def _symmetric_function(chunk_bc, bounds_bc, k: int, block_rows: int, min_score:
             present = col_i != topk.EMPTY_ID
             rows = np.nonzero(present)[0]
             items = global_index[n_own + rows]
-            yield arrow.partial_batch(chunk.ids[items - lo], col_i[present] + first, query_ids[col_i[present]],
-                                 col_s[present])
+            yield arrow.partial_batch(
+                chunk.ids[items - lo], col_i[present] + first, query_ids[col_i[present]], col_s[present]
+            )
 
     return score
 
 
-def score_symmetric(queries, chunk_bc, bounds_bc, k: int, block_rows: int, min_score: Optional[float], dim: int):
+def score_symmetric(queries, chunk_bc, bounds_bc, k: int, block_rows: int, min_score: float | None, dim: int):
     """``score`` for when the queries are the candidates (every valid item may be recommended):
     each task scores its queries against its own partition's candidates and against those of
     ``paired_partitions``, and each of those blocks serves both sides (topk.topk_pair), so the
@@ -352,8 +220,9 @@ def score_symmetric(queries, chunk_bc, bounds_bc, k: int, block_rows: int, min_s
     return queries.mapInArrow(_symmetric_function(chunk_bc, bounds_bc, k, block_rows, min_score, dim), arrow.PARTIAL)
 
 
-def search(spark, run_id: str, items: Prepared, settings: NeighboursConfig, held: list, directory: str,
-           s3: Optional[S3Config]) -> Scored:
+def search(
+    spark, run_id: str, items: Prepared, settings: NeighboursConfig, held: list, directory: str, s3: S3Config | None
+) -> Scored:
     """Every query against every candidate, one broadcast chunk of candidates at a time: PARTIAL
     rows to merge, or, when one chunk held every candidate (and no symmetry), the WRITTEN rows of
     the table the tasks wrote under ``directory`` themselves. The broadcasts and persisted frames
@@ -375,16 +244,27 @@ def search(spark, run_id: str, items: Prepared, settings: NeighboursConfig, held
         packs = None
         n_chunks = math.ceil(n_candidates / chunk_rows)
         chunks = ((chunk, valid) for chunk in candidate_chunks(ordered, n_candidates, chunk_rows, dim, layout))
-    log.info("%d queries, %d candidates of dim %d in %d chunk(s) of up to %d rows (%.1f MB)%s, %d partitions, "
-             "blocks of %d queries", n_queries, n_candidates, dim, n_chunks, chunk_rows,
-             min(chunk_rows, n_candidates) * (4 * dim + ID_BYTES) / 2 ** 20,
-             "" if packs is None else f", whole groups packed into {len(packs)}", partitions, block_rows)
+    log.info(
+        "%d queries, %d candidates of dim %d in %d chunk(s) of up to %d rows (%.1f MB)%s, %d partitions, "
+        "blocks of %d queries",
+        n_queries,
+        n_candidates,
+        dim,
+        n_chunks,
+        chunk_rows,
+        min(chunk_rows, n_candidates) * (4 * dim + ID_BYTES) / 2**20,
+        "" if packs is None else f", whole groups packed into {len(packs)}",
+        partitions,
+        block_rows,
+    )
     sc = spark.sparkContext
     # When the queries are the candidates, score(a, b) = score(b, a): each block serves both.
     # Rules make the pairs one-sided (a query may get a candidate that may not get it back).
     symmetric = settings.symmetric and n_candidates == n_queries and partitions > 1 and not layout.active
-    out = Scored(summary={"chunks": n_chunks, "chunk_rows": chunk_rows, "symmetric": symmetric},
-                 phases={"collect_broadcast": 0.0, "score": 0.0})
+    out = Scored(
+        summary={"chunks": n_chunks, "chunk_rows": chunk_rows, "symmetric": symmetric},
+        phases={"collect_broadcast": 0.0, "score": 0.0},
+    )
     if packs is not None:
         out.summary["group_packs"] = len(packs)
     phases = out.phases
@@ -399,15 +279,27 @@ def search(spark, run_id: str, items: Prepared, settings: NeighboursConfig, held
         held.append(chunk_bc)
         phases["collect_broadcast"] += time.perf_counter() - mark
         mark = time.perf_counter()
-        log.info("chunk %d/%d: candidates %d..%d (%s .. %s), %.1f MB broadcast", number, n_chunks,
-                 chunk.offset, chunk.offset + len(chunk.ids) - 1, chunk.ids[0], chunk.ids[-1],
-                 chunk.nbytes / 2 ** 20)
+        log.info(
+            "chunk %d/%d: candidates %d..%d (%s .. %s), %.1f MB broadcast",
+            number,
+            n_chunks,
+            chunk.offset,
+            chunk.offset + len(chunk.ids) - 1,
+            chunk.ids[0],
+            chunk.ids[-1],
+            chunk.nbytes / 2**20,
+        )
         del chunk
         if n_chunks == 1 and not symmetric and packs is None:
             # Already in the output's partitioning and order: rank and write in the same tasks.
             scorer = _score_function(chunk_bc, k, block_rows, min_score, dim, layout)
-            out.written = watch.collect(spark, run_id, "neighbours", n_queries, score_and_write(
-                valid, scorer, directory, settings.k, s3, settings.row_group_rows, items.hide))
+            out.written = watch.collect(
+                spark,
+                run_id,
+                "neighbours",
+                n_queries,
+                score_and_write(valid, scorer, directory, settings.k, s3, settings.row_group_rows, items.hide),
+            )
             phases["score"] += time.perf_counter() - mark
             return out
         if symmetric:

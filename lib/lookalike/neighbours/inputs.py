@@ -3,8 +3,6 @@ the identity of that filter for the unchanged-input check."""
 
 from __future__ import annotations
 
-from typing import Optional
-
 from lookalike.config import S3Config
 from lookalike.errors import ConfigError, InputError
 from lookalike.publish import lineage
@@ -25,12 +23,15 @@ def read_embeddings(spark, path: str):
     try:
         table = spark.read.parquet(path)
     except _analysis_error() as exc:
-        raise InputError(f"cannot read the embeddings table at {path} (run the embed job first?): "
-                         f"{str(exc).splitlines()[0]}") from None
+        raise InputError(
+            f"cannot read the embeddings table at {path} (run the embed job first?): {str(exc).splitlines()[0]}"
+        ) from None
     missing = [c for c in EMBEDDING_COLUMNS if c not in table.columns]
     if missing:
-        raise InputError(f"{path} is not an embeddings table: it has no column {', '.join(missing)} "
-                         f"(it has {', '.join(table.columns)})")
+        raise InputError(
+            f"{path} is not an embeddings table: it has no column {', '.join(missing)} "
+            f"(it has {', '.join(table.columns)})"
+        )
     return table
 
 
@@ -44,12 +45,14 @@ def read_candidates(spark, candidates):
         return spark.createDataFrame([(str(c),) for c in candidates], "item_id string")
     table = _read_table(spark, candidates, "neighbours.candidates")
     if "item_id" not in table.columns:
-        raise ConfigError(f"config key 'neighbours.candidates': {candidates} has no item_id column "
-                          f"(it has {', '.join(table.columns)})")
+        raise ConfigError(
+            f"config key 'neighbours.candidates': {candidates} has no item_id column "
+            f"(it has {', '.join(table.columns)})"
+        )
     return table.select("item_id")
 
 
-def candidates_identity(candidates, s3: Optional[S3Config] = None) -> Optional[str]:
+def candidates_identity(candidates, s3: S3Config | None = None) -> str | None:
     """What the unchanged-input check records of neighbours.candidates: a list is in the settings'
     result fingerprint already; a table is identified by its files' content (None when they cannot
     be listed, which makes the job recompute)."""
@@ -68,33 +71,40 @@ def _read_table(spark, path: str, key: str):
             return spark.read.option("header", True).csv(path)
         return spark.read.parquet(path)
     except _analysis_error() as exc:
-        raise ConfigError(f"config key '{key}': cannot read {path} as a "
-                          f"{'CSV' if '.csv' in lowered else 'Parquet'} table: {str(exc).splitlines()[0]}") from None
+        raise ConfigError(
+            f"config key '{key}': cannot read {path} as a "
+            f"{'CSV' if '.csv' in lowered else 'Parquet'} table: {str(exc).splitlines()[0]}"
+        ) from None
 
 
-def read_attributes(spark, path: str, columns: tuple[str, ...] = ()):
+def read_attributes(spark, path: str, columns: tuple[tuple[str, str], ...] = ()):
     """neighbours.attributes: item_id and any columns. ConfigError when a column a rule names is
     missing (naming the columns there are), InputError on duplicate item ids."""
     from pyspark.sql import functions as F
 
     table = _read_table(spark, path, "neighbours.attributes")
     if "item_id" not in table.columns:
-        raise ConfigError(f"config key 'neighbours.attributes': {path} has no item_id column "
-                          f"(it has {', '.join(table.columns)})")
+        raise ConfigError(
+            f"config key 'neighbours.attributes': {path} has no item_id column (it has {', '.join(table.columns)})"
+        )
     for key, column in columns:
         if column not in table.columns:
-            raise ConfigError(f"config key 'neighbours.{key}': the attributes table {path} has no column "
-                              f"{column!r}; its columns are {', '.join(table.columns)}")
+            raise ConfigError(
+                f"config key 'neighbours.{key}': the attributes table {path} has no column "
+                f"{column!r}; its columns are {', '.join(table.columns)}"
+            )
     table = table.withColumn("item_id", F.col("item_id").cast("string"))
     repeated = table.groupBy("item_id").count().filter("count > 1")
     found = repeated.limit(SAMPLE_IDS).collect()
     if found:
-        raise InputError(f"the attributes table {path} has {repeated.count()} item ids on more than one row, "
-                         f"e.g. {', '.join(repr(r.item_id) for r in found)}; keep one row per item")
+        raise InputError(
+            f"the attributes table {path} has {repeated.count()} item ids on more than one row, "
+            f"e.g. {', '.join(repr(r.item_id) for r in found)}; keep one row per item"
+        )
     return table
 
 
-def read_duplicates(spark, path: str, s3: Optional[S3Config] = None):
+def read_duplicates(spark, path: str, s3: S3Config | None = None):
     """output.duplicates (its current version) for neighbours.hide_duplicates; InputError saying
     how to make it when it is not there."""
     from lookalike import publish
@@ -103,17 +113,21 @@ def read_duplicates(spark, path: str, s3: Optional[S3Config] = None):
     try:
         table = spark.read.parquet(resolved)
     except _analysis_error() as exc:
-        raise InputError(f"neighbours.hide_duplicates needs the near-duplicate groups at output.duplicates = {path}, "
-                         f"which cannot be read ({str(exc).splitlines()[0]}): run the duplicates job first "
-                         f"(./spark-submit.sh duplicates), or the pipeline with duplicates.enabled: true") from None
+        raise InputError(
+            f"neighbours.hide_duplicates needs the near-duplicate groups at output.duplicates = {path}, "
+            f"which cannot be read ({str(exc).splitlines()[0]}): run the duplicates job first "
+            f"(./spark-submit.sh duplicates), or the pipeline with duplicates.enabled: true"
+        ) from None
     missing = [c for c in ("group_id", "item_id", "group_size") if c not in table.columns]
     if missing:
-        raise InputError(f"{path} is not a duplicates table: it has no column {', '.join(missing)} "
-                         f"(it has {', '.join(table.columns)})")
+        raise InputError(
+            f"{path} is not a duplicates table: it has no column {', '.join(missing)} "
+            f"(it has {', '.join(table.columns)})"
+        )
     return table
 
 
-def published_identity(path: str, s3: Optional[S3Config] = None) -> Optional[str]:
+def published_identity(path: str, s3: S3Config | None = None) -> str | None:
     """The current version of a table this project publishes (output.duplicates), or None."""
     from lookalike import publish
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 
@@ -51,7 +50,7 @@ def nearest(vectors: np.ndarray, centroids: np.ndarray, n: int) -> np.ndarray:
     out = np.empty((len(vectors), n), dtype=np.int32)
     m = len(centroids)
     for start in range(0, len(vectors), ASSIGN_ROWS):
-        scores = vectors[start:start + ASSIGN_ROWS] @ centroids.T
+        scores = vectors[start : start + ASSIGN_ROWS] @ centroids.T
         if n < m:
             part = np.argpartition(-scores, n - 1, axis=1)[:, :n]
         else:
@@ -59,7 +58,7 @@ def nearest(vectors: np.ndarray, centroids: np.ndarray, n: int) -> np.ndarray:
         # Stable sort by (score desc, list asc) for deterministic probe order.
         part.sort(axis=1)
         order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
-        out[start:start + ASSIGN_ROWS] = np.take_along_axis(part, order, axis=1)
+        out[start : start + ASSIGN_ROWS] = np.take_along_axis(part, order, axis=1)
     return out
 
 
@@ -83,7 +82,7 @@ def train(sample: np.ndarray, nlist: int, iterations: int = KMEANS_ITERATIONS, s
         empty = np.flatnonzero(counts == 0)
         if len(empty):
             fit = np.einsum("ij,ij->i", sample, centroids[assigned])
-            worst = np.argsort(fit, kind="stable")[:len(empty)]
+            worst = np.argsort(fit, kind="stable")[: len(empty)]
             sums[empty] = sample[worst]
         norms = np.linalg.norm(sums, axis=1, keepdims=True)
         centroids = (sums / np.where(norms > 0, norms, 1)).astype(np.float32)
@@ -92,6 +91,7 @@ def train(sample: np.ndarray, nlist: int, iterations: int = KMEANS_ITERATIONS, s
 
 # --------------------------------------------------------------------------------------------
 # Packing lists into groups
+
 
 @dataclass(frozen=True)
 class Plan:
@@ -132,8 +132,11 @@ def plan(list_sizes: np.ndarray, centroids: np.ndarray, group_rows: int, seed: i
     part_start = np.concatenate([[0], np.cumsum(parts)]).astype(np.int64)
     total = max(1, int(list_sizes.sum()))
     n_coarse = max(1, min(nlist, math.ceil(total / max(1, group_rows))))
-    coarse = nearest(centroids, train(centroids, n_coarse, iterations=5, seed=seed), 1)[:, 0] \
-        if n_coarse > 1 else np.zeros(nlist, dtype=np.int32)
+    coarse = (
+        nearest(centroids, train(centroids, n_coarse, iterations=5, seed=seed), 1)[:, 0]
+        if n_coarse > 1
+        else np.zeros(nlist, dtype=np.int32)
+    )
     part_group = np.empty(int(part_start[-1]), dtype=np.int32)
     rows_per_group: list[int] = []
     current = 0
@@ -154,9 +157,15 @@ def skew(list_sizes: np.ndarray, the_plan: Plan) -> dict:
     sizes = np.asarray(list_sizes)
     rows = the_plan.group_rows
     return {
-        "lists": int(len(sizes)), "empty_lists": int((sizes == 0).sum()),
-        "list_size": {"min": int(sizes.min()), "median": float(np.median(sizes)), "mean": round(float(sizes.mean()), 1),
-                      "p99": float(np.percentile(sizes, 99)), "max": int(sizes.max())},
+        "lists": int(len(sizes)),
+        "empty_lists": int((sizes == 0).sum()),
+        "list_size": {
+            "min": int(sizes.min()),
+            "median": float(np.median(sizes)),
+            "mean": round(float(sizes.mean()), 1),
+            "p99": float(np.percentile(sizes, 99)),
+            "max": int(sizes.max()),
+        },
         "largest_list_vs_mean": round(float(sizes.max() / max(sizes.mean(), 1e-9)), 2),
         "lists_split": int((the_plan.parts > 1).sum()),
         "groups": int(the_plan.groups),
@@ -167,6 +176,7 @@ def skew(list_sizes: np.ndarray, the_plan: Plan) -> dict:
 # --------------------------------------------------------------------------------------------
 # Scoring one group
 
+
 @dataclass(frozen=True)
 class GroupCandidates:
     """A group's candidates ordered by (list, global index), with where each list starts."""
@@ -176,7 +186,7 @@ class GroupCandidates:
     indices: np.ndarray  # int64 global candidate indices (id order)
     ids: np.ndarray  # object array of item ids
     vectors: np.ndarray  # float32 (n, d)
-    codes: Optional[np.ndarray] = None  # (n, width) int64 rule codes (lookalike.neighbours.rules)
+    codes: np.ndarray | None = None  # (n, width) int64 rule codes (lookalike.neighbours.rules)
 
     def ids_of(self, indices: np.ndarray) -> np.ndarray:
         """Item ids of global candidate indices of this group."""
@@ -184,19 +194,32 @@ class GroupCandidates:
         return self.ids[order[np.searchsorted(self.indices[order], indices)]]
 
     @classmethod
-    def build(cls, lists, indices, ids, vectors, codes=None) -> "GroupCandidates":
+    def build(cls, lists, indices, ids, vectors, codes=None) -> GroupCandidates:
         lists = np.asarray(lists, dtype=np.int64)
         indices = np.asarray(indices, dtype=np.int64)
         order = np.lexsort((indices, lists))
         lists, indices = lists[order], indices[order]
         present, starts = np.unique(lists, return_index=True)
-        return cls(present, np.append(starts, len(lists)), indices, np.asarray(ids, dtype=object)[order],
-                   np.ascontiguousarray(np.asarray(vectors, dtype=np.float32)[order]),
-                   None if codes is None else np.asarray(codes, dtype=np.int64)[order])
+        return cls(
+            present,
+            np.append(starts, len(lists)),
+            indices,
+            np.asarray(ids, dtype=object)[order],
+            np.ascontiguousarray(np.asarray(vectors, dtype=np.float32)[order]),
+            None if codes is None else np.asarray(codes, dtype=np.int64)[order],
+        )
 
 
-def score_group(group: GroupCandidates, probes: np.ndarray, self_index: np.ndarray, vectors: np.ndarray,
-                k: int, min_score: Optional[float] = None, block_rows: int = 1024, rules=None):
+def score_group(
+    group: GroupCandidates,
+    probes: np.ndarray,
+    self_index: np.ndarray,
+    vectors: np.ndarray,
+    k: int,
+    min_score: float | None = None,
+    block_rows: int = 1024,
+    rules=None,
+):
     """Top-k of each query (rows of ``vectors``) among the members of the group's lists that it
     probes, its own index (``self_index``, -1 for none) excluded. Returns (scores (b, k), global
     indices (b, k)) in canonical order, padded with topk.EMPTY_*.
@@ -219,9 +242,19 @@ def score_group(group: GroupCandidates, probes: np.ndarray, self_index: np.ndarr
         probing = np.flatnonzero((probes == list_id).any(axis=1))
         lo, hi = int(group.bounds[j]), int(group.bounds[j + 1])
         for first in range(0, len(probing), block_rows):
-            rows = probing[first:first + block_rows]
-            picked_rows, cols, picked = _best_of_list(group, lo, hi, vectors, rows, self_index, size, floor, dropped,
-                                                      None if rules is None else rules.rows(rows))
+            rows = probing[first : first + block_rows]
+            picked_rows, cols, picked = _best_of_list(
+                group,
+                lo,
+                hi,
+                vectors,
+                rows,
+                self_index,
+                size,
+                floor,
+                dropped,
+                None if rules is None else rules.rows(rows),
+            )
             rows_all.append(picked_rows)
             cols_all.append(cols)
             scores_all.append(picked)
@@ -239,13 +272,30 @@ def score_group(group: GroupCandidates, probes: np.ndarray, self_index: np.ndarr
     best_s, best_i = topk.keep_best(r, group.indices[c], exact, b, k)
     redo = np.flatnonzero(overflow)
     if len(redo):
-        best_s[redo], best_i[redo] = _score_group_listwise(group, probes[redo], self_index[redo], vectors[redo],
-                                                           k, min_score, None if rules is None else rules.rows(redo))
+        best_s[redo], best_i[redo] = _score_group_listwise(
+            group,
+            probes[redo],
+            self_index[redo],
+            vectors[redo],
+            k,
+            min_score,
+            None if rules is None else rules.rows(redo),
+        )
     return best_s, best_i
 
 
-def _best_of_list(group: GroupCandidates, lo: int, hi: int, vectors, rows, self_index, size: int, floor,
-                  dropped: np.ndarray, rules=None):
+def _best_of_list(
+    group: GroupCandidates,
+    lo: int,
+    hi: int,
+    vectors,
+    rows,
+    self_index,
+    size: int,
+    floor,
+    dropped: np.ndarray,
+    rules=None,
+):
     """(rows, group positions, float32 scores) of the ``size`` best members of list rows lo..hi
     for each query in ``rows`` (at least ``floor``); raises ``dropped[row]`` to the best score
     left out."""
@@ -260,7 +310,7 @@ def _best_of_list(group: GroupCandidates, lo: int, hi: int, vectors, rows, self_
     width = hi - lo
     if width > size:
         cut = np.argpartition(scores, width - size - 1, axis=1)
-        keep, out = cut[:, width - size:], cut[:, width - size - 1]
+        keep, out = cut[:, width - size :], cut[:, width - size - 1]
         dropped[rows] = np.maximum(dropped[rows], scores[np.arange(len(rows)), out])
         picked = np.take_along_axis(scores, keep, axis=1)
         cols = keep + lo
@@ -284,9 +334,14 @@ def _score_group_listwise(group: GroupCandidates, probes, self_index, vectors, k
         members = group.indices[lo:hi]
         own = self_index[rows]
         pos = np.minimum(np.searchsorted(members, own), len(members) - 1)
-        scores, found = topk.topk_block(vectors[rows], group.vectors[lo:hi], k,
-                                        self_index=np.where(members[pos] == own, pos, -1), min_score=min_score,
-                                        rules=None if rules is None else rules.rows(rows).columns(slice(lo, hi)))
+        scores, found = topk.topk_block(
+            vectors[rows],
+            group.vectors[lo:hi],
+            k,
+            self_index=np.where(members[pos] == own, pos, -1),
+            min_score=min_score,
+            rules=None if rules is None else rules.rows(rows).columns(slice(lo, hi)),
+        )
         present = found != topk.EMPTY_ID
         rows_all.append(np.broadcast_to(rows[:, None], found.shape)[present])
         ids_all.append(members[found[present]])
@@ -296,7 +351,7 @@ def _score_group_listwise(group: GroupCandidates, probes, self_index, vectors, k
     return topk.keep_best(np.concatenate(rows_all), np.concatenate(ids_all), np.concatenate(scores_all), b, k)
 
 
-def recall(found: dict, exact: dict) -> Optional[float]:
+def recall(found: dict, exact: dict) -> float | None:
     """Share of the exact neighbours that were found, over the sampled queries: {query: set}."""
     wanted = sum(len(v) for v in exact.values())
     if not wanted:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import Optional
 
 import numpy as np
 
@@ -32,8 +31,10 @@ from lookalike.neighbours.write import Scored
 
 log = logging.getLogger(__name__)
 
-ROUTED = ("group int, kind tinyint, list int, index long, item_id string, probes array<int>, vector binary, "
-          "codes array<bigint>")
+ROUTED = (
+    "group int, kind tinyint, list int, index long, item_id string, probes array<int>, vector binary, "
+    "codes array<bigint>"
+)
 CANDIDATE, QUERY = 0, 1
 
 
@@ -82,6 +83,7 @@ def list_sizes(ordered, centroids_bc, nlist: int, dim: int) -> np.ndarray:
 def route(ordered, centroids_bc, plan_bc, offsets_bc, nprobe: int, dim: int):
     """ROUTED rows: each usable candidate once (kind 0, in its list's group) and each valid item,
     as a query, once per group that holds a list it probes (kind 1)."""
+
     def emit(batches):
         import pyarrow as pa
 
@@ -99,19 +101,34 @@ def route(ordered, centroids_bc, plan_bc, offsets_bc, nprobe: int, dim: int):
                 groups = the_plan.candidate_groups(lists, index[cand])
                 take = pa.array(cand)
                 yield pa.RecordBatch.from_arrays(
-                    [pa.array(groups, pa.int32()), pa.array(np.zeros(len(cand), np.int8)),
-                     pa.array(lists, pa.int32()), pa.array(index[cand]), ids.take(take),
-                     pa.nulls(len(cand), pa.list_(pa.int32())), column.take(take), codes.take(take)],
-                    names=["group", "kind", "list", "index", "item_id", "probes", "vector", "codes"])
+                    [
+                        pa.array(groups, pa.int32()),
+                        pa.array(np.zeros(len(cand), np.int8)),
+                        pa.array(lists, pa.int32()),
+                        pa.array(index[cand]),
+                        ids.take(take),
+                        pa.nulls(len(cand), pa.list_(pa.int32())),
+                        column.take(take),
+                        codes.take(take),
+                    ],
+                    names=["group", "kind", "list", "index", "item_id", "probes", "vector", "codes"],
+                )
             rows, groups = the_plan.route(probes)
             take = pa.array(rows)
             flat = pa.array(probes[rows].ravel(), pa.int32())
             yield pa.RecordBatch.from_arrays(
-                [pa.array(groups, pa.int32()), pa.array(np.ones(len(rows), np.int8)),
-                 pa.nulls(len(rows), pa.int32()), pa.array(index[rows]), ids.take(take),
-                 pa.ListArray.from_arrays(pa.array(np.arange(len(rows) + 1, dtype=np.int32) * nprobe), flat),
-                 column.take(take), codes.take(take)],
-                names=["group", "kind", "list", "index", "item_id", "probes", "vector", "codes"])
+                [
+                    pa.array(groups, pa.int32()),
+                    pa.array(np.ones(len(rows), np.int8)),
+                    pa.nulls(len(rows), pa.int32()),
+                    pa.array(index[rows]),
+                    ids.take(take),
+                    pa.ListArray.from_arrays(pa.array(np.arange(len(rows) + 1, dtype=np.int32) * nprobe), flat),
+                    column.take(take),
+                    codes.take(take),
+                ],
+                names=["group", "kind", "list", "index", "item_id", "probes", "vector", "codes"],
+            )
 
     return ordered.filter("valid").mapInArrow(emit, ROUTED)
 
@@ -120,12 +137,21 @@ def _runs(group: np.ndarray, kind: np.ndarray):
     """[start, stop) of the runs of equal (group, kind) in a batch."""
     change = np.flatnonzero((group[1:] != group[:-1]) | (kind[1:] != kind[:-1])) + 1
     bounds = np.concatenate([[0], change, [len(group)]])
-    return zip(bounds[:-1], bounds[1:])
+    return zip(bounds[:-1], bounds[1:], strict=True)
 
 
-def score(routed, groups: int, k: int, block_rows: int, min_score: Optional[float], dim: int, nprobe: int,
-          layout: rules.Layout = rules.Layout()):
+def score(
+    routed,
+    groups: int,
+    k: int,
+    block_rows: int,
+    min_score: float | None,
+    dim: int,
+    nprobe: int,
+    layout: rules.Layout = rules.NO_RULES,
+):
     """PARTIAL rows: each query's top-k within each group it was routed to."""
+
     def scan(batches):
         import pyarrow as pa
 
@@ -150,10 +176,14 @@ def score(routed, groups: int, k: int, block_rows: int, min_score: Optional[floa
                 if ready is None:
                     table = pa.Table.from_batches(parts).combine_chunks()
                     ready = ivf.GroupCandidates.build(
-                        table.column("list").to_numpy(), table.column("index").to_numpy(),
+                        table.column("list").to_numpy(),
+                        table.column("index").to_numpy(),
                         table.column("item_id").to_numpy(zero_copy_only=False),
-                        arrow.vectors(table.column("vector").chunk(0), dim) if table.num_rows else np.empty((0, dim), np.float32),
-                        rules.codes_of(table.column("codes").combine_chunks(), layout))
+                        arrow.vectors(table.column("vector").chunk(0), dim)
+                        if table.num_rows
+                        else np.empty((0, dim), np.float32),
+                        rules.codes_of(table.column("codes").combine_chunks(), layout),
+                    )
                     parts = []
                 ids = piece.column(col("item_id")).to_numpy(zero_copy_only=False)
                 self_index = piece.column(col("index")).to_numpy()
@@ -180,20 +210,26 @@ def score(routed, groups: int, k: int, block_rows: int, min_score: Optional[floa
 # --------------------------------------------------------------------------------------------
 # Recall against exact search on a sample of queries
 
-def sample_queries(ordered, n_queries: int, size: int, seed: int, layout: rules.Layout = rules.Layout()):
+
+def sample_queries(ordered, n_queries: int, size: int, seed: int, layout: rules.Layout = rules.NO_RULES):
     """(ids, vectors, rule codes or None) of about ``size`` valid items, reproducibly."""
     rows = ordered.filter("valid").select("item_id", "vector", "codes")
     if size < n_queries:
         rows = rows.sample(False, min(1.0, 1.2 * size / n_queries), seed=seed)
     table = arrow.to_arrow(rows).slice(0, size)
-    return (np.array(table.column("item_id").to_pylist(), dtype=object), table.column("vector").combine_chunks(),
-            rules.codes_of(table.column("codes").combine_chunks(), layout))
+    return (
+        np.array(table.column("item_id").to_pylist(), dtype=object),
+        table.column("vector").combine_chunks(),
+        rules.codes_of(table.column("codes").combine_chunks(), layout),
+    )
 
 
-def exact_for_sample(ordered, offsets_bc, sample_bc, k: int, min_score: Optional[float], dim: int,
-                     layout: rules.Layout = rules.Layout()) -> np.ndarray:
+def exact_for_sample(
+    ordered, offsets_bc, sample_bc, k: int, min_score: float | None, dim: int, layout: rules.Layout = rules.NO_RULES
+) -> np.ndarray:
     """(sample, k) global indices of the exact top-k of each sampled query over every candidate:
     the sample is broadcast and the candidates scanned where they are, so no N x N work."""
+
     def scan(batches):
         import pyarrow as pa
 
@@ -207,19 +243,29 @@ def exact_for_sample(ordered, offsets_bc, sample_bc, k: int, min_score: Optional
             vectors = arrow.vectors(batch.column(batch.schema.get_field_index("vector")), dim)[cand]
             codes = rules.codes_of(batch.column(batch.schema.get_field_index("codes")), layout)
             mask = rules.make(layout, sample_codes, None if codes is None else codes[cand])
-            scores, found = topk.topk_block(queries, vectors, k, self_index=topk.self_positions(ids, cand_ids),
-                                            min_score=min_score, rules=mask)
+            scores, found = topk.topk_block(
+                queries, vectors, k, self_index=topk.self_positions(ids, cand_ids), min_score=min_score, rules=mask
+            )
             present = found != topk.EMPTY_ID
             rows = np.nonzero(present)[0]
             yield pa.RecordBatch.from_arrays(
                 [pa.array(rows, pa.int64()), pa.array(index[cand][found[present]]), pa.array(scores[present])],
-                names=["query", "neighbour_index", "score"])
+                names=["query", "neighbour_index", "score"],
+            )
 
-    parts = arrow.to_arrow(ordered.filter("valid").select("item_id", "is_candidate", "vector", "codes")
-                      .mapInArrow(scan, "query long, neighbour_index long, score float"))
+    parts = arrow.to_arrow(
+        ordered.filter("valid")
+        .select("item_id", "is_candidate", "vector", "codes")
+        .mapInArrow(scan, "query long, neighbour_index long, score float")
+    )
     n = len(sample_bc.value[0])
-    _, best = topk.keep_best(parts.column("query").to_numpy(), parts.column("neighbour_index").to_numpy(),
-                             parts.column("score").to_numpy(), n, k)
+    _, best = topk.keep_best(
+        parts.column("query").to_numpy(),
+        parts.column("neighbour_index").to_numpy(),
+        parts.column("score").to_numpy(),
+        n,
+        k,
+    )
     return best
 
 
@@ -232,13 +278,15 @@ def found_for_sample(partials, ids: np.ndarray, k: int) -> dict:
     if table.num_rows == 0:
         return {}
     items, codes = np.unique(table.column("item_id").to_numpy(zero_copy_only=False), return_inverse=True)
-    _, best = topk.keep_best(codes, table.column("neighbour_index").to_numpy(), table.column("score").to_numpy(),
-                             len(items), k)
-    return {item: set(row[row != topk.EMPTY_ID].tolist()) for item, row in zip(items, best)}
+    _, best = topk.keep_best(
+        codes, table.column("neighbour_index").to_numpy(), table.column("score").to_numpy(), len(items), k
+    )
+    return {item: set(row[row != topk.EMPTY_ID].tolist()) for item, row in zip(items, best, strict=True)}
 
 
 # --------------------------------------------------------------------------------------------
 # The strategy
+
 
 def search(spark, run_id: str, items: Prepared, settings: NeighboursConfig, held: list) -> Scored:
     """Approximate: k-means lists, queries scanned against their nprobe nearest lists. PARTIAL rows
@@ -256,16 +304,24 @@ def search(spark, run_id: str, items: Prepared, settings: NeighboursConfig, held
     nlist = min(settings.nlist or ivf.auto_nlist(n_candidates), n_candidates)
     nprobe = min(settings.nprobe, nlist)
     if nprobe < settings.nprobe:
-        log.info("neighbours.nprobe=%d is more than the %d lists: every list is probed (exact search)",
-                 settings.nprobe, nlist)
+        log.info(
+            "neighbours.nprobe=%d is more than the %d lists: every list is probed (exact search)",
+            settings.nprobe,
+            nlist,
+        )
 
     mark = time.perf_counter()
     offsets_bc = sc.broadcast(candidate_offsets(ordered))
     held.append(offsets_bc)
     size = ivf.train_size(n_candidates, nlist)
     sample = training_sample(ordered, n_candidates, size, dim, settings.seed)
-    log.info("IVF: training %d lists on %d of %d candidates (spherical k-means, %d iterations)",
-             nlist, len(sample), n_candidates, ivf.KMEANS_ITERATIONS)
+    log.info(
+        "IVF: training %d lists on %d of %d candidates (spherical k-means, %d iterations)",
+        nlist,
+        len(sample),
+        n_candidates,
+        ivf.KMEANS_ITERATIONS,
+    )
     centroids = ivf.train(sample, min(nlist, len(sample)), seed=settings.seed)
     nlist = len(centroids)
     del sample
@@ -281,16 +337,26 @@ def search(spark, run_id: str, items: Prepared, settings: NeighboursConfig, held
     plan_bc = sc.broadcast(the_plan)
     held.append(plan_bc)
     phases["ivf_assign"] = time.perf_counter() - mark
-    log.info("IVF: %d lists of %s..%s candidates (median %s, largest %.1fx the mean, %d split), packed into %d "
-             "groups of %d..%d candidates; each query probes %d lists",
-             nlist, stats["list_size"]["min"], stats["list_size"]["max"], stats["list_size"]["median"],
-             stats["largest_list_vs_mean"], stats["lists_split"], stats["groups"], stats["group_candidates"]["min"],
-             stats["group_candidates"]["max"], nprobe)
+    log.info(
+        "IVF: %d lists of %s..%s candidates (median %s, largest %.1fx the mean, %d split), packed into %d "
+        "groups of %d..%d candidates; each query probes %d lists",
+        nlist,
+        stats["list_size"]["min"],
+        stats["list_size"]["max"],
+        stats["list_size"]["median"],
+        stats["largest_list_vs_mean"],
+        stats["lists_split"],
+        stats["groups"],
+        stats["group_candidates"]["min"],
+        stats["group_candidates"]["max"],
+        nprobe,
+    )
 
     mark = time.perf_counter()
     routed = route(ordered, centroids_bc, plan_bc, offsets_bc, nprobe, dim)
-    scored = score(routed, the_plan.groups, k, settings.block_rows, min_score, dim,
-                   nprobe, layout).persist(StorageLevel.MEMORY_AND_DISK)
+    scored = score(routed, the_plan.groups, k, settings.block_rows, min_score, dim, nprobe, layout).persist(
+        StorageLevel.MEMORY_AND_DISK
+    )
     held.append(scored)
     routed_rows = watch.collect(spark, run_id, "neighbours ivf", n_queries, scored.groupBy().count())[0]["count"]
     phases["score"] = time.perf_counter() - mark
@@ -304,14 +370,26 @@ def search(spark, run_id: str, items: Prepared, settings: NeighboursConfig, held
         held.append(sample_bc)
         exact = exact_for_sample(ordered, offsets_bc, sample_bc, k, min_score, dim, layout)
         found = found_for_sample(scored, ids, k)
-        recall = ivf.recall(found, {q: set(row[row >= 0].tolist()) for q, row in zip(ids, exact)})
+        recall = ivf.recall(found, {q: set(row[row >= 0].tolist()) for q, row in zip(ids, exact, strict=True)})
         phases["recall_sample"] = time.perf_counter() - mark
-        log.info("IVF: recall@%d = %s on %d sampled queries (against exact search)", k,
-                 "n/a" if recall is None else f"{recall:.4f}", len(ids))
-        out.summary["recall_sample"] = {"queries": int(len(ids)), "k": k,
-                                        "recall_at_k": None if recall is None else round(recall, 4)}
+        log.info(
+            "IVF: recall@%d = %s on %d sampled queries (against exact search)",
+            k,
+            "n/a" if recall is None else f"{recall:.4f}",
+            len(ids),
+        )
+        out.summary["recall_sample"] = {
+            "queries": int(len(ids)),
+            "k": k,
+            "recall_at_k": None if recall is None else round(recall, 4),
+        }
     out.summary["recall_at_k"] = None if recall is None else round(recall, 4)
-    out.summary["ivf"] = {"nlist": nlist, "nprobe": nprobe, "trained_on": int(min(size, n_candidates)),
-                          "kmeans_iterations": ivf.KMEANS_ITERATIONS, **stats}
+    out.summary["ivf"] = {
+        "nlist": nlist,
+        "nprobe": nprobe,
+        "trained_on": int(min(size, n_candidates)),
+        "kmeans_iterations": ivf.KMEANS_ITERATIONS,
+        **stats,
+    }
     out.partials = scored
     return out

@@ -5,8 +5,6 @@ column ``codes`` that travels with the vector through ordering, chunks and IVF r
 
 from __future__ import annotations
 
-from typing import Optional
-
 from lookalike.config import NeighboursConfig
 from lookalike.neighbours import rules
 
@@ -28,8 +26,9 @@ def _numbered(spark, frame, column: str, name: str):
 
     rows = frame.select("item_id", F.col(column).cast("string").alias("value"))
     values = rows.select("value").where("value IS NOT NULL").distinct()
-    numbered = spark.createDataFrame(values.rdd.zipWithIndex().map(lambda pair: (pair[0][0], pair[1])),
-                                     "value string, code long")
+    numbered = spark.createDataFrame(
+        values.rdd.zipWithIndex().map(lambda pair: (pair[0][0], pair[1])), "value string, code long"
+    )
     return rows.join(numbered, "value", "left").select("item_id", F.col("code").alias(name))
 
 
@@ -69,8 +68,7 @@ def depth(settings: NeighboursConfig, largest_group: int) -> int:
     return settings.k + min(settings.k * max(largest_group - 1, 0), HIDE_MAX_EXTRA)
 
 
-def counts(spark, ordered, settings: NeighboursConfig, attributes, attributes_path: Optional[str],
-           duplicates) -> dict:
+def counts(spark, ordered, settings: NeighboursConfig, attributes, attributes_path: str | None, duplicates) -> dict:
     """The summary's counts for the rules: items without a group value, attribute ids the
     embeddings do not have (a few sampled), items without an attributes row."""
     from pyspark.sql import functions as F
@@ -93,6 +91,9 @@ def counts(spark, ordered, settings: NeighboursConfig, attributes, attributes_pa
         out["exclude_same"] = settings.exclude_same
     if settings.hide_duplicates:
         largest = duplicates.agg(F.max("group_size").alias("m")).collect()[0].m or 0
-        out["hide_duplicates"] = {"groups": duplicates.select("group_id").distinct().count(),
-                                  "largest_group": int(largest), "depth": depth(settings, int(largest))}
+        out["hide_duplicates"] = {
+            "groups": duplicates.select("group_id").distinct().count(),
+            "largest_group": int(largest),
+            "depth": depth(settings, int(largest)),
+        }
     return out

@@ -8,8 +8,6 @@ to ``topk_exact``.
 
 from __future__ import annotations
 
-from typing import Optional
-
 import numpy as np
 
 from lookalike.neighbours.canonical import EMPTY_ID, EMPTY_SCORE, exact_scores, keep_best, tolerance
@@ -26,7 +24,7 @@ GROUP = 64
 COLUMN_GROUP = 16
 
 
-def kernel_inputs(queries, candidates, k: int, min_score: Optional[float]):
+def kernel_inputs(queries, candidates, k: int, min_score: float | None):
     """Shared start of both kernels: contiguous float32 inputs, empty (b, k) results, the float32
     error bound ``eps`` and the selection floor under ``min_score``."""
     queries = np.ascontiguousarray(queries, dtype=np.float32)
@@ -47,8 +45,15 @@ class Pool:
         self.scores = np.full((n_rows, k + POOL_MARGIN), EMPTY_SCORE, dtype=np.float32)
         self.ids = np.full((n_rows, k + POOL_MARGIN), EMPTY_ID, dtype=np.int64)
 
-    def offer(self, scores: np.ndarray, first: int, *, first_row: int = 0, across: bool = False,
-              exclude: Optional[np.ndarray] = None) -> None:
+    def offer(
+        self,
+        scores: np.ndarray,
+        first: int,
+        *,
+        first_row: int = 0,
+        across: bool = False,
+        exclude: np.ndarray | None = None,
+    ) -> None:
         """Keep what can still matter of one float32 sub-block. Pool rows first_row, ... are the
         rows of ``scores`` (``across``: its columns); the other axis holds positions first, ...
         ``exclude[row]`` is a position never kept for that row (its own), or -1."""
@@ -73,11 +78,19 @@ class Pool:
             np.concatenate([np.nonzero(kept)[0], rows]),
             np.concatenate([pool_i[kept], others.astype(np.int64) + first]),
             np.concatenate([pool_s[kept], picked]),
-            n, self.scores.shape[1],
+            n,
+            self.scores.shape[1],
         )
 
-    def finish(self, mine: np.ndarray, theirs: np.ndarray, min_score: Optional[float], sub_block: int,
-               exclude: Optional[np.ndarray] = None, rules=None) -> tuple[np.ndarray, np.ndarray]:
+    def finish(
+        self,
+        mine: np.ndarray,
+        theirs: np.ndarray,
+        min_score: float | None,
+        sub_block: int,
+        exclude: np.ndarray | None = None,
+        rules=None,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Canonical top-k of every pool row, ids as positions in ``theirs``: the pool entries that
         can be in it are rescored exactly, rows that overflowed with near-ties are redone. The
         pool rows' vectors are ``mine``, so both sides of ``topk_pair`` rescore a pair with its
@@ -96,8 +109,14 @@ class Pool:
         if overflow.any():
             redo = np.flatnonzero(overflow)
             best_s[redo], best_i[redo] = topk_exact(
-                mine[redo], theirs, k, self_index=None if exclude is None else exclude[redo],
-                min_score=min_score, sub_block=sub_block, rules=None if rules is None else rules.rows(redo))
+                mine[redo],
+                theirs,
+                k,
+                self_index=None if exclude is None else exclude[redo],
+                min_score=min_score,
+                sub_block=sub_block,
+                rules=None if rules is None else rules.rows(redo),
+            )
         return best_s, best_i
 
 
@@ -149,7 +168,7 @@ def _select(scores: np.ndarray, kth: np.ndarray, eps, floor, k: int, across: boo
     return _survivors(scores, maxima, threshold)
 
 
-def _group_maxima(scores: np.ndarray) -> Optional[np.ndarray]:
+def _group_maxima(scores: np.ndarray) -> np.ndarray | None:
     """(b, width // GROUP) maxima of the column groups j, j + g, j + 2g, ... (g = width // GROUP):
     one reduction over whole contiguous rows, far cheaper than comparing every score. None when
     the sub-block is too narrow or ragged for groups."""
@@ -176,7 +195,7 @@ def _threshold(scores, maxima, kth, eps, floor, k: int) -> np.ndarray:
     return threshold
 
 
-def _survivors(scores: np.ndarray, maxima: Optional[np.ndarray], threshold: np.ndarray):
+def _survivors(scores: np.ndarray, maxima: np.ndarray | None, threshold: np.ndarray):
     """(rows, columns) where scores >= threshold[row]. Survivors are rare: only the members of
     the groups whose maximum passes are compared one by one."""
     if maxima is None:
@@ -199,7 +218,7 @@ def _column_group(b: int, k: int) -> int:
     return size if b // size >= max(k, 4) else 0
 
 
-def _column_maxima(scores: np.ndarray, size: int) -> Optional[np.ndarray]:
+def _column_maxima(scores: np.ndarray, size: int) -> np.ndarray | None:
     """(width, g) maxima of the row groups i, i + g, ... (g = b // size) of the first g * size
     rows, per column; the rows left over (b not a multiple) are compared one by one. The
     reduction runs over whole contiguous rows, as on the row side."""
@@ -207,18 +226,18 @@ def _column_maxima(scores: np.ndarray, size: int) -> Optional[np.ndarray]:
         return None
     b, width = scores.shape
     g = b // size
-    lead = scores[:g * size].reshape(size, g, width)
+    lead = scores[: g * size].reshape(size, g, width)
     # Contiguous, so that partitioning and scanning it run along whole rows.
     return np.maximum.reduce(lead, axis=0).T.copy()
 
 
-def _column_survivors(scores: np.ndarray, maxima: Optional[np.ndarray], size: int, threshold: np.ndarray):
+def _column_survivors(scores: np.ndarray, maxima: np.ndarray | None, size: int, threshold: np.ndarray):
     """(columns, rows) where scores >= threshold[column], columns ascending. Flat indices
     throughout: np.nonzero on 2-d arrays is several times slower."""
     b, width = scores.shape
     grouped = 0 if maxima is None else maxima.shape[1] * size
     cols, rows = np.empty(0, np.int64), np.empty(0, np.int64)
-    if grouped:
+    if maxima is not None and grouped:
         # Hits in column order, members in row order within a hit: the columns come out sorted
         # and keep_best need not sort them.
         g = maxima.shape[1]
@@ -237,8 +256,8 @@ def topk_exact(
     candidates: np.ndarray,
     k: int,
     *,
-    self_index: Optional[np.ndarray] = None,
-    min_score: Optional[float] = None,
+    self_index: np.ndarray | None = None,
+    min_score: float | None = None,
     sub_block: int = SUB_BLOCK,
     rules=None,
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -267,6 +286,7 @@ def topk_exact(
             np.concatenate([np.nonzero(filled)[0], rows]),
             np.concatenate([best_i[filled], cols.astype(np.int64) + start]),
             np.concatenate([best_s[filled], exact]),
-            b, k,
+            b,
+            k,
         )
     return best_s, best_i

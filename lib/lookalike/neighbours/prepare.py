@@ -27,8 +27,10 @@ from lookalike.neighbours import rules, topk
 
 log = logging.getLogger(__name__)
 
-PREPARED = ("item_id string, model string, pooling string, weights string, dim int, length int, "
-            "is_candidate boolean, valid boolean, vector binary, codes array<bigint>")
+PREPARED = (
+    "item_id string, model string, pooling string, weights string, dim int, length int, "
+    "is_candidate boolean, valid boolean, vector binary, codes array<bigint>"
+)
 # The rows of PREPARED that may be recommended.
 USABLE = "valid AND is_candidate"
 # What must be equal for two embeddings to be comparable.
@@ -66,6 +68,7 @@ def partition_count(spark, embeddings, configured: int) -> int:
 # --------------------------------------------------------------------------------------------
 # 1. Order and normalise
 
+
 def _prepare_batches(batches):
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -81,7 +84,7 @@ def _prepare_batches(batches):
         for length in np.unique(lengths[lengths > 0]):
             rows = np.flatnonzero(lengths == length)
             if len(rows) == n and offsets[-1] - offsets[0] == n * length:  # the usual, contiguous case
-                matrix = values[offsets[0]:offsets[-1]].reshape(n, length)
+                matrix = values[offsets[0] : offsets[-1]].reshape(n, length)
             else:
                 matrix = values[offsets[rows][:, None] + np.arange(length)]
             unit, ok = topk.normalise(matrix)
@@ -90,11 +93,26 @@ def _prepare_batches(batches):
         field = batch.schema.get_field_index
         yield pa.RecordBatch.from_arrays(
             [batch.column(field(name)) for name in ("item_id", "model", "pooling", "weights")]
-            + [batch.column(field("dim")).cast(pa.int32()), pa.array(lengths, pa.int32()),
-               batch.column(field("is_candidate")), pa.array(valid), pa.array(blobs, pa.binary()),
-               batch.column(field("codes"))],
-            names=["item_id", "model", "pooling", "weights", "dim", "length", "is_candidate", "valid", "vector",
-                   "codes"],
+            + [
+                batch.column(field("dim")).cast(pa.int32()),
+                pa.array(lengths, pa.int32()),
+                batch.column(field("is_candidate")),
+                pa.array(valid),
+                pa.array(blobs, pa.binary()),
+                batch.column(field("codes")),
+            ],
+            names=[
+                "item_id",
+                "model",
+                "pooling",
+                "weights",
+                "dim",
+                "length",
+                "is_candidate",
+                "valid",
+                "vector",
+                "codes",
+            ],
         )
 
 
@@ -113,16 +131,22 @@ def ordered_items(embeddings, partitions: int, candidate_ids=None):
     if candidate_ids is None:
         rows = rows.withColumn("is_candidate", F.lit(True))
     else:
-        flagged = (candidate_ids.select(F.col("item_id").cast("string")).distinct()
-                   .withColumn("is_candidate", F.lit(True)))
-        rows = (rows.join(flagged, "item_id", "left")
-                .withColumn("is_candidate", F.coalesce(F.col("is_candidate"), F.lit(False))))
-    return (rows.repartitionByRange(partitions, "item_id").sortWithinPartitions("item_id")
-            .mapInArrow(_prepare_batches, PREPARED))
+        flagged = (
+            candidate_ids.select(F.col("item_id").cast("string")).distinct().withColumn("is_candidate", F.lit(True))
+        )
+        rows = rows.join(flagged, "item_id", "left").withColumn(
+            "is_candidate", F.coalesce(F.col("is_candidate"), F.lit(False))
+        )
+    return (
+        rows.repartitionByRange(partitions, "item_id")
+        .sortWithinPartitions("item_id")
+        .mapInArrow(_prepare_batches, PREPARED)
+    )
 
 
 # --------------------------------------------------------------------------------------------
 # 2. Inspect and validate
+
 
 def _inspect_batches(batches):
     import pyarrow as pa
@@ -144,15 +168,22 @@ def _inspect_batches(batches):
         invalid_sample += pc.filter(ids, pc.invert(table.column("valid"))).slice(0, SAMPLE_IDS).to_pylist()
         previous = ids[len(ids) - 1].as_py()
         usable = pc.and_(table.column("valid"), table.column("is_candidate"))
-        grouped = (table.append_column("candidate", usable).group_by(list(KIND))
-                   .aggregate([("valid", "count"), ("valid", "sum"), ("candidate", "sum")]))
+        grouped = (
+            table.append_column("candidate", usable)
+            .group_by(list(KIND))
+            .aggregate([("valid", "count"), ("valid", "sum"), ("candidate", "sum")])
+        )
         for row in grouped.to_pylist():
             counts = kinds.setdefault(tuple(row[c] for c in KIND), [0, 0, 0])
             counts[0] += row["valid_count"]
             counts[1] += row["valid_sum"] or 0
             counts[2] += row["candidate_sum"] or 0
-    stats = {"kinds": [[*key, *counts] for key, counts in kinds.items()], "duplicates": duplicates,
-             "duplicate_sample": duplicate_sample[:SAMPLE_IDS], "invalid_sample": invalid_sample[:SAMPLE_IDS]}
+    stats = {
+        "kinds": [[*key, *counts] for key, counts in kinds.items()],
+        "duplicates": duplicates,
+        "duplicate_sample": duplicate_sample[:SAMPLE_IDS],
+        "invalid_sample": invalid_sample[:SAMPLE_IDS],
+    }
     yield pa.RecordBatch.from_arrays([pa.array([json.dumps(stats)])], names=["stats"])
 
 
@@ -168,8 +199,13 @@ def inspect(ordered) -> dict:
             for j, value in enumerate((rows, valid, candidates)):
                 counts[j] += value
     return {
-        "kinds": sorted(({**dict(zip(KIND, key)), "rows": c[0], "valid": c[1], "candidates": c[2]}
-                         for key, c in kinds.items()), key=lambda g: -g["rows"]),
+        "kinds": sorted(
+            (
+                {**dict(zip(KIND, key, strict=True)), "rows": c[0], "valid": c[1], "candidates": c[2]}
+                for key, c in kinds.items()
+            ),
+            key=lambda g: -g["rows"],
+        ),
         "duplicates": sum(p["duplicates"] for p in parts),
         "duplicate_sample": [i for p in parts for i in p["duplicate_sample"]][:SAMPLE_IDS],
         "invalid_sample": [i for p in parts for i in p["invalid_sample"]][:SAMPLE_IDS],
@@ -186,17 +222,18 @@ def check_comparable(kinds: list[dict], table: str) -> dict:
         raise SchemaMismatchError(
             f"the embeddings table {table} mixes embeddings that cannot be compared: {a['rows']} rows "
             f"of {_kind(a)} and {b['rows']} rows of {_kind(b)}{more}. Re-run the embed job for the "
-            f"whole input with one model configuration, or point output.embeddings at one of them.")
+            f"whole input with one model configuration, or point output.embeddings at one of them."
+        )
     if real and real[0]["dim"] != real[0]["length"]:
         raise SchemaMismatchError(
             f"the embeddings table {table} is inconsistent: its dim column says {real[0]['dim']} but "
-            f"the embeddings hold {real[0]['length']} values ({_kind(real[0])}); re-run the embed job.")
+            f"the embeddings hold {real[0]['length']} values ({_kind(real[0])}); re-run the embed job."
+        )
     return real[0] if real else {}
 
 
 def _kind(group: dict) -> str:
-    return (f"model={group['model']} pooling={group['pooling']} weights={group['weights']} "
-            f"dim={group['length']}")
+    return f"model={group['model']} pooling={group['pooling']} weights={group['weights']} dim={group['length']}"
 
 
 def validate(seen: dict, ordered, candidate_ids, table: str) -> dict:
@@ -212,19 +249,28 @@ def validate(seen: dict, ordered, candidate_ids, table: str) -> dict:
     if seen["duplicates"]:
         raise InputError(
             f"the embeddings table {table} has {seen['duplicates']} duplicate item ids, e.g. "
-            f"{', '.join(map(repr, seen['duplicate_sample']))}; re-run the embed job")
+            f"{', '.join(map(repr, seen['duplicate_sample']))}; re-run the embed job"
+        )
     kind = check_comparable(kinds, table)
     valid = sum(g["valid"] for g in kinds)
     invalid = total - valid
     if invalid:
-        log.warning("%d of %d embeddings are left out (zero norm or non-finite values), e.g. %s",
-                    invalid, total, ", ".join(seen["invalid_sample"]))
+        log.warning(
+            "%d of %d embeddings are left out (zero norm or non-finite values), e.g. %s",
+            invalid,
+            total,
+            ", ".join(seen["invalid_sample"]),
+        )
     if not valid:
-        raise InputError(f"the embeddings table {table} has no usable vector: all {total} "
-                         f"have zero norm or non-finite values (e.g. {', '.join(seen['invalid_sample'])})")
+        raise InputError(
+            f"the embeddings table {table} has no usable vector: all {total} "
+            f"have zero norm or non-finite values (e.g. {', '.join(seen['invalid_sample'])})"
+        )
     if str(kind["weights"]).startswith("random-init"):
-        log.warning("the embeddings come from random-init weights (%s): these neighbours are not real "
-                    "recommendations", kind["weights"])
+        log.warning(
+            "the embeddings come from random-init weights (%s): these neighbours are not real recommendations",
+            kind["weights"],
+        )
 
     n_candidates = sum(g["candidates"] for g in kinds)
     unknown, unknown_sample = 0, []
@@ -235,20 +281,34 @@ def validate(seen: dict, ordered, candidate_ids, table: str) -> dict:
             usable = ordered.filter(USABLE).select("item_id")
             missing = wanted.join(usable, "item_id", "left_anti").limit(SAMPLE_IDS)
             unknown_sample = [r.item_id for r in missing.collect()]
-            log.warning("%d ids in neighbours.candidates have no usable embedding and cannot be "
-                        "recommended, e.g. %s", unknown, ", ".join(map(str, unknown_sample)))
+            log.warning(
+                "%d ids in neighbours.candidates have no usable embedding and cannot be recommended, e.g. %s",
+                unknown,
+                ", ".join(map(str, unknown_sample)),
+            )
         if not n_candidates:
-            raise InputError(f"neighbours.candidates matches no item with a usable embedding in "
-                             f"{table}; nothing could be recommended")
+            raise InputError(
+                f"neighbours.candidates matches no item with a usable embedding in "
+                f"{table}; nothing could be recommended"
+            )
     return {
-        "items": total, "queries": valid, "invalid": invalid, "invalid_sample": seen["invalid_sample"],
-        "candidates": n_candidates, "candidates_unknown": unknown, "candidates_unknown_sample": unknown_sample,
-        "model": kind["model"], "weights": kind["weights"], "pooling": kind["pooling"], "dim": kind["length"],
+        "items": total,
+        "queries": valid,
+        "invalid": invalid,
+        "invalid_sample": seen["invalid_sample"],
+        "candidates": n_candidates,
+        "candidates_unknown": unknown,
+        "candidates_unknown_sample": unknown_sample,
+        "model": kind["model"],
+        "weights": kind["weights"],
+        "pooling": kind["pooling"],
+        "dim": kind["length"],
     }
 
 
 # --------------------------------------------------------------------------------------------
 # 3. Where each partition's candidates start
+
 
 def _count_true(batches):
     import pyarrow as pa
@@ -258,13 +318,15 @@ def _count_true(batches):
     n = 0
     for batch in batches:
         n += int(pc.sum(batch.column(0)).as_py() or 0)
-    yield pa.RecordBatch.from_pylist([{"partition": TaskContext.get().partitionId(), "rows": n}],
-                                     schema=pa.schema([("partition", pa.int32()), ("rows", pa.int64())]))
+    yield pa.RecordBatch.from_pylist(
+        [{"partition": TaskContext.get().partitionId(), "rows": n}],
+        schema=pa.schema([("partition", pa.int32()), ("rows", pa.int64())]),
+    )
 
 
 def candidate_offsets(ordered) -> np.ndarray:
     """(partitions + 1,) global index of each partition's first usable candidate (a candidate's
-    global index is its rank by item_id, as in ``exact.candidate_chunks``)."""
+    global index is its rank by item_id, as in ``chunks.candidate_chunks``)."""
     flags = ordered.selectExpr(f"{USABLE} AS usable")
     counts = dict(flags.mapInArrow(_count_true, "partition int, rows long").collect())
     n = ordered.rdd.getNumPartitions()

@@ -14,7 +14,6 @@ nothing: such an item has no neighbours and is never recommended); every other c
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 
@@ -33,6 +32,10 @@ class Layout:
         return self.width > 0
 
 
+# No rules: the default of the scoring functions (a frozen Layout, so one instance serves all).
+NO_RULES = Layout()
+
+
 @dataclass(frozen=True)
 class Rules:
     """Codes of a block of queries and of the candidates they are scored against."""
@@ -41,10 +44,10 @@ class Rules:
     candidate: np.ndarray  # (m, width) int64
     same: bool
 
-    def rows(self, index) -> "Rules":
+    def rows(self, index) -> Rules:
         return Rules(self.query[index], self.candidate, self.same)
 
-    def columns(self, index) -> "Rules":
+    def columns(self, index) -> Rules:
         return Rules(self.query, self.candidate[index], self.same)
 
     def mask(self, scores: np.ndarray, first: int = 0) -> None:
@@ -53,7 +56,7 @@ class Rules:
         width = scores.shape[1]
         for j in range(self.query.shape[1]):
             q = self.query[:, j][:, None]
-            c = self.candidate[first:first + width, j][None, :]
+            c = self.candidate[first : first + width, j][None, :]
             if self.same and j == 0:
                 banned = (q != c) | (q == NULL)
             else:
@@ -61,14 +64,17 @@ class Rules:
             scores[banned] = -np.inf
 
 
-def make(layout: Layout, query_codes: Optional[np.ndarray], candidate_codes: Optional[np.ndarray]) -> Optional[Rules]:
+def make(layout: Layout, query_codes: np.ndarray | None, candidate_codes: np.ndarray | None) -> Rules | None:
     if not layout.active:
         return None
-    return Rules(np.asarray(query_codes, dtype=np.int64).reshape(-1, layout.width),
-                 np.asarray(candidate_codes, dtype=np.int64).reshape(-1, layout.width), layout.same)
+    return Rules(
+        np.asarray(query_codes, dtype=np.int64).reshape(-1, layout.width),
+        np.asarray(candidate_codes, dtype=np.int64).reshape(-1, layout.width),
+        layout.same,
+    )
 
 
-def codes_of(column, layout: Layout) -> Optional[np.ndarray]:
+def codes_of(column, layout: Layout) -> np.ndarray | None:
     """The (n, width) codes of an Arrow list<int64> column of PREPARED rows (None without rules)."""
     if not layout.active:
         return None

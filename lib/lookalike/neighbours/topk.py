@@ -28,15 +28,16 @@ item x item matrix serves the queries' top-k (its rows) and the candidates' top-
 from one matmul per sub-block. The rows run exactly as above. Each column's pool sees all of its
 query rows in that one sub-block, so its first bound comes from the maxima of strided groups of
 16 rows (fewer where k needs more groups), read in place rather than from a transposed copy
-(which would cost a quarter of the matmul). Rescoring uses the same ``exact_scores`` with the column's own vector first, so a column
-comes out bit for bit as ``topk_block(candidates, queries)`` would return it. The matmul is
+(which would cost a quarter of the matmul). Rescoring uses the same ``exact_scores`` with the
+column's own vector first, so a column comes out bit for bit as ``topk_block(candidates,
+queries)`` would return it. The matmul is
 shared, but the canonical rescoring of m x k column entries is not: at d = 512 it costs about
 half a matmul of the block (bench/neighbours.py, kernel section).
 """
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -45,9 +46,24 @@ import numpy as np
 from lookalike.neighbours.canonical import EMPTY_ID, EMPTY_SCORE, exact_scores, keep_best, normalise, tolerance
 from lookalike.neighbours.pool import POOL_MARGIN, SUB_BLOCK, Pool, kernel_inputs, sub_blocks
 
-__all__ = ["EMPTY_ID", "EMPTY_SCORE", "POOL_MARGIN", "SUB_BLOCK", "PairScorer", "exact_scores", "finish_rows",
-           "keep_best", "merge", "normalise", "offer_rows", "row_pool", "self_positions", "tolerance", "topk_block",
-           "topk_pair"]
+__all__ = [
+    "EMPTY_ID",
+    "EMPTY_SCORE",
+    "POOL_MARGIN",
+    "SUB_BLOCK",
+    "PairScorer",
+    "exact_scores",
+    "finish_rows",
+    "keep_best",
+    "merge",
+    "normalise",
+    "offer_rows",
+    "row_pool",
+    "self_positions",
+    "tolerance",
+    "topk_block",
+    "topk_pair",
+]
 
 
 def merge(scores: Sequence[np.ndarray], ids: Sequence[np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -67,9 +83,9 @@ def topk_block(
     candidates: np.ndarray,
     k: int,
     *,
-    self_index: Optional[np.ndarray] = None,
+    self_index: np.ndarray | None = None,
     offset: int = 0,
-    min_score: Optional[float] = None,
+    min_score: float | None = None,
     sub_block: int = SUB_BLOCK,
     rules=None,
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -99,7 +115,7 @@ def topk_pair(
     *,
     offset: int = 0,
     query_offset: int = 0,
-    min_score: Optional[float] = None,
+    min_score: float | None = None,
     sub_block: int = SUB_BLOCK,
 ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """Both directions of one block of the score matrix: the top-k candidates of each query, and
@@ -126,8 +142,7 @@ class PairScorer:
 
     Column ids are positions among all the queries added, in order (``add``'s ``first``)."""
 
-    def __init__(self, candidates: np.ndarray, k: int, *, min_score: Optional[float] = None,
-                 sub_block: int = SUB_BLOCK):
+    def __init__(self, candidates: np.ndarray, k: int, *, min_score: float | None = None, sub_block: int = SUB_BLOCK):
         self.candidates = np.ascontiguousarray(candidates, dtype=np.float32)
         self.k, self.min_score, self.sub_block = k, min_score, sub_block
         self.eps = np.float32(tolerance(self.candidates.shape[1]))
@@ -142,7 +157,7 @@ class PairScorer:
             return np.empty((0, self.candidates.shape[1]), dtype=np.float32)
         return np.concatenate(self._queries) if len(self._queries) > 1 else self._queries[0]
 
-    def add(self, queries: np.ndarray, first: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
+    def add(self, queries: np.ndarray, first: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The canonical top-k candidates of each query of this block (ids: candidate positions);
         the block's scores also feed the candidates' pools, as query positions first, first + 1, ..."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
@@ -155,9 +170,10 @@ class PairScorer:
         self.offer(queries, first, rows, 0)
         return rows.finish(queries, self.candidates, self.min_score, self.sub_block)
 
-    def offer(self, queries: np.ndarray, first: int, rows: Pool, row_first: int) -> None:
+    def offer(self, queries: np.ndarray, first: int, rows: Pool | None, row_first: int) -> None:
         """``add`` without finishing the rows: the block's scores go to the candidates' pools and
-        to ``rows``, a pool of these queries whose ids are positions ``row_first`` + candidate.
+        to ``rows``, a pool of these queries whose ids are positions ``row_first`` + candidate
+        (None only for a block with no queries or no candidates: nothing to score).
         A caller scoring the queries against several candidate ranges offers them all to one pool
         and finishes it once, as ``topk_block`` does across sub-blocks."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
@@ -167,6 +183,8 @@ class PairScorer:
         self.rows_added += len(queries)
         if len(queries) == 0 or len(self.candidates) == 0:
             return
+        if rows is None:
+            raise ValueError("a block with queries and candidates needs a pool for its rows")
         for start, scores in sub_blocks(queries, self.candidates, self.sub_block, None):
             rows.offer(scores, row_first + start)
             self.columns.offer(scores, first, first_row=start, across=True)
@@ -179,8 +197,9 @@ class PairScorer:
         m = len(self.candidates)
         if self.rows_added == 0 or m == 0:
             return (np.full((m, self.k), EMPTY_SCORE, dtype=np.float32), np.full((m, self.k), EMPTY_ID, dtype=np.int64))
-        return self.columns.finish(self.candidates, np.ascontiguousarray(queries, dtype=np.float32),
-                                   self.min_score, self.sub_block)
+        return self.columns.finish(
+            self.candidates, np.ascontiguousarray(queries, dtype=np.float32), self.min_score, self.sub_block
+        )
 
 
 def _shifted(ids: np.ndarray, offset: int) -> np.ndarray:
@@ -188,15 +207,21 @@ def _shifted(ids: np.ndarray, offset: int) -> np.ndarray:
     return ids
 
 
-def row_pool(n_rows: int, k: int, dim: int, min_score: Optional[float] = None) -> Pool:
+def row_pool(n_rows: int, k: int, dim: int, min_score: float | None = None) -> Pool:
     """An empty pool for ``n_rows`` queries, to be fed by ``offer_rows`` and ``PairScorer.offer``
     and finished with ``finish_rows``: one exact rescoring however many candidate ranges."""
     eps = np.float32(tolerance(dim))
     return Pool(n_rows, k, eps, np.float32(-np.inf if min_score is None else min_score - eps))
 
 
-def offer_rows(pool: Pool, queries: np.ndarray, candidates: np.ndarray, first: int,
-               self_index: Optional[np.ndarray] = None, sub_block: int = SUB_BLOCK) -> None:
+def offer_rows(
+    pool: Pool,
+    queries: np.ndarray,
+    candidates: np.ndarray,
+    first: int,
+    self_index: np.ndarray | None = None,
+    sub_block: int = SUB_BLOCK,
+) -> None:
     """``topk_block``'s selection of ``queries`` against ``candidates`` into ``pool``, ids being
     ``first`` + column; ``self_index`` as in topk_block (relative to ``candidates``)."""
     queries = np.ascontiguousarray(queries, dtype=np.float32)
@@ -205,12 +230,19 @@ def offer_rows(pool: Pool, queries: np.ndarray, candidates: np.ndarray, first: i
         pool.offer(scores, first + start, exclude=exclude)
 
 
-def finish_rows(pool: Pool, queries: np.ndarray, candidates: np.ndarray, min_score: Optional[float] = None,
-                self_index: Optional[np.ndarray] = None, sub_block: int = SUB_BLOCK):
+def finish_rows(
+    pool: Pool,
+    queries: np.ndarray,
+    candidates: np.ndarray,
+    min_score: float | None = None,
+    self_index: np.ndarray | None = None,
+    sub_block: int = SUB_BLOCK,
+):
     """Canonical top-k of every pool row; ids are positions in ``candidates`` (all the ranges
     offered, as one array); ``self_index`` here relative to ``candidates``."""
-    return pool.finish(np.ascontiguousarray(queries, dtype=np.float32), candidates, min_score, sub_block,
-                       exclude=self_index)
+    return pool.finish(
+        np.ascontiguousarray(queries, dtype=np.float32), candidates, min_score, sub_block, exclude=self_index
+    )
 
 
 def self_positions(query_ids: np.ndarray, candidate_ids: np.ndarray) -> np.ndarray:

@@ -14,8 +14,9 @@ def collect(spark, run_id: str, stage: str, n_queries: int, frame) -> list[dict]
     """Run ``frame`` under a progress watcher (tasks done -> share of queries done)."""
     progress = Progress(log, stage, n_queries, "queries")
     group = f"lookalike-neighbours-{run_id}-{stage.replace(' ', '-').replace('/', 'of')}"
-    with StageWatcher(spark, group, progress,
-                      lambda done, total: min(n_queries, int(n_queries * done / max(total, 1)))):
+    with StageWatcher(
+        spark, group, progress, lambda done, total: min(n_queries, int(n_queries * done / max(total, 1)))
+    ):
         rows = [row.asDict() for row in frame.collect()]
     progress.update(n_queries, force=True)
     return rows

@@ -4,8 +4,9 @@ by the tasks themselves, one Parquet file per partition (lookalike.io.partfiles)
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Optional
+from typing import Any
 
 import numpy as np
 
@@ -23,7 +24,7 @@ class Scored:
     already wrote the table, their WRITTEN rows; and its entries for the run summary."""
 
     partials: Any = None  # DataFrame of PARTIAL rows
-    written: Optional[list] = None  # WRITTEN rows as dicts
+    written: list | None = None  # WRITTEN rows as dicts
     summary: dict = field(default_factory=dict)
     phases: dict = field(default_factory=dict)  # seconds per phase
 
@@ -63,7 +64,7 @@ def _one_per_group(rows: np.ndarray, groups: np.ndarray, k: int) -> np.ndarray:
     return keep & (within < k)
 
 
-def rank_items(table, k: int, hide: Optional[HiddenGroups] = None):
+def rank_items(table, k: int, hide: HiddenGroups | None = None):
     """PARTIAL rows of whole items (any order) -> NEIGHBOURS rows: per item the k best in the
     canonical order (score descending, then smaller neighbour index), ranks 1..n, sorted by item.
     With ``hide``, the best ``hide.depth`` are kept one per near-duplicate group, then cut to k."""
@@ -75,8 +76,9 @@ def rank_items(table, k: int, hide: Optional[HiddenGroups] = None):
     ids = table.column("item_id").to_numpy(zero_copy_only=False)
     items, codes = np.unique(ids, return_inverse=True)
     index = table.column("neighbour_index").to_numpy()
-    best_s, best_i = topk.keep_best(codes, index, table.column("score").to_numpy(), len(items),
-                                    k if hide is None else hide.depth)
+    best_s, best_i = topk.keep_best(
+        codes, index, table.column("score").to_numpy(), len(items), k if hide is None else hide.depth
+    )
     present = best_i != topk.EMPTY_ID
     rows, slots = np.nonzero(present)
     # The neighbour id of each chosen index, found through any row that carries that index.
@@ -88,8 +90,15 @@ def rank_items(table, k: int, hide: Optional[HiddenGroups] = None):
         keep = _one_per_group(rows, hide.group_of(neighbour_ids.to_numpy(zero_copy_only=False)), k)
         rows, scores, neighbour_ids = rows[keep], scores[keep], neighbour_ids.filter(pa.array(keep))
         slots = np.arange(len(rows)) - np.searchsorted(rows, rows, side="left")
-    return pa.table([pa.array(items[rows], pa.string()), pa.array(slots + 1, pa.int32()),
-                     neighbour_ids, pa.array(scores, pa.float32())], schema=schema)
+    return pa.table(
+        [
+            pa.array(items[rows], pa.string()),
+            pa.array(slots + 1, pa.int32()),
+            neighbour_ids,
+            pa.array(scores, pa.float32()),
+        ],
+        schema=schema,
+    )
 
 
 def _whole_items(batches) -> Iterator:
@@ -116,7 +125,7 @@ def _whole_items(batches) -> Iterator:
         yield held
 
 
-def _write_function(directory: str, k: int, s3: Optional[S3Config], row_group_rows: int, hide_bc=None):
+def _write_function(directory: str, k: int, s3: S3Config | None, row_group_rows: int, hide_bc=None):
     def write(batches):
         import pyarrow as pa
         from pyspark import TaskContext
@@ -134,24 +143,49 @@ def _write_function(directory: str, k: int, s3: Optional[S3Config], row_group_ro
                     seen["items"] += int((ranked.column("rank").to_numpy() == 1).sum())
                 yield ranked
 
-        written = write_part(ranked_tables(), lambda: PartWriter(
-            directory, f"part-{partition:05d}.parquet", schemas.arrow_schema(schemas.NEIGHBOURS), s3,
-            row_group_rows, sorting_columns=("item_id", "rank")))
+        written = write_part(
+            ranked_tables(),
+            lambda: PartWriter(
+                directory,
+                f"part-{partition:05d}.parquet",
+                schemas.arrow_schema(schemas.NEIGHBOURS),
+                s3,
+                row_group_rows,
+                sorting_columns=("item_id", "rank"),
+            ),
+        )
         if written is None:
             return
         items, first, last = seen["items"], seen["first"], seen["last"]
         yield pa.RecordBatch.from_pylist(
-            [{"partition": partition, "path": written["path"], "rows": written["rows"], "items": items,
-              "row_groups": written["row_groups"], "first_id": first, "last_id": last}],
-            schema=pa.schema([("partition", pa.int32()), ("path", pa.string()), ("rows", pa.int64()),
-                              ("items", pa.int64()), ("row_groups", pa.int32()), ("first_id", pa.string()),
-                              ("last_id", pa.string())]))
+            [
+                {
+                    "partition": partition,
+                    "path": written["path"],
+                    "rows": written["rows"],
+                    "items": items,
+                    "row_groups": written["row_groups"],
+                    "first_id": first,
+                    "last_id": last,
+                }
+            ],
+            schema=pa.schema(
+                [
+                    ("partition", pa.int32()),
+                    ("path", pa.string()),
+                    ("rows", pa.int64()),
+                    ("items", pa.int64()),
+                    ("row_groups", pa.int32()),
+                    ("first_id", pa.string()),
+                    ("last_id", pa.string()),
+                ]
+            ),
+        )
 
     return write
 
 
-def score_and_write(queries, scorer, directory: str, k: int, s3: Optional[S3Config], row_group_rows: int,
-                    hide_bc=None):
+def score_and_write(queries, scorer, directory: str, k: int, s3: S3Config | None, row_group_rows: int, hide_bc=None):
     """``scorer`` (Arrow batches of ``queries`` -> PARTIAL batches, in item order) then
     ``write_ranked`` in the same Python function, for when one chunk holds every candidate: the
     partial rows never travel back to the JVM."""
@@ -159,22 +193,23 @@ def score_and_write(queries, scorer, directory: str, k: int, s3: Optional[S3Conf
     return queries.mapInArrow(lambda batches: writer(scorer(batches)), WRITTEN)
 
 
-def write_ranked(partials, directory: str, k: int, s3: Optional[S3Config], row_group_rows: int, hide_bc=None):
+def write_ranked(partials, directory: str, k: int, s3: S3Config | None, row_group_rows: int, hide_bc=None):
     """PARTIAL rows, range-partitioned and sorted by item_id -> one Parquet file per non-empty
     partition under ``directory``, row groups of about ``row_group_rows`` rows cut between items
     (neighbours.row_group_rows: what a point lookup reads); returns WRITTEN rows (one per file)."""
     return partials.mapInArrow(_write_function(directory, k, s3, row_group_rows, hide_bc), WRITTEN)
 
 
-def merge_and_write(partials, partitions: int, directory: str, k: int, s3: Optional[S3Config],
-                    row_group_rows: int, hide_bc=None):
+def merge_and_write(
+    partials, partitions: int, directory: str, k: int, s3: S3Config | None, row_group_rows: int, hide_bc=None
+):
     """PARTIAL rows in any order -> ``write_ranked`` once each item's rows are together, in
     ``partitions`` disjoint, sorted id ranges; returns WRITTEN rows."""
     merged = partials.repartitionByRange(partitions, "item_id").sortWithinPartitions("item_id")
     return write_ranked(merged, directory, k, s3, row_group_rows, hide_bc)
 
 
-def write_empty(directory: str, s3: Optional[S3Config]) -> None:
+def write_empty(directory: str, s3: S3Config | None) -> None:
     """One empty file, for when no item has a neighbour (e.g. min_score above every score): the
     table is still readable, with its schema."""
     PartWriter(directory, "part-00000.parquet", schemas.arrow_schema(schemas.NEIGHBOURS), s3).close()

@@ -23,37 +23,17 @@ import itertools
 import logging
 import os
 import shutil
-from typing import Optional
 
 from lookalike.config import S3Config
 from lookalike.errors import OutputError
-from lookalike.io.local import LocalStorage
-from lookalike.io.storage import Storage, StorageError, storage_for
-from lookalike.io.uris import file_uri, is_hadoop, is_s3, local_path, split_s3
+from lookalike.io.current import LATEST, LocalVersions, PointerVersions, read_text
+from lookalike.io.current import checked as _checked
+from lookalike.io.storage import Storage, storage_for
+from lookalike.io.uris import is_hadoop, is_s3
 
 log = logging.getLogger(__name__)
 
 SUMMARY = "_lookalike_summary.json"
-LATEST = "_LATEST"
-# Small files only: the pointer, a lock, a summary.
-_TEXT_MAX_BYTES = 16 * 1024**2
-
-
-def read_text(storage: Storage, uri: str) -> Optional[str]:
-    """The small text file at ``uri``; None when there is none."""
-    try:
-        return storage.read(uri, _TEXT_MAX_BYTES).decode("utf-8")
-    except StorageError as exc:
-        if exc.kind == "not_found":
-            return None
-        raise OutputError(f"cannot read {uri}: {exc.message}") from None
-
-
-def _checked(what: str, uri: str, operation, *args):
-    try:
-        return operation(*args)
-    except StorageError as exc:
-        raise OutputError(f"cannot {what} {uri}: {exc.message}") from None
 
 
 class _Layout:
@@ -73,61 +53,46 @@ class _Layout:
     def lock_create(self, text: str) -> bool:
         return _checked("create the lock", self.lock, self.storage.create_exclusive, self.lock, text.encode("utf-8"))
 
-    def lock_read(self) -> Optional[str]:
+    def lock_read(self) -> str | None:
         return read_text(self.storage, self.lock)
 
     def lock_delete(self) -> None:
         _checked("remove the lock", self.lock, self.storage.delete, self.lock)
 
 
-class LocalLayout(_Layout):
-    """A local output: versions are sibling directories, the output path is a symlink to one."""
+class LocalLayout(LocalVersions, _Layout):
+    """A local output: versions are sibling directories, the output path is a symlink to one
+    (finding the current one: io/current.py)."""
 
     def __init__(self, path: str):
-        self.shown = path
-        self.path = os.path.abspath(os.path.expanduser(local_path(path))).rstrip("/")
-        self.parent, self.name = os.path.split(self.path)
-        if not self.name:
-            raise OutputError(f"output path {path!r} has no name; use a directory such as output/embeddings")
-        self.versions = os.path.join(self.parent, f".{self.name}.versions")
+        super().__init__(path)
         self.lock = os.path.join(self.parent, f".{self.name}.lock")
-        self.storage = LocalStorage()
-
-    def version_path(self, version: str) -> str:
-        return os.path.join(self.versions, version)
-
-    def current(self) -> Optional[str]:
-        if not os.path.islink(self.path):
-            return None
-        target = os.path.realpath(self.path)
-        if os.path.dirname(target) != os.path.realpath(self.versions):
-            return None
-        return os.path.basename(target)
-
-    def read_location(self) -> str:
-        if self.current() is None:
-            return self.shown
-        real = os.path.realpath(self.path)
-        return file_uri(real) if self.shown.startswith("file://") else real
 
     def check(self) -> None:
         if os.path.islink(self.path):
             if self.current() is None:
                 raise OutputError(
                     f"output {self.shown} is a symbolic link to {os.readlink(self.path)}, which lookalike "
-                    f"did not make; remove the link or choose another output path")
+                    f"did not make; remove the link or choose another output path"
+                )
         elif os.path.isdir(self.path):
             foreign = [n for n in sorted(os.listdir(self.path)) if not _spark_output_name(n)]
             if foreign:
                 raise OutputError(
                     f"output {self.shown} is a directory that does not look like a lookalike table "
                     f"(it holds {', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}); "
-                    f"move it away or choose another output path")
-            log.warning("output %s is a plain directory from an older layout; it becomes the previous "
-                        "version (%s/legacy-...) when this run publishes", self.shown, self.versions)
+                    f"move it away or choose another output path"
+                )
+            log.warning(
+                "output %s is a plain directory from an older layout; it becomes the previous "
+                "version (%s/legacy-...) when this run publishes",
+                self.shown,
+                self.versions,
+            )
         elif os.path.lexists(self.path):
-            raise OutputError(f"output {self.shown} is a file, not a directory; move it away or choose "
-                              f"another output path")
+            raise OutputError(
+                f"output {self.shown} is a file, not a directory; move it away or choose another output path"
+            )
 
     def prepare_staging(self, version: str) -> str:
         # Only the parent: Spark's default save mode refuses a target directory that exists.
@@ -138,7 +103,7 @@ class LocalLayout(_Layout):
         path = self.version_path(version)
         return os.path.isdir(path) and any(n != SUMMARY for n in os.listdir(path))
 
-    def switch(self, version: str) -> Optional[str]:
+    def switch(self, version: str) -> str | None:
         """Point the output at ``version``; returns the version it replaced (kept as the previous)."""
         previous = self.current()
         if os.path.isdir(self.path) and not os.path.islink(self.path):
@@ -153,9 +118,6 @@ class LocalLayout(_Layout):
         os.replace(link, self.path)  # the one step readers can observe
         _fsync_dir(self.parent)
         return previous
-
-    def versions_list(self) -> list[str]:
-        return sorted(os.listdir(self.versions)) if os.path.isdir(self.versions) else []
 
     def remove_version(self, version: str) -> None:
         # Rename first: a reader still inside this version then fails on its next file instead of
@@ -192,49 +154,31 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-class PointerLayout(_Layout):
+class PointerLayout(PointerVersions, _Layout):
     """An output on S3 or HDFS: no atomic directory rename there, so a small pointer object
-    ``<path>/_LATEST`` names the current version and is written after the version is complete."""
+    ``<path>/_LATEST`` names the current version and is written after the version is complete
+    (reading it: io/current.py)."""
 
     def __init__(self, path: str, storage: Storage):
-        self.shown = path
-        self.path = path.rstrip("/")
-        if is_s3(self.path) and not split_s3(self.path)[1]:
-            raise OutputError(f"output {path!r} is a bucket; use a prefix such as s3://bucket/lookalike/embeddings")
-        parent, _, self.name = self.path.rpartition("/")
-        self.versions = f"{parent}/.{self.name}.versions"
-        self.lock = f"{parent}/.{self.name}.lock"
-        self.pointer = f"{self.path}/{LATEST}"
-        self.storage = storage
-
-    def version_path(self, version: str) -> str:
-        return f"{self.versions}/{version}"
+        super().__init__(path, storage)
+        self.lock = f"{self.parent}/.{self.name}.lock"
 
     def _keys(self, uri: str, limit: int) -> list[str]:
         return _checked("list", uri, lambda: [e.uri for e in itertools.islice(self.storage.list(uri), limit)])
 
-    def _pointed(self) -> Optional[str]:
-        text = read_text(self.storage, self.pointer)
-        return text.strip().rstrip("/") if text and text.strip() else None
-
-    def current(self) -> Optional[str]:
-        target = self._pointed()
-        if target is None or target.rpartition("/")[0] != self.versions:
-            return None
-        return target.rpartition("/")[2]
-
-    def read_location(self) -> str:
-        return self._pointed() or self.shown
-
     def check(self) -> None:
         # Hidden names are our own (an HDFS pointer being replaced), never an older layout's.
-        others = [k for k in self._keys(self.path, 5) if not k.rpartition("/")[2].startswith(".")
-                  and k.rpartition("/")[2] != LATEST]
+        others = [
+            k
+            for k in self._keys(self.path, 5)
+            if not k.rpartition("/")[2].startswith(".") and k.rpartition("/")[2] != LATEST
+        ]
         if others:
             raise OutputError(
                 f"output {self.shown} holds objects from an older layout (e.g. {others[0]}); a run "
                 f"publishes by writing {self.pointer} and would leave them behind. Move them away "
-                f"(aws s3 mv --recursive {self.path}/ {self.path}-old/) or choose another output path")
+                f"(aws s3 mv --recursive {self.path}/ {self.path}-old/) or choose another output path"
+            )
 
     def prepare_staging(self, version: str) -> str:
         _checked("create", self.versions, self.storage.make_dirs, self.versions)
@@ -243,16 +187,14 @@ class PointerLayout(_Layout):
     def staged(self, version: str) -> bool:
         return any(k.rpartition("/")[2] != SUMMARY for k in self._keys(self.version_path(version), 2))
 
-    def switch(self, version: str) -> Optional[str]:
+    def switch(self, version: str) -> str | None:
         previous = self.current()
         # One PUT on S3 (readers see the old pointer or the new one); on HDFS a move that
         # replaces the old file in two steps, which resolve() rides out.
-        _checked("write", self.pointer, self.storage.write, self.pointer,
-                 (self.version_path(version) + "\n").encode("utf-8"))
+        _checked(
+            "write", self.pointer, self.storage.write, self.pointer, (self.version_path(version) + "\n").encode("utf-8")
+        )
         return previous
-
-    def versions_list(self) -> list[str]:
-        return _checked("list", self.versions, self.storage.list_dirs, self.versions)
 
     def remove_version(self, version: str) -> None:
         _checked("delete", self.version_path(version), self.storage.delete_prefix, self.version_path(version))
@@ -261,7 +203,7 @@ class PointerLayout(_Layout):
         pass
 
 
-def layout_for(path: str, s3: Optional[S3Config] = None):
+def layout_for(path: str, s3: S3Config | None = None) -> LocalLayout | PointerLayout:
     """The layout of the output at ``path``: a LocalLayout or a PointerLayout."""
     if is_s3(path) or is_hadoop(path):
         return PointerLayout(path, storage_for(path, s3))

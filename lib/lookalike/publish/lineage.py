@@ -6,12 +6,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from typing import Iterable, Optional
+from collections.abc import Iterable
 
 from lookalike.config import S3Config
+from lookalike.io.current import current_version
 from lookalike.io.storage import Entry, StorageError, storage_for
 from lookalike.publish.summary import read_summary
-from lookalike.publish.versions import current_version
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ def content_id(embeddings) -> str:
     return f"{row['rows']}-{(row['hash'] or 0) & 0xFFFFFFFFFFFFFFFF:016x}"
 
 
-def embeddings_identity(path: str, s3: Optional[S3Config] = None) -> Optional[str]:
+def embeddings_identity(path: str, s3: S3Config | None = None) -> str | None:
     """What a job reading the embeddings table at ``path`` records as its input: the content id
     from the table's summary (the version id for tables written before content ids existed)."""
     summary = read_summary(path, s3)
@@ -37,15 +37,18 @@ def embeddings_identity(path: str, s3: Optional[S3Config] = None) -> Optional[st
     return current_version(path, s3)
 
 
-def files_identity(uri: str, s3: Optional[S3Config] = None) -> Optional[str]:
+def files_identity(uri: str, s3: S3Config | None = None) -> str | None:
     """An id of the data files under ``uri`` (or of the file ``uri``) as they are now, for a table
     the job reads by path: what a replaced, added or removed file changes. None, with the reason
     logged, when the files cannot be listed or there are none."""
     try:
         entries = list(storage_for(uri, s3).list(uri))
     except (StorageError, OSError) as exc:
-        log.warning("cannot list %s to tell whether it changed (%s); the job will recompute", uri,
-                    exc.message if isinstance(exc, StorageError) else exc)
+        log.warning(
+            "cannot list %s to tell whether it changed (%s); the job will recompute",
+            uri,
+            exc.message if isinstance(exc, StorageError) else exc,
+        )
         return None
     identity = entries_identity(entries)
     if identity is None:
@@ -53,7 +56,7 @@ def files_identity(uri: str, s3: Optional[S3Config] = None) -> Optional[str]:
     return identity
 
 
-def entries_identity(entries: Iterable[Entry]) -> Optional[str]:
+def entries_identity(entries: Iterable[Entry]) -> str | None:
     """``files_identity`` of listed files: a hash of every data file's key, size and version (S3
     ETag, or size-mtime), in key order so that listing order does not matter."""
     files = sorted((e.key, e.size, e.version) for e in entries if not _bookkeeping(e.key))
@@ -68,7 +71,7 @@ def _bookkeeping(key: str) -> bool:
     return any(part.startswith(("_", ".")) for part in key.split("/"))
 
 
-def unchanged_since(output: str, inputs: dict, s3: Optional[S3Config] = None) -> Optional[dict]:
+def unchanged_since(output: str, inputs: dict, s3: S3Config | None = None) -> dict | None:
     """The summary of the version published at ``output`` if it was computed from exactly
     ``inputs`` (the dict the job stored under "inputs" in that summary), else None.
 

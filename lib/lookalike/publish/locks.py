@@ -9,7 +9,6 @@ import logging
 import os
 import socket
 import time
-from typing import Optional
 
 from lookalike.errors import OutputLockedError
 
@@ -21,13 +20,18 @@ STALE_LOCK_HOURS = 24.0
 
 def owner_text(run_id: str) -> str:
     """What a lock file holds: enough to find the run that took it, and to tell if it still runs."""
-    owner = {"host": socket.gethostname(), "pid": os.getpid(), "pid_start": process_start(os.getpid()),
-             "run_id": run_id, "started": time.time(),
-             "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    owner = {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "pid_start": process_start(os.getpid()),
+        "run_id": run_id,
+        "started": time.time(),
+        "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
     return json.dumps(owner, sort_keys=True)
 
 
-def owner_of(text: Optional[str]) -> dict:
+def owner_of(text: str | None) -> dict:
     """The owner a lock's text names; {} when it names none (unreadable or foreign)."""
     try:
         value = json.loads(text or "")
@@ -36,7 +40,7 @@ def owner_of(text: Optional[str]) -> dict:
     return value if isinstance(value, dict) else {}
 
 
-def process_start(pid: int) -> Optional[str]:
+def process_start(pid: int) -> str | None:
     """The start time of ``pid`` in clock ticks (Linux), to tell a live owner from a reused pid."""
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
@@ -45,7 +49,7 @@ def process_start(pid: int) -> Optional[str]:
         return None
 
 
-def owner_alive(owner: dict) -> Optional[bool]:
+def owner_alive(owner: dict) -> bool | None:
     """True/False when the lock's owner runs on this host; None when that cannot be known here."""
     if owner.get("host") != socket.gethostname() or not isinstance(owner.get("pid"), int):
         return None
@@ -60,24 +64,28 @@ def owner_alive(owner: dict) -> Optional[bool]:
     return not (start and process_start(pid) not in (None, start))
 
 
-def _age(started: Optional[float]) -> str:
+def _age(started: float | None) -> str:
     if not isinstance(started, (int, float)):
         return "unknown time"
     hours = max(0.0, time.time() - started) / 3600
     return f"{hours * 60:.0f} min" if hours < 2 else f"{hours:.1f} h"
 
 
-def locked_message(path: str, lock: str, text: Optional[str], force_refused: bool) -> str:
+def locked_message(path: str, lock: str, text: str | None, force_refused: bool) -> str:
     """Why ``path`` cannot be written now, and what the user can do about it."""
     try:
         owner = json.loads(text or "")
         assert isinstance(owner, dict)
     except (ValueError, AssertionError):
-        return (f"output {path} is locked by {lock}, which cannot be read ({(text or '')[:80]!r}). "
-                f"If no run is writing this output, rerun with --set output.force_unlock=true")
-    head = (f"output {path} is locked by run {owner.get('run_id')} (host {owner.get('host')}, pid "
-            f"{owner.get('pid')}) since {owner.get('started_at')}, {_age(owner.get('started'))} ago "
-            f"[lock {lock}].")
+        return (
+            f"output {path} is locked by {lock}, which cannot be read ({(text or '')[:80]!r}). "
+            f"If no run is writing this output, rerun with --set output.force_unlock=true"
+        )
+    head = (
+        f"output {path} is locked by run {owner.get('run_id')} (host {owner.get('host')}, pid "
+        f"{owner.get('pid')}) since {owner.get('started_at')}, {_age(owner.get('started'))} ago "
+        f"[lock {lock}]."
+    )
     alive = owner_alive(owner)
     if alive:
         tail = " That process is still running on this host: wait for it to finish"
@@ -85,13 +93,18 @@ def locked_message(path: str, lock: str, text: Optional[str], force_refused: boo
             tail += " (output.force_unlock=true never removes the lock of a live process)"
         return head + tail + "."
     if alive is False:
-        return (head + f" pid {owner.get('pid')} no longer runs on this host: the run crashed or was "
-                "killed, and nothing it wrote is visible to readers. Rerun with "
-                "--set output.force_unlock=true to remove the stale lock.")
+        return (
+            head + f" pid {owner.get('pid')} no longer runs on this host: the run crashed or was "
+            "killed, and nothing it wrote is visible to readers. Rerun with "
+            "--set output.force_unlock=true to remove the stale lock."
+        )
     stale = isinstance(owner.get("started"), (int, float)) and time.time() - owner["started"] > STALE_LOCK_HOURS * 3600
-    return (head + (f" It is older than {STALE_LOCK_HOURS:.0f} h and probably stale." if stale else "")
-            + " If that run is no longer running (killed, or its cluster is gone), rerun with "
-            "--set output.force_unlock=true to remove the lock.")
+    return (
+        head
+        + (f" It is older than {STALE_LOCK_HOURS:.0f} h and probably stale." if stale else "")
+        + " If that run is no longer running (killed, or its cluster is gone), rerun with "
+        "--set output.force_unlock=true to remove the lock."
+    )
 
 
 def take(layout, run_id: str, force_unlock: bool) -> None:

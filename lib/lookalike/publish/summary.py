@@ -5,17 +5,16 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Optional
 
 from lookalike.config import S3Config
+from lookalike.io.current import read_text, resolve
 from lookalike.io.storage import storage_for
-from lookalike.publish.layouts import SUMMARY, read_text
-from lookalike.publish.versions import resolve
+from lookalike.publish.layouts import SUMMARY
 
 log = logging.getLogger(__name__)
 
 
-def read_summary(path: str, s3: Optional[S3Config] = None) -> Optional[dict]:
+def read_summary(path: str, s3: S3Config | None = None) -> dict | None:
     """The ``_lookalike_summary.json`` of the current version of ``path``; None when there is none."""
     where = resolve(path, s3).rstrip("/") + "/" + SUMMARY
     text = read_text(storage_for(where, s3), where)

@@ -3,9 +3,10 @@ in one step, and a lock keeps two runs from writing the same output.
 
 A run writes into a version directory that no reader knows about yet and publishes it with one
 rename (local) or one PUT (S3); readers see the previous complete version or the new one, never a
-mix. Local readers can keep reading ``<dir>/<name>``; on S3 and HDFS they call :func:`resolve`.
-The current and the previous version are kept, so that a reader that resolved the path just before
-a switch can finish; older versions and what crashed runs left behind go at the next publish.
+mix. Local readers can keep reading ``<dir>/<name>``; on S3 and HDFS they call
+``lookalike.publish.resolve`` (io/current.py, the read side, below publish/). The current and
+the previous version are kept, so that a reader that resolved the path just before a switch can
+finish; older versions and what crashed runs left behind go at the next publish.
 The layout on disk and on S3 is described in publish/layouts.py.
 """
 
@@ -13,43 +14,13 @@ from __future__ import annotations
 
 import json
 import logging
-import time
-from typing import Optional
 
 from lookalike.config import S3Config
 from lookalike.errors import OutputError
-from lookalike.io.uris import is_hadoop
 from lookalike.publish import locks
-from lookalike.publish.layouts import SUMMARY, PointerLayout, layout_for
+from lookalike.publish.layouts import SUMMARY, layout_for
 
 log = logging.getLogger(__name__)
-
-
-def resolve(path: str, s3: Optional[S3Config] = None) -> str:
-    """The location readers should read for the current version of the table at ``path``.
-
-    Local outputs resolve to the version directory behind the symlink (so that a read started now
-    keeps one version even if a run publishes meanwhile); S3/HDFS outputs to the URI in
-    ``_LATEST``. A path without a published version (older layout, or missing) is returned as is.
-    """
-    layout = layout_for(path, s3)
-    target = layout.read_location()
-    if target == layout.shown and isinstance(layout, PointerLayout) and is_hadoop(path):
-        # HDFS replaces the pointer in two steps: versions without a pointer means we looked in
-        # between; look again.
-        for _ in range(10):
-            if not layout.versions_list():
-                break
-            time.sleep(0.2)
-            target = layout.read_location()
-            if target != layout.shown:
-                break
-    return target
-
-
-def current_version(path: str, s3: Optional[S3Config] = None) -> Optional[str]:
-    """The version id (the run id of the run that published it) at ``path``; None if none."""
-    return layout_for(path, s3).current()
 
 
 class OutputSet:
@@ -62,8 +33,9 @@ class OutputSet:
     were; the locks are released either way.
     """
 
-    def __init__(self, spark, targets: dict[str, str], run_id: str, force_unlock: bool = False,
-                 s3: Optional[S3Config] = None):
+    def __init__(
+        self, spark, targets: dict[str, str], run_id: str, force_unlock: bool = False, s3: S3Config | None = None
+    ):
         self.spark = spark  # kept for callers' symmetry; publishing itself needs no Spark
         self.targets, self.run_id, self.force_unlock = dict(targets), run_id, force_unlock
         self.locations = {name: layout_for(path, s3) for name, path in self.targets.items()}
@@ -72,7 +44,7 @@ class OutputSet:
         self._switched: set[str] = set()
         self.committed = False
 
-    def __enter__(self) -> "OutputSet":
+    def __enter__(self) -> OutputSet:
         try:
             for name in sorted(self.targets):
                 location = self.locations[name]
@@ -97,13 +69,15 @@ class OutputSet:
             self._staged.add(name)
         return location.version_path(self.run_id)
 
-    def commit(self, summaries: Optional[dict[str, dict]] = None) -> None:
+    def commit(self, summaries: dict[str, dict] | None = None) -> None:
         """Write the summaries into the staged versions, then switch every output to them."""
         missing = [n for n, loc in self.locations.items() if not loc.staged(self.run_id)]
         if missing:
             raise OutputError(f"nothing was written for {', '.join(missing)} in this run; publishing nothing")
         for name, summary in (summaries or {}).items():
-            self.locations[name].put_text(self.run_id, SUMMARY, json.dumps(summary, indent=2, sort_keys=True, default=str))
+            self.locations[name].put_text(
+                self.run_id, SUMMARY, json.dumps(summary, indent=2, sort_keys=True, default=str)
+            )
         for name in sorted(self.targets):
             location = self.locations[name]
             previous = location.switch(self.run_id)

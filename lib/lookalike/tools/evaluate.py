@@ -25,7 +25,7 @@ import json
 import logging
 import math
 import os
-from typing import Iterable, Mapping, Optional, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -114,8 +114,9 @@ class Tally:
         self.unlabelled_queries += int((~labelled).sum())
         size = len(self.label_names)
         self.queries += np.bincount(query[labelled], minlength=size)
-        self.hits += np.bincount(query[labelled], (cumulative[starts + sizes] - cumulative[starts])[labelled],
-                                 minlength=size).astype(np.int64)
+        self.hits += np.bincount(
+            query[labelled], (cumulative[starts + sizes] - cumulative[starts])[labelled], minlength=size
+        ).astype(np.int64)
         self.unlabelled += np.bincount(owner[(neighbour < 0) & (owner >= 0)], minlength=size)
         self.ap_parts.append((query[labelled], ap[labelled]))
 
@@ -139,7 +140,8 @@ class Tally:
                 continue
             unlabelled_neighbours += int(self.unlabelled[code])
             per_label[label] = {
-                "queries": queries, "items": int(size_of[code]),
+                "queries": queries,
+                "items": int(size_of[code]),
                 # Sums over the label's queries, divided by its query count below.
                 "precision_at_k": int(self.hits[code]) / k,
                 "recall_at_k": int(self.hits[code]) / n_relevant,
@@ -157,10 +159,16 @@ class Tally:
         for figures in per_label.values():
             for name in METRICS:
                 figures[name] /= figures["queries"]
-        return {"k": k, "queries": total, "items": n_items, "label_count": int((size_of > 0).sum()),
-                **overall, "per_label": per_label,
-                "skipped": {"unlabelled_queries": self.unlabelled_queries, "no_other_item_with_label": no_relevant},
-                "unlabelled_neighbours": unlabelled_neighbours}
+        return {
+            "k": k,
+            "queries": total,
+            "items": n_items,
+            "label_count": int((size_of > 0).sum()),
+            **overall,
+            "per_label": per_label,
+            "skipped": {"unlabelled_queries": self.unlabelled_queries, "no_other_item_with_label": no_relevant},
+            "unlabelled_neighbours": unlabelled_neighbours,
+        }
 
     def _positions(self, ids) -> np.ndarray:
         if hasattr(ids, "to_numpy"):
@@ -176,8 +184,9 @@ class Tally:
         return np.where(known, self.codes[np.where(known, found, 0)] if len(self.codes) else -1, -1)
 
 
-def evaluate(rankings: Mapping[str, Sequence], labels: Mapping[str, str], k: int,
-             universe: Optional[Iterable[str]] = None) -> dict:
+def evaluate(
+    rankings: Mapping[str, Sequence], labels: Mapping[str, str], k: int, universe: Iterable[str] | None = None
+) -> dict:
     """Metrics of ``rankings`` ({item: [neighbour_id or (neighbour_id, score), ...] best first}).
 
     ``universe``: the items a ranking could draw from (default: every item named in
@@ -207,21 +216,30 @@ def _neighbour_id(entry) -> str:
 def format_table(result: dict) -> str:
     k = result["k"]
     width = max([len("label"), len("all")] + [len(label) for label in result["per_label"]])
-    head = f"{'label':<{width}}  {'queries':>7}  {f'precision@{k}':>12}  {f'recall@{k}':>10}  {f'mAP@{k}':>8}  {'chance':>7}"
+    head = (
+        f"{'label':<{width}}  {'queries':>7}  "
+        f"{f'precision@{k}':>12}  {f'recall@{k}':>10}  {f'mAP@{k}':>8}  {'chance':>7}"
+    )
     lines = [head, "-" * len(head)]
 
     def line(name: str, figures: dict) -> str:
-        return (f"{name:<{width}}  {figures['queries']:>7}  {figures['precision_at_k']:>12.3f}  "
-                f"{figures['recall_at_k']:>10.3f}  {figures['map_at_k']:>8.3f}  {figures['chance']:>7.3f}")
+        return (
+            f"{name:<{width}}  {figures['queries']:>7}  {figures['precision_at_k']:>12.3f}  "
+            f"{figures['recall_at_k']:>10.3f}  {figures['map_at_k']:>8.3f}  {figures['chance']:>7.3f}"
+        )
 
     lines += [line(label, figures) for label, figures in result["per_label"].items()]
     lines += ["-" * len(head), line("all", result)]
     skipped = result["skipped"]
-    notes = [f"{result['queries']} queries over {result['items']} labelled items in {result['label_count']} labels; "
-             f"chance = expected precision@{k} of a random ranking"]
+    notes = [
+        f"{result['queries']} queries over {result['items']} labelled items in {result['label_count']} labels; "
+        f"chance = expected precision@{k} of a random ranking"
+    ]
     if skipped["unlabelled_queries"] or skipped["no_other_item_with_label"]:
-        notes.append(f"left out: {skipped['unlabelled_queries']} queries without a label, "
-                     f"{skipped['no_other_item_with_label']} whose label has no other item")
+        notes.append(
+            f"left out: {skipped['unlabelled_queries']} queries without a label, "
+            f"{skipped['no_other_item_with_label']} whose label has no other item"
+        )
     if result["unlabelled_neighbours"]:
         notes.append(f"{result['unlabelled_neighbours']} neighbours had no label and counted as not relevant")
     return "\n".join(lines + notes)
@@ -229,15 +247,22 @@ def format_table(result: dict) -> str:
 
 def add_arguments(parser) -> None:
     parser.add_argument("--neighbours", required=True, metavar="PATH", help="the neighbour table (Parquet)")
-    parser.add_argument("--labels", required=True, metavar="CSV",
-                        help="CSV with columns item_id,label or path,label (path: relative to input.uri)")
+    parser.add_argument(
+        "--labels",
+        required=True,
+        metavar="CSV",
+        help="CSV with columns item_id,label or path,label (path: relative to input.uri)",
+    )
     parser.add_argument("-k", type=int, default=10, help="evaluate the top k neighbours (default 10)")
     parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON to PATH")
-    parser.add_argument("--embeddings", metavar="PATH",
-                        help="the embeddings table: its items define the catalogue (default: the items "
-                             "named in the neighbour table)")
-    parser.add_argument("--id-regex", metavar="REGEX",
-                        help="turn label paths into ids with this regex (the embed job's input.id_regex)")
+    parser.add_argument(
+        "--embeddings",
+        metavar="PATH",
+        help="the embeddings table: its items define the catalogue (default: the items named in the neighbour table)",
+    )
+    parser.add_argument(
+        "--id-regex", metavar="REGEX", help="turn label paths into ids with this regex (the embed job's input.id_regex)"
+    )
     parser.add_argument("--config", metavar="FILE", help="YAML config, for the S3 settings of s3:// tables")
     parser.add_argument("--s3-endpoint-url", metavar="URL", help="S3-compatible endpoint (overrides the config)")
 
@@ -261,8 +286,9 @@ def command(args) -> int:
             tally.name(batch.column(0))
         random_init = any(str(w).startswith("random-init") for w in embedded.distinct("weights"))
     # Every list counts, so the whole table is read, but a few row groups at a time and without scores.
-    for query_ids, sizes, neighbour_ids, _ in tables.iter_ranked_lists(neighbours, args.k,
-                                                                    columns=["item_id", "rank", "neighbour_id"]):
+    for query_ids, sizes, neighbour_ids, _ in tables.iter_ranked_lists(
+        neighbours, args.k, columns=["item_id", "rank", "neighbour_id"]
+    ):
         tally.add(query_ids, sizes, neighbour_ids)
     if not tally.lists:
         raise InputError(f"the neighbour table {args.neighbours} has no rows")
@@ -271,8 +297,10 @@ def command(args) -> int:
     result["labels_file"] = args.labels
     print(format_table(result))
     if random_init:
-        print("note: the embeddings were computed with random-init weights; these figures say nothing "
-              "about recommendation quality (use model.weights=imagenet)")
+        print(
+            "note: the embeddings were computed with random-init weights; these figures say nothing "
+            "about recommendation quality (use model.weights=imagenet)"
+        )
     if args.json:
         directory = os.path.dirname(os.path.abspath(args.json))
         os.makedirs(directory, exist_ok=True)

@@ -9,7 +9,6 @@ columns (``split``, ...) are ignored.
 from __future__ import annotations
 
 import re
-from typing import Optional
 
 from lookalike.config import S3Config
 from lookalike.embed.listing import item_id_for
@@ -23,7 +22,7 @@ HEADER_BLOCK = 1 << 20
 BLOCK = 4 << 20
 
 
-def load_labels(path: str, id_regex: Optional[str] = None, s3: Optional[S3Config] = None) -> dict[str, str]:
+def load_labels(path: str, id_regex: str | None = None, s3: S3Config | None = None) -> dict[str, str]:
     """{item_id: label} from a local, s3:// or hdfs:// CSV, streamed a block at a time with only
     the id and label columns parsed. Conflicting labels for one item are an error naming the item."""
     import pyarrow as pa
@@ -35,8 +34,14 @@ def load_labels(path: str, id_regex: Optional[str] = None, s3: Optional[S3Config
         raise InputError(f"--id-regex {id_regex!r} is not a valid regular expression ({exc})") from None
     parse = csv.ParseOptions(newlines_in_values=True)
     with _open(path, s3) as stream:
-        header = _read(path, lambda: csv.open_csv(
-            stream, read_options=csv.ReadOptions(block_size=HEADER_BLOCK), parse_options=parse).schema.names)
+        header = _read(
+            path,
+            lambda: (
+                csv.open_csv(
+                    stream, read_options=csv.ReadOptions(block_size=HEADER_BLOCK), parse_options=parse
+                ).schema.names
+            ),
+        )
     raw = {name.strip(): name for name in header}
     id_column = "item_id" if "item_id" in raw else "path" if "path" in raw else None
     if id_column is None or "label" not in raw:
@@ -49,11 +54,15 @@ def load_labels(path: str, id_regex: Optional[str] = None, s3: Optional[S3Config
     labels: dict[str, str] = {}
     line = 1
     with _open(path, s3) as stream:
-        reader = _read(path, lambda: csv.open_csv(stream, read_options=csv.ReadOptions(block_size=BLOCK),
-                                                  parse_options=parse, convert_options=convert))
+        reader = _read(
+            path,
+            lambda: csv.open_csv(
+                stream, read_options=csv.ReadOptions(block_size=BLOCK), parse_options=parse, convert_options=convert
+            ),
+        )
         for batch in _batches(path, reader):
             ids, names = (batch.column(c).to_pylist() for c in wanted)
-            for raw_id, label in zip(ids, names):
+            for raw_id, label in zip(ids, names, strict=True):
                 line += 1
                 raw_id, label = (raw_id or "").strip(), (label or "").strip()
                 if not raw_id and not label:
@@ -64,14 +73,15 @@ def load_labels(path: str, id_regex: Optional[str] = None, s3: Optional[S3Config
                     item_id = item_id_for(raw_id.replace("\\", "/").removeprefix("./"), pattern)
                     if not item_id:
                         raise InputError(
-                            f"labels file {path}, line {line}: path {raw_id!r} does not match "
-                            f"--id-regex {id_regex!r}")
+                            f"labels file {path}, line {line}: path {raw_id!r} does not match --id-regex {id_regex!r}"
+                        )
                 else:
                     item_id = raw_id
                 if labels.get(item_id, label) != label:
                     raise InputError(
                         f"labels file {path}: item {item_id!r} has two labels, {labels[item_id]!r} "
-                        f"and {label!r} (line {line})")
+                        f"and {label!r} (line {line})"
+                    )
                 labels[item_id] = label
     if not labels:
         raise InputError(f"labels file {path} has no rows")
@@ -87,12 +97,12 @@ def _batches(path: str, reader):
         yield batch
 
 
-def _open(path: str, s3: Optional[S3Config]):
+def _open(path: str, s3: S3Config | None):
     filesystem, where = arrowfs.filesystem(path, s3)
     return _read(path, lambda: filesystem.open_input_stream(where), s3)
 
 
-def _read(path: str, action, s3: Optional[S3Config] = None):
+def _read(path: str, action, s3: S3Config | None = None):
     """``action()``, its errors as one line that names the labels file."""
     import pyarrow as pa
 
@@ -104,8 +114,9 @@ def _read(path: str, action, s3: Optional[S3Config] = None):
         if "UTF8" in str(exc):
             raise InputError(f"labels file {path} is not UTF-8 text ({exc})") from None
         if "Empty CSV file" in str(exc):
-            raise InputError(f"labels file {path} needs a header with 'label' and 'item_id' or 'path' "
-                             f"columns; found no header") from None
+            raise InputError(
+                f"labels file {path} needs a header with 'label' and 'item_id' or 'path' columns; found no header"
+            ) from None
         raise InputError(f"labels file {path}: {exc}") from None
     except OSError as exc:
         raise InputError(f"cannot read labels file {path}: {redact(str(exc))}{arrowfs.retry_note(path, s3)}") from None

@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import json
 import sys
-from typing import Optional
 
 from lookalike.config import S3Config
 from lookalike.errors import InputError, ItemNotFoundError
@@ -20,35 +19,50 @@ FORMATS = ("table", "json", "csv")
 
 def add_arguments(parser) -> None:
     parser.add_argument("item_id", metavar="ITEM_ID", help="the item whose similar items to print")
-    parser.add_argument("--neighbours", required=True, metavar="PATH",
-                        help="the neighbour table (local path, file://, s3:// or hdfs:// URI)")
-    parser.add_argument("-k", type=int, default=None, metavar="N",
-                        help="print at most N neighbours (default: all the table holds)")
+    parser.add_argument(
+        "--neighbours",
+        required=True,
+        metavar="PATH",
+        help="the neighbour table (local path, file://, s3:// or hdfs:// URI)",
+    )
+    parser.add_argument(
+        "-k", type=int, default=None, metavar="N", help="print at most N neighbours (default: all the table holds)"
+    )
     parser.add_argument("--format", choices=FORMATS, default="table", help="output format (default: table)")
     parser.add_argument("--config", metavar="FILE", help="YAML config, for the S3 settings of s3:// tables")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key, e.g. --set s3.region=eu-west-1")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set s3.region=eu-west-1",
+    )
     parser.add_argument("--s3-endpoint-url", metavar="URL", help="S3-compatible endpoint (overrides the config)")
-    parser.add_argument("--attributes", metavar="PATH",
-                        help="an attributes table (item_id and any columns, CSV or Parquet) whose values to show "
-                             "next to each item (default: neighbours.attributes of --config)")
+    parser.add_argument(
+        "--attributes",
+        metavar="PATH",
+        help="an attributes table (item_id and any columns, CSV or Parquet) whose values to show "
+        "next to each item (default: neighbours.attributes of --config)",
+    )
 
 
-def similar(path: str, item_id: str, k: Optional[int] = None, s3: Optional[S3Config] = None) -> list[dict]:
+def similar(path: str, item_id: str, k: int | None = None, s3: S3Config | None = None) -> list[dict]:
     """[{rank, neighbour_id, score}, ...] best first; ItemNotFoundError for an id with no rows."""
     from lookalike.io import tables
 
     table = tables.open_table(path, s3)
-    found = table.lookup("item_id", [item_id], ["rank", "neighbour_id", "score"],
-                         [] if k is None else [("rank", "<=", k)])
+    found = table.lookup(
+        "item_id", [item_id], ["rank", "neighbour_id", "score"], [] if k is None else [("rank", "<=", k)]
+    )
     if found.num_rows == 0:
         raise ItemNotFoundError(
             f"item {item_id!r} is not in the neighbour table {path}: it was not embedded, its "
             f"embedding was left out (zero or non-finite values), or no neighbour reached "
-            f"neighbours.min_score.{_example_id(table, item_id)}")
+            f"neighbours.min_score.{_example_id(table, item_id)}"
+        )
     rows = sorted(found.to_pylist(), key=lambda r: r["rank"])
-    return [{"rank": r["rank"], "neighbour_id": r["neighbour_id"], "score": round(float(r["score"]), 6)}
-            for r in rows]
+    return [{"rank": r["rank"], "neighbour_id": r["neighbour_id"], "score": round(float(r["score"]), 6)} for r in rows]
 
 
 def _example_id(table, item_id: str) -> str:
@@ -68,7 +82,7 @@ def _example_id(table, item_id: str) -> str:
     return f" Ids in this table look like {near[0]!r}."
 
 
-def with_attributes(item_id: str, neighbours: list[dict], path: Optional[str], s3: Optional[S3Config] = None):
+def with_attributes(item_id: str, neighbours: list[dict], path: str | None, s3: S3Config | None = None):
     """(the query's attributes, the neighbours each with an "attributes" dict, the columns), read
     for these items only; ({}, neighbours, []) without an attributes table."""
     if not path:
@@ -77,18 +91,24 @@ def with_attributes(item_id: str, neighbours: list[dict], path: Optional[str], s
 
     columns, found = attributes.lookup(path, [item_id, *(n["neighbour_id"] for n in neighbours)], s3)
     empty = dict.fromkeys(columns)
-    return (found.get(item_id, empty), [{**n, "attributes": found.get(n["neighbour_id"], empty)} for n in neighbours],
-            columns)
+    return (
+        found.get(item_id, empty),
+        [{**n, "attributes": found.get(n["neighbour_id"], empty)} for n in neighbours],
+        columns,
+    )
 
 
-def render(item_id: str, neighbours: list[dict], fmt: str, out=None, own: Optional[dict] = None,
-           columns: Optional[list[str]] = None) -> None:
+def render(
+    item_id: str, neighbours: list[dict], fmt: str, out=None, own: dict | None = None, columns: list[str] | None = None
+) -> None:
     out = out or sys.stdout
     columns = columns or []
-    shown = lambda n: ["" if n.get("attributes", {}).get(c) is None else n["attributes"][c]  # noqa: E731
-                       for c in columns]
+
+    def shown(n: dict) -> list:
+        return ["" if n.get("attributes", {}).get(c) is None else n["attributes"][c] for c in columns]
+
     if fmt == "json":
-        record = {"item_id": item_id, "neighbours": neighbours}
+        record: dict[str, object] = {"item_id": item_id, "neighbours": neighbours}
         if columns:
             record["attributes"] = own or {}
         json.dump(record, out)
@@ -117,15 +137,16 @@ def command(args) -> int:
     cfg = load_settings(args)
     s3 = cfg.s3
     neighbours = similar(args.neighbours, args.item_id, args.k, s3)
-    own, neighbours, columns = with_attributes(args.item_id, neighbours,
-                                               args.attributes or getattr(cfg.neighbours, "attributes", None), s3)
+    own, neighbours, columns = with_attributes(
+        args.item_id, neighbours, args.attributes or getattr(cfg.neighbours, "attributes", None), s3
+    )
     render(args.item_id, neighbours, args.format, own=own, columns=columns)
     if args.format == "table":
         _note_random_init(args.neighbours, s3)
     return 0
 
 
-def _note_random_init(path: str, s3: Optional[S3Config]) -> None:
+def _note_random_init(path: str, s3: S3Config | None) -> None:
     from lookalike import publish
 
     try:
@@ -133,5 +154,8 @@ def _note_random_init(path: str, s3: Optional[S3Config]) -> None:
     except Exception:
         return
     if str(summary.get("weights", "")).startswith("random-init"):
-        print(f"note: {path} was computed from random-init weights ({summary['weights']}); "
-              f"these are not real recommendations", file=sys.stderr)
+        print(
+            f"note: {path} was computed from random-init weights ({summary['weights']}); "
+            f"these are not real recommendations",
+            file=sys.stderr,
+        )

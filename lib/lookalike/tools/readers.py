@@ -13,15 +13,15 @@ and imported only by the functions that need it.
 from __future__ import annotations
 
 import logging
-from typing import Iterator, Optional, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
 from lookalike import publish, schemas
-from lookalike.io import tables
-from lookalike.io.uris import is_hadoop, is_s3, normalise_uri
 from lookalike.config import S3Config
 from lookalike.errors import SchemaMismatchError
+from lookalike.io import tables
+from lookalike.io.uris import is_hadoop, is_s3, normalise_uri
 
 log = logging.getLogger(__name__)
 
@@ -44,19 +44,18 @@ def _check_columns(columns: Sequence[str]) -> list[str]:
     unknown = [c for c in names if c not in _TYPES]
     if unknown or not names:
         raise ValueError(
-            f"columns {unknown or names!r}: the embeddings table has "
-            f"{', '.join(schemas.names(schemas.EMBEDDINGS))}"
+            f"columns {unknown or names!r}: the embeddings table has {', '.join(schemas.names(schemas.EMBEDDINGS))}"
         )
     return names
 
 
-def _open(path: str, names: list[str], s3: Optional[S3Config]) -> tables.ParquetTable:
+def _open(path: str, names: list[str], s3: S3Config | None) -> tables.ParquetTable:
     table = tables.open_table(path, s3)
     table.require(names, "an embeddings table")
     return table
 
 
-def _to_numpy(name: str, column, dim: Optional[int], item_ids) -> np.ndarray:
+def _to_numpy(name: str, column, dim: int | None, item_ids) -> np.ndarray:
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -67,8 +66,9 @@ def _to_numpy(name: str, column, dim: Optional[int], item_ids) -> np.ndarray:
         if wrong.size:
             first = int(wrong[0])
             raise SchemaMismatchError(
-                f"item {item_ids[first].as_py()!r} has an embedding of length {lengths[first]}, but the table's first row has "
-                f"{dim}: the table mixes models or poolings. Recompute it with one model setting."
+                f"item {item_ids[first].as_py()!r} has an embedding of length {lengths[first]}, "
+                f"but the table's first row has {dim}: the table mixes models or poolings. "
+                "Recompute it with one model setting."
             )
         values = column.flatten().to_numpy(zero_copy_only=False)
         return values.astype(np.float32, copy=False).reshape(len(column), dim or 0)
@@ -100,9 +100,15 @@ def _rebatch(batches, size: int, drop_remainder: bool):
         yield pa.Table.from_batches(pending)
 
 
-def iter_batches(path: str, batch_size: int = 256, columns: Sequence[str] = DEFAULT_COLUMNS,
-                 s3: Optional[S3Config] = None, drop_remainder: bool = False,
-                 readahead: int = 2, dim: Optional[int] = None) -> Iterator[dict[str, np.ndarray]]:
+def iter_batches(
+    path: str,
+    batch_size: int = 256,
+    columns: Sequence[str] = DEFAULT_COLUMNS,
+    s3: S3Config | None = None,
+    drop_remainder: bool = False,
+    readahead: int = 2,
+    dim: int | None = None,
+) -> Iterator[dict[str, np.ndarray]]:
     """Stream the embeddings table as dicts of numpy arrays, ``batch_size`` rows each.
 
     Embeddings come as float32 ``(rows, dim)``, strings as object arrays of ``str``, timestamps as
@@ -120,23 +126,35 @@ def iter_batches(path: str, batch_size: int = 256, columns: Sequence[str] = DEFA
     scanned = data.scan(read, batch_size=batch_size, readahead=readahead)
     for table in _rebatch(scanned, batch_size, drop_remainder):
         item_ids = table.column("item_id").combine_chunks() if "embedding" in names else None
-        yield {name: _to_numpy(name, table.column(name).combine_chunks(), dim, item_ids)
-               for name in names}
+        yield {name: _to_numpy(name, table.column(name).combine_chunks(), dim, item_ids) for name in names}
 
 
-def _tensor_spec(name: str, batch: Optional[int], dim: Optional[int]):
+def _tensor_spec(name: str, batch: int | None, dim: int | None):
     import tensorflow as tf
 
-    dtypes = {"string": tf.string, "int": tf.int32, "long": tf.int64, "float": tf.float32,
-              "double": tf.float64, "boolean": tf.bool, "timestamp": tf.int64, "array<float>": tf.float32}
+    dtypes = {
+        "string": tf.string,
+        "int": tf.int32,
+        "long": tf.int64,
+        "float": tf.float32,
+        "double": tf.float64,
+        "boolean": tf.bool,
+        "timestamp": tf.int64,
+        "array<float>": tf.float32,
+    }
     kind = _TYPES[name]
     shape = (batch, dim) if kind == "array<float>" else (batch,)
     return tf.TensorSpec(shape=shape, dtype=dtypes[kind], name=name)
 
 
-def embeddings_dataset(path: str, batch_size: int = 256, columns: Optional[Sequence[str]] = None,
-                       s3: Optional[S3Config] = None, drop_remainder: bool = False,
-                       readahead: int = 2):
+def embeddings_dataset(
+    path: str,
+    batch_size: int = 256,
+    columns: Sequence[str] | None = None,
+    s3: S3Config | None = None,
+    drop_remainder: bool = False,
+    readahead: int = 2,
+):
     """The embeddings table as a batched ``tf.data.Dataset``, streamed with pyarrow.
 
     With ``columns=None`` each element is ``(item_id, embedding)``: a string tensor ``(batch,)``
@@ -158,8 +176,9 @@ def embeddings_dataset(path: str, batch_size: int = 256, columns: Optional[Seque
             yield tuple(arrays[n] for n in names) if columns is None else arrays
 
     signature = tuple(specs[n] for n in names) if columns is None else specs
-    log.info("tf.data reader over %s: columns %s, batch_size %d, embedding dim %s",
-             path, ", ".join(names), batch_size, dim)
+    log.info(
+        "tf.data reader over %s: columns %s, batch_size %d, embedding dim %s", path, ", ".join(names), batch_size, dim
+    )
     return tf.data.Dataset.from_generator(generate, output_signature=signature)
 
 
@@ -171,15 +190,14 @@ def _petastorm():
     return petastorm
 
 
-def _dataset_url(path: str, s3: Optional[S3Config]) -> str:
+def _dataset_url(path: str, s3: S3Config | None) -> str:
     location = publish.resolve(path, s3)
     if is_s3(location) or is_hadoop(location):
         return location
     return normalise_uri(location)
 
 
-def petastorm_reader(path: str, columns: Sequence[str] = DEFAULT_COLUMNS,
-                     s3: Optional[S3Config] = None, **options):
+def petastorm_reader(path: str, columns: Sequence[str] = DEFAULT_COLUMNS, s3: S3Config | None = None, **options):
     """A petastorm batch reader over the embeddings table (use it as a context manager).
 
     Each item is a namedtuple of numpy arrays for one Parquet row group; ``embedding`` is a
@@ -192,8 +210,13 @@ def petastorm_reader(path: str, columns: Sequence[str] = DEFAULT_COLUMNS,
     """
     petastorm = _petastorm()
     names = _check_columns(columns)
-    settings = {"schema_fields": names, "shuffle_row_groups": False, "num_epochs": 1,
-                "reader_pool_type": "thread", "workers_count": 2}
+    settings = {
+        "schema_fields": names,
+        "shuffle_row_groups": False,
+        "num_epochs": 1,
+        "reader_pool_type": "thread",
+        "workers_count": 2,
+    }
     settings.update(options)
     url = _dataset_url(path, s3)
     log.info("petastorm reader over %s: columns %s", url, ", ".join(names))
@@ -207,6 +230,5 @@ def petastorm_converter(df, cache_dir_url: str):
     _petastorm()
     from petastorm.spark import SparkDatasetConverter, make_spark_converter
 
-    df.sparkSession.conf.set(SparkDatasetConverter.PARENT_CACHE_DIR_URL_CONF,
-                             normalise_uri(cache_dir_url))
+    df.sparkSession.conf.set(SparkDatasetConverter.PARENT_CACHE_DIR_URL_CONF, normalise_uri(cache_dir_url))
     return make_spark_converter(df)

@@ -13,16 +13,16 @@ import base64
 import datetime as dt
 import html
 import logging
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Optional
 from urllib.parse import urlparse
 
+from lookalike.config import Config, InputConfig, S3Config
 from lookalike.embed import images
+from lookalike.errors import InputError, ItemNotFoundError, OutputError
 from lookalike.io import tables
 from lookalike.io.storage import StorageError, fetch, storage_for
-from lookalike.config import Config, InputConfig, S3Config
-from lookalike.errors import InputError, ItemNotFoundError, OutputError
 from lookalike.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -67,21 +67,21 @@ CSS = """
 class Thumb:
     """A thumbnail (JPEG bytes) or the reason there is none."""
 
-    data: Optional[bytes]
+    data: bytes | None
     reason: str = ""
 
 
 @dataclass(frozen=True)
 class Card:
     item_id: str
-    uri: Optional[str]
-    label: Optional[str] = None
-    rank: Optional[int] = None
-    score: Optional[float] = None
+    uri: str | None
+    label: str | None = None
+    rank: int | None = None
+    score: float | None = None
     attributes: tuple = ()  # (column, value) pairs from the attributes table, shown as they are
 
 
-def sample_queries(table: tables.ParquetTable, sample: Optional[int] = None, seed: int = 0) -> list[str]:
+def sample_queries(table: tables.ParquetTable, sample: int | None = None, seed: int = 0) -> list[str]:
     """``sample`` query items (default DEFAULT_SAMPLE) of the neighbour table, sorted: the items at
     seeded random row positions (``ParquetTable.sample``), so only the row groups they fall in
     are read."""
@@ -100,7 +100,8 @@ def _check_known(items: list[str], known: set, neighbours: tables.ParquetTable) 
         raise ItemNotFoundError(
             f"item {missing[0]!r} is in neither the embeddings nor the neighbour table"
             + (f" ({len(missing) - 1} more ids are missing too)" if len(missing) > 1 else "")
-            + _close_matches(missing[0], neighbours))
+            + _close_matches(missing[0], neighbours)
+        )
 
 
 def _close_matches(item: str, neighbours: tables.ParquetTable) -> str:
@@ -110,9 +111,16 @@ def _close_matches(item: str, neighbours: tables.ParquetTable) -> str:
     return f"; similar ids: {', '.join(repr(c) for c in close)}" if close else ""
 
 
-def fetch_thumbnails(uris: Iterable[str], s3: S3Config, input_cfg: InputConfig = InputConfig(),
-                     size: int = THUMB_SIZE, threads: int = 8) -> dict[str, Thumb]:
-    """{uri: Thumb} for each distinct uri, fetched concurrently (S3 latency dominates)."""
+def fetch_thumbnails(
+    uris: Iterable[str],
+    s3: S3Config,
+    input_cfg: InputConfig | None = None,
+    size: int = THUMB_SIZE,
+    threads: int = 8,
+) -> dict[str, Thumb]:
+    """{uri: Thumb} for each distinct uri, fetched concurrently (S3 latency dominates);
+    ``input_cfg`` (input.max_bytes and the like) defaults to the default input section."""
+    input_cfg = InputConfig() if input_cfg is None else input_cfg
     unique = list(dict.fromkeys(uris))
     progress = Progress(log, "thumbnails", len(unique), "images")
     out: dict[str, Thumb] = {}
@@ -138,17 +146,19 @@ def _e(text) -> str:
     return html.escape(str(text), quote=True)
 
 
-def _link(uri: Optional[str]) -> Optional[str]:
+def _link(uri: str | None) -> str | None:
     if not uri:
         return None
     scheme = urlparse(uri).scheme.lower()
     return uri if scheme in LINK_SCHEMES else None
 
 
-def render_card(card: Card, thumb: Optional[Thumb], query_label: Optional[str] = None) -> str:
+def render_card(card: Card, thumb: Thumb | None, query_label: str | None = None) -> str:
     if thumb is not None and thumb.data:
-        picture = (f'<img src="data:image/jpeg;base64,{base64.b64encode(thumb.data).decode("ascii")}" '
-                   f'alt="{_e(card.item_id)}">')
+        picture = (
+            f'<img src="data:image/jpeg;base64,{base64.b64encode(thumb.data).decode("ascii")}" '
+            f'alt="{_e(card.item_id)}">'
+        )
     else:
         reason = thumb.reason if thumb is not None else "not in the embeddings table"
         picture = f'<div class="lk-missing" title="{_e(reason)}">no image<br>{_e(reason[:80])}</div>'
@@ -160,8 +170,10 @@ def render_card(card: Card, thumb: Optional[Thumb], query_label: Optional[str] =
         match = " lk-same" if card.label == query_label else " lk-other"
     caption = []
     if card.rank is not None:
-        caption.append(f'<span class="lk-rank">#{card.rank}</span> '
-                       f'<span class="lk-score" title="cosine similarity">{card.score:.3f}</span><br>')
+        caption.append(
+            f'<span class="lk-rank">#{card.rank}</span> '
+            f'<span class="lk-score" title="cosine similarity">{card.score:.3f}</span><br>'
+        )
     caption.append(f'<span class="lk-id">{_e(card.item_id)}</span>')
     if card.label is not None:
         caption.append(f'<br><span class="lk-label">{_e(card.label)}</span>')
@@ -171,8 +183,14 @@ def render_card(card: Card, thumb: Optional[Thumb], query_label: Optional[str] =
     return f'<figure class="lk-card{match}">{picture}<figcaption>{"".join(caption)}</figcaption></figure>'
 
 
-def render(queries: list[tuple[Card, list[Card]]], thumbs: Mapping[str, Thumb], title: str = "Similar items",
-           notes: Iterable[str] = (), warning: Optional[str] = None, full_page: bool = True) -> str:
+def render(
+    queries: list[tuple[Card, list[Card]]],
+    thumbs: Mapping[str, Thumb],
+    title: str = "Similar items",
+    notes: Iterable[str] = (),
+    warning: str | None = None,
+    full_page: bool = True,
+) -> str:
     """The page (or, with full_page=False, a fragment for a notebook) for (query, neighbours) pairs."""
     parts = [f"<h1>{_e(title)}</h1>"]
     notes = list(notes)
@@ -186,9 +204,10 @@ def render(queries: list[tuple[Card, list[Card]]], thumbs: Mapping[str, Thumb], 
             cards = '<p class="lk-none">no neighbours in the table</p>'
         parts.append(
             '<section class="lk-query">'
-            f'<div class="lk-input"><h2>Input item</h2>{render_card(query, thumbs.get(query.uri) if query.uri else None)}</div>'
+            '<div class="lk-input"><h2>Input item</h2>'
+            f"{render_card(query, thumbs.get(query.uri) if query.uri else None)}</div>"
             f'<div class="lk-similar"><h2>Similar items</h2><div class="lk-grid">{cards}</div></div>'
-            '</section>'
+            "</section>"
         )
     body = f'<div class="lk-report">{"".join(parts)}</div>'
     if not full_page:
@@ -201,13 +220,25 @@ def render(queries: list[tuple[Card, list[Card]]], thumbs: Mapping[str, Thumb], 
     )
 
 
-def build(embeddings: str, neighbours: str, items: Optional[list[str]] = None, sample: Optional[int] = None,
-          k: int = 10, labels: Optional[Mapping[str, str]] = None, cfg: Config = Config(), seed: int = 0,
-          size: int = THUMB_SIZE, title: str = "Similar items", full_page: bool = True,
-          attributes: Optional[str] = None) -> tuple[str, dict]:
+def build(
+    embeddings: str,
+    neighbours: str,
+    items: list[str] | None = None,
+    sample: int | None = None,
+    k: int = 10,
+    labels: Mapping[str, str] | None = None,
+    cfg: Config | None = None,
+    seed: int = 0,
+    size: int = THUMB_SIZE,
+    title: str = "Similar items",
+    full_page: bool = True,
+    attributes: str | None = None,
+) -> tuple[str, dict]:
     """Read what the page shows (the chosen items' neighbour rows, the uris of those items and
     their neighbours, never the embedding column; their rows of the ``attributes`` table, default
-    neighbours.attributes), fetch thumbnails, render. Returns (html, counts)."""
+    neighbours.attributes), fetch thumbnails, render. Returns (html, counts). ``cfg``: the
+    default configuration when not given."""
+    cfg = Config() if cfg is None else cfg
     if k < 1:
         raise InputError(f"-k must be a positive integer, got {k}")
     labels = labels or {}
@@ -219,37 +250,55 @@ def build(embeddings: str, neighbours: str, items: Optional[list[str]] = None, s
     rankings = tables.read_rankings(table, k, items=chosen)
     shown = set(chosen) | {n for item in chosen for n, _ in rankings.get(item, [])}
     found = embedded.lookup("item_id", shown, ["item_id", "uri"])
-    uris = dict(zip(found.column("item_id").to_pylist(), found.column("uri").to_pylist()))
+    uris = dict(zip(found.column("item_id").to_pylist(), found.column("uri").to_pylist(), strict=True))
     if items:
         _check_known(chosen, set(uris) | set(rankings), table)
     weights = embedded.distinct("weights")
-    columns, described = [], {}
-    if attributes or cfg.neighbours.attributes:
+    columns: list[str] = []
+    described: dict[str, dict] = {}
+    attributes_path = attributes or cfg.neighbours.attributes
+    if attributes_path:
         from lookalike.tools import attributes as item_attributes
 
-        columns, described = item_attributes.lookup(attributes or cfg.neighbours.attributes, shown, cfg.s3)
-    of = lambda item: tuple((c, described.get(item, {}).get(c)) for c in columns)  # noqa: E731
+        columns, described = item_attributes.lookup(attributes_path, shown, cfg.s3)
+
+    def of(item: str) -> tuple:
+        return tuple((c, described.get(item, {}).get(c)) for c in columns)
 
     pairs = []
     for item in chosen:
         query = Card(item, uris.get(item), labels.get(item), attributes=of(item))
-        ranked = [Card(n, uris.get(n), labels.get(n), rank, score, of(n))
-                  for rank, (n, score) in enumerate(rankings.get(item, []), start=1)]
+        ranked = [
+            Card(n, uris.get(n), labels.get(n), rank, score, of(n))
+            for rank, (n, score) in enumerate(rankings.get(item, []), start=1)
+        ]
         pairs.append((query, ranked))
     wanted = [c.uri for q, ns in pairs for c in [q, *ns] if c.uri]
     thumbs = fetch_thumbnails(wanted, cfg.s3, cfg.input, size)
 
     warning = None
     if any(str(w).startswith("random-init") for w in weights):
-        warning = ("These embeddings were computed with random-init weights (model.weights=none or no "
-                   "ImageNet weights available): the neighbours are not real recommendations.")
+        warning = (
+            "These embeddings were computed with random-init weights (model.weights=none or no "
+            "ImageNet weights available): the neighbours are not real recommendations."
+        )
     generated = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    notes = [f"embeddings: {embeddings}", f"neighbours: {neighbours}", f"top {k}",
-             f"weights: {', '.join(map(str, weights))}", f"generated {generated}"]
+    notes = [
+        f"embeddings: {embeddings}",
+        f"neighbours: {neighbours}",
+        f"top {k}",
+        f"weights: {', '.join(map(str, weights))}",
+        f"generated {generated}",
+    ]
     page = render(pairs, thumbs, title, notes, warning, full_page)
     missing = sum(1 for q, ns in pairs for c in [q, *ns] if not (c.uri and thumbs[c.uri].data))
-    counts = {"items": len(pairs), "cards": sum(1 + len(ns) for _, ns in pairs),
-              "images": len(thumbs), "missing": missing, "bytes": len(page.encode("utf-8"))}
+    counts = {
+        "items": len(pairs),
+        "cards": sum(1 + len(ns) for _, ns in pairs),
+        "images": len(thumbs),
+        "missing": missing,
+        "bytes": len(page.encode("utf-8")),
+    }
     return page, counts
 
 
@@ -257,23 +306,38 @@ def add_arguments(parser) -> None:
     parser.add_argument("--embeddings", required=True, metavar="PATH", help="the embeddings table (Parquet)")
     parser.add_argument("--neighbours", required=True, metavar="PATH", help="the neighbour table (Parquet)")
     which = parser.add_mutually_exclusive_group()
-    which.add_argument("--items", metavar="ID,ID,...", action="append",
-                       help="the query items, comma-separated (repeatable)")
-    which.add_argument("--sample", type=int, metavar="N",
-                       help=f"N random query items (default {DEFAULT_SAMPLE}; --seed picks which)")
+    which.add_argument(
+        "--items", metavar="ID,ID,...", action="append", help="the query items, comma-separated (repeatable)"
+    )
+    which.add_argument(
+        "--sample", type=int, metavar="N", help=f"N random query items (default {DEFAULT_SAMPLE}; --seed picks which)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of --sample (default 0)")
     parser.add_argument("-k", type=int, default=10, help="neighbours per item (default 10)")
     parser.add_argument("--labels", metavar="CSV", help="show labels from a CSV (item_id,label or path,label)")
-    parser.add_argument("--id-regex", metavar="REGEX", help="turn label paths into ids (the embed job's input.id_regex)")
-    parser.add_argument("--attributes", metavar="PATH",
-                        help="show each item's values from an attributes table (item_id and any columns, CSV or "
-                             "Parquet; default: neighbours.attributes of --config)")
+    parser.add_argument(
+        "--id-regex", metavar="REGEX", help="turn label paths into ids (the embed job's input.id_regex)"
+    )
+    parser.add_argument(
+        "--attributes",
+        metavar="PATH",
+        help="show each item's values from an attributes table (item_id and any columns, CSV or "
+        "Parquet; default: neighbours.attributes of --config)",
+    )
     parser.add_argument("--out", required=True, metavar="FILE", help="the HTML file to write")
     parser.add_argument("--title", default="Similar items", help="page title")
-    parser.add_argument("--thumb-size", type=int, default=THUMB_SIZE, help=f"thumbnail size in px (default {THUMB_SIZE})")
+    parser.add_argument(
+        "--thumb-size", type=int, default=THUMB_SIZE, help=f"thumbnail size in px (default {THUMB_SIZE})"
+    )
     parser.add_argument("--config", metavar="FILE", help="YAML config: S3 settings and input limits as for the jobs")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key, e.g. --set s3.region=eu-west-1")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set s3.region=eu-west-1",
+    )
     parser.add_argument("--s3-endpoint-url", metavar="URL", help="S3-compatible endpoint (overrides the config)")
 
 
@@ -289,12 +353,25 @@ def command(args) -> int:
     if args.items is not None and not items:
         raise InputError("--items is empty; give comma-separated item ids")
     labels = load_labels(args.labels, args.id_regex, cfg.s3) if args.labels else None
-    page, counts = build(args.embeddings, args.neighbours, items, args.sample, args.k, labels, cfg,
-                         args.seed, args.thumb_size, args.title, attributes=args.attributes)
+    page, counts = build(
+        args.embeddings,
+        args.neighbours,
+        items,
+        args.sample,
+        args.k,
+        labels,
+        cfg,
+        args.seed,
+        args.thumb_size,
+        args.title,
+        attributes=args.attributes,
+    )
     try:
         storage_for(args.out, cfg.s3).write(args.out, page.encode("utf-8"))  # never half a page
     except StorageError as exc:
         raise OutputError(f"cannot write {args.out}: {exc.message}") from None
-    print(f"wrote {args.out}: {counts['items']} items, {counts['cards']} pictures "
-          f"({counts['missing']} missing), {counts['bytes'] / 1e6:.1f} MB")
+    print(
+        f"wrote {args.out}: {counts['items']} items, {counts['cards']} pictures "
+        f"({counts['missing']} missing), {counts['bytes'] / 1e6:.1f} MB"
+    )
     return 0

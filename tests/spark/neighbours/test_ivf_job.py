@@ -1,0 +1,84 @@
+"""IVF (neighbours.method: ivf): the Spark job against the exact answer (probing every list) and
+against its own reported recall. The numpy core is tested in tests/unit/neighbours/test_ivf_kernel.py."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lookalike.jobs import neighbours as job
+from lookalike.neighbours.topk import normalise
+from tests.support.brute_force import brute_force, random_vectors
+from tests.support.neighbour_tables import assert_matches, config, embeddings_dir, make_ids, read_output
+
+
+def unit(x):
+    return normalise(x)[0]
+
+
+# --------------------------------------------------------------------------------------------
+# The Spark job
+
+N = 257
+
+
+@pytest.fixture(scope="module")
+def clustered(tmp_path_factory):
+    """Clustered vectors with exact ties and two invalid vectors."""
+    tmp = tmp_path_factory.mktemp("ivf")
+    ids = make_ids(N, seed=3)
+    x = random_vectors(N, 16, seed=6, duplicates=30, clusters=8)
+    x[11] = 0
+    x[12, 3] = np.nan
+    return tmp, ids, x, embeddings_dir(tmp, ids, x)
+
+
+def test_ivf_reported_recall_is_the_recall_of_its_table(spark, clustered):
+    tmp, ids, x, embeddings = clustered
+    out = tmp / "two-lists"
+    # recall_sample above N: every query is in the sample, so the reported figure must be exact.
+    summary = job.run(spark, config(out, embeddings, k=5, method="ivf", nlist=12, nprobe=2, recall_sample=10_000))
+    got = read_output(str(out / "neighbours"))
+    want = brute_force(ids, x, 5)
+    found = sum(len({n for _, n, _ in got.get(item, [])} & {n for n, _ in rows}) for item, rows in want.items())
+    measured = found / sum(len(rows) for rows in want.values())
+    assert summary["recall_sample"]["queries"] == N - 2
+    assert summary["recall_at_k"] == pytest.approx(measured, abs=1e-4)
+    assert 0.5 < measured < 1.0  # two lists of twelve: most but not all neighbours
+    # What IVF returns is exact for what it found: every score is the true cosine.
+    unit_x = unit(x).astype(np.float64)
+    index = {item: i for i, item in enumerate(ids)}
+    for item, rows in got.items():
+        for _, neighbour, score in rows:
+            assert score == pytest.approx(float(unit_x[index[item]] @ unit_x[index[neighbour]]), abs=1e-5)
+        assert [r for r, _, _ in rows] == list(range(1, len(rows) + 1))
+    assert summary["ivf"]["lists"] == 12 and sum(1 for _ in summary["ivf"]["list_size"]) == 5
+
+
+def test_ivf_with_candidates_and_min_score_matches_brute_force(spark, clustered):
+    tmp, ids, x, embeddings = clustered
+    out = tmp / "filtered"
+    allowed = ids[::3]
+    summary = job.run(spark, config(out, embeddings, k=4, method="ivf", nprobe=1000, candidates=allowed,
+                                    min_score=0.2, partitions=3))
+    assert_matches(read_output(str(out / "neighbours")), brute_force(ids, x, 4, candidates=allowed, min_score=0.2))
+    assert summary["ivf"]["nprobe"] == summary["ivf"]["nlist"] == round(np.sqrt(summary["candidates"]))
+
+
+def test_ivf_probing_every_list_gives_the_exact_jobs_table_bit_for_bit(spark, clustered):
+    """Same scores and the same tie-break (smaller id first) as the exact job, across partitions;
+    and both are brute force's answer (ties and invalid vectors included)."""
+    import pyarrow.parquet as pq
+
+    tmp, ids, x, embeddings = clustered
+    exact_out, ivf_out = tmp / "tie-exact", tmp / "tie-ivf"
+    job.run(spark, config(exact_out, embeddings, k=6, partitions=3))
+    summary = job.run(spark, config(ivf_out, embeddings, k=6, method="ivf", nlist=9, nprobe=9, block_rows=16,
+                                    partitions=5))
+    a = pq.read_table(exact_out / "neighbours").sort_by([("item_id", "ascending"), ("rank", "ascending")])
+    b = pq.read_table(ivf_out / "neighbours").sort_by([("item_id", "ascending"), ("rank", "ascending")])
+    assert a.equals(b)
+    assert_matches(read_output(str(ivf_out / "neighbours")), brute_force(ids, x, 6))
+    assert summary["method"] == "ivf" and summary["ivf"]["nlist"] == 9 and summary["ivf"]["nprobe"] == 9
+    assert summary["recall_at_k"] == 1.0 and summary["recall_sample"]["queries"] > 0
+    assert summary["invalid"] == 2

@@ -1,0 +1,46 @@
+"""Hostile names and files at the storage level: local file URIs round-trip any name, S3 keys keep
+'#', '?' and '%', and fetch gives specific kinds for vanished, FIFO and oversized local files.
+(The hostile corpus through decode: tests/unit/embed/test_images_hostile.py.)"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from lookalike.io import storage, uris
+from lookalike.config import S3Config
+
+
+@pytest.mark.parametrize("name", ["summer dress – été ✓.jpg", "odd #1?&%25 100%.jpg", "a%20b.jpg",
+                                  "new\nline.jpg", "ünï cödé/ø.png"])
+def test_local_file_uris_round_trip_any_name(tmp_path, name):
+    path = tmp_path / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"data")
+    uri = uris.file_uri(str(path))
+    assert uri.startswith("file:///") and uris.local_path(uri) == str(path)
+    assert storage.fetch(uri, S3Config(), 100) == b"data"
+
+
+def test_s3_uris_keep_hash_question_mark_and_percent_in_the_key():
+    assert uris.split_s3("s3://bkt/dir/odd #1?&%25 100%.jpg") == ("bkt", "dir/odd #1?&%25 100%.jpg")
+    assert uris.split_s3("s3://bkt") == ("bkt", "")
+
+
+def test_fetch_kinds_for_vanished_fifo_and_oversized_local_files(tmp_path):
+    gone = tmp_path / "gone.jpg"
+    gone.write_bytes(b"x")
+    uri = uris.file_uri(str(gone))
+    gone.unlink()
+    with pytest.raises(storage.StorageError) as missing:
+        storage.fetch(uri, S3Config(), 100)
+    assert missing.value.kind == "not_found"
+    os.mkfifo(tmp_path / "pipe.jpg")  # opening it would block the task forever
+    with pytest.raises(storage.StorageError) as fifo:
+        storage.fetch(uris.file_uri(str(tmp_path / "pipe.jpg")), S3Config(), 100)
+    assert fifo.value.kind == "unsupported"
+    (tmp_path / "big.jpg").write_bytes(b"x" * 101)
+    with pytest.raises(storage.StorageError) as big:
+        storage.fetch(uris.file_uri(str(tmp_path / "big.jpg")), S3Config(), 100)
+    assert big.value.kind == "too_large"

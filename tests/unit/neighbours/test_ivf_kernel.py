@@ -1,0 +1,115 @@
+"""IVF's numpy core (lookalike.neighbours.ivf) against brute force: nearest lists, k-means, the plan
+that splits large lists, scoring a group of candidates, recall. The Spark job is tested in the
+Spark tier."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.support.brute_force import random_vectors
+from lookalike.neighbours import ivf
+from lookalike.neighbours.topk import normalise
+
+
+def unit(x):
+    return normalise(x)[0]
+
+
+# --------------------------------------------------------------------------------------------
+# numpy core
+
+def test_nearest_lists_are_the_best_scoring_centroids_in_order():
+    rng = np.random.default_rng(0)
+    vectors, centroids = unit(rng.standard_normal((300, 8))), unit(rng.standard_normal((20, 8)))
+    got = ivf.nearest(vectors, centroids, 5)
+    scores = vectors.astype(np.float64) @ centroids.T.astype(np.float64)
+    want = np.argsort(-scores, axis=1, kind="stable")[:, :5]
+    assert (got == want).mean() > 0.999  # float32 vs float64 may swap two near-equal centroids
+    assert (ivf.nearest(vectors, centroids, 20)[:, 0] == got[:, 0]).all()
+
+
+def test_kmeans_is_deterministic_converges_and_beats_its_start():
+    x = unit(random_vectors(2000, 16, seed=1, clusters=10))
+    a = ivf.train(x, 10, seed=3)
+    assert np.array_equal(a, ivf.train(x, 10, seed=3))
+    assert np.allclose(np.linalg.norm(a, axis=1), 1, atol=1e-5)
+
+    def fit(centroids):  # mean cosine of each point to its nearest centroid
+        return float(np.max(x @ centroids.T, axis=1).mean())
+
+    assert fit(a) > fit(ivf.train(x, 10, iterations=0, seed=3)) + 0.02
+    # A fixed point: each centroid is the normalised mean of the points assigned to it.
+    lists = ivf.nearest(x, a, 1)[:, 0]
+    for j in np.unique(lists):
+        mean = x[lists == j].mean(axis=0)
+        assert float(a[j] @ (mean / np.linalg.norm(mean))) > 0.999
+
+
+def test_kmeans_never_leaves_a_list_empty():
+    x = unit(random_vectors(200, 8, seed=2, clusters=3))  # 3 real clusters, 12 lists asked
+    sizes = np.bincount(ivf.nearest(x, ivf.train(x, 12, seed=0), 1)[:, 0], minlength=12)
+    assert (sizes > 0).sum() >= 10
+
+
+def test_plan_splits_large_lists_and_routes_queries_to_every_part():
+    sizes = np.array([10, 10, 400, 10, 0, 10, 10, 10])
+    centroids = unit(np.random.default_rng(0).standard_normal((8, 4)))
+    plan = ivf.plan(sizes, centroids, group_rows=100)
+    mean = sizes.sum() / len(sizes)
+    assert plan.parts[2] == int(np.ceil(400 / np.ceil(ivf.SPLIT_FACTOR * mean))) > 1
+    assert (plan.parts[[0, 1, 3, 4, 5, 6, 7]] == 1).all()
+    assert plan.part_group.max() == plan.groups - 1 and plan.group_rows.sum() == pytest.approx(sizes.sum(), abs=8)
+    # Candidates of list 2 spread over its parts' groups by index.
+    indices = np.arange(400)
+    groups = plan.candidate_groups(np.full(400, 2), indices)
+    parts_groups = set(plan.part_group[plan.part_start[2]:plan.part_start[3]].tolist())
+    assert set(groups.tolist()) == parts_groups
+    # A query probing lists 2 and 5 goes to every group holding a part of either, once each.
+    rows, routed = plan.route(np.array([[2, 5], [0, 0]]))
+    assert sorted(routed[rows == 0].tolist()) == sorted(parts_groups | {int(plan.part_group[plan.part_start[5]])})
+    assert routed[rows == 1].tolist() == [plan.part_group[plan.part_start[0]]]
+
+
+def test_score_group_equals_brute_force_over_the_probed_lists():
+    rng = np.random.default_rng(5)
+    n, dim, k = 120, 12, 6
+    x = random_vectors(n, dim, seed=5, duplicates=15)
+    u = unit(x)
+    lists = rng.integers(0, 4, n)
+    group = ivf.GroupCandidates.build(lists, np.arange(n), np.array([f"c{i:03d}" for i in range(n)], dtype=object), u)
+    queries = np.arange(0, n, 3)
+    probes = np.stack([rng.choice(4, 2, replace=False) for _ in queries])
+    best_s, best_i = ivf.score_group(group, probes, queries.astype(np.int64), u[queries], k)
+    wide = u.astype(np.float64)
+    for r, q in enumerate(queries):
+        allowed = [j for j in range(n) if lists[j] in probes[r] and j != q]
+        want = sorted(allowed, key=lambda j: (-np.float32(wide[q] @ wide[j]), j))[:k]
+        assert best_i[r].tolist() == want
+        assert np.allclose(best_s[r], [np.float32(wide[q] @ wide[j]) for j in want], atol=1e-6)
+    assert group.ids_of(np.array([7, 0, 119])).tolist() == ["c007", "c000", "c119"]
+
+
+def test_recall_counts_found_exact_neighbours():
+    assert ivf.recall({"a": {1, 2}, "b": {3}}, {"a": {1, 2, 9}, "b": {3, 4}}) == pytest.approx(3 / 5)
+    assert ivf.recall({}, {"a": set()}) is None
+
+
+def test_score_group_with_many_exact_ties_takes_the_listwise_path_and_agrees():
+    """40 copies of one vector: more near-ties than the float32 pool holds, in one list and
+    across lists, so queries are redone list by list; the answer is still brute force's."""
+    rng = np.random.default_rng(9)
+    n, k = 90, 5
+    x = random_vectors(n, 8, seed=9)
+    x[rng.choice(n, 40, replace=False)] = x[0] * 2
+    u = unit(x)
+    lists = rng.integers(0, 3, n)
+    group = ivf.GroupCandidates.build(lists, np.arange(n), np.array([f"c{i:03d}" for i in range(n)], dtype=object), u)
+    probes = np.stack([rng.choice(3, 2, replace=False) for _ in range(n)])
+    best_s, best_i = ivf.score_group(group, probes, np.arange(n), u, k)
+    slow_s, slow_i = ivf._score_group_listwise(group, probes, np.arange(n), u, k, None)
+    assert np.array_equal(best_i, slow_i) and np.array_equal(best_s, slow_s)
+    wide = u.astype(np.float64)
+    for q in range(n):
+        allowed = [j for j in range(n) if lists[j] in probes[q] and j != q]
+        assert best_i[q].tolist() == sorted(allowed, key=lambda j: (-np.float32(wide[q] @ wide[j]), j))[:k]
