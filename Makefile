@@ -6,6 +6,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 EXTRAS ?= test,query,notebook,bench,lint
 PYTEST_ARGS ?=
+# Test processes side by side (pytest-xdist), whole files to one process so that a module's
+# fixtures (a cluster, a demo run) are built once; 0 runs everything in this process.
+TEST_WORKERS ?= 2
+XDIST := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 
 .PHONY: setup demo test test-unit test-fast test-compat lint format coverage bench cluster-up cluster-down clean help
 
@@ -39,13 +43,13 @@ demo: setup
 
 # With no path pytest runs its testpaths in order: tests/unit, tests/models, tests/spark, tests/e2e.
 test: setup
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
 
 test-unit: setup
-	$(PY) -m pytest $(PYTEST_ARGS) tests/unit
+	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS) tests/unit
 
 test-fast: setup
-	$(PY) -m pytest $(PYTEST_ARGS) tests/unit tests/spark
+	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS) tests/unit tests/spark
 
 LINTED := lib jobs
 
@@ -59,6 +63,7 @@ format: setup
 	$(VENV)/bin/ruff format $(LINTED)
 
 coverage: setup
+	@mkdir -p build/coverage
 	$(VENV)/bin/coverage run -m pytest $(PYTEST_ARGS)
 	$(VENV)/bin/coverage report --skip-covered --sort=cover | tail -40
 	$(VENV)/bin/coverage json -q -o build/coverage/coverage.json

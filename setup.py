@@ -36,7 +36,7 @@ setup(
         "openvino>=2024.6",
     ],
     extras_require={
-        "test": ["pytest>=8", "moto[server]>=5", "coverage>=7"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "moto[server]>=5", "coverage>=7"],
         "lint": ["ruff>=0.15", "mypy>=1.18", "types-PyYAML"],
         "query": ["duckdb>=1.0"],
         "bench": ["faiss-cpu>=1.8", "psutil>=5"],

@@ -84,3 +84,14 @@ def toy_model_file(tmp_path_factory) -> Path:
 def toy_overrides(toy_model_file) -> list[str]:
     """``--set`` values for a job that embeds with the toy model."""
     return toy_model.overrides(toy_model_file)
+
+
+# Files that take minutes of mostly waiting (a standalone cluster and its environment archive): with
+# several test processes (make test's pytest-xdist) they start first, beside the rest of the suite,
+# instead of running alone at its end. In one process the tiers keep their order (unit first).
+LONG_FILES = ("tests/e2e/test_cluster.py",)
+
+
+def pytest_collection_modifyitems(session, config, items):
+    if getattr(config.option, "numprocesses", None):
+        items.sort(key=lambda item: not item.nodeid.startswith(LONG_FILES))

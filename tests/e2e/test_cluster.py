@@ -1,18 +1,22 @@
 """The jobs on a real Spark standalone cluster: a master and two workers on 127.0.0.1 started by
 scripts/cluster.sh (separate JVMs, separate executors and Python workers, so nothing can lean on
-driver-side state). The embed job runs on sample images with executors running Python only from
-the venv-pack archive that `./spark-submit.sh --package-env` builds (envcheck proves where their
-Python and code come from); the neighbours job (exact with symmetric blocks over several broadcast
-chunks, and IVF) runs on a synthetic embeddings table. Every table is compared with the same job
-run in local mode.
+driver-side state).
+
+- envcheck runs with executors using only the venv-pack archive that `./spark-submit.sh
+  --package-env` builds, and proves where their Python and code come from and that their library
+  versions (TensorFlow and Keras included) are the driver's;
+- the pipeline (embed and neighbours) runs on sample images, and the neighbours job (exact with
+  symmetric blocks over several broadcast chunks, and IVF) on a synthetic embeddings table, each
+  compared with the same job run in local mode. These test how the work is split over executors,
+  not how Python gets there, so their executors use this checkout's interpreter, as a cluster with
+  a shared Python install would (PYSPARK_PYTHON, what spark-submit.sh passes without --env).
 
 Slow by nature. The archive holds TensorFlow: the first build in a checkout makes a virtualenv
 (~2 min from the pip cache), later runs only rebuild the wheel and repack (~1 min) when lib/
-changed; it is kept in build/test-env/. Each Spark application that uses it unpacks it once per
-executor (~0.6 GB, tens of seconds on 2 cores), so the neighbours runs, which test how the work is
-split over executors and not how Python gets there, use this checkout's interpreter on the
-executors as a cluster with a shared Python install would (PYSPARK_PYTHON, what spark-submit.sh
-passes without --env).
+changed; it is kept in build/test-env/. Each application that uses it unpacks it once per executor
+(~2 GB, 31,000 files: most of such an application's time on 2 cores), hence one such application.
+The four applications are submitted at once, each limited to one 1-core executor per worker, and
+each test waits for its own: their JVM and executor start-ups overlap.
 """
 
 from __future__ import annotations
@@ -60,6 +64,14 @@ NEIGHBOUR_RUNS = {
 }
 
 
+# Applications submitted at once (cluster_runs); every one gets one 1-core, 512 MB executor per worker.
+APPS = 4
+PER_APP = ["--conf", "spark.executor.memory=512m", "--conf", "spark.executor.cores=1", "--conf", "spark.cores.max=2",
+           # Both executors registered before the first task, so that the tasks spread over both.
+           "--conf", "spark.scheduler.minRegisteredResourcesRatio=1",
+           "--conf", "spark.scheduler.maxRegisteredResourcesWaitingTime=600s"]
+
+
 def _timed(label: str, started: float) -> None:
     print(f"[test_cluster] {label}: {time.monotonic() - started:.0f}s", file=sys.stderr)
 
@@ -92,11 +104,12 @@ def _clean_env() -> dict:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    """A master and two 1-core workers on free loopback ports (never `make cluster-up`'s 7077/8080)."""
+    """A master and two workers on free loopback ports (never `make cluster-up`'s 7077/8080), each
+    offering a slot for one executor of every application submitted at once (APPS)."""
     directory = tmp_path_factory.mktemp("cluster")
     port, ui = free_port(), free_port()
     args = ["--dir", str(directory), "--master-port", str(port), "--ui-port", str(ui), "--worker-ui-port", "0",
-            "--workers", "2", "--cores", "1", "--memory", "1g"]
+            "--workers", "2", "--cores", str(APPS), "--memory", f"{APPS * 512}m"]
     started = time.monotonic()
     info = {"master": f"spark://127.0.0.1:{port}", "ui": ui, "dir": directory, "args": args}
     try:
@@ -140,7 +153,7 @@ def test_cluster_has_two_workers_and_listens_on_loopback_only(cluster):
     with urllib.request.urlopen(f"http://127.0.0.1:{cluster['ui']}/json/", timeout=5) as response:
         state = json.load(response)
     alive = [w for w in state["workers"] if w["state"] == "ALIVE"]
-    assert len(alive) == 2 and all(w["host"] == "127.0.0.1" and w["cores"] == 1 for w in alive)
+    assert len(alive) == 2 and all(w["host"] == "127.0.0.1" and w["cores"] == APPS for w in alive)
     assert state["url"] == cluster["master"]
     for pidfile in sorted(cluster["dir"].glob("*.pid")):
         addresses = _listening_addresses(int(pidfile.read_text()))
@@ -151,20 +164,70 @@ def _summary(stdout: str) -> dict:
     return json.loads([line for line in stdout.splitlines() if line.startswith("{")][-1])
 
 
-def test_executors_run_only_the_archives_python_and_this_code(cluster, env_archive, tmp_path):
-    started = time.monotonic()
-    # Start only once both executors are there, so that both get tasks to report from. On standalone
-    # the ratio counts cores against spark.cores.max; without that the expected total is 0 and the
-    # job may start with one executor, which then runs every task before the other registers.
-    result = run_script(["./spark-submit.sh", "envcheck", "--master", cluster["master"], "--env", str(env_archive),
-                         "--conf", "spark.executor.memory=512m", "--conf", "spark.cores.max=2",
-                         "--conf", "spark.scheduler.minRegisteredResourcesRatio=1",
-                         "--conf", "spark.scheduler.maxRegisteredResourcesWaitingTime=600s",
-                         # 32 probe tasks rather than 4: once (in CI, stop 9, and again in a review
-                         # run) every one of 4 tasks ran on the same executor although both were
-                         # registered; the cause is not known, the driver's log now comes with it.
-                         "--conf", "spark.default.parallelism=16"], timeout=900)
-    _timed("envcheck on the cluster", started)
+class Submitted:
+    """A ./spark-submit.sh application running on the cluster; ``result()`` waits for it. Its output
+    goes to files: a pipe nobody reads while other tests run would stall it once full."""
+
+    def __init__(self, name: str, args: list[str], directory: Path):
+        self.name, self.started = name, time.monotonic()
+        self.out, self.err = directory / f"{name}.out", directory / f"{name}.err"
+        with open(self.out, "w") as out, open(self.err, "w") as err:
+            self.proc = subprocess.Popen(["./spark-submit.sh", *args], cwd=ROOT, stdout=out, stderr=err, text=True)
+
+    def result(self, timeout: float = 1200) -> subprocess.CompletedProcess:
+        returncode = self.proc.wait(timeout=timeout)
+        _timed(f"{self.name} on the cluster (submitted with the others)", self.started)
+        return subprocess.CompletedProcess(self.proc.args, returncode, self.out.read_text(), self.err.read_text())
+
+
+def _neighbours_config(directory: Path, method: str, embeddings: str) -> Path:
+    config = directory / f"neighbours-{method}.yaml"
+    config.write_text(json.dumps({  # JSON is YAML
+        "spark": {"master": "local[2]", "conf": {"spark.sql.shuffle.partitions": 4}},
+        "neighbours": NEIGHBOUR_RUNS[method],
+        "output": {"embeddings": embeddings, "neighbours": str(directory / method / "local" / "neighbours")},
+    }))
+    return config
+
+
+@pytest.fixture(scope="module")
+def cluster_runs(cluster, env_archive, tmp_path_factory, toy_overrides, neighbour_embeddings):
+    """Every application the tests below check, submitted to the cluster at once (APPS)."""
+    directory = tmp_path_factory.mktemp("cluster-runs")
+    runs: dict = {}
+    try:
+        # Start only once both executors are there, so that both get tasks to report from. On
+        # standalone the ratio counts cores against spark.cores.max; without that the expected
+        # total is 0 and the job may start with one executor, which then runs every task before the
+        # other registers. 32 probe tasks rather than 4: once (in CI, stop 9, and again in a review
+        # run) every one of 4 tasks ran on the same executor although both were registered.
+        runs["envcheck"] = Submitted("envcheck", ["envcheck", "--master", cluster["master"], "--env", str(env_archive),
+                                                  *PER_APP, "--conf", "spark.default.parallelism=16"], directory)
+        pipeline = directory / "pipeline"
+        config = _write_config(pipeline, toy_overrides)
+        outputs = [f"--set=output.{t}={pipeline}/cluster/{t}" for t in ("embeddings", "errors", "neighbours")]
+        # No --env here or below: the executors run this checkout's Python (see the module's docstring).
+        runs["pipeline"] = Submitted(JOB, [JOB, "--config", str(config), *outputs, "--master", cluster["master"],
+                                           *PER_APP], directory)
+        runs["pipeline"].config, runs["pipeline"].directory = config, pipeline
+        for method in sorted(NEIGHBOUR_RUNS):
+            config = _neighbours_config(directory, method, neighbour_embeddings[2])
+            run = Submitted(f"neighbours-{method}", [
+                "neighbours", "--config", str(config),
+                f"--set=output.neighbours={directory / method}/cluster/neighbours", "--master", cluster["master"],
+                *PER_APP], directory)
+            run.config, run.directory = config, directory / method
+            runs[method] = run
+        yield runs
+    finally:
+        for run in runs.values():
+            if run.proc.poll() is None:
+                run.proc.kill()
+                run.proc.wait()
+
+
+def test_executors_run_only_the_archives_python_and_this_code(cluster_runs):
+    result = cluster_runs["envcheck"].result(timeout=900)
     # spark-submit merges a Python driver's stderr (the job's log) into its stdout.
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     summary = _summary(result.stdout)
@@ -180,38 +243,34 @@ def test_executors_run_only_the_archives_python_and_this_code(cluster, env_archi
     assert summary["driver"]["executable"] != executors[0]["executable"]
 
 
-def _write_config(tmp_path: Path, model: list[str]) -> Path:
-    images = tmp_path / "images"
+def _write_config(directory: Path, model: list[str]) -> Path:
+    images = directory / "images"
     for path in sorted(SAMPLE_DIR.rglob("*.jpg"))[:IMAGES]:
         target = images / path.parent.name / path.name
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, target)
-    config = tmp_path / "cluster.yaml"
+    config = directory / "cluster.yaml"
     config.write_text(f"""
 spark: {{master: "local[2]", conf: {{spark.sql.shuffle.partitions: 4}}}}
 input: {{uri: "{images}", partition_size: 3}}
 model: {{{", ".join(s.split(".", 1)[1].replace("=", ": ", 1) for s in model)}, batch_size: 4}}
 neighbours: {{k: 3}}
-output: {{embeddings: "{tmp_path}/local/embeddings", errors: "{tmp_path}/local/errors", neighbours: "{tmp_path}/local/neighbours"}}
+output: {{embeddings: "{directory}/local/embeddings", errors: "{directory}/local/errors", neighbours: "{directory}/local/neighbours"}}
 """)
     return config
 
 
-def test_job_on_the_cluster_equals_the_local_run(cluster, env_archive, spark, tmp_path, toy_overrides):
-    config = _write_config(tmp_path, toy_overrides)
+def test_job_on_the_cluster_equals_the_local_run(cluster_runs, spark):
+    submitted = cluster_runs["pipeline"]
     started = time.monotonic()
-    importlib.import_module(f"lookalike.jobs.{JOB}").run(spark, load_config(str(config)))
+    importlib.import_module(f"lookalike.jobs.{JOB}").run(spark, load_config(str(submitted.config)))
     _timed(f"{JOB} on local[2]", started)
-
-    started = time.monotonic()
-    outputs = [f"--set=output.{t}={tmp_path}/cluster/{t}" for t in ("embeddings", "errors", "neighbours")]
-    result = run_script(["./spark-submit.sh", JOB, "--config", str(config), *outputs, "--master", cluster["master"],
-                         "--env", str(env_archive), "--conf", "spark.executor.memory=512m"], timeout=1200)
-    _timed(f"{JOB} on the cluster", started)
+    result = submitted.result()
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
 
-    local = pq.read_table(tmp_path / "local" / "embeddings").to_pandas().set_index("item_id").sort_index()
-    remote = pq.read_table(tmp_path / "cluster" / "embeddings").to_pandas().set_index("item_id").sort_index()
+    out = submitted.directory
+    local = pq.read_table(out / "local" / "embeddings").to_pandas().set_index("item_id").sort_index()
+    remote = pq.read_table(out / "cluster" / "embeddings").to_pandas().set_index("item_id").sort_index()
     assert len(local) == IMAGES and list(remote.index) == list(local.index)
     for column in ("uri", "source_version", "weights", "dim", "model_fingerprint"):
         assert remote[column].tolist() == local[column].tolist(), column
@@ -219,10 +278,10 @@ def test_job_on_the_cluster_equals_the_local_run(cluster, env_archive, spark, tm
         np.testing.assert_allclose(remote.at[item_id, "embedding"], local.at[item_id, "embedding"], rtol=0, atol=1e-5,
                                    err_msg=item_id)
     assert not np.allclose(np.stack(local["embedding"].iloc[:2]), np.stack(local["embedding"].iloc[1:3]))
-    if (tmp_path / "local" / "neighbours").exists():
+    if (out / "local" / "neighbours").exists():
         columns = ["item_id", "rank", "neighbour_id"]
-        assert (pq.read_table(tmp_path / "cluster" / "neighbours").to_pandas()[columns].sort_values(columns[:2]).values.tolist()
-                == pq.read_table(tmp_path / "local" / "neighbours").to_pandas()[columns].sort_values(columns[:2]).values.tolist())
+        assert (pq.read_table(out / "cluster" / "neighbours").to_pandas()[columns].sort_values(columns[:2]).values.tolist()
+                == pq.read_table(out / "local" / "neighbours").to_pandas()[columns].sort_values(columns[:2]).values.tolist())
 
 
 @pytest.fixture(scope="module")
@@ -237,46 +296,33 @@ def neighbour_embeddings(tmp_path_factory):
 
 
 @pytest.mark.parametrize("method", sorted(NEIGHBOUR_RUNS))
-def test_neighbours_on_the_cluster_equal_the_local_run(cluster, spark, tmp_path, neighbour_embeddings, method):
-    ids, vectors, embeddings = neighbour_embeddings
+def test_neighbours_on_the_cluster_equal_the_local_run(cluster_runs, spark, neighbour_embeddings, method):
+    ids, vectors, _ = neighbour_embeddings
     settings = NEIGHBOUR_RUNS[method]
-    config = tmp_path / "neighbours.yaml"
-    config.write_text(json.dumps({  # JSON is YAML
-        "spark": {"master": "local[2]", "conf": {"spark.sql.shuffle.partitions": 4}},
-        "neighbours": settings,
-        "output": {"embeddings": embeddings, "neighbours": str(tmp_path / "local" / "neighbours")},
-    }))
+    submitted = cluster_runs[method]
     started = time.monotonic()
-    local = neighbours_job.run(spark, load_config(str(config)))
+    local = neighbours_job.run(spark, load_config(str(submitted.config)))
     _timed(f"neighbours ({method}) on local[2]", started)
-
-    started = time.monotonic()
-    # Both executors registered before the first task, so that the tasks spread over both. No
-    # --env: the executors run this checkout's Python (see the module's docstring).
-    result = run_script(["./spark-submit.sh", "neighbours", "--config", str(config),
-                         f"--set=output.neighbours={tmp_path}/cluster/neighbours", "--master", cluster["master"],
-                         "--conf", "spark.executor.memory=512m",
-                         "--conf", "spark.cores.max=2", "--conf", "spark.scheduler.minRegisteredResourcesRatio=1",
-                         "--conf", "spark.scheduler.maxRegisteredResourcesWaitingTime=600s"], timeout=900)
-    _timed(f"neighbours ({method}) on the cluster", started)
+    result = submitted.result(timeout=900)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     remote = _summary(result.stdout)
 
+    out = submitted.directory
     for summary in (local, remote):
         assert summary["method"] == method and summary["queries"] == NEIGHBOUR_ITEMS
         assert summary["partitions"] == 4 and summary["rows"] == settings["k"] * NEIGHBOUR_ITEMS
     if method == "exact":
         for summary in (local, remote):
             assert summary["chunks"] == 3 and summary["symmetric"] is True
-        assert_matches(read_output(str(tmp_path / "local" / "neighbours")), brute_force(ids, vectors, settings["k"]))
+        assert_matches(read_output(str(out / "local" / "neighbours")), brute_force(ids, vectors, settings["k"]))
     else:
         # The lists, their sizes and groups, and the recall: as local mode computed them.
         assert remote["ivf"] == json.loads(json.dumps(local["ivf"])) and remote["recall_at_k"] == local["recall_at_k"]
         # Approximate indeed (about 0.76 here): equal tables mean the same lists were probed.
         assert remote["ivf"]["nprobe"] < remote["ivf"]["nlist"] == 8 and remote["ivf"]["groups"] > 1
         assert remote["recall_sample"]["queries"] == NEIGHBOUR_ITEMS and remote["recall_at_k"] < 0.95
-    got = pq.read_table(tmp_path / "cluster" / "neighbours").sort_by([("item_id", "ascending"), ("rank", "ascending")])
-    want = pq.read_table(tmp_path / "local" / "neighbours").sort_by([("item_id", "ascending"), ("rank", "ascending")])
+    got = pq.read_table(out / "cluster" / "neighbours").sort_by([("item_id", "ascending"), ("rank", "ascending")])
+    want = pq.read_table(out / "local" / "neighbours").sort_by([("item_id", "ascending"), ("rank", "ascending")])
     for column in ("item_id", "rank", "neighbour_id"):
         assert got.column(column).to_pylist() == want.column(column).to_pylist(), column
     np.testing.assert_allclose(got.column("score").to_numpy(), want.column("score").to_numpy(), rtol=0, atol=1e-6)

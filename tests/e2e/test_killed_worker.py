@@ -23,7 +23,7 @@ import pytest
 
 from lookalike.config import load_config
 from lookalike.jobs import embed as embed_job
-from lookalike.publish import versions as publish
+from lookalike import publish
 
 from tests.support.paths import ROOT, SAMPLE_DIR
 from tests.support.procs import run_script

@@ -50,7 +50,7 @@ def publish_embeddings(spark, embeddings: str, ids: list[str], vectors: np.ndarr
                        run_id: str = "20260101T000000Z-embed001") -> str:
     """Publish an embeddings table the way the embed job does, with ``content`` as its content id
     (what the neighbours job's unchanged-input check compares)."""
-    from lookalike.publish import versions as publish
+    from lookalike import publish
 
     with publish.OutputSet(spark, {"embeddings": embeddings}, run_id) as out:
         write_table(embeddings_table(ids, [f"file:///x/{i}.jpg" for i in ids], vectors), out.staging("embeddings"), 2)

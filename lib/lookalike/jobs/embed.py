@@ -173,7 +173,7 @@ def _embed_and_publish(spark, cfg: Config, plan, outputs: OutputSet, summary: di
         seconds = time.perf_counter() - started
         # Task-seconds of each phase (fetch and decode overlap inference on the decode threads;
         # wait is the model idle for pixels), and the driver's seconds writing both tables.
-        summary["phase_seconds"] = {**phases.summary(), "write": round(time.perf_counter() - writing, 2)}
+        summary["phase_seconds"] = {**phases.summary(), "write": round(time.perf_counter() - writing, 3)}
         summary.update(
             rows=int(content.split("-")[0]),
             embeddings_content=content,

@@ -250,7 +250,7 @@ def test_job_missing_inputs_are_clear_errors(spark, tmp_path):
 
 
 def test_a_rerun_on_unchanged_embeddings_and_settings_skips_and_keeps_the_table(spark, tmp_path):
-    from lookalike.publish import versions as publish
+    from lookalike import publish
 
     ids = make_ids(40, seed=9)
     vectors = random_vectors(40, 8, seed=9)
