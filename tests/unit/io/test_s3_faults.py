@@ -11,6 +11,7 @@ tests/spark/embed/test_embed_s3_faults.py.
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -21,6 +22,17 @@ from lookalike.embed import listing
 from lookalike.io import storage
 from lookalike.config import InputConfig, S3Config
 
+
+
+@pytest.fixture(autouse=True)
+def backoff_waits(monkeypatch) -> list:
+    """The retries' back-off waits, recorded instead of slept. botocore's (from 1 s for throttling)
+    and lookalike's own for broken bodies both wait with time.sleep; the tests count attempts, and
+    sleeping through the waits took most of this file's 35 s. Nothing else here sleeps: moto runs
+    in its own process and the proxy's threads never wait."""
+    waits: list = []
+    monkeypatch.setattr(time, "sleep", waits.append)
+    return waits
 
 
 def put_blobs(s3, bucket: str, n: int) -> dict[str, bytes]:
@@ -39,7 +51,8 @@ def fetch_all(proxy: FaultProxy, bucket: str, keys, **s3_settings) -> dict[str, 
         return dict(zip(keys, data))
 
 
-def test_every_fault_kind_is_retried_and_the_proxy_is_deterministic_for_a_seed(s3, bucket, s3_endpoint):
+def test_every_fault_kind_is_retried_and_the_proxy_is_deterministic_for_a_seed(s3, bucket, s3_endpoint,
+                                                                              backoff_waits):
     blobs = put_blobs(s3, bucket, 40)
     seen = []
     for seed in (1, 1, 2):
@@ -54,6 +67,7 @@ def test_every_fault_kind_is_retried_and_the_proxy_is_deterministic_for_a_seed(s
             assert {kind for (_, kind) in stats.faults} == set(FAULT_KINDS)
             seen.append(dict(stats.failed))
     assert seen[0] == seen[1] and seen[0] != seen[2]
+    assert backoff_waits and all(0 <= wait <= 20 for wait in backoff_waits)  # retried after a back-off
 
 
 @pytest.mark.parametrize("mode", ["standard", "adaptive", "legacy"])
