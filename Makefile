@@ -18,8 +18,8 @@ help:
 	@echo "make test   - set up with test extras, then run the whole test suite (unit, models, spark, e2e)"
 	@echo "make test-unit - tests/unit only: under a minute, no JVM, no model larger than a toy"
 	@echo "make test-fast - tests/unit and tests/spark: the code's logic in one local Spark session, no whole processes"
-	@echo "make lint   - ruff (lint and format check) and mypy over lib/ and jobs/"
-	@echo "make format - ruff's fixes and formatting over lib/ and jobs/"
+	@echo "make lint   - ruff (lint and format check) over the repository, mypy over lib/ and jobs/"
+	@echo "make format - ruff's fixes and formatting over the repository"
 	@echo "make coverage - the whole suite under coverage.py: line coverage of lib/ (build/coverage)"
 	@echo "make test-compat - the suite plus petastorm tests on Spark 3.5 / pyarrow 14 / numpy 1.26 (.venv-compat)"
 	@echo "make bench  - run the benchmarks in bench/ (uses ../shared/data when present)"
@@ -51,7 +51,7 @@ test-unit: setup
 test-fast: setup
 	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS) tests/unit tests/spark
 
-LINTED := lib jobs
+LINTED := .
 
 lint: setup
 	$(VENV)/bin/ruff check $(LINTED)

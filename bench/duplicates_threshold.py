@@ -97,15 +97,22 @@ def embed(blobs: list[bytes], precision: str, runtime: str) -> tuple[np.ndarray,
     from lookalike.config import ModelConfig
     from lookalike.embed import images, model
 
-    cfg = ModelConfig(name="efficientnet_lite0", weights="imagenet", precision=precision, runtime=runtime,
-                      batch_size=32)
+    cfg = ModelConfig(
+        name="efficientnet_lite0", weights="imagenet", precision=precision, runtime=runtime, batch_size=32
+    )
     embedder = model.Embedder(cfg, threads=os.cpu_count() or 1)
     pixels = np.stack([images.decode(blob, 0, embedder.input_size)[0] for blob in blobs])
     return embedder.embed(pixels), embedder.weights_tag
 
 
-def sweep(threshold: float, cos: np.ndarray, owner: np.ndarray, kind: np.ndarray, sources: list[int],
-          originals_cos: np.ndarray) -> dict:
+def sweep(
+    threshold: float,
+    cos: np.ndarray,
+    owner: np.ndarray,
+    kind: np.ndarray,
+    sources: list[int],
+    originals_cos: np.ndarray,
+) -> dict:
     """What one min_score would find: copies found per kind, groups found whole, false pairs."""
     copies = {}
     for alteration in ALTERATIONS:
@@ -122,8 +129,12 @@ def sweep(threshold: float, cos: np.ndarray, owner: np.ndarray, kind: np.ndarray
                 break
             reached = grown
         whole += len(reached) == len(members)
-    return {"threshold": threshold, "copies": copies, "whole_group": whole / len(sources),
-            "distinct_pairs": int((originals_cos >= threshold).sum())}
+    return {
+        "threshold": threshold,
+        "copies": copies,
+        "whole_group": whole / len(sources),
+        "distinct_pairs": int((originals_cos >= threshold).sum()),
+    }
 
 
 def main() -> None:
@@ -134,15 +145,18 @@ def main() -> None:
     parser.add_argument("--precision", default="float32")
     parser.add_argument("--runtime", default="keras")
     parser.add_argument("--top", type=int, default=5, help="closest pairs of distinct photos to list")
-    parser.add_argument("--thresholds", default="0.85,0.88,0.90,0.91,0.92,0.93,0.94,0.95,0.96",
-                        help="candidate min_score values to tabulate (comma-separated)")
+    parser.add_argument(
+        "--thresholds",
+        default="0.85,0.88,0.90,0.91,0.92,0.93,0.94,0.95,0.96",
+        help="candidate min_score values to tabulate (comma-separated)",
+    )
     args = parser.parse_args()
 
     started = time.perf_counter()
     photos = choose_photos(args.data, args.photos)
     originals = [open(path, "rb").read() for path in photos]
     step = max(1, len(photos) // max(args.altered, 1))
-    sources = list(range(0, len(photos), step))[:args.altered]
+    sources = list(range(0, len(photos), step))[: args.altered]
     blobs, owner, kind = list(originals), list(range(len(photos))), ["original"] * len(photos)
     for index in sources:
         for alteration in ALTERATIONS:
@@ -161,50 +175,74 @@ def main() -> None:
         rows = np.flatnonzero(kind_a == alteration)
         values = cos[rows, owner_a[rows]]
         copies[alteration] = {"min": float(values.min()), "mean": float(values.mean()), "n": int(len(values))}
-    within = [cos[np.ix_(members, members)][np.triu_indices(len(members), 1)].min()
-              for members in (np.flatnonzero((owner_a == index) & np.isin(kind_a, GROUP)) for index in sources)]
+    within = [
+        cos[np.ix_(members, members)][np.triu_indices(len(members), 1)].min()
+        for members in (np.flatnonzero((owner_a == index) & np.isin(kind_a, GROUP)) for index in sources)
+    ]
     copy_min = min(c["min"] for kind_name, c in copies.items() if kind_name in GROUP)
 
     upper = np.triu_indices(n, 1)
     originals_cos = cos[:n, :n][upper]
     other = owner_a[None, :] != owner_a[:, None]
     copy_vs_other = cos[n:][other[n:]]
-    order = np.argsort(-originals_cos)[:args.top]
+    order = np.argsort(-originals_cos)[: args.top]
     rel = [os.path.relpath(p, args.data) for p in photos]
     distinct_max = float(max(originals_cos.max(), copy_vs_other.max() if len(copy_vs_other) else -1))
     result = {
-        "data": os.path.relpath(os.path.abspath(args.data), ROOT), "photos": n, "altered": len(sources),
-        "model": "efficientnet_lite0", "weights": weights, "precision": args.precision, "runtime": args.runtime,
-        "copies": copies, "copy_min": copy_min, "group_min": float(min(within)),
-        "distinct": {"originals_max": float(originals_cos.max()),
-                     "originals_p99": float(np.percentile(originals_cos, 99)),
-                     "originals_p999": float(np.percentile(originals_cos, 99.9)),
-                     "copy_vs_other_max": float(copy_vs_other.max()) if len(copy_vs_other) else None,
-                     "max": distinct_max, "pairs": int(len(originals_cos)),
-                     "top": [[rel[upper[0][i]], rel[upper[1][i]], float(originals_cos[i])] for i in order]},
+        "data": os.path.relpath(os.path.abspath(args.data), ROOT),
+        "photos": n,
+        "altered": len(sources),
+        "model": "efficientnet_lite0",
+        "weights": weights,
+        "precision": args.precision,
+        "runtime": args.runtime,
+        "copies": copies,
+        "copy_min": copy_min,
+        "group_min": float(min(within)),
+        "distinct": {
+            "originals_max": float(originals_cos.max()),
+            "originals_p99": float(np.percentile(originals_cos, 99)),
+            "originals_p999": float(np.percentile(originals_cos, 99.9)),
+            "copy_vs_other_max": float(copy_vs_other.max()) if len(copy_vs_other) else None,
+            "max": distinct_max,
+            "pairs": int(len(originals_cos)),
+            "top": [[rel[upper[0][i]], rel[upper[1][i]], float(originals_cos[i])] for i in order],
+        },
         "gap": [distinct_max, float(min(copy_min, min(within)))],
         "midpoint": (distinct_max + min(copy_min, min(within))) / 2,
-        "sweep": [sweep(t, cos, owner_a, kind_a, sources, originals_cos)
-                  for t in (float(v) for v in args.thresholds.split(","))],
-        "seconds": round(time.perf_counter() - started, 1), "machine": platform.machine(),
+        "sweep": [
+            sweep(t, cos, owner_a, kind_a, sources, originals_cos)
+            for t in (float(v) for v in args.thresholds.split(","))
+        ],
+        "seconds": round(time.perf_counter() - started, 1),
+        "machine": platform.machine(),
     }
-    print(f"{n} photos from {result['data']}, {len(sources)} with {len(ALTERATIONS)} altered copies; "
-          f"efficientnet_lite0 imagenet, {args.precision} on {args.runtime}")
+    print(
+        f"{n} photos from {result['data']}, {len(sources)} with {len(ALTERATIONS)} altered copies; "
+        f"efficientnet_lite0 imagenet, {args.precision} on {args.runtime}"
+    )
     print("original vs its copy      min      mean")
     for alteration, c in copies.items():
         print(f"  {alteration:<22}{c['min']:.4f}   {c['mean']:.4f}")
     print(f"  any two in a group      {result['group_min']:.4f}")
-    print(f"distinct photos: max {result['distinct']['originals_max']:.4f} over {len(originals_cos)} pairs "
-          f"(p99 {result['distinct']['originals_p99']:.4f}, p99.9 {result['distinct']['originals_p999']:.4f}); "
-          f"copy vs another photo max {result['distinct']['copy_vs_other_max']:.4f}")
+    print(
+        f"distinct photos: max {result['distinct']['originals_max']:.4f} over {len(originals_cos)} pairs "
+        f"(p99 {result['distinct']['originals_p99']:.4f}, p99.9 {result['distinct']['originals_p999']:.4f}); "
+        f"copy vs another photo max {result['distinct']['copy_vs_other_max']:.4f}"
+    )
     for a, b, score in result["distinct"]["top"]:
         print(f"  {score:.4f}  {a}  {b}")
-    print(f"gap: {result['gap'][0]:.4f} .. {result['gap'][1]:.4f}, midpoint {result['midpoint']:.4f} "
-          f"({result['seconds']}s)")
+    print(
+        f"gap: {result['gap'][0]:.4f} .. {result['gap'][1]:.4f}, midpoint {result['midpoint']:.4f} "
+        f"({result['seconds']}s)"
+    )
     print("threshold  " + "  ".join(f"{a:>8}" for a in ALTERATIONS) + "  group whole  distinct pairs")
     for row in result["sweep"]:
-        print(f"{row['threshold']:<9.2f}  " + "  ".join(f"{row['copies'][a]:>8.3f}" for a in ALTERATIONS)
-              + f"  {row['whole_group']:>11.3f}  {row['distinct_pairs']:>13d}")
+        print(
+            f"{row['threshold']:<9.2f}  "
+            + "  ".join(f"{row['copies'][a]:>8.3f}" for a in ALTERATIONS)
+            + f"  {row['whole_group']:>11.3f}  {row['distinct_pairs']:>13d}"
+        )
     os.makedirs(RESULTS, exist_ok=True)
     with open(os.path.join(RESULTS, "duplicates_threshold.json"), "w", encoding="utf-8") as handle:
         json.dump(result, handle, indent=2)

@@ -109,19 +109,25 @@ def run_raw(paths: list[Path], name: str, batch_size: int, workdir: Path) -> dic
     script = workdir / "raw.py"
     script.write_text(RAW_SCRIPT)
     started = time.perf_counter()
-    out = subprocess.run([sys.executable, str(script), str(listing), name, str(batch_size)],
-                         capture_output=True, text=True, cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, str(script), str(listing), name, str(batch_size)], capture_output=True, text=True, cwd=ROOT
+    )
     wall = time.perf_counter() - started
     if out.returncode != 0:
         sys.exit(f"raw script failed:\n{out.stderr[-4000:]}")
     rows, _, load, predicting = next(line for line in out.stdout.splitlines() if line.startswith("RESULT")).split()[1:]
-    return {"images": int(rows), "seconds": round(wall, 2), "model_load_seconds": float(load),
-            "images_per_second": round(int(rows) / wall, 3),
-            "model_images_per_second": round(int(rows) / float(predicting), 3)}
+    return {
+        "images": int(rows),
+        "seconds": round(wall, 2),
+        "model_load_seconds": float(load),
+        "images_per_second": round(int(rows) / wall, 3),
+        "model_images_per_second": round(int(rows) / float(predicting), 3),
+    }
 
 
-def run_job(images: Path, name: str, batch_size: int, workdir: Path, label: str, model: dict,
-            spark_conf: dict | None = None) -> dict:
+def run_job(
+    images: Path, name: str, batch_size: int, workdir: Path, label: str, model: dict, spark_conf: dict | None = None
+) -> dict:
     """The embed job on a config made from conf/local.yaml with ``model`` keys changed."""
     config = yaml.safe_load((ROOT / "conf" / "local.yaml").read_text())
     out = workdir / label
@@ -132,8 +138,9 @@ def run_job(images: Path, name: str, batch_size: int, workdir: Path, label: str,
     path = workdir / f"{label}.yaml"
     path.write_text(yaml.safe_dump(config))
     started = time.perf_counter()
-    result = subprocess.run([str(ROOT / "spark-submit.sh"), "embed", "--config", str(path)],
-                            capture_output=True, text=True, cwd=ROOT)
+    result = subprocess.run(
+        [str(ROOT / "spark-submit.sh"), "embed", "--config", str(path)], capture_output=True, text=True, cwd=ROOT
+    )
     wall = time.perf_counter() - started
     if result.returncode != 0:
         sys.exit(f"embed job {label} failed:\n{result.stderr[-4000:]}")
@@ -142,12 +149,19 @@ def run_job(images: Path, name: str, batch_size: int, workdir: Path, label: str,
     # Tasks run side by side: the model's own rate is images per second of inference per task slot.
     slots = max(1, os.cpu_count() // int((spark_conf or {}).get("spark.task.cpus", 1)))
     concurrent = min(slots, summary["partitions"])
-    return {"images": summary["embedded"], "seconds": round(wall, 2), "job_seconds": summary["seconds"],
-            "precision": summary["precision"], "runtime": summary["runtime"],
-            "model_loads": summary["model_loads"], "partitions": summary["partitions"], "phases": phases,
-            "images_per_second": round(summary["embedded"] / wall, 3),
-            "infer_images_per_second": round(summary["embedded"] / (phases["infer"] / concurrent), 3),
-            "table": str(out / "emb")}
+    return {
+        "images": summary["embedded"],
+        "seconds": round(wall, 2),
+        "job_seconds": summary["seconds"],
+        "precision": summary["precision"],
+        "runtime": summary["runtime"],
+        "model_loads": summary["model_loads"],
+        "partitions": summary["partitions"],
+        "phases": phases,
+        "images_per_second": round(summary["embedded"] / wall, 3),
+        "infer_images_per_second": round(summary["embedded"] / (phases["infer"] / concurrent), 3),
+        "table": str(out / "emb"),
+    }
 
 
 def neighbours(table: str, k: int = 10) -> tuple[list[str], np.ndarray]:
@@ -165,10 +179,12 @@ def quality(fast: str, reference: str, k: int = 10) -> dict:
     ids_ref, top_ref = neighbours(reference, k)
     assert ids == ids_ref, "the two tables hold different items"
     labels = np.array([i.split("/", 1)[0] for i in ids])
-    overlap = np.mean([len(set(a) & set(b)) / k for a, b in zip(top_fast, top_ref)])
-    return {"top10_overlap": round(float(overlap), 4),
-            "p_at_10": round(float((labels[top_fast] == labels[:, None]).mean()), 4),
-            "p_at_10_float32": round(float((labels[top_ref] == labels[:, None]).mean()), 4)}
+    overlap = np.mean([len(set(a) & set(b)) / k for a, b in zip(top_fast, top_ref, strict=False)])
+    return {
+        "top10_overlap": round(float(overlap), 4),
+        "p_at_10": round(float((labels[top_fast] == labels[:, None]).mean()), 4),
+        "p_at_10_float32": round(float((labels[top_ref] == labels[:, None]).mean()), 4),
+    }
 
 
 def main(argv=None) -> int:
@@ -177,30 +193,44 @@ def main(argv=None) -> int:
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--models", default="vgg16,efficientnet_lite0")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--arrangements", action="store_true",
-                        help="also run (b) as 2 tasks x 1 thread and 1 task x 2 threads")
+    parser.add_argument(
+        "--arrangements", action="store_true", help="also run (b) as 2 tasks x 1 thread and 1 task x 2 threads"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "embed_throughput.json")
     args = parser.parse_args(argv)
 
     paths = pick_images(args.images, args.n)
-    result = {"n": args.n, "batch_size": args.batch_size, "cpus": os.cpu_count(), "cpu": cpu_name(),
-              "bf16_flags": bf16_flags(), "models": {}}
+    result = {
+        "n": args.n,
+        "batch_size": args.batch_size,
+        "cpus": os.cpu_count(),
+        "cpu": cpu_name(),
+        "bf16_flags": bf16_flags(),
+        "models": {},
+    }
     with tempfile.TemporaryDirectory(prefix="lookalike-bench-") as tmp:
         workdir = Path(tmp)
         images = link_images(paths, workdir)
         for name in args.models.split(","):
             raw = run_raw(paths, name, args.batch_size, workdir)
             shipped = run_job(images, name, args.batch_size, workdir, f"{name}-shipped", {})
-            float32 = run_job(images, name, args.batch_size, workdir, f"{name}-float32",
-                              {"precision": "float32", "runtime": "keras"})
-            entry = {"raw_keras_float32": raw, "job_shipped": shipped, "job_float32_keras": float32,
-                     "quality": quality(shipped["table"], float32["table"])}
+            float32 = run_job(
+                images, name, args.batch_size, workdir, f"{name}-float32", {"precision": "float32", "runtime": "keras"}
+            )
+            entry = {
+                "raw_keras_float32": raw,
+                "job_shipped": shipped,
+                "job_float32_keras": float32,
+                "quality": quality(shipped["table"], float32["table"]),
+            }
             if args.arrangements:
                 entry["arrangements"] = {
-                    "2 tasks x 1 thread": run_job(images, name, args.batch_size, workdir, f"{name}-2x1",
-                                                  {"threads": 1}),
-                    "1 task x 2 threads": run_job(images, name, args.batch_size, workdir, f"{name}-1x2",
-                                                  {"threads": 2}, {"spark.task.cpus": 2}),
+                    "2 tasks x 1 thread": run_job(
+                        images, name, args.batch_size, workdir, f"{name}-2x1", {"threads": 1}
+                    ),
+                    "1 task x 2 threads": run_job(
+                        images, name, args.batch_size, workdir, f"{name}-1x2", {"threads": 2}, {"spark.task.cpus": 2}
+                    ),
                 }
             result["models"][name] = entry
             print_model(name, entry, args.n)
@@ -215,20 +245,34 @@ def print_model(name: str, entry: dict, n: int) -> None:
     raw, shipped, float32 = entry["raw_keras_float32"], entry["job_shipped"], entry["job_float32_keras"]
     print(f"\n{name} ({WEIGHTS[name]} weights), N={n}")
     print(f"{'':52s}{'wall s':>8s}{'img/s':>8s}{'vs (a)':>8s}{'model img/s':>13s}")
-    rows = [("(a) Keras float32 script", raw, raw["model_images_per_second"]),
-            (f"(b) job, shipped config ({shipped['runtime']}, {shipped['precision']})", shipped,
-             shipped["infer_images_per_second"]),
-            ("(c) job, float32 on Keras", float32, float32["infer_images_per_second"])]
+    rows = [
+        ("(a) Keras float32 script", raw, raw["model_images_per_second"]),
+        (
+            f"(b) job, shipped config ({shipped['runtime']}, {shipped['precision']})",
+            shipped,
+            shipped["infer_images_per_second"],
+        ),
+        ("(c) job, float32 on Keras", float32, float32["infer_images_per_second"]),
+    ]
     for label, run, model_rate in rows:
-        print(f"{label:52s}{run['seconds']:8.1f}{run['images_per_second']:8.2f}"
-              f"{run['images_per_second'] / raw['images_per_second']:7.2f}x{model_rate:13.1f}")
-    print(f"(b)'s inference alone: {shipped['infer_images_per_second'] / raw['model_images_per_second']:.2f}x the "
-          f"float32 model; (b) phases, task-seconds: {shipped['phases']}")
+        print(
+            f"{label:52s}{run['seconds']:8.1f}{run['images_per_second']:8.2f}"
+            f"{run['images_per_second'] / raw['images_per_second']:7.2f}x{model_rate:13.1f}"
+        )
+    print(
+        f"(b)'s inference alone: {shipped['infer_images_per_second'] / raw['model_images_per_second']:.2f}x the "
+        f"float32 model; (b) phases, task-seconds: {shipped['phases']}"
+    )
     q = entry["quality"]
-    print(f"top-10 overlap (b) vs (c): {q['top10_overlap']:.3f}; P@10 by label: (b) {q['p_at_10']:.4f}, "
-          f"(c) {q['p_at_10_float32']:.4f}")
+    print(
+        f"top-10 overlap (b) vs (c): {q['top10_overlap']:.3f}; P@10 by label: (b) {q['p_at_10']:.4f}, "
+        f"(c) {q['p_at_10_float32']:.4f}"
+    )
     for label, run in entry.get("arrangements", {}).items():
-        print(f"  {label}: {run['images_per_second']:.2f} img/s end to end, inference {run['infer_images_per_second']:.1f} img/s")
+        print(
+            f"  {label}: {run['images_per_second']:.2f} img/s end to end, "
+            f"inference {run['infer_images_per_second']:.1f} img/s"
+        )
 
 
 if __name__ == "__main__":

@@ -23,10 +23,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lookalike.tools import evaluate
 from lookalike import schemas
 from lookalike.io import tables
 from lookalike.neighbours import topk
+from lookalike.tools import evaluate
 from lookalike.tools.labels import load_labels
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -44,7 +44,7 @@ def neighbours(ids: list[str], vectors: np.ndarray, k: int) -> pa.Table:
         for r in range(stop - start):
             if not valid[start + r]:
                 continue
-            for rank, (s, j) in enumerate(zip(scores[r], found[r]), start=1):
+            for rank, (s, j) in enumerate(zip(scores[r], found[r], strict=False), start=1):
                 if j != topk.EMPTY_ID:
                     rows["item_id"].append(ids[start + r])
                     rows["rank"].append(rank)
@@ -86,21 +86,36 @@ def main(argv: list[str]) -> int:
         rankings = top.groupby("item_id", sort=False)["neighbour_id"].apply(list).to_dict()
         results[k] = evaluate.evaluate(rankings, labels, k, universe=ids)
 
-    print(f"{args.name}: {len(ids)} items, dim {vectors.shape[1]}, weights {', '.join(weights)}; "
-          f"read {read_s:.1f}s, exact top-{max(ks)} {topk_s:.1f}s")
+    print(
+        f"{args.name}: {len(ids)} items, dim {vectors.shape[1]}, weights {', '.join(weights)}; "
+        f"read {read_s:.1f}s, exact top-{max(ks)} {topk_s:.1f}s"
+    )
     print(f"{'k':>3}  {'queries':>7}  {'precision@k':>11}  {'recall@k':>8}  {'mAP@k':>6}  {'chance':>6}")
     for k, r in results.items():
-        print(f"{k:>3}  {r['queries']:>7}  {r['precision_at_k']:>11.3f}  {r['recall_at_k']:>8.3f}  "
-              f"{r['map_at_k']:>6.3f}  {r['chance']:>6.3f}")
+        print(
+            f"{k:>3}  {r['queries']:>7}  {r['precision_at_k']:>11.3f}  {r['recall_at_k']:>8.3f}  "
+            f"{r['map_at_k']:>6.3f}  {r['chance']:>6.3f}"
+        )
     print(evaluate.format_table(results[max(ks)]))
 
     os.makedirs(RESULTS, exist_ok=True)
     out = os.path.join(RESULTS, f"evaluate-{args.name}.json")
     with open(out, "w", encoding="utf-8") as handle:
-        json.dump({"name": args.name, "embeddings": args.embeddings, "labels": args.labels,
-                   "items": len(ids), "dim": int(vectors.shape[1]), "weights": weights,
-                   "seconds": {"read": round(read_s, 2), "topk": round(topk_s, 2)},
-                   "by_k": {str(k): r for k, r in results.items()}}, handle, indent=2, sort_keys=True)
+        json.dump(
+            {
+                "name": args.name,
+                "embeddings": args.embeddings,
+                "labels": args.labels,
+                "items": len(ids),
+                "dim": int(vectors.shape[1]),
+                "weights": weights,
+                "seconds": {"read": round(read_s, 2), "topk": round(topk_s, 2)},
+                "by_k": {str(k): r for k, r in results.items()},
+            },
+            handle,
+            indent=2,
+            sort_keys=True,
+        )
     print(f"wrote {out}")
     return 0
 

@@ -49,6 +49,7 @@ sys.path.insert(0, str(ROOT / "lib"))
 # ---------------------------------------------------------------------------------------------
 # Data
 
+
 def make_table(directory: Path, n: int, dim: int, seed: int = 0, files: int = 4) -> tuple[list[str], np.ndarray]:
     """N random unit vectors as an embeddings table (the embed job's schema), ids in random order."""
     rng = np.random.default_rng(seed)
@@ -72,46 +73,56 @@ def write_embeddings(directory: Path, ids: list[str], x: np.ndarray, weights: st
     step = -(-n // files)
     for part, start in enumerate(range(0, n, step)):
         rows = min(step, n - start)
-        chunk = ids[start:start + rows]
-        values = pa.array(x[start:start + rows].ravel(), pa.float32())
+        chunk = ids[start : start + rows]
+        values = pa.array(x[start : start + rows].ravel(), pa.float32())
         embedding = pa.ListArray.from_arrays(pa.array(np.arange(rows + 1, dtype=np.int32) * dim), values)
         columns = {
-            "item_id": pa.array(chunk), "uri": pa.array([f"file:///bench/{i}.jpg" for i in chunk]),
-            "source_version": pa.nulls(rows, pa.string()), "source_bytes": pa.nulls(rows, pa.int64()),
-            "width": pa.nulls(rows, pa.int32()), "height": pa.nulls(rows, pa.int32()),
-            "model": pa.array(["vgg16"] * rows), "weights": pa.array([weights] * rows),
-            "pooling": pa.array(["avg"] * rows), "dim": pa.array([dim] * rows, pa.int32()),
+            "item_id": pa.array(chunk),
+            "uri": pa.array([f"file:///bench/{i}.jpg" for i in chunk]),
+            "source_version": pa.nulls(rows, pa.string()),
+            "source_bytes": pa.nulls(rows, pa.int64()),
+            "width": pa.nulls(rows, pa.int32()),
+            "height": pa.nulls(rows, pa.int32()),
+            "model": pa.array(["vgg16"] * rows),
+            "weights": pa.array([weights] * rows),
+            "pooling": pa.array(["avg"] * rows),
+            "dim": pa.array([dim] * rows, pa.int32()),
             "embedding": embedding.cast(pa.list_(pa.field("element", pa.float32(), False))),
-            "model_fingerprint": pa.array(["bench"] * rows), "run_id": pa.array(["bench"] * rows),
+            "model_fingerprint": pa.array(["bench"] * rows),
+            "run_id": pa.array(["bench"] * rows),
             "embedded_at": pa.array([0] * rows, pa.timestamp("us", tz="UTC")),
         }
         # Columns the table gained later (precision, runtime) are nullable: null, as in old tables.
-        pq.write_table(pa.table([columns.get(f.name, pa.nulls(rows, f.type)) for f in schema], schema=schema),
-                       directory / f"part-{part:05d}.parquet")
+        pq.write_table(
+            pa.table([columns.get(f.name, pa.nulls(rows, f.type)) for f in schema], schema=schema),
+            directory / f"part-{part:05d}.parquet",
+        )
 
 
 def exact_topk(x: np.ndarray, k: int) -> np.ndarray:
     """Indices of each row's k most similar other rows (numpy, for recall only)."""
     out = np.empty((len(x), k), dtype=np.int64)
     for start in range(0, len(x), 2048):
-        s = x[start:start + 2048] @ x.T
+        s = x[start : start + 2048] @ x.T
         s[np.arange(len(s)), np.arange(start, start + len(s))] = -np.inf
         part = np.argpartition(-s, k, axis=1)[:, :k]
         order = np.argsort(-np.take_along_axis(s, part, 1), axis=1)
-        out[start:start + 2048] = np.take_along_axis(part, order, 1)
+        out[start : start + 2048] = np.take_along_axis(part, order, 1)
     return out
 
 
 # ---------------------------------------------------------------------------------------------
 # Measuring a command
 
+
 def measure(command: list[str], env: dict | None = None, timeout: float = 3600) -> dict:
     """Wall time, peak RSS of the process tree, exit status and output of ``command``."""
     import psutil
 
     started = time.perf_counter()
-    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, **(env or {})})
+    proc = subprocess.Popen(
+        command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})}
+    )
     peak = [0]
     done = threading.Event()
 
@@ -137,8 +148,13 @@ def measure(command: list[str], env: dict | None = None, timeout: float = 3600) 
     finally:
         done.set()
         watcher.join()
-    return {"seconds": round(time.perf_counter() - started, 2), "peak_rss_mb": round(peak[0] / 2 ** 20, 1),
-            "returncode": proc.returncode, "stdout": stdout, "stderr": stderr}
+    return {
+        "seconds": round(time.perf_counter() - started, 2),
+        "peak_rss_mb": round(peak[0] / 2**20, 1),
+        "returncode": proc.returncode,
+        "stdout": stdout,
+        "stderr": stderr,
+    }
 
 
 def last_json(text: str) -> dict:
@@ -154,23 +170,44 @@ def check(result: dict, what: str) -> None:
 # ---------------------------------------------------------------------------------------------
 # (a) the job, (b) FAISS, (c) MLlib LSH
 
+
 def run_job(embeddings: Path, output: Path, k: int, driver_memory: str = "8g", settings: tuple = ()) -> dict:
     # local[*] runs everything in the driver JVM, whose heap spark-submit fixes before the job's
     # config is read (1g by default): size it as a user would for the table.
-    result = measure([str(ROOT / "spark-submit.sh"), "neighbours", "--config", str(ROOT / "conf" / "local.yaml"),
-                      "--set", f"output.embeddings={embeddings}", "--set", f"output.neighbours={output}",
-                      "--set", f"neighbours.k={k}", *[a for s in settings for a in ("--set", s)],
-                      "--driver-memory", driver_memory])
+    result = measure(
+        [
+            str(ROOT / "spark-submit.sh"),
+            "neighbours",
+            "--config",
+            str(ROOT / "conf" / "local.yaml"),
+            "--set",
+            f"output.embeddings={embeddings}",
+            "--set",
+            f"output.neighbours={output}",
+            "--set",
+            f"neighbours.k={k}",
+            *[a for s in settings for a in ("--set", s)],
+            "--driver-memory",
+            driver_memory,
+        ]
+    )
     check(result, "the neighbours job")
     summary = last_json(result["stdout"])
-    return {"seconds": result["seconds"], "peak_rss_mb": result["peak_rss_mb"],
-            "job_seconds": summary.get("seconds"), "phase_seconds": summary.get("phase_seconds"),
-            "rows": summary.get("rows"), "chunks": summary.get("chunks"), "partitions": summary.get("partitions"),
-            "symmetric": summary.get("symmetric")}
+    return {
+        "seconds": result["seconds"],
+        "peak_rss_mb": result["peak_rss_mb"],
+        "job_seconds": summary.get("seconds"),
+        "phase_seconds": summary.get("phase_seconds"),
+        "rows": summary.get("rows"),
+        "chunks": summary.get("chunks"),
+        "partitions": summary.get("partitions"),
+        "symmetric": summary.get("symmetric"),
+    }
 
 
 # ---------------------------------------------------------------------------------------------
 # (d) neighbours.same: partitioned search
+
 
 def zipf_sizes(n: int, groups: int, exponent: float = 1.0) -> np.ndarray:
     """Group sizes proportional to 1 / rank^exponent, summing to n, none empty."""
@@ -212,14 +249,30 @@ print(json.dumps(out))
 def run_group_kernel(n: int, dim: int, k: int, sizes: np.ndarray, rows: int = 8192) -> dict:
     """One core, no Spark: ``rows`` queries against all N candidates, ungrouped (topk_block)
     against grouped (exact.grouped_topk, what a task runs with neighbours.same)."""
-    result = subprocess.run([sys.executable, "-c", GROUP_KERNEL_SCRIPT, str(ROOT / "lib"), str(n), str(dim), str(k),
-                             str(rows), json.dumps(sizes.tolist())], capture_output=True, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"})
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            GROUP_KERNEL_SCRIPT,
+            str(ROOT / "lib"),
+            str(n),
+            str(dim),
+            str(k),
+            str(rows),
+            json.dumps(sizes.tolist()),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"},
+    )
     if result.returncode:
         sys.exit(f"grouped kernel benchmark failed:\n{result.stderr[-3000:]}")
     seconds = json.loads(result.stdout.strip().splitlines()[-1])
-    return {"queries": rows, "seconds": {key: round(v, 3) for key, v in seconds.items()},
-            "ratio": round(seconds["grouped"] / seconds["ungrouped"], 4)}
+    return {
+        "queries": rows,
+        "seconds": {key: round(v, 3) for key, v in seconds.items()},
+        "ratio": round(seconds["grouped"] / seconds["ungrouped"], 4),
+    }
 
 
 def run_groups(workdir: Path, embeddings: Path, ids: list[str], k: int, groups: int, dim: int) -> dict:
@@ -233,23 +286,33 @@ def run_groups(workdir: Path, embeddings: Path, ids: list[str], k: int, groups: 
     attributes = workdir / "attributes.parquet"
     pq.write_table(pa.table({"item_id": ids, "category": category}), attributes)
     runs = {}
-    for name, settings in (("grouped", (f"neighbours.attributes={attributes}", "neighbours.same=category")),
-                           ("ungrouped_one_sided", ("neighbours.symmetric=false",)),
-                           ("ungrouped_default", ())):
+    for name, settings in (
+        ("grouped", (f"neighbours.attributes={attributes}", "neighbours.same=category")),
+        ("ungrouped_one_sided", ("neighbours.symmetric=false",)),
+        ("ungrouped_default", ()),
+    ):
         print(f"(d) neighbours.same: {name} ...", flush=True)
         runs[name] = run_job(embeddings, workdir / f"neighbours-{name}", k, settings=settings)
     print("(d) neighbours.same: the kernel alone, one core ...", flush=True)
     kernel = run_group_kernel(len(ids), dim, k, sizes)
     work = float((sizes.astype(np.float64) ** 2).sum() / float(len(ids)) ** 2)
     score = {name: r["phase_seconds"]["score"] + r["phase_seconds"].get("merge", 0.0) for name, r in runs.items()}
-    return {"groups": groups, "largest": int(sizes.max()), "smallest": int(sizes.min()), "work_ratio": round(work, 4),
-            "runs": runs, "score_plus_merge_seconds": score, "kernel": kernel,
-            "time_ratio_vs_one_sided": round(score["grouped"] / score["ungrouped_one_sided"], 4),
-            "time_ratio_vs_default": round(score["grouped"] / score["ungrouped_default"], 4)}
+    return {
+        "groups": groups,
+        "largest": int(sizes.max()),
+        "smallest": int(sizes.min()),
+        "work_ratio": round(work, 4),
+        "runs": runs,
+        "score_plus_merge_seconds": score,
+        "kernel": kernel,
+        "time_ratio_vs_one_sided": round(score["grouped"] / score["ungrouped_one_sided"], 4),
+        "time_ratio_vs_default": round(score["grouped"] / score["ungrouped_default"], 4),
+    }
 
 
-def planted_table(directory: Path, n: int, dim: int, planted: int, min_score: float = 0.95,
-                  seed: int = 5) -> tuple[list[list[str]], int]:
+def planted_table(
+    directory: Path, n: int, dim: int, planted: int, min_score: float = 0.95, seed: int = 5
+) -> tuple[list[list[str]], int]:
     """N unit vectors of which ``planted`` groups of 2..6 are near-copies of one random vector: each
     copy is the original plus noise of norm 0.05 (cosine ~0.999 with it, ~0.997 between copies),
     and every fifth group is a chain (copy j is copy j - 1 plus noise of norm 0.26: cosine ~0.968
@@ -267,7 +330,7 @@ def planted_table(directory: Path, n: int, dim: int, planted: int, min_score: fl
     order = rng.permutation(n)
     truth, position, pairs = [], 0, 0
     for number, size in enumerate(sizes):
-        rows = order[position:position + size]
+        rows = order[position : position + size]
         position += size
         original = x[rows[0]].astype(np.float64)
         chain = number % 5 == 0
@@ -297,7 +360,7 @@ def _components(rows: np.ndarray, linked: np.ndarray) -> list[list[int]]:
             i = label[i]
         return i
 
-    for a, b in zip(*np.nonzero(linked)):
+    for a, b in zip(*np.nonzero(linked), strict=False):
         label[root(a)] = root(b)
     out: dict[int, list[int]] = {}
     for i, row in enumerate(rows):
@@ -320,9 +383,20 @@ def run_duplicates(workdir: Path, n: int, dim: int, planted: int, driver_memory:
     print(f"(e) duplicates: writing {n} vectors with {planted} planted groups ...", flush=True)
     truth, planted_pairs = planted_table(table, n, dim, planted)
     output = workdir / "duplicates"
-    result = measure([str(ROOT / "spark-submit.sh"), "duplicates", "--config", str(ROOT / "conf" / "local.yaml"),
-                      "--set", f"output.embeddings={table}", "--set", f"output.duplicates={output}",
-                      "--driver-memory", driver_memory])
+    result = measure(
+        [
+            str(ROOT / "spark-submit.sh"),
+            "duplicates",
+            "--config",
+            str(ROOT / "conf" / "local.yaml"),
+            "--set",
+            f"output.embeddings={table}",
+            "--set",
+            f"output.duplicates={output}",
+            "--driver-memory",
+            driver_memory,
+        ]
+    )
     check(result, "the duplicates job")
     summary = last_json(result["stdout"])
     rows = pq.read_table(publish.resolve(str(output), None), columns=["group_id", "item_id"]).to_pylist()
@@ -330,13 +404,22 @@ def run_duplicates(workdir: Path, n: int, dim: int, planted: int, driver_memory:
     for row in rows:
         found.setdefault(row["group_id"], []).append(row["item_id"])
     found_groups = sorted(sorted(members) for members in found.values())
-    return {"n": n, "planted_groups": planted, "planted_items": sum(len(g) for g in truth),
-            "seconds": result["seconds"], "peak_rss_mb": result["peak_rss_mb"],
-            "job_seconds": summary.get("seconds"), "phase_seconds": summary.get("phase_seconds"),
-            "pairs": summary.get("pairs"), "pairs_planted_above_threshold": planted_pairs,
-            "groups": summary.get("groups"), "items_in_groups": summary.get("items_in_groups"),
-            "largest_group": summary.get("largest_group"), "component_rounds": summary.get("component_rounds"),
-            "groups_equal_planted": found_groups == sorted(truth)}
+    return {
+        "n": n,
+        "planted_groups": planted,
+        "planted_items": sum(len(g) for g in truth),
+        "seconds": result["seconds"],
+        "peak_rss_mb": result["peak_rss_mb"],
+        "job_seconds": summary.get("seconds"),
+        "phase_seconds": summary.get("phase_seconds"),
+        "pairs": summary.get("pairs"),
+        "pairs_planted_above_threshold": planted_pairs,
+        "groups": summary.get("groups"),
+        "items_in_groups": summary.get("items_in_groups"),
+        "largest_group": summary.get("largest_group"),
+        "component_rounds": summary.get("component_rounds"),
+        "groups_equal_planted": found_groups == sorted(truth),
+    }
 
 
 FAISS_SCRIPT = r"""
@@ -373,9 +456,12 @@ print(json.dumps({"read": loaded - started, "search": searched - loaded,
 def run_faiss(embeddings: Path, output: Path, k: int) -> dict:
     result = measure([sys.executable, "-c", FAISS_SCRIPT, str(embeddings), str(output), str(k)])
     check(result, "FAISS")
-    return {"seconds": result["seconds"], "peak_rss_mb": result["peak_rss_mb"],
-            "phase_seconds": {key: round(v, 2) for key, v in last_json(result["stdout"]).items() if key != "threads"},
-            "threads": last_json(result["stdout"]).get("threads")}
+    return {
+        "seconds": result["seconds"],
+        "peak_rss_mb": result["peak_rss_mb"],
+        "phase_seconds": {key: round(v, 2) for key, v in last_json(result["stdout"]).items() if key != "threads"},
+        "threads": last_json(result["stdout"]).get("threads"),
+    }
 
 
 LSH_SCRIPT = r"""
@@ -393,9 +479,11 @@ model = BucketedRandomProjectionLSH(inputCol="features", outputCol="hashes", buc
                                     numHashTables=tables, seed=0).fit(items)
 # Unit vectors: Euclidean distance sqrt(2 - 2 cos) < 2 keeps every candidate pair the hashes find.
 pairs = (model.approxSimilarityJoin(items, items, 2.0, distCol="distance")
-         .select(F.col("datasetA.item_id").alias("item_id"), F.col("datasetB.item_id").alias("neighbour_id"), "distance")
+         .select(F.col("datasetA.item_id").alias("item_id"), F.col("datasetB.item_id").alias("neighbour_id"),
+                 "distance")
          .filter("item_id != neighbour_id"))
-ranked = (pairs.withColumn("rank", F.row_number().over(Window.partitionBy("item_id").orderBy("distance", "neighbour_id")))
+by_score = Window.partitionBy("item_id").orderBy("distance", "neighbour_id")
+ranked = (pairs.withColumn("rank", F.row_number().over(by_score))
           .filter(F.col("rank") <= k))
 rows = [(r.item_id, r.neighbour_id) for r in ranked.collect()]
 print(json.dumps({"pairs": rows}))
@@ -404,17 +492,24 @@ spark.stop()
 
 
 def run_lsh(embeddings: Path, ids: list[str], x: np.ndarray, k: int, bucket: float, tables: int) -> dict:
-    result = measure([sys.executable, "-c", LSH_SCRIPT, str(embeddings), str(k), str(bucket), str(tables)],
-                     env={"PYSPARK_PYTHON": sys.executable, "SPARK_LOCAL_IP": "127.0.0.1"})
+    result = measure(
+        [sys.executable, "-c", LSH_SCRIPT, str(embeddings), str(k), str(bucket), str(tables)],
+        env={"PYSPARK_PYTHON": sys.executable, "SPARK_LOCAL_IP": "127.0.0.1"},
+    )
     check(result, "MLlib LSH")
     found: dict[str, set] = {}
     for item, neighbour in last_json(result["stdout"])["pairs"]:
         found.setdefault(item, set()).add(neighbour)
     exact = exact_topk(x, k)
     hits = sum(len(found.get(ids[i], set()) & {ids[j] for j in exact[i]}) for i in range(len(ids)))
-    return {"seconds": result["seconds"], "peak_rss_mb": result["peak_rss_mb"],
-            "recall_at_k": round(hits / (len(ids) * k), 4), "bucket_length": bucket, "hash_tables": tables,
-            "items_with_k": sum(len(v) >= k for v in found.values())}
+    return {
+        "seconds": result["seconds"],
+        "peak_rss_mb": result["peak_rss_mb"],
+        "recall_at_k": round(hits / (len(ids) * k), 4),
+        "bucket_length": bucket,
+        "hash_tables": tables,
+        "items_with_k": sum(len(v) >= k for v in found.values()),
+    }
 
 
 def agreement(ours: Path, theirs: Path) -> float:
@@ -423,7 +518,7 @@ def agreement(ours: Path, theirs: Path) -> float:
 
     def pairs(path):
         t = pq.read_table(path, columns=["item_id", "neighbour_id"]).to_pydict()
-        return set(zip(t["item_id"], t["neighbour_id"]))
+        return set(zip(t["item_id"], t["neighbour_id"], strict=False))
 
     a, b = pairs(ours), pairs(theirs)
     return round(len(a & b) / max(len(b), 1), 6)
@@ -486,21 +581,33 @@ print(json.dumps(out))
 
 
 def run_kernel(n: int, dim: int, k: int, rows: int = 1024) -> dict:
-    result = subprocess.run([sys.executable, "-c", KERNEL_SCRIPT, str(ROOT / "lib"), str(n), str(dim), str(k), str(rows)],
-                            capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1",
-                                                                  "OPENBLAS_NUM_THREADS": "1"})
+    result = subprocess.run(
+        [sys.executable, "-c", KERNEL_SCRIPT, str(ROOT / "lib"), str(n), str(dim), str(k), str(rows)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"},
+    )
     if result.returncode:
         sys.exit(f"kernel benchmark failed:\n{result.stderr[-3000:]}")
     seconds = json.loads(result.stdout.strip().splitlines()[-1])
     flops = 2.0 * rows * n * dim
-    pair = {"vs_2x_block": round(seconds["pair"] / (2 * seconds["pair_block"]), 3),
-            "vs_block_plus_other_direction": round(seconds["pair"] / (seconds["pair_block"] + seconds["pair_other_direction"]), 3)}
-    return {"rows": rows, "candidates": n, "seconds_per_block": {key: round(v, 4) for key, v in seconds.items()},
-            "matmul_gflops": round(flops / min(v for key, v in seconds.items() if key.startswith("matmul")) / 1e9, 1),
-            "pair_ratio": pair}
+    pair = {
+        "vs_2x_block": round(seconds["pair"] / (2 * seconds["pair_block"]), 3),
+        "vs_block_plus_other_direction": round(
+            seconds["pair"] / (seconds["pair_block"] + seconds["pair_other_direction"]), 3
+        ),
+    }
+    return {
+        "rows": rows,
+        "candidates": n,
+        "seconds_per_block": {key: round(v, 4) for key, v in seconds.items()},
+        "matmul_gflops": round(flops / min(v for key, v in seconds.items() if key.startswith("matmul")) / 1e9, 1),
+        "pair_ratio": pair,
+    }
 
 
 # ---------------------------------------------------------------------------------------------
+
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -523,8 +630,15 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     skip = set(filter(None, args.skip.split(",")))
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="lookalike-bench-neighbours-"))
-    report = {"n": args.n, "dim": args.dim, "k": args.k, "lsh_n": args.lsh_n, "cpus": os.cpu_count(),
-              "machine": platform.processor() or platform.machine(), "load_average_start": os.getloadavg()}
+    report = {
+        "n": args.n,
+        "dim": args.dim,
+        "k": args.k,
+        "lsh_n": args.lsh_n,
+        "cpus": os.cpu_count(),
+        "machine": platform.processor() or platform.machine(),
+        "load_average_start": os.getloadavg(),
+    }
 
     print(f"writing {args.n} x {args.dim} random unit vectors to {workdir} ...", flush=True)
     big = workdir / "embeddings"
@@ -568,13 +682,17 @@ def write_report(report: dict, path: str) -> None:
 
 def print_table(report: dict) -> None:
     n, lsh_n = report["n"], report["lsh_n"]
-    print(f"\nN={n}, d={report['dim']}, k={report['k']}, {report['cpus']} CPUs; load average at start "
-          f"{report['load_average_start'][0]:.1f}, at end {report['load_average_end'][0]:.1f}")
+    print(
+        f"\nN={n}, d={report['dim']}, k={report['k']}, {report['cpus']} CPUs; load average at start "
+        f"{report['load_average_start'][0]:.1f}, at end {report['load_average_end'][0]:.1f}"
+    )
     faiss = report.get("faiss")
-    rows = [("(a) neighbours job, spark-submit, cold", n, report.get("job")),
-            ("(b) FAISS IndexFlatIP, one process", n, faiss),
-            ("(a) neighbours job, spark-submit, cold", lsh_n, report.get("job_small")),
-            ("(c) MLlib BRP LSH approxSimilarityJoin", lsh_n, report.get("lsh"))]
+    rows = [
+        ("(a) neighbours job, spark-submit, cold", n, report.get("job")),
+        ("(b) FAISS IndexFlatIP, one process", n, faiss),
+        ("(a) neighbours job, spark-submit, cold", lsh_n, report.get("job_small")),
+        ("(c) MLlib BRP LSH approxSimilarityJoin", lsh_n, report.get("lsh")),
+    ]
     print(f"{'method':42s} {'N':>7s} {'wall s':>8s} {'peak MB':>8s} {'vs FAISS':>9s} {'recall@k':>9s}")
     for name, size, r in rows:
         if not r:
@@ -583,38 +701,52 @@ def print_table(report: dict) -> None:
         recall = f"{r['recall_at_k']:.3f}" if "recall_at_k" in r else ("1 (exact)" if "job" in name else "")
         print(f"{name:42s} {size:>7d} {r['seconds']:>8.1f} {r['peak_rss_mb']:>8.0f} {ratio:>9s} {recall:>9s}")
     if report.get("job") and report["job"].get("phase_seconds"):
-        print(f"job phases (s): {report['job']['phase_seconds']} of {report['job']['job_seconds']} s in run(); "
-              f"the rest is JVM and session start-up")
+        print(
+            f"job phases (s): {report['job']['phase_seconds']} of {report['job']['job_seconds']} s in run(); "
+            f"the rest is JVM and session start-up"
+        )
     if faiss:
-        print(f"FAISS phases (s): {faiss['phase_seconds']}, {faiss['threads']} threads; "
-              f"pairs in common with the job: {faiss.get('agreement_with_job')}")
+        print(
+            f"FAISS phases (s): {faiss['phase_seconds']}, {faiss['threads']} threads; "
+            f"pairs in common with the job: {faiss.get('agreement_with_job')}"
+        )
     grouped = report.get("same_groups")
     if grouped:
-        print(f"(d) neighbours.same, {grouped['groups']} Zipf groups ({grouped['smallest']}..{grouped['largest']} "
-              f"items): scoring + merge {grouped['score_plus_merge_seconds']} s; grouped / ungrouped one-sided "
-              f"{grouped['time_ratio_vs_one_sided']}, / ungrouped default (symmetric) "
-              f"{grouped['time_ratio_vs_default']}; work ratio sum(n_g^2)/N^2 = {grouped['work_ratio']}")
+        print(
+            f"(d) neighbours.same, {grouped['groups']} Zipf groups ({grouped['smallest']}..{grouped['largest']} "
+            f"items): scoring + merge {grouped['score_plus_merge_seconds']} s; grouped / ungrouped one-sided "
+            f"{grouped['time_ratio_vs_one_sided']}, / ungrouped default (symmetric) "
+            f"{grouped['time_ratio_vs_default']}; work ratio sum(n_g^2)/N^2 = {grouped['work_ratio']}"
+        )
         kernel = grouped["kernel"]
-        print(f"    kernel alone, one core, {kernel['queries']} queries x N candidates: {kernel['seconds']} s, "
-              f"grouped / ungrouped {kernel['ratio']}")
+        print(
+            f"    kernel alone, one core, {kernel['queries']} queries x N candidates: {kernel['seconds']} s, "
+            f"grouped / ungrouped {kernel['ratio']}"
+        )
     dup = report.get("duplicates")
     if dup:
-        print(f"(e) duplicates job, N={dup['n']}, {dup['planted_groups']} planted groups ({dup['planted_items']} "
-              f"items): {dup['seconds']} s wall, {dup['peak_rss_mb']:.0f} MB peak; {dup['pairs']} pairs found "
-              f"({dup['pairs_planted_above_threshold']} planted >= 0.95), {dup['groups']} groups, largest "
-              f"{dup['largest_group']}, {dup['component_rounds']} rounds; groups equal the planted ones: "
-              f"{dup['groups_equal_planted']}")
+        print(
+            f"(e) duplicates job, N={dup['n']}, {dup['planted_groups']} planted groups ({dup['planted_items']} "
+            f"items): {dup['seconds']} s wall, {dup['peak_rss_mb']:.0f} MB peak; {dup['pairs']} pairs found "
+            f"({dup['pairs_planted_above_threshold']} planted >= 0.95), {dup['groups']} groups, largest "
+            f"{dup['largest_group']}, {dup['component_rounds']} rounds; groups equal the planted ones: "
+            f"{dup['groups_equal_planted']}"
+        )
         print(f"    phases (s): {dup['phase_seconds']}")
     kernel = report.get("kernel")
     if kernel:
-        print(f"kernel, one core, {kernel['rows']} queries x {kernel['candidates']} candidates "
-              f"({kernel['matmul_gflops']} GFLOP/s matmul), seconds per block:")
+        print(
+            f"kernel, one core, {kernel['rows']} queries x {kernel['candidates']} candidates "
+            f"({kernel['matmul_gflops']} GFLOP/s matmul), seconds per block:"
+        )
         for key, value in kernel["seconds_per_block"].items():
             print(f"  {key:22s} {value:.3f}")
         if "pair_ratio" in kernel:
             ratio = kernel["pair_ratio"]
-            print(f"  topk_pair / (2 x topk_block) = {ratio['vs_2x_block']}, "
-                  f"/ (topk_block + other direction) = {ratio['vs_block_plus_other_direction']}")
+            print(
+                f"  topk_pair / (2 x topk_block) = {ratio['vs_2x_block']}, "
+                f"/ (topk_block + other direction) = {ratio['vs_block_plus_other_direction']}"
+            )
 
 
 if __name__ == "__main__":

@@ -54,15 +54,17 @@ def clustered(n: int, dim: int, seed: int, uniform: bool = False) -> np.ndarray:
     scale = 1 / np.sqrt(dim)
     family_centres = rng.standard_normal((families, dim)).astype(np.float32) * np.float32(scale)
     family_centres /= np.linalg.norm(family_centres, axis=1, keepdims=True)
-    centres = (family_centres[rng.integers(0, families, clusters)]
-               + np.float32(FAMILY_SPREAD * scale) * rng.standard_normal((clusters, dim), dtype=np.float32))
+    centres = family_centres[rng.integers(0, families, clusters)] + np.float32(
+        FAMILY_SPREAD * scale
+    ) * rng.standard_normal((clusters, dim), dtype=np.float32)
     weights = 1.0 / np.arange(1, clusters + 1) ** 0.8
     members = rng.choice(clusters, size=n, p=weights / weights.sum())
     x = np.empty((n, dim), dtype=np.float32)
     for start in range(0, n, 65536):
         stop = min(n, start + 65536)
         block = centres[members[start:stop]] + np.float32(ITEM_SPREAD * scale) * rng.standard_normal(
-            (stop - start, dim), dtype=np.float32)
+            (stop - start, dim), dtype=np.float32
+        )
         x[start:stop] = block / np.linalg.norm(block, axis=1, keepdims=True)
     return x
 
@@ -75,27 +77,48 @@ def write_table(directory: Path, x: np.ndarray) -> list[str]:
 
 
 def run_job(embeddings: Path, output: Path, k: int, driver_memory: str, **settings) -> dict:
-    command = [str(ROOT / "spark-submit.sh"), "neighbours", "--config", str(ROOT / "conf" / "local.yaml"),
-               "--set", f"output.embeddings={embeddings}", "--set", f"output.neighbours={output}",
-               "--set", f"neighbours.k={k}", "--driver-memory", driver_memory]
+    command = [
+        str(ROOT / "spark-submit.sh"),
+        "neighbours",
+        "--config",
+        str(ROOT / "conf" / "local.yaml"),
+        "--set",
+        f"output.embeddings={embeddings}",
+        "--set",
+        f"output.neighbours={output}",
+        "--set",
+        f"neighbours.k={k}",
+        "--driver-memory",
+        driver_memory,
+    ]
     for key, value in settings.items():
         command += ["--set", f"neighbours.{key}={value}"]
     result = measure(command, timeout=6 * 3600)
     check(result, f"the neighbours job ({settings})")
     summary = last_json(result["stdout"])
-    return {"seconds": result["seconds"], "peak_rss_mb": result["peak_rss_mb"], "settings": settings,
-            "job_seconds": summary.get("seconds"), "phase_seconds": summary.get("phase_seconds"),
-            "rows": summary.get("rows"), "recall_sample": summary.get("recall_sample"), "ivf": summary.get("ivf")}
+    return {
+        "seconds": result["seconds"],
+        "peak_rss_mb": result["peak_rss_mb"],
+        "settings": settings,
+        "job_seconds": summary.get("seconds"),
+        "phase_seconds": summary.get("phase_seconds"),
+        "rows": summary.get("rows"),
+        "recall_sample": summary.get("recall_sample"),
+        "ivf": summary.get("ivf"),
+    }
 
 
 def neighbour_sets(path: Path, items=None) -> dict:
     import pyarrow.dataset as ds
 
     dataset = ds.dataset(str(path), format="parquet")
-    table = dataset.to_table(columns=["item_id", "neighbour_id"],
-                             filter=None if items is None else ds.field("item_id").isin(list(items)))
+    table = dataset.to_table(
+        columns=["item_id", "neighbour_id"], filter=None if items is None else ds.field("item_id").isin(list(items))
+    )
     out: dict = {}
-    for item, neighbour in zip(table.column("item_id").to_pylist(), table.column("neighbour_id").to_pylist()):
+    for item, neighbour in zip(
+        table.column("item_id").to_pylist(), table.column("neighbour_id").to_pylist(), strict=False
+    ):
         out.setdefault(item, set()).add(neighbour)
     return out
 
@@ -111,11 +134,11 @@ def brute_force_sample(x: np.ndarray, ids: list[str], k: int, size: int, seed: i
     rows = np.sort(rng.choice(len(x), size, replace=False))
     out = {}
     for start in range(0, size, 256):
-        block = rows[start:start + 256]
+        block = rows[start : start + 256]
         scores = x[block] @ x.T
         scores[np.arange(len(block)), block] = -np.inf
         best = np.argpartition(-scores, k, axis=1)[:, :k]
-        for r, found in zip(block, best):
+        for r, found in zip(block, best, strict=False):
             out[ids[r]] = {ids[j] for j in found}
     return out
 
@@ -139,8 +162,14 @@ def main(argv=None) -> int:
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="lookalike-bench-scale-"))
     cpus = os.cpu_count()
     ivf_settings = {"method": "ivf", "nprobe": args.nprobe, "nlist": args.nlist}
-    report = {"dim": args.dim, "k": args.k, "cpus": cpus, "data": "uniform" if args.uniform else "clustered",
-              "load_average_start": os.getloadavg(), "runs": []}
+    report = {
+        "dim": args.dim,
+        "k": args.k,
+        "cpus": cpus,
+        "data": "uniform" if args.uniform else "clustered",
+        "load_average_start": os.getloadavg(),
+        "runs": [],
+    }
 
     if not {"exact", "ivf"} <= skip:
         print(f"writing {args.n} x {args.dim} {report['data']} unit vectors ...", flush=True)
@@ -151,16 +180,23 @@ def main(argv=None) -> int:
         exact = None
         if "exact" not in skip:
             print(f"exact job, N={args.n} ...", flush=True)
-            exact = {"n": args.n, "method": "exact", **run_job(table, workdir / "exact", args.k, args.driver_memory,
-                                                              method="exact")}
+            exact = {
+                "n": args.n,
+                "method": "exact",
+                **run_job(table, workdir / "exact", args.k, args.driver_memory, method="exact"),
+            }
             report["runs"].append(exact)
         if "ivf" not in skip:
             print(f"IVF job, N={args.n}, nprobe={args.nprobe} ...", flush=True)
-            run = {"n": args.n, "method": "ivf", **run_job(table, workdir / "ivf", args.k, args.driver_memory,
-                                                           **ivf_settings)}
+            run = {
+                "n": args.n,
+                "method": "ivf",
+                **run_job(table, workdir / "ivf", args.k, args.driver_memory, **ivf_settings),
+            }
             if exact:
-                run["recall_all_items"] = round(recall_between(neighbour_sets(workdir / "ivf"),
-                                                               neighbour_sets(workdir / "exact")), 4)
+                run["recall_all_items"] = round(
+                    recall_between(neighbour_sets(workdir / "ivf"), neighbour_sets(workdir / "exact")), 4
+                )
                 run["speedup_vs_exact"] = round(exact["seconds"] / run["seconds"], 2)
             report["runs"].append(run)
     if "big" not in skip:
@@ -169,8 +205,11 @@ def main(argv=None) -> int:
         table = workdir / "embeddings-big"
         ids = write_table(table, x)
         print(f"IVF job, N={args.big_n}, nprobe={args.nprobe} ...", flush=True)
-        run = {"n": args.big_n, "method": "ivf", **run_job(table, workdir / "ivf-big", args.k, args.driver_memory,
-                                                           **ivf_settings)}
+        run = {
+            "n": args.big_n,
+            "method": "ivf",
+            **run_job(table, workdir / "ivf-big", args.k, args.driver_memory, **ivf_settings),
+        }
         print(f"brute force for {args.check_queries} sampled queries ...", flush=True)
         started = time.perf_counter()
         truth = brute_force_sample(x, ids, args.k, args.check_queries)
@@ -187,24 +226,33 @@ def main(argv=None) -> int:
 
 
 def print_table(report: dict) -> None:
-    print(f"\nd={report['dim']}, k={report['k']}, {report['cpus']} CPUs, {report['data']} vectors; load average "
-          f"{report['load_average_start'][0]:.1f} at start, {report['load_average_end'][0]:.1f} at end")
-    print(f"{'method':28s} {'N':>9s} {'wall s':>8s} {'peak MB':>8s} {'vs exact':>9s} {'recall (job)':>13s} "
-          f"{'recall (check)':>15s} {'q/core-s':>9s}")
+    print(
+        f"\nd={report['dim']}, k={report['k']}, {report['cpus']} CPUs, {report['data']} vectors; load average "
+        f"{report['load_average_start'][0]:.1f} at start, {report['load_average_end'][0]:.1f} at end"
+    )
+    print(
+        f"{'method':28s} {'N':>9s} {'wall s':>8s} {'peak MB':>8s} {'vs exact':>9s} {'recall (job)':>13s} "
+        f"{'recall (check)':>15s} {'q/core-s':>9s}"
+    )
     for run in report["runs"]:
-        name = "exact" if run["method"] == "exact" else (
-            f"ivf nlist={run['ivf']['nlist']} nprobe={run['ivf']['nprobe']}")
+        name = (
+            "exact" if run["method"] == "exact" else (f"ivf nlist={run['ivf']['nlist']} nprobe={run['ivf']['nprobe']}")
+        )
         sampled = (run.get("recall_sample") or {}).get("recall_at_k")
         checked = run.get("recall_all_items", run.get("recall_checked_queries"))
         speed = f"{1 / run['speedup_vs_exact']:.3f}x" if run.get("speedup_vs_exact") else ""
-        print(f"{name:28s} {run['n']:>9d} {run['seconds']:>8.1f} {run['peak_rss_mb']:>8.0f} {speed:>9s} "
-              f"{'' if sampled is None else f'{sampled:.4f}':>13s} {'' if checked is None else f'{checked:.4f}':>15s} "
-              f"{run['queries_per_core_second']:>9.1f}")
+        print(
+            f"{name:28s} {run['n']:>9d} {run['seconds']:>8.1f} {run['peak_rss_mb']:>8.0f} {speed:>9s} "
+            f"{'' if sampled is None else f'{sampled:.4f}':>13s} {'' if checked is None else f'{checked:.4f}':>15s} "
+            f"{run['queries_per_core_second']:>9.1f}"
+        )
         print(f"    phases (s): {run.get('phase_seconds')}")
         if run.get("ivf"):
             i = run["ivf"]
-            print(f"    lists: {i['list_size']}, split {i['lists_split']}, groups {i['groups']} "
-                  f"({i['group_candidates']}), partial rows per query {i['partial_rows_per_query']}")
+            print(
+                f"    lists: {i['list_size']}, split {i['lists_split']}, groups {i['groups']} "
+                f"({i['group_candidates']}), partial rows per query {i['partial_rows_per_query']}"
+            )
 
 
 if __name__ == "__main__":

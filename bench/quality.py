@@ -35,7 +35,6 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
-from typing import Optional
 
 import numpy as np
 
@@ -54,7 +53,7 @@ class Setup:
     pooling: str
     weights: str
     # Photos used (stratified subset); None = every photo of the split.
-    limit: Optional[int] = None
+    limit: int | None = None
     # Always explicit: model.precision=auto would pick bfloat16 on CPUs with AMX/AVX512-BF16, on
     # the executors, and the figures would depend on the machine.
     precision: str = "float32"
@@ -62,7 +61,8 @@ class Setup:
 
 
 CONFIGS = {
-    s.name: s for s in (
+    s.name: s
+    for s in (
         Setup("lite0-avg", "efficientnet_lite0", "avg", "imagenet"),
         Setup("lite0-max", "efficientnet_lite0", "max", "imagenet"),
         # The floor: untrained convolutions. ~10 images/s per pass here, so a subset.
@@ -79,8 +79,10 @@ def parse_setup(text: str) -> Setup:
         return CONFIGS[text]
     parts = text.split(":")
     if len(parts) not in (3, 4, 5):
-        raise SystemExit(f"--configs: {text!r} is neither one of {', '.join(CONFIGS)} nor "
-                         f"backbone:pooling:weights[:limit[:precision]]")
+        raise SystemExit(
+            f"--configs: {text!r} is neither one of {', '.join(CONFIGS)} nor "
+            f"backbone:pooling:weights[:limit[:precision]]"
+        )
     limit = int(parts[3]) if len(parts) >= 4 and parts[3] else None
     precision = parts[4] if len(parts) == 5 else "float32"
     return Setup(text.replace(":", "-"), parts[0], parts[1], parts[2], limit, precision)
@@ -100,12 +102,13 @@ def cpu_name() -> str:
 # ----------------------------------------------------------------------------------------------
 # The photos
 
+
 def read_labels(data: str) -> list[dict]:
     with open(os.path.join(data, "labels.csv"), encoding="utf-8-sig", newline="") as handle:
         return [{k.strip(): (v or "").strip() for k, v in row.items()} for row in csv.DictReader(handle)]
 
 
-def select(rows: list[dict], split: str, limit: Optional[int]) -> list[dict]:
+def select(rows: list[dict], split: str, limit: int | None) -> list[dict]:
     """The rows of ``split`` ('all': every row); with ``limit``, the first limit // labels rows of
     every label sorted by path (every row of a label that has fewer)."""
     chosen = [r for r in rows if split == "all" or r.get("split") == split]
@@ -152,6 +155,7 @@ def write_labels(rows: list[dict], path: str) -> None:
 # ----------------------------------------------------------------------------------------------
 # The pipeline: the real jobs as processes
 
+
 def run_logged(command: list[str], log_path: str) -> tuple[float, str]:
     """Run ``command`` in the repository root with its output in ``log_path``: (wall seconds,
     stdout). Exits with the log's tail on failure."""
@@ -179,10 +183,16 @@ def last_json(stdout: str) -> dict:
 
 def overrides(setup: Setup, input_uri: str, out: str) -> list[str]:
     return [
-        f"input.uri={input_uri}", f"model.name={setup.backbone}", f"model.weights={setup.weights}",
-        f"model.pooling={setup.pooling}", f"model.precision={setup.precision}", f"model.runtime={setup.runtime}",
-        f"output.embeddings={out}/emb", f"output.errors={out}/err",
-        f"neighbours.k={max(KS)}", f"output.neighbours={out}/nb",
+        f"input.uri={input_uri}",
+        f"model.name={setup.backbone}",
+        f"model.weights={setup.weights}",
+        f"model.pooling={setup.pooling}",
+        f"model.precision={setup.precision}",
+        f"model.runtime={setup.runtime}",
+        f"output.embeddings={out}/emb",
+        f"output.errors={out}/err",
+        f"neighbours.k={max(KS)}",
+        f"output.neighbours={out}/nb",
     ]
 
 
@@ -203,18 +213,37 @@ def run_pipeline(setup: Setup, sets: list[str], labels_csv: str, out: str) -> di
     started = time.perf_counter()
     for k in KS:
         target = os.path.join(out, f"evaluate-k{k}.json")
-        run_logged([lookalike, "evaluate", "--neighbours", f"{out}/nb", "--embeddings", f"{out}/emb",
-                    "--labels", labels_csv, "-k", str(k), "--json", target], os.path.join(out, f"evaluate-k{k}.log"))
+        run_logged(
+            [
+                lookalike,
+                "evaluate",
+                "--neighbours",
+                f"{out}/nb",
+                "--embeddings",
+                f"{out}/emb",
+                "--labels",
+                labels_csv,
+                "-k",
+                str(k),
+                "--json",
+                target,
+            ],
+            os.path.join(out, f"evaluate-k{k}.log"),
+        )
         with open(target, encoding="utf-8") as handle:
             by_k[k] = json.load(handle)
     evaluate_s = time.perf_counter() - started
     print(f"  pipeline: lookalike evaluate x{len(KS)} {evaluate_s:.1f}s", flush=True)
-    return {"by_k": by_k, "embed_summary": summary,
-            "seconds": {"embed_job": embed_s, "neighbours_job": neighbours_s, "evaluate": evaluate_s}}
+    return {
+        "by_k": by_k,
+        "embed_summary": summary,
+        "seconds": {"embed_job": embed_s, "neighbours_job": neighbours_s, "evaluate": evaluate_s},
+    }
 
 
 # ----------------------------------------------------------------------------------------------
 # Direct: decoder, model, brute force and metrics in this process
+
 
 def embed_direct(cfg, paths: list[str]) -> tuple[np.ndarray, str, dict]:
     """(vectors in ``paths`` order, (weights tag, precision, runtime), seconds) with the job's decoder
@@ -231,7 +260,7 @@ def embed_direct(cfg, paths: list[str]) -> tuple[np.ndarray, str, dict]:
     for start in range(0, len(paths), step):
         t0 = time.perf_counter()
         batch = []
-        for path in paths[start:start + step]:
+        for path in paths[start : start + step]:
             with open(path, "rb") as handle:
                 pixels, _ = images.decode(handle.read(), cfg.input.max_pixels, embedder.input_size)
             batch.append(pixels)
@@ -240,8 +269,11 @@ def embed_direct(cfg, paths: list[str]) -> tuple[np.ndarray, str, dict]:
         parts.append(embedder.embed(np.stack(batch)))
         decode_s += t1 - t0
         infer_s += time.perf_counter() - t1
-    used = (embedder.weights_tag, getattr(embedder, "precision", model_cfg.precision),
-            getattr(embedder, "runtime", "keras"))
+    used = (
+        embedder.weights_tag,
+        getattr(embedder, "precision", model_cfg.precision),
+        getattr(embedder, "runtime", "keras"),
+    )
     return np.concatenate(parts), used, {"load": load_s, "decode": decode_s, "model": infer_s}
 
 
@@ -283,12 +315,17 @@ def metrics(top: np.ndarray, labels: np.ndarray, k: int) -> dict:
     hits = rel.sum(axis=1)
     precision_at_i = np.cumsum(rel, axis=1) / np.arange(1, k + 1)
     ap = (precision_at_i * rel).sum(axis=1) / np.minimum(k, np.maximum(n_rel, 1))
-    per_query = {"precision_at_k": hits / k, "recall_at_k": hits / np.maximum(n_rel, 1), "map_at_k": ap,
-                 "chance": n_rel / (n - 1)}
+    per_query = {
+        "precision_at_k": hits / k,
+        "recall_at_k": hits / np.maximum(n_rel, 1),
+        "map_at_k": ap,
+        "chance": n_rel / (n - 1),
+    }
     result = {name: float(v[keep].mean()) for name, v in per_query.items()}
     result["per_label"] = {
         str(label): {name: float(v[keep & (labels == label)].mean()) for name, v in per_query.items()}
-        for label in sorted(set(labels[keep].tolist()))}
+        for label in sorted(set(labels[keep].tolist()))
+    }
     result["queries"] = int(keep.sum())
     return result
 
@@ -297,8 +334,11 @@ def run_direct(cfg, ids: list[str], paths: list[str], labels: np.ndarray, label_
     from lookalike.tools import evaluate
 
     vectors, used, seconds = embed_direct(cfg, paths)
-    print(f"  direct: model load {seconds['load']:.1f}s, decode {seconds['decode']:.1f}s, "
-          f"model {seconds['model']:.1f}s ({len(paths) / max(seconds['model'], 1e-9):.1f} images/s)", flush=True)
+    print(
+        f"  direct: model load {seconds['load']:.1f}s, decode {seconds['decode']:.1f}s, "
+        f"model {seconds['model']:.1f}s ({len(paths) / max(seconds['model'], 1e-9):.1f} images/s)",
+        flush=True,
+    )
     started = time.perf_counter()
     top, scores = brute_force_topk(vectors, max(KS))
     seconds["topk"] = time.perf_counter() - started
@@ -309,11 +349,19 @@ def run_direct(cfg, ids: list[str], paths: list[str], labels: np.ndarray, label_
         check = evaluate.evaluate(rankings, label_of, k, universe=ids)
         for name in evaluate.METRICS:
             module_diff = max(module_diff, abs(check[name] - by_k[k][name]))
-    return {"vectors": vectors, "top": top, "scores": scores, "used": used, "by_k": by_k,
-            "numpy_vs_evaluate_module": module_diff, "seconds": seconds}
+    return {
+        "vectors": vectors,
+        "top": top,
+        "scores": scores,
+        "used": used,
+        "by_k": by_k,
+        "numpy_vs_evaluate_module": module_diff,
+        "seconds": seconds,
+    }
 
 
 # ----------------------------------------------------------------------------------------------
+
 
 def confusion(top: np.ndarray, labels: np.ndarray) -> dict:
     """{query label: {neighbour label: share of its queries' neighbour slots}} of a top-k table."""
@@ -321,7 +369,7 @@ def confusion(top: np.ndarray, labels: np.ndarray) -> dict:
     for label in sorted(set(labels.tolist())):
         found = labels[top[labels == label]].ravel()
         names, counts = np.unique(found, return_counts=True)
-        result[str(label)] = {str(n): round(float(c) / len(found), 4) for n, c in zip(names, counts)}
+        result[str(label)] = {str(n): round(float(c) / len(found), 4) for n, c in zip(names, counts, strict=False)}
     return result
 
 
@@ -330,20 +378,26 @@ def compare(setup: Setup, pipeline: dict, direct: dict, ids: list[str], out: str
     (same vectors?) and the neighbour tables (same lists?)."""
     from lookalike.io import tables
 
-    diffs = {f"{name.replace('_at_k', '')}@{k}": abs(pipeline["by_k"][k][name] - direct["by_k"][k][name])
-             for k in KS for name in ("precision_at_k", "recall_at_k", "map_at_k", "chance")}
+    diffs = {
+        f"{name.replace('_at_k', '')}@{k}": abs(pipeline["by_k"][k][name] - direct["by_k"][k][name])
+        for k in KS
+        for name in ("precision_at_k", "recall_at_k", "map_at_k", "chance")
+    }
     emb = tables.read_table(f"{out}/emb", ["item_id", "embedding", "weights"])
     # What the job's rows say it computed with, against what the direct pass used.
-    described = tables.read_table(f"{out}/emb", [c for c in ("weights", "precision", "runtime")
-                                                 if c in tables.dataset(f"{out}/emb").schema.names])
+    described = tables.read_table(
+        f"{out}/emb", [c for c in ("weights", "precision", "runtime") if c in tables.dataset(f"{out}/emb").schema.names]
+    )
     job_used = {c: sorted(set(described.column(c).to_pylist())) for c in described.column_names}
-    direct_used = dict(zip(("weights", "precision", "runtime"), direct["used"]))
+    direct_used = dict(zip(("weights", "precision", "runtime"), direct["used"], strict=False))
     order = np.argsort(np.asarray(emb.column("item_id").to_pylist(), dtype=object))
     pipe_ids = [emb.column("item_id")[int(i)].as_py() for i in order]
     if pipe_ids != ids:
         missing = sorted(set(ids) - set(pipe_ids))[:5]
-        raise SystemExit(f"{setup.name}: the embeddings table has {len(pipe_ids)} items, expected {len(ids)} "
-                         f"(e.g. missing {missing}); see {out}/err")
+        raise SystemExit(
+            f"{setup.name}: the embeddings table has {len(pipe_ids)} items, expected {len(ids)} "
+            f"(e.g. missing {missing}); see {out}/err"
+        )
     pipe_vectors = np.asarray(emb.column("embedding").to_pylist(), dtype=np.float32)[order]
     a, b = unit_rows(pipe_vectors), unit_rows(direct["vectors"])
     cosines = (a.astype(np.float64) * b).sum(axis=1)
@@ -351,7 +405,7 @@ def compare(setup: Setup, pipeline: dict, direct: dict, ids: list[str], out: str
     nb = tables.read_table(f"{out}/nb", ["item_id", "rank", "neighbour_id"]).to_pandas()
     position = {item: i for i, item in enumerate(ids)}
     job_top = np.full((len(ids), max(KS)), -1, dtype=np.int64)
-    for item, rank, neighbour in zip(nb["item_id"], nb["rank"], nb["neighbour_id"]):
+    for item, rank, neighbour in zip(nb["item_id"], nb["rank"], nb["neighbour_id"], strict=False):
         job_top[position[item], rank - 1] = position[neighbour]
     # The neighbours job alone: the brute force on the job's own embeddings.
     own_top, _ = brute_force_topk(pipe_vectors, max(KS))
@@ -362,7 +416,8 @@ def compare(setup: Setup, pipeline: dict, direct: dict, ids: list[str], out: str
         "embeddings_max_abs_diff_over_max_abs": float(np.abs(pipe_vectors - direct["vectors"]).max() / scale),
         "embeddings_min_cosine": float(cosines.min()),
         "weights_tags": sorted(set(emb.column("weights").to_pylist()) | {direct["used"][0]}),
-        "job_used": job_used, "direct_used": direct_used,
+        "job_used": job_used,
+        "direct_used": direct_used,
         "same_settings": all(job_used.get(c, [v]) == [v] for c, v in direct_used.items()),
         "neighbour_rows_equal_direct": float((job_top == direct["top"]).mean()),
         "neighbour_rows_equal_brute_force_on_job_embeddings": float((job_top == own_top).mean()),
@@ -371,7 +426,9 @@ def compare(setup: Setup, pipeline: dict, direct: dict, ids: list[str], out: str
 
 
 def short_weights(tags: list[str]) -> str:
-    kinds = {"random-init" if t.startswith("random-init") else "imagenet" if t.startswith("imagenet") else t for t in tags}
+    kinds = {
+        "random-init" if t.startswith("random-init") else "imagenet" if t.startswith("imagenet") else t for t in tags
+    }
     return "/".join(sorted(kinds))
 
 
@@ -379,11 +436,12 @@ def code_digest() -> dict:
     """{file: sha256 prefix} of lookalike's source: the jobs and the direct pass must run the same
     code (a module edited between the two makes them disagree for no fault of either)."""
     import hashlib
+
     import lookalike
 
     package = os.path.dirname(os.path.abspath(lookalike.__file__))
     found = {}
-    for folder, dirs, files in os.walk(package):
+    for folder, _dirs, files in os.walk(package):
         for name in files:
             if name.endswith(".py"):
                 path = os.path.join(folder, name)
@@ -408,8 +466,11 @@ def run_setup(setup: Setup, args, every_row: list[dict], work: str) -> dict:
     paths = [os.path.join(args.data, by_id[i]["path"]) for i in ids]
     labels = np.asarray([by_id[i]["label"] for i in ids], dtype=object).astype(str)
     label_of = {i: by_id[i]["label"] for i in ids}
-    print(f"\n{setup.name}: {setup.backbone}, pooling {setup.pooling}, weights {setup.weights}; "
-          f"{len(rows)} of {n_all} photos ({args.split}) from {input_uri}", flush=True)
+    print(
+        f"\n{setup.name}: {setup.backbone}, pooling {setup.pooling}, weights {setup.weights}; "
+        f"{len(rows)} of {n_all} photos ({args.split}) from {input_uri}",
+        flush=True,
+    )
 
     sets = overrides(setup, input_uri, out)
     pipeline = run_pipeline(setup, sets, labels_csv, out)
@@ -419,57 +480,113 @@ def run_setup(setup: Setup, args, every_row: list[dict], work: str) -> dict:
     job_top = check.pop("job_top")
     # This process imported lookalike once, at the start; the jobs import it afresh each time.
     now = code_digest()
-    check["source_changed_since_start"] = sorted(f for f in set(now) | set(args.code_digest)
-                                                 if now.get(f) != args.code_digest.get(f))
+    check["source_changed_since_start"] = sorted(
+        f for f in set(now) | set(args.code_digest) if now.get(f) != args.code_digest.get(f)
+    )
     if check["source_changed_since_start"]:
-        print(f"  WARNING: lookalike's source changed since this script started "
-              f"({', '.join(check['source_changed_since_start'])}); the jobs and the direct pass may have run "
-              f"different code", flush=True)
+        print(
+            f"  WARNING: lookalike's source changed since this script started "
+            f"({', '.join(check['source_changed_since_start'])}); the jobs and the direct pass may have run "
+            f"different code",
+            flush=True,
+        )
     if not check["same_settings"]:
-        print(f"  WARNING: the job computed with {check['job_used']}, the direct pass with {check['direct_used']}",
-              flush=True)
+        print(
+            f"  WARNING: the job computed with {check['job_used']}, the direct pass with {check['direct_used']}",
+            flush=True,
+        )
     passed = check["max_diff"] <= TOLERANCE and direct["numpy_vs_evaluate_module"] <= 1e-9
-    print(f"  check: max |pipeline - direct| = {check['max_diff']:.2e}; embeddings bit-identical "
-          f"{check['embeddings_bit_identical']}, min cosine {check['embeddings_min_cosine']:.7f}; neighbour "
-          f"lists equal to direct {check['neighbour_rows_equal_direct']:.4f}, to brute force on the job's "
-          f"embeddings {check['neighbour_rows_equal_brute_force_on_job_embeddings']:.4f} -> "
-          f"{'PASS' if passed else 'FAIL'}", flush=True)
+    print(
+        f"  check: max |pipeline - direct| = {check['max_diff']:.2e}; embeddings bit-identical "
+        f"{check['embeddings_bit_identical']}, min cosine {check['embeddings_min_cosine']:.7f}; neighbour "
+        f"lists equal to direct {check['neighbour_rows_equal_direct']:.4f}, to brute force on the job's "
+        f"embeddings {check['neighbour_rows_equal_brute_force_on_job_embeddings']:.4f} -> "
+        f"{'PASS' if passed else 'FAIL'}",
+        flush=True,
+    )
     pipe = pipeline["by_k"]
     return {
-        "config": asdict(replace(setup, limit=limit)), "n_images": len(rows), "n_split": n_all,
-        "split": args.split, "labels": len(set(labels.tolist())),
+        "config": asdict(replace(setup, limit=limit)),
+        "n_images": len(rows),
+        "n_split": n_all,
+        "split": args.split,
+        "labels": len(set(labels.tolist())),
         "weights": short_weights(check["weights_tags"]),
-        "pipeline": {str(k): {m: pipe[k][m] for m in ("precision_at_k", "recall_at_k", "map_at_k", "chance")}
-                     for k in KS},
+        "pipeline": {
+            str(k): {m: pipe[k][m] for m in ("precision_at_k", "recall_at_k", "map_at_k", "chance")} for k in KS
+        },
         "pipeline_per_label_k10": {label: v["precision_at_k"] for label, v in pipe[max(KS)]["per_label"].items()},
         "pipeline_per_label_k10_items": {label: v["items"] for label, v in pipe[max(KS)]["per_label"].items()},
         "pipeline_per_label_k10_chance": {label: v["chance"] for label, v in pipe[max(KS)]["per_label"].items()},
         # Which labels the neighbours have, per query label (the job's top-10 table).
         "pipeline_neighbour_labels_k10": confusion(job_top, labels),
-        "direct": {str(k): {m: direct["by_k"][k][m] for m in ("precision_at_k", "recall_at_k", "map_at_k", "chance")}
-                   for k in KS},
+        "direct": {
+            str(k): {m: direct["by_k"][k][m] for m in ("precision_at_k", "recall_at_k", "map_at_k", "chance")}
+            for k in KS
+        },
         "direct_numpy_vs_evaluate_module": direct["numpy_vs_evaluate_module"],
-        "check": check, "tolerance": TOLERANCE, "passed": bool(passed),
-        "embed_job_summary": {key: pipeline["embed_summary"].get(key) for key in
-                              ("embedded", "errors", "seconds", "embed_seconds", "images_per_second", "model_loads", "partitions", "weights") if key in pipeline["embed_summary"]},
-        "seconds": {**{f"pipeline_{k}": round(v, 2) for k, v in pipeline["seconds"].items()},
-                    **{f"direct_{k}": round(v, 2) for k, v in direct["seconds"].items()}},
+        "check": check,
+        "tolerance": TOLERANCE,
+        "passed": bool(passed),
+        "embed_job_summary": {
+            key: pipeline["embed_summary"].get(key)
+            for key in (
+                "embedded",
+                "errors",
+                "seconds",
+                "embed_seconds",
+                "images_per_second",
+                "model_loads",
+                "partitions",
+                "weights",
+            )
+            if key in pipeline["embed_summary"]
+        },
+        "seconds": {
+            **{f"pipeline_{k}": round(v, 2) for k, v in pipeline["seconds"].items()},
+            **{f"direct_{k}": round(v, 2) for k, v in direct["seconds"].items()},
+        },
     }
 
 
 def print_table(results: list[dict], header: str) -> None:
-    columns = ("config", "backbone", "pooling", "weights", "precision", "N images", "P@1", "P@5", "P@10", "mAP@10", "chance",
-               "max Δ vs direct", "embed s", "check")
+    columns = (
+        "config",
+        "backbone",
+        "pooling",
+        "weights",
+        "precision",
+        "N images",
+        "P@1",
+        "P@5",
+        "P@10",
+        "mAP@10",
+        "chance",
+        "max Δ vs direct",
+        "embed s",
+        "check",
+    )
     lines = []
     for r in results:
         p = r["pipeline"]
-        lines.append((r["config"]["name"], r["config"]["backbone"], r["config"]["pooling"], r["weights"],
-                      r["config"]["precision"],
-                      f"{r['n_images']:,}" + ("" if r["n_images"] == r["n_split"] else f" of {r['n_split']:,}"),
-                      f"{p['1']['precision_at_k']:.3f}", f"{p['5']['precision_at_k']:.3f}",
-                      f"{p['10']['precision_at_k']:.3f}", f"{p['10']['map_at_k']:.3f}", f"{p['10']['chance']:.3f}",
-                      f"{r['check']['max_diff']:.1e}", f"{r['seconds']['pipeline_embed_job']:.1f}",
-                      "PASS" if r["passed"] else "FAIL"))
+        lines.append(
+            (
+                r["config"]["name"],
+                r["config"]["backbone"],
+                r["config"]["pooling"],
+                r["weights"],
+                r["config"]["precision"],
+                f"{r['n_images']:,}" + ("" if r["n_images"] == r["n_split"] else f" of {r['n_split']:,}"),
+                f"{p['1']['precision_at_k']:.3f}",
+                f"{p['5']['precision_at_k']:.3f}",
+                f"{p['10']['precision_at_k']:.3f}",
+                f"{p['10']['map_at_k']:.3f}",
+                f"{p['10']['chance']:.3f}",
+                f"{r['check']['max_diff']:.1e}",
+                f"{r['seconds']['pipeline_embed_job']:.1f}",
+                "PASS" if r["passed"] else "FAIL",
+            )
+        )
     print("\n" + header)
     print("| " + " | ".join(columns) + " |")
     print("|" + " --- |" * len(columns))
@@ -478,11 +595,15 @@ def print_table(results: list[dict], header: str) -> None:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__
+    )
     parser.add_argument("--data", default=DEFAULT_DATA, help="labelled photos with labels.csv (path,label,split)")
-    parser.add_argument("--configs", default=",".join(DEFAULT_CONFIGS),
-                        help=f"comma-separated: names ({', '.join(CONFIGS)}) or backbone:pooling:weights[:limit]")
+    parser.add_argument(
+        "--configs",
+        default=",".join(DEFAULT_CONFIGS),
+        help=f"comma-separated: names ({', '.join(CONFIGS)}) or backbone:pooling:weights[:limit]",
+    )
     parser.add_argument("--limit", type=int, help="photos per configuration (stratified), overriding each one's own")
     parser.add_argument("--split", default="all", help="train, validation, test or all (default)")
     parser.add_argument("--keep", metavar="DIR", help="keep the tables, logs and inputs in DIR (must not exist)")
@@ -493,6 +614,7 @@ def main(argv: list[str]) -> int:
     every_row = read_labels(args.data)
     args.code_digest = code_digest()
     from lookalike.embed import backbones, images, model  # noqa: F401 (the code the digest describes)
+
     if args.keep:
         os.makedirs(args.keep)
         work = os.path.abspath(args.keep)
@@ -509,17 +631,33 @@ def main(argv: list[str]) -> int:
         print(f"\nstopped; outputs so far are in {work}", file=sys.stderr)
         raise
     total = time.perf_counter() - started
-    header = (f"recommendation quality on {args.data} ({args.split} splits), k = 10 neighbours; {cpu}, "
-              f"{os.cpu_count()} CPUs, load average at start {load_start[0]:.2f}; total {total:.0f}s")
+    header = (
+        f"recommendation quality on {args.data} ({args.split} splits), k = 10 neighbours; {cpu}, "
+        f"{os.cpu_count()} CPUs, load average at start {load_start[0]:.2f}; total {total:.0f}s"
+    )
     print_table(results, header)
     failed = [r["config"]["name"] for r in results if not r["passed"]]
-    print(f"pipeline against direct: tolerance {TOLERANCE:g} on P@1/5/10, recall@1/5/10, mAP@1/5/10, chance: "
-          + ("PASS" if not failed else f"FAIL ({', '.join(failed)})"))
+    print(
+        f"pipeline against direct: tolerance {TOLERANCE:g} on P@1/5/10, recall@1/5/10, mAP@1/5/10, chance: "
+        + ("PASS" if not failed else f"FAIL ({', '.join(failed)})")
+    )
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w", encoding="utf-8") as handle:
-        json.dump({"data": args.data, "split": args.split, "cpu": cpu, "cpus": os.cpu_count(),
-                   "load_average_start": load_start, "total_seconds": round(total, 1), "ks": list(KS),
-                   "results": results}, handle, indent=2, sort_keys=True)
+        json.dump(
+            {
+                "data": args.data,
+                "split": args.split,
+                "cpu": cpu,
+                "cpus": os.cpu_count(),
+                "load_average_start": load_start,
+                "total_seconds": round(total, 1),
+                "ks": list(KS),
+                "results": results,
+            },
+            handle,
+            indent=2,
+            sort_keys=True,
+        )
     print(f"wrote {args.out}")
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)

@@ -77,17 +77,30 @@ def write_neighbours(directory: Path, ids: np.ndarray, k: int, seed: int = 0) ->
     row_groups = 0
     directory.mkdir(parents=True)
     for part, first in enumerate(range(0, n, ITEMS_PER_FILE)):
-        writer = PartWriter(str(directory), f"part-{part:05d}.parquet", schema, None, row_group_rows,
-                            sorting_columns=("item_id", "rank"))
+        writer = PartWriter(
+            str(directory),
+            f"part-{part:05d}.parquet",
+            schema,
+            None,
+            row_group_rows,
+            sorting_columns=("item_id", "rank"),
+        )
         for start in range(first, min(first + ITEMS_PER_FILE, n), per_chunk):
             items = np.arange(start, min(start + per_chunk, first + ITEMS_PER_FILE, n))
             item = np.repeat(items, k)
             neighbour = (item + rng.integers(1, n, size=item.size)) % n  # never the item itself
             score = -np.sort(-rng.random((items.size, k), dtype=np.float32), axis=1).ravel()
-            writer.add(pa.table({"item_id": pa.array(ids[item], pa.string()),
-                                 "rank": pa.array(np.tile(np.arange(1, k + 1, dtype=np.int32), items.size)),
-                                 "neighbour_id": pa.array(ids[neighbour], pa.string()),
-                                 "score": pa.array(score)}, schema=schema))
+            writer.add(
+                pa.table(
+                    {
+                        "item_id": pa.array(ids[item], pa.string()),
+                        "rank": pa.array(np.tile(np.arange(1, k + 1, dtype=np.int32), items.size)),
+                        "neighbour_id": pa.array(ids[neighbour], pa.string()),
+                        "score": pa.array(score),
+                    },
+                    schema=schema,
+                )
+            )
         row_groups += writer.close()["row_groups"]
     (directory / "_SUCCESS").touch()
     return {"rows": n * k, "items": n, "files": part + 1, "row_groups": row_groups, "bytes": _size(directory)}
@@ -102,20 +115,37 @@ def write_embeddings(directory: Path, ids: np.ndarray, dim: int = 8) -> dict:
     for part in range(EMBEDDING_FILES):
         chosen = ids[part::EMBEDDING_FILES]
         m = len(chosen)
-        constant = {"source_version": "1000-1", "source_bytes": 1000, "width": 224, "height": 224,
-                    "model": "vgg16", "weights": "imagenet", "pooling": "avg", "precision": "float32",
-                    "runtime": "keras", "dim": dim, "model_fingerprint": "0" * 16, "run_id": "bench"}
+        constant = {
+            "source_version": "1000-1",
+            "source_bytes": 1000,
+            "width": 224,
+            "height": 224,
+            "model": "vgg16",
+            "weights": "imagenet",
+            "pooling": "avg",
+            "precision": "float32",
+            "runtime": "keras",
+            "dim": dim,
+            "model_fingerprint": "0" * 16,
+            "run_id": "bench",
+        }
         columns = {name: pa.repeat(pa.scalar(value, schema.field(name).type), m) for name, value in constant.items()}
         columns["item_id"] = pa.array(chosen, pa.string())
         columns["uri"] = pa.array([f"file:///nonexistent/images/{i}.jpg" for i in chosen], pa.string())
-        columns["embedding"] = pa.ListArray.from_arrays(pa.array(np.arange(0, (m + 1) * dim, dim, dtype=np.int32)),
-                                                        pa.array(np.zeros(m * dim, np.float32)))
+        columns["embedding"] = pa.ListArray.from_arrays(
+            pa.array(np.arange(0, (m + 1) * dim, dim, dtype=np.int32)), pa.array(np.zeros(m * dim, np.float32))
+        )
         columns["embedded_at"] = pa.repeat(pa.scalar(0, pa.int64()), m)
         table = pa.table({name: columns[name] for name in schema.names}).cast(schema)
         pq.write_table(table, directory / f"part-{part:05d}.snappy.parquet", row_group_size=m)
     (directory / "_SUCCESS").touch()
-    return {"rows": len(ids), "files": EMBEDDING_FILES, "row_groups": EMBEDDING_FILES, "embedding_dim": dim,
-            "bytes": _size(directory)}
+    return {
+        "rows": len(ids),
+        "files": EMBEDDING_FILES,
+        "row_groups": EMBEDDING_FILES,
+        "embedding_dim": dim,
+        "bytes": _size(directory),
+    }
 
 
 def _size(directory: Path) -> int:
@@ -138,8 +168,13 @@ def run(argv: list[str], log: Path) -> dict:
     if TIME:
         _, user, system, peak_kb = measured.read_text().split()[-4:]
         cpu, peak_kb = float(user) + float(system), int(peak_kb)
-    return {"seconds": round(seconds, 3), "cpu_seconds": round(cpu, 3), "peak_rss_mb": round(peak_kb / 1024, 1),
-            "returncode": proc.returncode, "output": log.read_text()[-2000:]}
+    return {
+        "seconds": round(seconds, 3),
+        "cpu_seconds": round(cpu, 3),
+        "peak_rss_mb": round(peak_kb / 1024, 1),
+        "returncode": proc.returncode,
+        "output": log.read_text()[-2000:],
+    }
 
 
 def cpu_model() -> str:
@@ -147,8 +182,9 @@ def cpu_model() -> str:
         text = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError):
         return platform.processor() or "unknown"
-    return next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("Model name")),
-                "unknown")
+    return next(
+        (line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("Model name")), "unknown"
+    )
 
 
 def main() -> int:
@@ -174,22 +210,38 @@ def main() -> int:
                 raise SystemExit(f"{work} already holds tables; pass an empty --dir, or --reuse")
             started = time.perf_counter()
             ids = item_ids(args.items)
-            tables = {"neighbours": write_neighbours(neighbours, ids, args.k),
-                      "embeddings": write_embeddings(embeddings, ids), "middle_id": ids[len(ids) // 2]}
+            tables = {
+                "neighbours": write_neighbours(neighbours, ids, args.k),
+                "embeddings": write_embeddings(embeddings, ids),
+                "middle_id": ids[len(ids) // 2],
+            }
             generated = round(time.perf_counter() - started, 1)
             del ids
             described.write_text(json.dumps({**tables, "generate_seconds": generated}))
-        print(f"generated in {generated:.0f} s under {work}: neighbours {tables['neighbours']['rows']:,} rows, "
-              f"{tables['neighbours']['files']} files, {tables['neighbours']['row_groups']} row groups, "
-              f"{tables['neighbours']['bytes'] / 2**20:.0f} MB; embeddings {tables['embeddings']['rows']:,} rows, "
-              f"{tables['embeddings']['bytes'] / 2**20:.0f} MB", flush=True)
+        print(
+            f"generated in {generated:.0f} s under {work}: neighbours {tables['neighbours']['rows']:,} rows, "
+            f"{tables['neighbours']['files']} files, {tables['neighbours']['row_groups']} row groups, "
+            f"{tables['neighbours']['bytes'] / 2**20:.0f} MB; embeddings {tables['embeddings']['rows']:,} rows, "
+            f"{tables['embeddings']['bytes'] / 2**20:.0f} MB",
+            flush=True,
+        )
         middle = tables["middle_id"]
         load_before = os.getloadavg()
         commands = {
             "similar": [LOOKALIKE, "similar", middle, "--neighbours", str(neighbours)],
             "similar, unknown id": [LOOKALIKE, "similar", middle + "x", "--neighbours", str(neighbours)],
-            "report --sample 8": [LOOKALIKE, "report", "--embeddings", str(embeddings), "--neighbours",
-                                  str(neighbours), "--sample", "8", "--out", str(work / "report.html")],
+            "report --sample 8": [
+                LOOKALIKE,
+                "report",
+                "--embeddings",
+                str(embeddings),
+                "--neighbours",
+                str(neighbours),
+                "--sample",
+                "8",
+                "--out",
+                str(work / "report.html"),
+            ],
         }
         expected = {"similar": 0, "similar, unknown id": 2, "report --sample 8": 0}
         results = []
@@ -200,33 +252,56 @@ def main() -> int:
                     raise SystemExit(f"{name} exited {r['returncode']}:\n{r['output']}")
             seconds = [r["seconds"] for r in runs]
             peaks = [r["peak_rss_mb"] for r in runs]
-            results.append({"command": name, "argv": argv, "seconds": seconds, "median_seconds": statistics.median(seconds),
-                            "cpu_seconds": [r["cpu_seconds"] for r in runs],
-                            "peak_rss_mb": peaks, "max_peak_rss_mb": max(peaks),
-                            "ok": statistics.median(seconds) < TARGET_SECONDS and max(peaks) < TARGET_MB,
-                            "output_tail": runs[-1]["output"][-400:]})
+            results.append(
+                {
+                    "command": name,
+                    "argv": argv,
+                    "seconds": seconds,
+                    "median_seconds": statistics.median(seconds),
+                    "cpu_seconds": [r["cpu_seconds"] for r in runs],
+                    "peak_rss_mb": peaks,
+                    "max_peak_rss_mb": max(peaks),
+                    "ok": statistics.median(seconds) < TARGET_SECONDS and max(peaks) < TARGET_MB,
+                    "output_tail": runs[-1]["output"][-400:],
+                }
+            )
 
         cpu = cpu_model()
         load = os.getloadavg()
         import pyarrow
 
-        report = {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-                  "pyarrow": pyarrow.__version__, "k": args.k, "tables": tables,
-                  "generate_seconds": generated, "load_average_before": [round(x, 2) for x in load_before],
-                  "load_average_after": [round(x, 2) for x in load],
-                  "peak_rss_by": "GNU time" if TIME else "os.wait4 (includes this process's peak: an upper bound)",
-                  "targets": {"seconds": TARGET_SECONDS, "peak_rss_mb": TARGET_MB}, "results": results}
-        print(f"\nCPU: {cpu} ({os.cpu_count()} cores), Python {platform.python_version()}, pyarrow {pyarrow.__version__}; "
-              f"load average {load_before[0]:.1f} before, {load[0]:.1f} after (other processes share the cores)")
+        report = {
+            "cpu": cpu,
+            "cores": os.cpu_count(),
+            "python": platform.python_version(),
+            "pyarrow": pyarrow.__version__,
+            "k": args.k,
+            "tables": tables,
+            "generate_seconds": generated,
+            "load_average_before": [round(x, 2) for x in load_before],
+            "load_average_after": [round(x, 2) for x in load],
+            "peak_rss_by": "GNU time" if TIME else "os.wait4 (includes this process's peak: an upper bound)",
+            "targets": {"seconds": TARGET_SECONDS, "peak_rss_mb": TARGET_MB},
+            "results": results,
+        }
+        print(
+            f"\nCPU: {cpu} ({os.cpu_count()} cores), Python {platform.python_version()}, "
+            f"pyarrow {pyarrow.__version__}; "
+            f"load average {load_before[0]:.1f} before, {load[0]:.1f} after (other processes share the cores)"
+        )
         width = max(17, 6 * args.runs)
-        print(f"{'command':<20} {'wall s (each run)':<{width}} {'median':>6}  {'CPU s (each run)':<{width}} "
-              f"{'peak RSS MB':>11}  target")
+        print(
+            f"{'command':<20} {'wall s (each run)':<{width}} {'median':>6}  {'CPU s (each run)':<{width}} "
+            f"{'peak RSS MB':>11}  target"
+        )
         for r in results:
             each = ", ".join(f"{s:.2f}" for s in r["seconds"])
             cpu_each = ", ".join(f"{s:.2f}" for s in r["cpu_seconds"])
-            print(f"{r['command']:<20} {each:<{width}} {r['median_seconds']:>6.2f}  {cpu_each:<{width}} "
-                  f"{r['max_peak_rss_mb']:>11.0f}  "
-                  f"{'met' if r['ok'] else 'MISSED'} (median < {TARGET_SECONDS:g} s, < {TARGET_MB} MB)")
+            print(
+                f"{r['command']:<20} {each:<{width}} {r['median_seconds']:>6.2f}  {cpu_each:<{width}} "
+                f"{r['max_peak_rss_mb']:>11.0f}  "
+                f"{'met' if r['ok'] else 'MISSED'} (median < {TARGET_SECONDS:g} s, < {TARGET_MB} MB)"
+            )
         out = Path(args.json)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(report, indent=2) + "\n")

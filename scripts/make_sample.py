@@ -19,8 +19,9 @@ rows = list(csv.DictReader(open(os.path.join(SOURCE, "labels.csv"))))
 chosen = []
 for label in sorted({r["label"] for r in rows}):
     # Sorted paths from the test split: deterministic, and no training images in the sample.
-    chosen += sorted((r for r in rows if r["label"] == label and r["split"] == "test"),
-                     key=lambda r: r["path"])[:PER_CLASS]
+    chosen += sorted((r for r in rows if r["label"] == label and r["split"] == "test"), key=lambda r: r["path"])[
+        :PER_CLASS
+    ]
 if os.path.exists(TARGET):
     shutil.rmtree(TARGET)
 with open(os.path.join(os.path.dirname(TARGET) or ".", "clothing-labels.csv"), "w", newline="") as out:

@@ -25,12 +25,18 @@ def spark():
     from lookalike.config import Config, SparkConfig
     from lookalike.jobs.common import build_session
 
-    cfg = Config(spark=SparkConfig(master="local[2]", app_name="lookalike-tests", conf={
-        "spark.sql.shuffle.partitions": 4,
-        "spark.default.parallelism": 4,
-        "spark.ui.enabled": "false",
-        "spark.driver.memory": "2g",
-    }))
+    cfg = Config(
+        spark=SparkConfig(
+            master="local[2]",
+            app_name="lookalike-tests",
+            conf={
+                "spark.sql.shuffle.partitions": 4,
+                "spark.default.parallelism": 4,
+                "spark.ui.enabled": "false",
+                "spark.driver.memory": "2g",
+            },
+        )
+    )
     session = build_session(cfg)
     yield session
     session.stop()

@@ -35,16 +35,17 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from tests.support.brute_force import brute_force, random_vectors
 from lookalike.config import load_config
 from lookalike.jobs import neighbours as neighbours_job
-
+from tests.support.brute_force import brute_force, random_vectors
+from tests.support.neighbour_tables import assert_matches, embeddings_dir, make_ids, read_output
 from tests.support.net import free_port
 from tests.support.paths import ROOT, SAMPLE_DIR
 from tests.support.procs import run_script
-from tests.support.neighbour_tables import assert_matches, embeddings_dir, make_ids, read_output
 
-pytestmark = pytest.mark.slow  # builds the executors' environment archive and runs a standalone cluster (make test-fast leaves it out)
+pytestmark = (
+    pytest.mark.slow
+)  # builds the executors' environment archive and runs a standalone cluster (make test-fast leaves it out)
 
 # The job the cluster test runs end to end; "pipeline" once that job is complete: every table it
 # writes (embeddings, and neighbours when there) is compared with the local run.
@@ -66,10 +67,19 @@ NEIGHBOUR_RUNS = {
 
 # Applications submitted at once (cluster_runs); every one gets one 1-core, 512 MB executor per worker.
 APPS = 4
-PER_APP = ["--conf", "spark.executor.memory=512m", "--conf", "spark.executor.cores=1", "--conf", "spark.cores.max=2",
-           # Both executors registered before the first task, so that the tasks spread over both.
-           "--conf", "spark.scheduler.minRegisteredResourcesRatio=1",
-           "--conf", "spark.scheduler.maxRegisteredResourcesWaitingTime=600s"]
+PER_APP = [
+    "--conf",
+    "spark.executor.memory=512m",
+    "--conf",
+    "spark.executor.cores=1",
+    "--conf",
+    "spark.cores.max=2",
+    # Both executors registered before the first task, so that the tasks spread over both.
+    "--conf",
+    "spark.scheduler.minRegisteredResourcesRatio=1",
+    "--conf",
+    "spark.scheduler.maxRegisteredResourcesWaitingTime=600s",
+]
 
 
 def _timed(label: str, started: float) -> None:
@@ -82,11 +92,23 @@ def env_archive() -> Path:
     name = "compat" if COMPAT else "main"
     out = ROOT / "build" / "test-env" / f"lookalike-env-{name}.tar.gz"
     started = time.monotonic()
-    result = run_script([
-        "./spark-submit.sh", "--package-env", "--output", str(out), "--work", str(out.parent / name),
-        "--python", getattr(sys, "_base_executable", sys.executable), "--compress-level", "1",
-        "--constraints", "constraints-compat.txt" if COMPAT else "constraints.txt",
-    ], timeout=1500)
+    result = run_script(
+        [
+            "./spark-submit.sh",
+            "--package-env",
+            "--output",
+            str(out),
+            "--work",
+            str(out.parent / name),
+            "--python",
+            getattr(sys, "_base_executable", sys.executable),
+            "--compress-level",
+            "1",
+            "--constraints",
+            "constraints-compat.txt" if COMPAT else "constraints.txt",
+        ],
+        timeout=1500,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     _timed(f"--package-env ({out.stat().st_size >> 20} MB archive)", started)
     return out
@@ -94,10 +116,16 @@ def env_archive() -> Path:
 
 def _clean_env() -> dict:
     """The cluster's daemons get no trace of this checkout's Python: executors must use the archive."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("PYSPARK_PYTHON", "PYSPARK_DRIVER_PYTHON", "VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME")}
-    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep)
-                                  if not p.startswith(str(ROOT)) and os.path.dirname(sys.executable) != p)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("PYSPARK_PYTHON", "PYSPARK_DRIVER_PYTHON", "VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME")
+    }
+    env["PATH"] = os.pathsep.join(
+        p
+        for p in env.get("PATH", "").split(os.pathsep)
+        if not p.startswith(str(ROOT)) and os.path.dirname(sys.executable) != p
+    )
     env["LOOKALIKE_PYTHON"] = os.environ.get("LOOKALIKE_PYTHON", str(ROOT / ".venv" / "bin" / "python"))
     return env
 
@@ -108,18 +136,40 @@ def cluster(tmp_path_factory):
     offering a slot for one executor of every application submitted at once (APPS)."""
     directory = tmp_path_factory.mktemp("cluster")
     port, ui = free_port(), free_port()
-    args = ["--dir", str(directory), "--master-port", str(port), "--ui-port", str(ui), "--worker-ui-port", "0",
-            "--workers", "2", "--cores", str(APPS), "--memory", f"{APPS * 512}m"]
+    args = [
+        "--dir",
+        str(directory),
+        "--master-port",
+        str(port),
+        "--ui-port",
+        str(ui),
+        "--worker-ui-port",
+        "0",
+        "--workers",
+        "2",
+        "--cores",
+        str(APPS),
+        "--memory",
+        f"{APPS * 512}m",
+    ]
     started = time.monotonic()
     info = {"master": f"spark://127.0.0.1:{port}", "ui": ui, "dir": directory, "args": args}
     try:
-        up = subprocess.run([str(ROOT / "scripts" / "cluster.sh"), "up", *args], cwd=ROOT, env=_clean_env(),
-                            capture_output=True, text=True, timeout=300)
+        up = subprocess.run(
+            [str(ROOT / "scripts" / "cluster.sh"), "up", *args],
+            cwd=ROOT,
+            env=_clean_env(),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert up.returncode == 0, up.stdout + up.stderr
         _timed("cluster up", started)
         yield info
     finally:
-        subprocess.run([str(ROOT / "scripts" / "cluster.sh"), "down", *args], cwd=ROOT, capture_output=True, timeout=120)
+        subprocess.run(
+            [str(ROOT / "scripts" / "cluster.sh"), "down", *args], cwd=ROOT, capture_output=True, timeout=120
+        )
 
 
 def _listening_addresses(pid: int) -> set[str]:
@@ -139,11 +189,11 @@ def _listening_addresses(pid: int) -> set[str]:
             if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
                 raw = fields[1].split(":")[0]
                 if width == 8:
-                    addresses.add(".".join(str(int(raw[i:i + 2], 16)) for i in (6, 4, 2, 0)))
+                    addresses.add(".".join(str(int(raw[i : i + 2], 16)) for i in (6, 4, 2, 0)))
                 else:
-                    words = [raw[i:i + 8] for i in range(0, 32, 8)]
+                    words = [raw[i : i + 8] for i in range(0, 32, 8)]
                     if words[:2] == ["00000000", "00000000"] and words[2] == "FFFF0000":
-                        addresses.add(".".join(str(int(words[3][i:i + 2], 16)) for i in (6, 4, 2, 0)))
+                        addresses.add(".".join(str(int(words[3][i : i + 2], 16)) for i in (6, 4, 2, 0)))
                     else:
                         addresses.add("::" if raw == "0" * 32 else raw)
     return addresses
@@ -182,11 +232,15 @@ class Submitted:
 
 def _neighbours_config(directory: Path, method: str, embeddings: str) -> Path:
     config = directory / f"neighbours-{method}.yaml"
-    config.write_text(json.dumps({  # JSON is YAML
-        "spark": {"master": "local[2]", "conf": {"spark.sql.shuffle.partitions": 4}},
-        "neighbours": NEIGHBOUR_RUNS[method],
-        "output": {"embeddings": embeddings, "neighbours": str(directory / method / "local" / "neighbours")},
-    }))
+    config.write_text(
+        json.dumps(
+            {  # JSON is YAML
+                "spark": {"master": "local[2]", "conf": {"spark.sql.shuffle.partitions": 4}},
+                "neighbours": NEIGHBOUR_RUNS[method],
+                "output": {"embeddings": embeddings, "neighbours": str(directory / method / "local" / "neighbours")},
+            }
+        )
+    )
     return config
 
 
@@ -201,21 +255,43 @@ def cluster_runs(cluster, env_archive, tmp_path_factory, toy_overrides, neighbou
         # total is 0 and the job may start with one executor, which then runs every task before the
         # other registers. 32 probe tasks rather than 4: once (in CI, stop 9, and again in a review
         # run) every one of 4 tasks ran on the same executor although both were registered.
-        runs["envcheck"] = Submitted("envcheck", ["envcheck", "--master", cluster["master"], "--env", str(env_archive),
-                                                  *PER_APP, "--conf", "spark.default.parallelism=16"], directory)
+        runs["envcheck"] = Submitted(
+            "envcheck",
+            [
+                "envcheck",
+                "--master",
+                cluster["master"],
+                "--env",
+                str(env_archive),
+                *PER_APP,
+                "--conf",
+                "spark.default.parallelism=16",
+            ],
+            directory,
+        )
         pipeline = directory / "pipeline"
         config = _write_config(pipeline, toy_overrides)
         outputs = [f"--set=output.{t}={pipeline}/cluster/{t}" for t in ("embeddings", "errors", "neighbours")]
         # No --env here or below: the executors run this checkout's Python (see the module's docstring).
-        runs["pipeline"] = Submitted(JOB, [JOB, "--config", str(config), *outputs, "--master", cluster["master"],
-                                           *PER_APP], directory)
+        runs["pipeline"] = Submitted(
+            JOB, [JOB, "--config", str(config), *outputs, "--master", cluster["master"], *PER_APP], directory
+        )
         runs["pipeline"].config, runs["pipeline"].directory = config, pipeline
         for method in sorted(NEIGHBOUR_RUNS):
             config = _neighbours_config(directory, method, neighbour_embeddings[2])
-            run = Submitted(f"neighbours-{method}", [
-                "neighbours", "--config", str(config),
-                f"--set=output.neighbours={directory / method}/cluster/neighbours", "--master", cluster["master"],
-                *PER_APP], directory)
+            run = Submitted(
+                f"neighbours-{method}",
+                [
+                    "neighbours",
+                    "--config",
+                    str(config),
+                    f"--set=output.neighbours={directory / method}/cluster/neighbours",
+                    "--master",
+                    cluster["master"],
+                    *PER_APP,
+                ],
+                directory,
+            )
             run.config, run.directory = config, directory / method
             runs[method] = run
         yield runs
@@ -255,7 +331,8 @@ spark: {{master: "local[2]", conf: {{spark.sql.shuffle.partitions: 4}}}}
 input: {{uri: "{images}", partition_size: 3}}
 model: {{{", ".join(s.split(".", 1)[1].replace("=", ": ", 1) for s in model)}, batch_size: 4}}
 neighbours: {{k: 3}}
-output: {{embeddings: "{directory}/local/embeddings", errors: "{directory}/local/errors", neighbours: "{directory}/local/neighbours"}}
+output: {{embeddings: "{directory}/local/embeddings", errors: "{directory}/local/errors",
+         neighbours: "{directory}/local/neighbours"}}
 """)
     return config
 
@@ -275,13 +352,16 @@ def test_job_on_the_cluster_equals_the_local_run(cluster_runs, spark):
     for column in ("uri", "source_version", "weights", "dim", "model_fingerprint"):
         assert remote[column].tolist() == local[column].tolist(), column
     for item_id in local.index:
-        np.testing.assert_allclose(remote.at[item_id, "embedding"], local.at[item_id, "embedding"], rtol=0, atol=1e-5,
-                                   err_msg=item_id)
+        np.testing.assert_allclose(
+            remote.at[item_id, "embedding"], local.at[item_id, "embedding"], rtol=0, atol=1e-5, err_msg=item_id
+        )
     assert not np.allclose(np.stack(local["embedding"].iloc[:2]), np.stack(local["embedding"].iloc[1:3]))
     if (out / "local" / "neighbours").exists():
         columns = ["item_id", "rank", "neighbour_id"]
-        assert (pq.read_table(out / "cluster" / "neighbours").to_pandas()[columns].sort_values(columns[:2]).values.tolist()
-                == pq.read_table(out / "local" / "neighbours").to_pandas()[columns].sort_values(columns[:2]).values.tolist())
+        assert (
+            pq.read_table(out / "cluster" / "neighbours").to_pandas()[columns].sort_values(columns[:2]).values.tolist()
+            == pq.read_table(out / "local" / "neighbours").to_pandas()[columns].sort_values(columns[:2]).values.tolist()
+        )
 
 
 @pytest.fixture(scope="module")
@@ -331,8 +411,13 @@ def test_neighbours_on_the_cluster_equal_the_local_run(cluster_runs, spark, neig
 def test_cluster_down_stops_the_daemons_and_their_executors(cluster):
     pids = [int(p.read_text()) for p in cluster["dir"].glob("*.pid")]
     assert len(pids) == 3
-    down = subprocess.run([str(ROOT / "scripts" / "cluster.sh"), "down", *cluster["args"]], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+    down = subprocess.run(
+        [str(ROOT / "scripts" / "cluster.sh"), "down", *cluster["args"]],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert down.returncode == 0, down.stderr
     leftovers = []
     for proc in Path("/proc").iterdir():

@@ -25,18 +25,42 @@ def demo(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("demo")
     out = tmp / "output"
     # No internet: an empty Keras cache, and every HTTP(S) request sent to a closed local port.
-    offline = {"KERAS_HOME": str(tmp / "keras-home"), "HTTPS_PROXY": "http://127.0.0.1:9",
-               "HTTP_PROXY": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9",
-               "http_proxy": "http://127.0.0.1:9", "NO_PROXY": "", "no_proxy": ""}
-    result = run_script([str(ROOT / "spark-submit.sh"), "pipeline", "--config", str(ROOT / "conf" / "local.yaml"),
-                         "--set", f"output.embeddings={out}/embeddings", "--set", f"output.errors={out}/errors",
-                         "--set", f"output.neighbours={out}/neighbours",
-                         "--set", f"model.cache_dir={tmp / 'weights-cache'}"], timeout=900, env=offline)
+    offline = {
+        "KERAS_HOME": str(tmp / "keras-home"),
+        "HTTPS_PROXY": "http://127.0.0.1:9",
+        "HTTP_PROXY": "http://127.0.0.1:9",
+        "https_proxy": "http://127.0.0.1:9",
+        "http_proxy": "http://127.0.0.1:9",
+        "NO_PROXY": "",
+        "no_proxy": "",
+    }
+    result = run_script(
+        [
+            str(ROOT / "spark-submit.sh"),
+            "pipeline",
+            "--config",
+            str(ROOT / "conf" / "local.yaml"),
+            "--set",
+            f"output.embeddings={out}/embeddings",
+            "--set",
+            f"output.errors={out}/errors",
+            "--set",
+            f"output.neighbours={out}/neighbours",
+            "--set",
+            f"model.cache_dir={tmp / 'weights-cache'}",
+        ],
+        timeout=900,
+        env=offline,
+    )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
-    return SimpleNamespace(out=out, result=result, output=output,
-                           embeddings=pq.read_table(out / "embeddings").to_pandas(),
-                           neighbours=pq.read_table(out / "neighbours").to_pandas())
+    return SimpleNamespace(
+        out=out,
+        result=result,
+        output=output,
+        embeddings=pq.read_table(out / "embeddings").to_pandas(),
+        neighbours=pq.read_table(out / "neighbours").to_pandas(),
+    )
 
 
 def test_pipeline_on_the_demo_config_embeds_with_the_efficientnet_lite0_fallback(demo):
@@ -47,8 +71,10 @@ def test_pipeline_on_the_demo_config_embeds_with_the_efficientnet_lite0_fallback
     assert len(embeddings) == 60 and embeddings["dim"].eq(1280).all()
     # Every row says which model made it, and that it stands in for VGG16; the log says it loudly.
     assert set(embeddings["model"]) == {"efficientnet_lite0"}
-    assert set(embeddings["weights"]) == {"imagenet:efficientnet-lite0-57934424.pth@md5:7406efdd8a1cb90d2464ddc714e33aa3"
-                                          " (fallback: vgg16 imagenet unavailable)"}
+    assert set(embeddings["weights"]) == {
+        "imagenet:efficientnet-lite0-57934424.pth@md5:7406efdd8a1cb90d2464ddc714e33aa3"
+        " (fallback: vgg16 imagenet unavailable)"
+    }
     assert "Using efficientnet_lite0" in demo.output and "model.weights=/path/to/vgg16_weights" in demo.output
     assert "RANDOM-INIT" not in demo.output and "not real recommendations" not in demo.output
 
@@ -67,8 +93,20 @@ def test_pipeline_on_the_demo_config_gives_real_recommendations(demo):
 
 def test_similar_on_the_demo_output(demo):
     item = sorted(demo.embeddings["item_id"])[0]
-    similar = run_script([str(ROOT / ".venv" / "bin" / "lookalike"), "similar", item, "--neighbours",
-                          str(demo.out / "neighbours"), "-k", "5", "--format", "json"], timeout=120)
+    similar = run_script(
+        [
+            str(ROOT / ".venv" / "bin" / "lookalike"),
+            "similar",
+            item,
+            "--neighbours",
+            str(demo.out / "neighbours"),
+            "-k",
+            "5",
+            "--format",
+            "json",
+        ],
+        timeout=120,
+    )
     assert similar.returncode == 0, similar.stderr
     shown = json.loads(similar.stdout)
     rows = shown["neighbours"]
@@ -81,11 +119,13 @@ def test_notebook_on_the_demo_output(demo, monkeypatch):
     item = sorted(demo.embeddings["item_id"])[0]
     # The notebook, top to bottom, against exactly this output.
     nb = nbformat.read(ROOT / "notebooks" / "explore_recommendations.ipynb", as_version=4)
-    client = NotebookClient(nb, kernel_name="python3", timeout=300,
-                            resources={"metadata": {"path": str(ROOT / "notebooks")}})
+    client = NotebookClient(
+        nb, kernel_name="python3", timeout=300, resources={"metadata": {"path": str(ROOT / "notebooks")}}
+    )
     monkeypatch.setenv("LOOKALIKE_OUTPUT", str(demo.out))
     monkeypatch.setenv("LOOKALIKE_LABELS", str(SAMPLE_LABELS))
     client.execute()
-    html = "".join(o.get("data", {}).get("text/html", "") for c in nb.cells if c.cell_type == "code"
-                   for o in c.get("outputs", []))
+    html = "".join(
+        o.get("data", {}).get("text/html", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+    )
     assert "lk-report" in html and item.split("/")[-1] in html

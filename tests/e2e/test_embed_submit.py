@@ -34,9 +34,19 @@ def test_spark_submit_config_mistake_is_one_clear_line_and_exit_2():
 def test_spark_submit_dry_run_prints_the_summary_line_and_creates_no_output(tmp_path, toy_overrides):
     # The wrapper hands --dry-run to the job (not to spark-submit): the flag's way through it.
     sets = [a for s in toy_overrides for a in ("--set", s)]
-    result = submit("embed", "--dry-run", "--config", str(ROOT / "conf" / "local.yaml"), *sets,
-                    "--set", f"input.uri={SAMPLE_DIR}", "--set", f"output.embeddings={tmp_path}/out/emb",
-                    "--set", f"output.errors={tmp_path}/out/err")
+    result = submit(
+        "embed",
+        "--dry-run",
+        "--config",
+        str(ROOT / "conf" / "local.yaml"),
+        *sets,
+        "--set",
+        f"input.uri={SAMPLE_DIR}",
+        "--set",
+        f"output.embeddings={tmp_path}/out/emb",
+        "--set",
+        f"output.errors={tmp_path}/out/err",
+    )
     assert result.returncode == 0, result.output[-3000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     listed = len(list(SAMPLE_DIR.rglob("*.jpg")))

@@ -16,13 +16,13 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from tests.support import corpus
-from tests.support.paths import SAMPLE_DIR
-from tests.support.procs import run_script
 from lookalike import publish
 from lookalike.config import load_config
 from lookalike.embed import images, model
 from lookalike.io import uris
+from tests.support import corpus
+from tests.support.paths import SAMPLE_DIR
+from tests.support.procs import run_script
 
 CASES = corpus.cases()
 OK = [c for c in CASES if c.ok]
@@ -36,12 +36,26 @@ def read_table(path: str):
 
 def write_config(tmp_path, uri: str, toy_model_file, *extra: str):
     lines = [
-        "spark:", "  master: local[2]", "  conf:", "    spark.ui.enabled: 'false'",
+        "spark:",
+        "  master: local[2]",
+        "  conf:",
+        "    spark.ui.enabled: 'false'",
         "    spark.sql.shuffle.partitions: 4",
-        "input:", f"  uri: {json.dumps(str(uri))}", "  partition_size: 8", "  max_error_fraction: 0.6",
-        "model:", "  name: keras_file", f"  file: {json.dumps(str(toy_model_file))}", "  preprocessing: tf",
-        "  precision: float32", "  runtime: keras", f"  seed: {SEED}", "  batch_size: 8",
-        "output:", f"  embeddings: {tmp_path}/out/embeddings", f"  errors: {tmp_path}/out/errors",
+        "input:",
+        f"  uri: {json.dumps(str(uri))}",
+        "  partition_size: 8",
+        "  max_error_fraction: 0.6",
+        "model:",
+        "  name: keras_file",
+        f"  file: {json.dumps(str(toy_model_file))}",
+        "  preprocessing: tf",
+        "  precision: float32",
+        "  runtime: keras",
+        f"  seed: {SEED}",
+        "  batch_size: 8",
+        "output:",
+        f"  embeddings: {tmp_path}/out/embeddings",
+        f"  errors: {tmp_path}/out/errors",
         *extra,
     ]
     path = tmp_path / "job.yaml"
@@ -81,7 +95,9 @@ def test_embed_job_over_the_whole_corpus_exits_0_with_one_row_per_file(tmp_path,
 
     expected_errors = {corpus.item_id(c): c.kind for c in BAD} | {"named-pipe": "unsupported"}
     assert err["error"].to_dict() == expected_errors
-    assert summary["errors_by_kind"] == {k: list(expected_errors.values()).count(k) for k in set(expected_errors.values())}
+    assert summary["errors_by_kind"] == {
+        k: list(expected_errors.values()).count(k) for k in set(expected_errors.values())
+    }
     for case in BAD:
         assert case.message.lower() in err.loc[corpus.item_id(case), "message"].lower()
 
@@ -102,5 +118,7 @@ def test_embed_job_over_the_whole_corpus_exits_0_with_one_row_per_file(tmp_path,
     expected = reference.embed(np.stack(direct_pixels))
     got = np.stack(emb.loc[ids, "embedding"].to_numpy())
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
-    print(f"\nCORPUS: {n_files} files, {len(emb)} embedded, {len(err)} error rows "
-          f"{summary['errors_by_kind']}, rows lost {n_files - len(emb) - len(err)}")
+    print(
+        f"\nCORPUS: {n_files} files, {len(emb)} embedded, {len(err)} error rows "
+        f"{summary['errors_by_kind']}, rows lost {n_files - len(emb) - len(err)}"
+    )

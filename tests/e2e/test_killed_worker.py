@@ -21,10 +21,9 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from lookalike import publish
 from lookalike.config import load_config
 from lookalike.jobs import embed as embed_job
-from lookalike import publish
-
 from tests.support.paths import ROOT, SAMPLE_DIR
 from tests.support.procs import run_script
 
@@ -44,10 +43,23 @@ BATCHES = ["model.batch_size=2", "input.partition_size=4"]
 
 def embed(images, out, settings, env=None, spark_args=()):
     result = run_script(
-        [str(ROOT / "spark-submit.sh"), "embed", "--master", MASTER, *spark_args,
-         *[a for s in settings for a in ("--set", s)], "--set", f"input.uri={images}",
-         "--set", f"output.embeddings={out}/emb", "--set", f"output.errors={out}/err"],
-        timeout=900, env=env)
+        [
+            str(ROOT / "spark-submit.sh"),
+            "embed",
+            "--master",
+            MASTER,
+            *spark_args,
+            *[a for s in settings for a in ("--set", s)],
+            "--set",
+            f"input.uri={images}",
+            "--set",
+            f"output.embeddings={out}/emb",
+            "--set",
+            f"output.errors={out}/err",
+        ],
+        timeout=900,
+        env=env,
+    )
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     # spark-submit merges the Python driver's stderr into stdout: the summary is the last JSON line.
     summary = [line for line in result.stdout.splitlines() if line.startswith("{")][-1]
@@ -68,16 +80,32 @@ def test_a_killed_python_worker_is_retried_and_the_tables_equal_an_undisturbed_r
 
     # The undisturbed run: the same job and config in this session (spark-submit.sh's default
     # config is conf/local.yaml), which saves CI an application.
-    calm = embed_job.run(spark, load_config(str(ROOT / "conf" / "local.yaml"), [
-        *settings, f"input.uri={images}", f"output.embeddings={tmp_path}/calm/emb",
-        f"output.errors={tmp_path}/calm/err"]))
+    calm = embed_job.run(
+        spark,
+        load_config(
+            str(ROOT / "conf" / "local.yaml"),
+            [
+                *settings,
+                f"input.uri={images}",
+                f"output.embeddings={tmp_path}/calm/emb",
+                f"output.errors={tmp_path}/calm/err",
+            ],
+        ),
+    )
     path = os.pathsep.join(p for p in (str(HOOKS), os.environ.get("PYTHONPATH")) if p)
-    hit, output = embed(images, tmp_path / "hit", settings, env={"LOOKALIKE_TEST_CRASH_ONCE": str(marker), "PYTHONPATH": path},
-                        spark_args=CRASHING_WORKER)
+    hit, output = embed(
+        images,
+        tmp_path / "hit",
+        settings,
+        env={"LOOKALIKE_TEST_CRASH_ONCE": str(marker), "PYTHONPATH": path},
+        spark_args=CRASHING_WORKER,
+    )
 
     assert marker.exists(), "the hook did not fire: the worker was never killed"
     # The first attempt of a task failed because its worker died; a later attempt succeeded.
-    assert re.search(r"Lost task \d+\.0 in stage \S+ \(TID \d+\).*Python worker exited unexpectedly", output), output[-3000:]
+    assert re.search(r"Lost task \d+\.0 in stage \S+ \(TID \d+\).*Python worker exited unexpectedly", output), output[
+        -3000:
+    ]
     assert (hit["listed"], hit["embedded"], hit["errors"]) == (calm["listed"], calm["embedded"], 0) == (12, 12, 0)
 
     a, b = read(tmp_path / "calm" / "emb"), read(tmp_path / "hit" / "emb")
@@ -85,5 +113,5 @@ def test_a_killed_python_worker_is_retried_and_the_tables_equal_an_undisturbed_r
     ignore = ["embedding", "run_id", "embedded_at"]
     pd.testing.assert_frame_equal(a.drop(columns=ignore), b.drop(columns=ignore))
     # Same batches in both runs, so the retried task must give the very same floats.
-    assert all(np.array_equal(x, y) for x, y in zip(a["embedding"], b["embedding"]))
+    assert all(np.array_equal(x, y) for x, y in zip(a["embedding"], b["embedding"], strict=False))
     assert len(read(tmp_path / "hit" / "err")) == 0

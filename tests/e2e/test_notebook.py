@@ -13,8 +13,8 @@ from nbclient import NotebookClient
 from lookalike.io import tables
 from lookalike.tools.evaluate import evaluate
 from lookalike.tools.labels import load_labels
-
-from tests.support.tablekit import ROOT, SAMPLE_LABELS, sample_tables
+from tests.support.paths import ROOT, SAMPLE_LABELS
+from tests.support.tablekit import sample_tables
 
 NOTEBOOK = ROOT / "notebooks" / "explore_recommendations.ipynb"
 
@@ -45,8 +45,9 @@ def test_notebook_runs_against_demo_layout_random_init_weights(tmp_path, monkeyp
     monkeypatch.setenv("LOOKALIKE_LABELS", str(SAMPLE_LABELS))
     nb = nbformat.read(NOTEBOOK, as_version=4)
     nb.cells.append(nbformat.v4.new_code_cell("import sys; print(sys.executable)"))
-    client = NotebookClient(nb, kernel_name="python3", timeout=300,
-                            resources={"metadata": {"path": str(ROOT / "notebooks")}})
+    client = NotebookClient(
+        nb, kernel_name="python3", timeout=300, resources={"metadata": {"path": str(ROOT / "notebooks")}}
+    )
     client.execute()  # raises CellExecutionError, with the cell and traceback, on any error
 
     code = [c for c in nb.cells if c.cell_type == "code"]
@@ -68,7 +69,8 @@ def test_notebook_runs_against_demo_layout_random_init_weights(tmp_path, monkeyp
     expected = evaluate(tables.read_rankings(neighbours, 5), load_labels(str(SAMPLE_LABELS)), 5)
     all_line = next(line for line in printed.splitlines() if line.startswith("all "))
     assert all_line.split()[1:] == [str(expected["queries"])] + [
-        f"{expected[m]:.3f}" for m in ("precision_at_k", "recall_at_k", "map_at_k", "chance")]
+        f"{expected[m]:.3f}" for m in ("precision_at_k", "recall_at_k", "map_at_k", "chance")
+    ]
 
 
 @pytest.mark.slow  # a notebook kernel of its own
@@ -77,8 +79,7 @@ def test_notebook_says_when_labels_are_missing(tmp_path, monkeypatch):
     monkeypatch.setenv("LOOKALIKE_OUTPUT", str(tmp_path / "output"))
     monkeypatch.setenv("LOOKALIKE_LABELS", str(tmp_path / "no-labels.csv"))
     nb = nbformat.read(NOTEBOOK, as_version=4)
-    NotebookClient(nb, kernel_name="python3", timeout=300,
-                   resources={"metadata": {"path": str(tmp_path)}}).execute()
+    NotebookClient(nb, kernel_name="python3", timeout=300, resources={"metadata": {"path": str(tmp_path)}}).execute()
     printed = "".join(t for c in nb.cells if c.cell_type == "code" for t in _outputs(c, "text/plain"))
     assert "no labels file at" in printed
     html = "".join(t for c in nb.cells if c.cell_type == "code" for t in _outputs(c, "text/html"))

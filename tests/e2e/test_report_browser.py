@@ -19,6 +19,7 @@ from tests.support.e2e_report_pages import HOSTILE_IDS, HOSTILE_LABEL, Parsed, w
 
 # --- in a real browser ------------------------------------------------------------------------
 
+
 def find_chromium() -> str | None:
     override = os.environ.get("LOOKALIKE_CHROMIUM")
     if override:
@@ -31,9 +32,21 @@ def find_chromium() -> str | None:
 
 
 def chromium(browser: str, profile: Path, *args: str) -> subprocess.CompletedProcess:
-    command = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-               "--disable-background-networking", "--disable-component-update", "--disable-sync",
-               "--disable-extensions", "--hide-scrollbars", f"--user-data-dir={profile}", *args]
+    command = [
+        browser,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-extensions",
+        "--hide-scrollbars",
+        f"--user-data-dir={profile}",
+        *args,
+    ]
     return subprocess.run(command, capture_output=True, text=True, timeout=120)
 
 
@@ -55,9 +68,11 @@ window.addEventListener('load', function () {
 def test_report_renders_in_headless_chromium(tmp_path):
     browser = find_chromium()
     if browser is None:
-        pytest.skip("Chromium not found (no chromium, chromium-browser or google-chrome on PATH, "
-                    "LOOKALIKE_CHROMIUM unset): the report was not rendered in a browser. "
-                    "Install it with scripts/install-chromium.sh")
+        pytest.skip(
+            "Chromium not found (no chromium, chromium-browser or google-chrome on PATH, "
+            "LOOKALIKE_CHROMIUM unset): the report was not rendered in a browser. "
+            "Install it with scripts/install-chromium.sh"
+        )
     out, ids, missing, pictures = write_report(tmp_path)
     url = out.as_uri()
 
@@ -83,10 +98,10 @@ def test_report_renders_in_headless_chromium(tmp_path):
     page = out.read_text()
     page = re.sub(r'<meta http-equiv="Content-Security-Policy"[^>]*>', "", page)
     probe_page.write_text(page.replace("</body>", PROBE + "</body>"))
-    dom = chromium(browser, tmp_path / "profile3", "--dump-dom", "--virtual-time-budget=5000",
-                   probe_page.as_uri()).stdout
+    dom = chromium(
+        browser, tmp_path / "profile3", "--dump-dom", "--virtual-time-budget=5000", probe_page.as_uri()
+    ).stdout
     match = re.search(r'data-probe="([^"]*)"', dom)
     assert match, dom[-2000:]
     probe = json.loads(match.group(1).replace("&quot;", '"').replace("&amp;", "&"))
-    assert probe == {"images": pictures, "loaded": pictures, "title": "Similar items", "scripts": 1,
-                     "injected": 0}
+    assert probe == {"images": pictures, "loaded": pictures, "title": "Similar items", "scripts": 1, "injected": 0}

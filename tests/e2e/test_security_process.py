@@ -10,9 +10,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from lookalike import publish
-
-from tests.support.e2e_credentials import (ACCESS_KEY_ID, assert_no_credentials, assert_no_credentials_in_files,
-                                           embed_job_args, put_shop)
+from tests.support.e2e_credentials import (
+    ACCESS_KEY_ID,
+    assert_no_credentials,
+    assert_no_credentials_in_files,
+    embed_job_args,
+    put_shop,
+)
 from tests.support.faultproxy import FaultProxy
 from tests.support.procs import run_script
 
@@ -20,10 +24,19 @@ from tests.support.procs import run_script
 @pytest.mark.slow  # a spark-submit application of its own
 def test_job_with_a_fetch_error_never_writes_or_logs_credentials(tmp_path, s3, bucket, s3_endpoint, toy_overrides):
     shop = put_shop(s3, bucket)
-    with FaultProxy(s3_endpoint, always_fail={"shop/always-fails.jpg"}, kinds=("internal",),
-                    echo_authorization=True) as proxy:
-        done = run_script(["./spark-submit.sh", "embed", "--master", "local[2]",
-                           *embed_job_args(tmp_path / "out", shop, proxy.url, toy_overrides)], timeout=900)
+    with FaultProxy(
+        s3_endpoint, always_fail={"shop/always-fails.jpg"}, kinds=("internal",), echo_authorization=True
+    ) as proxy:
+        done = run_script(
+            [
+                "./spark-submit.sh",
+                "embed",
+                "--master",
+                "local[2]",
+                *embed_job_args(tmp_path / "out", shop, proxy.url, toy_overrides),
+            ],
+            timeout=900,
+        )
         assert proxy.stats.signed_by[ACCESS_KEY_ID] >= 5  # the job really signed with the fake key
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert_no_credentials("stdout", done.stdout)

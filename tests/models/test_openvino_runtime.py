@@ -21,7 +21,6 @@ import multiprocessing
 import os
 import shutil
 import time
-from typing import Optional
 
 import numpy as np
 import pytest
@@ -49,7 +48,7 @@ def config(name: str, **changes) -> ModelConfig:
     return ModelConfig(**values)
 
 
-def sample_photos(count: Optional[int] = 8) -> np.ndarray:
+def sample_photos(count: int | None = 8) -> np.ndarray:
     """``count`` photos spread over the kinds of garment (None: all 60)."""
     from tests.support.paths import SAMPLE_DIR
 
@@ -78,13 +77,18 @@ def ir_dirs(cache_dir) -> list[str]:
 
 
 def leftovers(cache_dir) -> list[str]:
-    return [name for name in listing(cache_dir)
-            if name.startswith((openvino_runtime.TEMP_PREFIX, openvino_runtime.STALE_PREFIX))]
+    return [
+        name
+        for name in listing(cache_dir)
+        if name.startswith((openvino_runtime.TEMP_PREFIX, openvino_runtime.STALE_PREFIX))
+    ]
 
 
 def file_ids(ir_dir) -> dict:
-    return {name: (os.stat(os.path.join(ir_dir, name)).st_ino, os.stat(os.path.join(ir_dir, name)).st_mtime_ns)
-            for name in (openvino_runtime.IR_XML, openvino_runtime.IR_BIN)}
+    return {
+        name: (os.stat(os.path.join(ir_dir, name)).st_ino, os.stat(os.path.join(ir_dir, name)).st_mtime_ns)
+        for name in (openvino_runtime.IR_XML, openvino_runtime.IR_BIN)
+    }
 
 
 @pytest.fixture(scope="module")
@@ -104,14 +108,21 @@ def lite0_random(cache_dir, photos):
 
     embedder = model.Embedder(config("efficientnet_lite0"), threads=2)
     started = time.perf_counter()
-    compiled = openvino_runtime.compile_model(embedder.inference_model, precision="float32", threads=2,
-                                              cache_dir=cache_dir, key="lite0-random", batch_size=len(photos))
+    compiled = openvino_runtime.compile_model(
+        embedder.inference_model,
+        precision="float32",
+        threads=2,
+        cache_dir=cache_dir,
+        key="lite0-random",
+        batch_size=len(photos),
+    )
     return embedder, embedder.embed(photos), compiled, time.perf_counter() - started
 
 
 @pytest.mark.parametrize("name", sorted(backbones.BACKBONES))
-def test_openvino_computes_the_keras_embeddings_for_every_backbone_random_init_weights(name, cache_dir, photos,
-                                                                                       lite0_random):
+def test_openvino_computes_the_keras_embeddings_for_every_backbone_random_init_weights(
+    name, cache_dir, photos, lite0_random
+):
     from lookalike.embed import model
 
     if name == "efficientnet_lite0":
@@ -119,8 +130,14 @@ def test_openvino_computes_the_keras_embeddings_for_every_backbone_random_init_w
     else:
         embedder = model.Embedder(config(name), threads=2)
         want = embedder.embed(photos)
-        f32 = openvino_runtime.compile_model(embedder.inference_model, precision="float32", threads=2,
-                                             cache_dir=cache_dir, key=f"{name}-random", batch_size=len(photos))
+        f32 = openvino_runtime.compile_model(
+            embedder.inference_model,
+            precision="float32",
+            threads=2,
+            cache_dir=cache_dir,
+            key=f"{name}-random",
+            batch_size=len(photos),
+        )
     assert f32.converted or name == "efficientnet_lite0"
     got = f32(photos)
     assert got.shape == want.shape == (len(photos), backbones.get(name).dim("avg")) and got.dtype == np.float32
@@ -129,9 +146,14 @@ def test_openvino_computes_the_keras_embeddings_for_every_backbone_random_init_w
     assert relative_difference(got, want).max() <= F32_MAX_RELATIVE
     assert f32.precision == "f32"
 
-    bf16 = openvino_runtime.compile_model(embedder.inference_model, precision="bfloat16", threads=2,
-                                          cache_dir=cache_dir, key=f32.ir_dir.rsplit(os.sep, 1)[-1],
-                                          batch_size=len(photos))
+    bf16 = openvino_runtime.compile_model(
+        embedder.inference_model,
+        precision="bfloat16",
+        threads=2,
+        cache_dir=cache_dir,
+        key=f32.ir_dir.rsplit(os.sep, 1)[-1],
+        batch_size=len(photos),
+    )
     assert not bf16.converted  # one IR serves both precisions
     low = bf16(photos)
     assert low.dtype == np.float32 and np.isfinite(low).all()
@@ -148,13 +170,15 @@ def test_float32_and_bfloat16_with_imagenet_weights_efficientnet_lite0(cache_dir
     photos = sample_photos(None)
     embedder = model.Embedder(config("efficientnet_lite0", weights="imagenet", batch_size=32), threads=2)
     want = embedder.embed(photos)
-    f32 = openvino_runtime.compile_model(embedder.inference_model, precision="float32", threads=2,
-                                         cache_dir=cache_dir, key="lite0-imagenet")
+    f32 = openvino_runtime.compile_model(
+        embedder.inference_model, precision="float32", threads=2, cache_dir=cache_dir, key="lite0-imagenet"
+    )
     got = f32(photos)
     assert cosines(got, want).min() >= F32_MIN_COSINE
     assert relative_difference(got, want).max() <= F32_MAX_RELATIVE
-    bf16 = openvino_runtime.compile_model(embedder.inference_model, precision="bfloat16", threads=2,
-                                          cache_dir=cache_dir, key="lite0-imagenet")
+    bf16 = openvino_runtime.compile_model(
+        embedder.inference_model, precision="bfloat16", threads=2, cache_dir=cache_dir, key="lite0-imagenet"
+    )
     low = bf16(photos)
     agreement = cosines(low, want)
     assert agreement.min() >= BF16_IMAGENET_MIN_COSINE, agreement
@@ -162,7 +186,7 @@ def test_float32_and_bfloat16_with_imagenet_weights_efficientnet_lite0(cache_dir
     # What the product is about: each photo's nearest neighbours among the others.
     ours, theirs = neighbours(low), neighbours(want)
     assert (ours[:, 0] == theirs[:, 0]).mean() >= BF16_IMAGENET_SAME_TOP1
-    assert np.mean([len(set(a) & set(b)) / 5 for a, b in zip(ours, theirs)]) >= BF16_IMAGENET_TOP5_OVERLAP
+    assert np.mean([len(set(a) & set(b)) / 5 for a, b in zip(ours, theirs, strict=False)]) >= BF16_IMAGENET_TOP5_OVERLAP
 
 
 def neighbours(x, k=5):
@@ -180,8 +204,13 @@ def test_any_batch_size_and_threads_from_one_ir(lite0_random, photos):
         np.testing.assert_allclose(f32(photos[:n]), want[:n], rtol=0, atol=1e-4 * np.abs(want).max())
     assert None in f32._requests  # 1 and 3 ran on a dynamic-shape copy, compiled when first needed
     assert f32(photos[:0]).shape == (0, embedder.dim)
-    one = openvino_runtime.compile_model(embedder.inference_model, precision="float32", threads=1,
-                                         cache_dir=os.path.dirname(os.path.dirname(f32.ir_dir)), key="lite0-random")
+    one = openvino_runtime.compile_model(
+        embedder.inference_model,
+        precision="float32",
+        threads=1,
+        cache_dir=os.path.dirname(os.path.dirname(f32.ir_dir)),
+        key="lite0-random",
+    )
     assert one.threads == 1 and not one.converted
     assert not one.pinned and not f32.pinned  # several workers per host must not share core 0
     np.testing.assert_allclose(one(photos), want, rtol=0, atol=1e-4 * np.abs(want).max())
@@ -201,8 +230,9 @@ def test_the_second_compile_reuses_the_cached_ir(lite0_random, cache_dir, photos
 
     monkeypatch.setattr(convert, "to_ir", no_conversion)
     started = time.perf_counter()
-    again = openvino_runtime.compile_model(embedder.inference_model, precision="float32", threads=2,
-                                           cache_dir=cache_dir, key="lite0-random")
+    again = openvino_runtime.compile_model(
+        embedder.inference_model, precision="float32", threads=2, cache_dir=cache_dir, key="lite0-random"
+    )
     seconds = time.perf_counter() - started
     assert not again.converted and again.convert_seconds == 0 and again.ir_dir == first.ir_dir
     assert file_ids(again.ir_dir) == before
@@ -217,8 +247,9 @@ def _race_worker(cache_dir, key, barrier, out_prefix):
 
     embedder = model.Embedder(config("efficientnet_lite0"), threads=1)
     barrier.wait(timeout=300)
-    compiled = openvino_runtime.compile_model(embedder.inference_model, precision="float32", threads=1,
-                                              cache_dir=cache_dir, key=key)
+    compiled = openvino_runtime.compile_model(
+        embedder.inference_model, precision="float32", threads=1, cache_dir=cache_dir, key=key
+    )
     np.save(out_prefix + ".npy", compiled(sample_photos(4)))
     with open(out_prefix + ".json", "w") as handle:
         json.dump({"converted": compiled.converted, "ir_dir": compiled.ir_dir}, handle)
@@ -228,8 +259,10 @@ def test_two_processes_converting_the_same_model_at_once_share_one_ir(tmp_path):
     cache_dir = str(tmp_path / "cache")
     context = multiprocessing.get_context("spawn")
     barrier = context.Barrier(2)
-    workers = [context.Process(target=_race_worker, args=(cache_dir, "raced", barrier, str(tmp_path / f"w{i}")))
-               for i in range(2)]
+    workers = [
+        context.Process(target=_race_worker, args=(cache_dir, "raced", barrier, str(tmp_path / f"w{i}")))
+        for i in range(2)
+    ]
     for worker in workers:
         worker.start()
     for worker in workers:
@@ -243,11 +276,13 @@ def test_two_processes_converting_the_same_model_at_once_share_one_ir(tmp_path):
     assert sorted(report["converted"] for report in reports) == [False, True]
     assert ir_dirs(cache_dir) == ["raced"] and leftovers(cache_dir) == []
     assert sorted(os.listdir(reports[0]["ir_dir"])) == sorted(
-        [openvino_runtime.IR_XML, openvino_runtime.IR_BIN, openvino_runtime.META])
+        [openvino_runtime.IR_XML, openvino_runtime.IR_BIN, openvino_runtime.META]
+    )
 
 
-def test_the_loser_of_a_rename_race_uses_the_winners_ir_and_deletes_its_own(lite0_random, tmp_path, photos,
-                                                                            monkeypatch):
+def test_the_loser_of_a_rename_race_uses_the_winners_ir_and_deletes_its_own(
+    lite0_random, tmp_path, photos, monkeypatch
+):
     """What happens when another worker converted without waiting for the lock and renamed first."""
     embedder, _, winner, _ = lite0_random
     cache_dir = str(tmp_path / "cache")
@@ -259,8 +294,9 @@ def test_the_loser_of_a_rename_race_uses_the_winners_ir_and_deletes_its_own(lite
         shutil.copytree(winner.ir_dir, target)  # the other worker's rename lands first
 
     monkeypatch.setattr(convert, "to_ir", convert_then_lose)
-    compiled = openvino_runtime.compile_model(embedder.inference_model, precision="float32", threads=2,
-                                              cache_dir=cache_dir, key="contested")
+    compiled = openvino_runtime.compile_model(
+        embedder.inference_model, precision="float32", threads=2, cache_dir=cache_dir, key="contested"
+    )
     assert compiled.ir_dir == target
     assert ir_dirs(cache_dir) == ["contested"] and leftovers(cache_dir) == []
     assert np.array_equal(compiled(photos), winner(photos))
@@ -281,8 +317,9 @@ def test_a_broken_cached_ir_and_abandoned_temporary_directories_are_replaced(lit
     os.makedirs(abandoned)
     os.makedirs(recent)  # perhaps another worker converting right now: left alone
     os.utime(abandoned, (time.time() - 2 * openvino_runtime.ABANDONED_AFTER_S,) * 2)
-    compiled = openvino_runtime.compile_model(embedder.inference_model, precision="float32", threads=2,
-                                              cache_dir=cache_dir, key="broken")
+    compiled = openvino_runtime.compile_model(
+        embedder.inference_model, precision="float32", threads=2, cache_dir=cache_dir, key="broken"
+    )
     assert compiled.converted
     assert cosines(compiled(photos), want).min() >= F32_MIN_COSINE
     assert ir_dirs(cache_dir) == ["broken"] and leftovers(cache_dir) == [os.path.basename(recent)]
@@ -347,8 +384,9 @@ def test_float16_and_other_bad_arguments_are_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="threads"):
         openvino_runtime.compile_model(model, precision="float32", threads=-1, cache_dir=str(tmp_path), key="k")
     with pytest.raises(ValueError, match="batch_size"):
-        openvino_runtime.compile_model(model, precision="float32", threads=1, cache_dir=str(tmp_path), key="k",
-                                       batch_size=-1)
+        openvino_runtime.compile_model(
+            model, precision="float32", threads=1, cache_dir=str(tmp_path), key="k", batch_size=-1
+        )
     assert not os.path.exists(os.path.join(tmp_path, "openvino"))
 
 
@@ -357,8 +395,9 @@ def test_nothing_process_wide_is_changed(tmp_path):
 
     environ = dict(os.environ)
     policy = keras.config.dtype_policy().name
-    compiled = openvino_runtime.compile_model(tiny_model(), precision="bfloat16", threads=1,
-                                              cache_dir=str(tmp_path), key="tiny")
+    compiled = openvino_runtime.compile_model(
+        tiny_model(), precision="bfloat16", threads=1, cache_dir=str(tmp_path), key="tiny"
+    )
     assert compiled(np.zeros((2, 32, 32, 3), np.uint8)).shape == (2, 8)
     assert dict(os.environ) == environ and keras.config.dtype_policy().name == policy
 
@@ -370,7 +409,8 @@ def test_other_keras_backends_go_through_a_saved_model(tmp_path, monkeypatch):
     model, cache_dir = tiny_model(), str(tmp_path / "cache")
     compiled = openvino_runtime.compile_model(model, precision="float32", threads=1, cache_dir=cache_dir, key="tiny")
     assert sorted(os.listdir(compiled.ir_dir)) == sorted(
-        [openvino_runtime.IR_XML, openvino_runtime.IR_BIN, openvino_runtime.META])
+        [openvino_runtime.IR_XML, openvino_runtime.IR_BIN, openvino_runtime.META]
+    )
     pixels = np.random.default_rng(2).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
     np.testing.assert_allclose(compiled(pixels), np.asarray(model.predict_on_batch(pixels)), rtol=1e-5, atol=1e-6)
 
@@ -389,8 +429,9 @@ def test_a_conversion_sends_no_usage_data_and_leaves_openvino_as_it_was(tmp_path
     monkeypatch.setattr(openvino_telemetry.Telemetry, "send_error", lambda self, *a, **k: sent.append(a), raising=False)
     users = [importlib.import_module(name) for name in telemetry.USERS]
     before = [module.tm for module in users]
-    compiled = openvino_runtime.compile_model(tiny_model(), precision="float32", threads=1,
-                                              cache_dir=str(tmp_path / "cache"), key="tiny")
+    compiled = openvino_runtime.compile_model(
+        tiny_model(), precision="float32", threads=1, cache_dir=str(tmp_path / "cache"), key="tiny"
+    )
     assert compiled.converted and sent == []
     assert [module.tm for module in users] == before  # put back after the conversion
     assert not (tmp_path / "home" / "intel").exists()  # no client id written either
@@ -422,8 +463,9 @@ def test_a_worker_that_finds_the_ir_cached_never_imports_keras_and_embeds_the_sa
     cache = tmp_path / "cache"
 
     def worker() -> dict:
-        done = subprocess.run([sys.executable, str(script), name, str(cache)], capture_output=True, text=True,
-                              timeout=300)
+        done = subprocess.run(
+            [sys.executable, str(script), name, str(cache)], capture_output=True, text=True, timeout=300
+        )
         assert done.returncode == 0, done.stderr[-3000:]
         return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -434,7 +476,27 @@ def test_a_worker_that_finds_the_ir_cached_never_imports_keras_and_embeds_the_sa
     np.testing.assert_array_equal(np.array(second["vectors"]), np.array(first["vectors"]))
     # An IR that does not match (here: another pooling's output length) is never used.
     (ir,) = [d for d in (cache / openvino_runtime.SUBDIR).iterdir() if not d.name.startswith(".")]
-    assert openvino_runtime.load_cached(name, input_shape=(224, 224, 3), dim=first["dim"] + 1, precision="float32",
-                                        threads=1, cache_dir=str(cache), key=ir.name) is None
-    assert openvino_runtime.load_cached(name, input_shape=(224, 224, 3), dim=first["dim"], precision="float32",
-                                        threads=1, cache_dir=str(cache), key="not-converted-yet") is None
+    assert (
+        openvino_runtime.load_cached(
+            name,
+            input_shape=(224, 224, 3),
+            dim=first["dim"] + 1,
+            precision="float32",
+            threads=1,
+            cache_dir=str(cache),
+            key=ir.name,
+        )
+        is None
+    )
+    assert (
+        openvino_runtime.load_cached(
+            name,
+            input_shape=(224, 224, 3),
+            dim=first["dim"],
+            precision="float32",
+            threads=1,
+            cache_dir=str(cache),
+            key="not-converted-yet",
+        )
+        is None
+    )

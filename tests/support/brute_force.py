@@ -24,10 +24,15 @@ def brute_force(ids, vectors, k, candidates=None, min_score=None, allow=None) ->
     for q, item in enumerate(ids):
         if not valid[q]:
             continue
-        pool = [(-float(scores[q, j]), ids[j]) for j in range(len(ids))
-                if j != q and valid[j] and ids[j] in allowed
-                and (min_score is None or scores[q, j] >= np.float32(min_score))
-                and (allow is None or allow(item, ids[j]))]
+        pool = [
+            (-float(scores[q, j]), ids[j])
+            for j in range(len(ids))
+            if j != q
+            and valid[j]
+            and ids[j] in allowed
+            and (min_score is None or scores[q, j] >= np.float32(min_score))
+            and (allow is None or allow(item, ids[j]))
+        ]
         best = sorted(pool)[:k]
         if best:
             result[item] = [(neighbour, -negative) for negative, neighbour in best]

@@ -49,8 +49,21 @@ def put_shop(s3, bucket: str) -> str:
 def embed_job_args(out: Path, uri: str, endpoint: str, model: list[str]) -> list[str]:
     """The embed job's arguments (after ``embed``) on the demo config at DEBUG, reading ``uri``
     through ``endpoint`` with two attempts per request; ``model``: its --set values."""
-    sets = [f"input.uri={uri}", f"s3.endpoint_url={endpoint}", "s3.max_attempts=2", *model,
-            "model.batch_size=4", "input.max_error_fraction=0.5", "spark.conf={spark.ui.enabled: 'false'}",
-            f"output.embeddings={out}/emb", f"output.errors={out}/err"]
-    return ["--config", str(ROOT / "conf" / "local.yaml"), "--log-level", "DEBUG",
-            *[a for s in sets for a in ("--set", s)]]
+    sets = [
+        f"input.uri={uri}",
+        f"s3.endpoint_url={endpoint}",
+        "s3.max_attempts=2",
+        *model,
+        "model.batch_size=4",
+        "input.max_error_fraction=0.5",
+        "spark.conf={spark.ui.enabled: 'false'}",
+        f"output.embeddings={out}/emb",
+        f"output.errors={out}/err",
+    ]
+    return [
+        "--config",
+        str(ROOT / "conf" / "local.yaml"),
+        "--log-level",
+        "DEBUG",
+        *[a for s in sets for a in ("--set", s)],
+    ]

@@ -12,15 +12,20 @@ from pathlib import Path
 
 from lookalike.io import tables
 from lookalike.tools import cli
-
-from tests.support.tablekit import (SAMPLE_DIR, brute_force_neighbours, embeddings_table, label_vectors, sample_items,
-                                    write_table)
+from tests.support.tablekit import (
+    SAMPLE_DIR,
+    brute_force_neighbours,
+    embeddings_table,
+    label_vectors,
+    sample_items,
+    write_table,
+)
 
 # Each would add an element, an attribute or a running script to the page if it were not escaped.
 HOSTILE_IDS = [
     "<script>document.title='pwned'</script>",
-    "\"><img src=x id=injected-img onerror=\"document.title='pwned'\">",
-    "x\" onmouseover=\"document.title='pwned'\" data-x=\"",
+    '"><img src=x id=injected-img onerror="document.title=\'pwned\'">',
+    'x" onmouseover="document.title=\'pwned\'" data-x="',
 ]
 HOSTILE_LABEL = "<b id=injected-label>bold</b>"
 
@@ -64,7 +69,9 @@ def hostile_tables(tmp_path: Path, k: int = 3):
     embeddings = write_table(embeddings_table(ids, uris, vectors), tmp_path / "embeddings")
     neighbours = write_table(brute_force_neighbours(ids, vectors, k), tmp_path / "neighbours")
     label_file = tmp_path / "labels.csv"
-    label_rows = [(i, HOSTILE_LABEL if n == 3 else label) for n, (i, label) in enumerate(zip(ids, labels))]
+    label_rows = [
+        (i, HOSTILE_LABEL if n == 3 else label) for n, (i, label) in enumerate(zip(ids, labels, strict=False))
+    ]
     with open(label_file, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["item_id", "label"])
@@ -77,9 +84,23 @@ def hostile_tables(tmp_path: Path, k: int = 3):
 def write_report(tmp_path: Path, *extra: str, k: int = 3):
     embeddings, neighbours, labels, ids, missing, pictures = hostile_tables(tmp_path, k)
     out = tmp_path / "report.html"
-    code = cli.main(["report", "--embeddings", embeddings, "--neighbours", neighbours, "--sample", "10",
-                     "-k", str(k), "--labels", labels, "--out", str(out), *extra])
+    code = cli.main(
+        [
+            "report",
+            "--embeddings",
+            embeddings,
+            "--neighbours",
+            neighbours,
+            "--sample",
+            "10",
+            "-k",
+            str(k),
+            "--labels",
+            labels,
+            "--out",
+            str(out),
+            *extra,
+        ]
+    )
     assert code == 0
     return out, ids, missing, pictures
-
-

@@ -20,26 +20,43 @@ def embedding_rows(n: int, dim: int, seed: int = 0, start: int = 0) -> list[dict
     """Rows in the embed job's schema; every 7th item lacks its image size (nullable columns)."""
     rng = np.random.default_rng(seed)
     vectors = rng.standard_normal((n, dim)).astype(np.float32)
-    return [{
-        "item_id": f"item-{start + i:06d}", "uri": f"file:///images/{start + i}.jpg",
-        "source_version": None if i % 7 == 0 else f"{100 + i}-1",
-        "source_bytes": 100 + i, "width": None if i % 7 == 0 else 200 + i, "height": 300,
-        "model": "vgg16", "weights": "random-init:seed=0", "pooling": "avg", "dim": dim,
-        "embedding": vectors[i].tolist(), "model_fingerprint": "f" * 16, "run_id": "run-1",
-        "embedded_at": EPOCH + dt.timedelta(seconds=i),
-    } for i in range(n)]
+    return [
+        {
+            "item_id": f"item-{start + i:06d}",
+            "uri": f"file:///images/{start + i}.jpg",
+            "source_version": None if i % 7 == 0 else f"{100 + i}-1",
+            "source_bytes": 100 + i,
+            "width": None if i % 7 == 0 else 200 + i,
+            "height": 300,
+            "model": "vgg16",
+            "weights": "random-init:seed=0",
+            "pooling": "avg",
+            "dim": dim,
+            "embedding": vectors[i].tolist(),
+            "model_fingerprint": "f" * 16,
+            "run_id": "run-1",
+            "embedded_at": EPOCH + dt.timedelta(seconds=i),
+        }
+        for i in range(n)
+    ]
 
 
 def write_table(path, rows: list[dict], rows_per_file: int, rows_per_group: int) -> pa.Table:
     table = pa.Table.from_pylist(rows, schema=schemas.arrow_schema(schemas.EMBEDDINGS))
-    ds.write_dataset(table, str(path), format="parquet", max_rows_per_file=rows_per_file,
-                     max_rows_per_group=rows_per_group, min_rows_per_group=rows_per_group,
-                     basename_template="part-{i}.parquet")
+    ds.write_dataset(
+        table,
+        str(path),
+        format="parquet",
+        max_rows_per_file=rows_per_file,
+        max_rows_per_group=rows_per_group,
+        min_rows_per_group=rows_per_group,
+        basename_template="part-{i}.parquet",
+    )
     return table
 
 
 def by_item(item_ids, embeddings) -> dict[str, np.ndarray]:
-    return {(i.decode() if isinstance(i, bytes) else i): e for i, e in zip(item_ids, embeddings)}
+    return {(i.decode() if isinstance(i, bytes) else i): e for i, e in zip(item_ids, embeddings, strict=False)}
 
 
 def assert_same_embeddings(got_ids, got_embeddings, path) -> None:

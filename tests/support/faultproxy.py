@@ -21,8 +21,8 @@ import re
 import socket
 import threading
 from collections import Counter
+from collections.abc import Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Iterable, Optional
 from urllib.parse import unquote, urlparse
 
 FAULT_KINDS = ("slowdown", "internal", "drop", "truncate")
@@ -30,8 +30,10 @@ HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding
 
 
 def _error_xml(code: str, message: str) -> bytes:
-    return (f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code>'
-            f"<Message>{message}</Message><RequestId>faultproxy</RequestId></Error>").encode()
+    return (
+        f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code>'
+        f"<Message>{message}</Message><RequestId>faultproxy</RequestId></Error>"
+    ).encode()
 
 
 class Stats:
@@ -53,9 +55,17 @@ class Stats:
 
 
 class FaultProxy:
-    def __init__(self, upstream: str, *, seed: int = 0, rates: Optional[dict[str, float]] = None,
-                 kinds: Iterable[str] = ("slowdown", "internal", "drop"), max_consecutive: int = 2,
-                 always_fail: Iterable[str] = (), echo_authorization: bool = False):
+    def __init__(
+        self,
+        upstream: str,
+        *,
+        seed: int = 0,
+        rates: dict[str, float] | None = None,
+        kinds: Iterable[str] = ("slowdown", "internal", "drop"),
+        max_consecutive: int = 2,
+        always_fail: Iterable[str] = (),
+        echo_authorization: bool = False,
+    ):
         """``rates``: share of requests to fail per operation: ``get`` (GetObject), ``head``,
         ``list`` (ListObjects*), ``other``. ``echo_authorization``: error bodies quote the
         request's Authorization header, like a badly behaved S3-compatible server."""
@@ -72,11 +82,11 @@ class FaultProxy:
         self.echo_authorization = echo_authorization
         self.stats = Stats()
         self._streak: Counter = Counter()
-        self._server: Optional[ThreadingHTTPServer] = None
-        self._thread: Optional[threading.Thread] = None
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
 
     # --- lifecycle -------------------------------------------------------------------------------
-    def start(self) -> "FaultProxy":
+    def start(self) -> FaultProxy:
         proxy = self
 
         class Handler(_Handler):
@@ -94,7 +104,7 @@ class FaultProxy:
             self._server.server_close()
             self._server = None
 
-    def __enter__(self) -> "FaultProxy":
+    def __enter__(self) -> FaultProxy:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -117,7 +127,7 @@ class FaultProxy:
         op = {"GET": "get", "HEAD": "head"}.get(method, "other")
         return op, f"{bucket}/{key}" if key else bucket
 
-    def decide(self, op: str, resource: str, key: str) -> Optional[str]:
+    def decide(self, op: str, resource: str, key: str) -> str | None:
         """The fault to inject for this attempt, or None to forward it."""
         with self.stats.lock:
             self.stats.requests[op] += 1
@@ -145,7 +155,7 @@ class FaultProxy:
         return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big")
 
     def _draw(self, op: str, resource: str, attempt: int) -> float:
-        return self._hash(op, resource, attempt) / 2.0 ** 64
+        return self._hash(op, resource, attempt) / 2.0**64
 
     def _kind(self, op: str, resource: str, attempt: int) -> str:
         usable = [k for k in self.kinds if k != "truncate" or op == "get"] or ["slowdown"]
@@ -173,8 +183,11 @@ class _Handler(BaseHTTPRequestHandler):
             self._drop()
             return
         if fault in ("slowdown", "internal"):
-            code, status, message = (("SlowDown", 503, "Please reduce your request rate.") if fault == "slowdown"
-                                     else ("InternalError", 500, "We encountered an internal error. Please try again."))
+            code, status, message = (
+                ("SlowDown", 503, "Please reduce your request rate.")
+                if fault == "slowdown"
+                else ("InternalError", 500, "We encountered an internal error. Please try again.")
+            )
             if proxy.echo_authorization:
                 message += f" Request was signed with: {self.headers.get('Authorization', '')}"
             self._reply(status, {"Content-Type": "application/xml"}, _error_xml(code, message))
@@ -198,7 +211,7 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             conn.close()
 
-    def _reply(self, status: int, headers: dict, payload: bytes, send: Optional[int] = None) -> None:
+    def _reply(self, status: int, headers: dict, payload: bytes, send: int | None = None) -> None:
         self.send_response(status)
         for name, value in headers.items():
             if name.lower() not in ("content-length", "server", "date"):

@@ -25,8 +25,9 @@ def embeddings_dir(tmp: Path, ids: list[str], vectors: np.ndarray, parts: int = 
 
 
 def config(tmp: Path, embeddings: str, **neighbours):
-    return from_dict({"output": {"embeddings": embeddings, "neighbours": str(tmp / "neighbours")},
-                      "neighbours": neighbours})
+    return from_dict(
+        {"output": {"embeddings": embeddings, "neighbours": str(tmp / "neighbours")}, "neighbours": neighbours}
+    )
 
 
 def read_output(path: str) -> dict:
@@ -46,8 +47,9 @@ def assert_matches(got: dict, want: dict):
         np.testing.assert_allclose([s for _, _, s in rows], [s for _, s in expected], atol=1e-5)
 
 
-def publish_embeddings(spark, embeddings: str, ids: list[str], vectors: np.ndarray, content: str,
-                       run_id: str = "20260101T000000Z-embed001") -> str:
+def publish_embeddings(
+    spark, embeddings: str, ids: list[str], vectors: np.ndarray, content: str, run_id: str = "20260101T000000Z-embed001"
+) -> str:
     """Publish an embeddings table the way the embed job does, with ``content`` as its content id
     (what the neighbours job's unchanged-input check compares)."""
     from lookalike import publish
@@ -56,4 +58,3 @@ def publish_embeddings(spark, embeddings: str, ids: list[str], vectors: np.ndarr
         write_table(embeddings_table(ids, [f"file:///x/{i}.jpg" for i in ids], vectors), out.staging("embeddings"), 2)
         out.commit({"embeddings": {"embeddings_content": content}})
     return embeddings
-

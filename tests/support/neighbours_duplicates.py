@@ -43,6 +43,5 @@ def brute_groups(ids: list[str], x: np.ndarray, threshold: float) -> set:
     for group in members.values():
         representative = min(group)  # code point order = UTF-8 byte order = Spark's string order
         gid = hashlib.sha1(representative.encode()).hexdigest()[:16]
-        rows |= {(gid, ids[v], len(group), representative, float(best[v])) for v in best
-                 if ids[v] in group}
+        rows |= {(gid, ids[v], len(group), representative, float(best[v])) for v in best if ids[v] in group}
     return rows

@@ -44,7 +44,7 @@ def versions_dir(out) -> str:
 def put_version(s3, uri: str, version: int) -> None:
     """The staged data written with boto3, as EMRFS would write it on EMR (Spark here has no
     hadoop-aws and cannot write s3://)."""
-    bucket, key = uri[len("s3://"):].split("/", 1)
+    bucket, key = uri[len("s3://") :].split("/", 1)
     for i in range(3):
         sink = pa.BufferOutputStream()
         pq.write_table(table_of(version).slice(i * 100, 100), sink)
@@ -52,8 +52,11 @@ def put_version(s3, uri: str, version: int) -> None:
 
 
 def read_s3(s3, uri: str) -> pd.DataFrame:
-    bucket, key = uri[len("s3://"):].split("/", 1)
-    keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=key + "/")["Contents"]
-                  if o["Key"].endswith(".parquet"))
+    bucket, key = uri[len("s3://") :].split("/", 1)
+    keys = sorted(
+        o["Key"]
+        for o in s3.list_objects_v2(Bucket=bucket, Prefix=key + "/")["Contents"]
+        if o["Key"].endswith(".parquet")
+    )
     tables = [pq.read_table(pa.BufferReader(s3.get_object(Bucket=bucket, Key=k)["Body"].read())) for k in keys]
     return pa.concat_tables(tables).to_pandas()

@@ -17,11 +17,20 @@ def plan(items: pd.DataFrame, rows, failed_ids, fingerprint: str, weights: str) 
         return _full(items, changed_model=True)
     duplicated = rows["item_id"].duplicated(keep=False)
     usable = rows[same_model & ~duplicated]
-    merged = items.merge(usable[["item_id", "uri", "source_version"]], on="item_id", how="left",
-                         suffixes=("", "_previous"), indicator=True)
+    merged = items.merge(
+        usable[["item_id", "uri", "source_version"]],
+        on="item_id",
+        how="left",
+        suffixes=("", "_previous"),
+        indicator=True,
+    )
     known = merged["_merge"] == "both"
-    same = (known & (merged["uri"] == merged["uri_previous"])
-            & merged["source_version"].notna() & (merged["source_version"] == merged["source_version_previous"]))
+    same = (
+        known
+        & (merged["uri"] == merged["uri_previous"])
+        & merged["source_version"].notna()
+        & (merged["source_version"] == merged["source_version_previous"])
+    )
     reused = set(merged.loc[same, "item_id"])
     listed_ids = set(items["item_id"])
     previous_ids = set(rows["item_id"])
@@ -36,11 +45,21 @@ def plan(items: pd.DataFrame, rows, failed_ids, fingerprint: str, weights: str) 
         "deleted": len(previous_ids - listed_ids),
         "stale_errors": len(failed_ids - listed_ids),
     }
-    return {"to_embed": sorted(to_embed["item_id"]), "reused": sorted(reused), "counts": counts,
-            "carry_over": True, "changed_model": False}
+    return {
+        "to_embed": sorted(to_embed["item_id"]),
+        "reused": sorted(reused),
+        "counts": counts,
+        "carry_over": True,
+        "changed_model": False,
+    }
 
 
 def _full(items: pd.DataFrame, changed_model: bool = False) -> dict:
     counts = {"new": len(items), "changed": 0, "retried": 0, "reused": 0, "deleted": 0, "stale_errors": 0}
-    return {"to_embed": sorted(items["item_id"]), "reused": [], "counts": counts, "carry_over": False,
-            "changed_model": changed_model}
+    return {
+        "to_embed": sorted(items["item_id"]),
+        "reused": [],
+        "counts": counts,
+        "carry_over": False,
+        "changed_model": changed_model,
+    }

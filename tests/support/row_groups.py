@@ -6,10 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 
-def ranked_table(items: int, k: int) -> "pa.Table":
+def ranked_table(items: int, k: int) -> pa.Table:
     """A neighbour table in the real schema, sorted by item_id: item i's neighbours are items
     i + 7, i + 14, ... (never itself), scores falling with the rank."""
     import pyarrow as pa
@@ -21,8 +22,10 @@ def ranked_table(items: int, k: int) -> "pa.Table":
     rank = np.tile(np.arange(1, k + 1), items)
     neighbour = (item + 7 * rank) % items
     score = (1.0 - rank / (k + 1) - (item % 13) / 1000).astype(np.float32)
-    return pa.table({"item_id": ids[item], "rank": rank.astype(np.int32), "neighbour_id": ids[neighbour],
-                     "score": score}, schema=schemas.arrow_schema(schemas.NEIGHBOURS))
+    return pa.table(
+        {"item_id": ids[item], "rank": rank.astype(np.int32), "neighbour_id": ids[neighbour], "score": score},
+        schema=schemas.arrow_schema(schemas.NEIGHBOURS),
+    )
 
 
 def write_row_groups(table, directory: Path, files: int, rows_per_group: int) -> str:
@@ -73,4 +76,3 @@ def bytes_read() -> int:
     """Bytes this process has read through read(2) and friends, cached or not (Linux)."""
     with open("/proc/self/io") as handle:
         return int(next(line for line in handle if line.startswith("rchar:")).split()[1])
-

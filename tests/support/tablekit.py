@@ -13,8 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lookalike import schemas
-
-from tests.support.paths import ROOT, SAMPLE_DIR, SAMPLE_LABELS
+from tests.support.paths import SAMPLE_DIR, SAMPLE_LABELS
 
 
 def sample_items() -> list[tuple[str, str, str]]:
@@ -31,15 +30,28 @@ def label_vectors(labels: list[str], dim: int = 16, noise: float = 0.6, seed: in
     return np.stack([centres[label] + noise * rng.normal(size=dim) for label in labels]).astype(np.float32)
 
 
-def embeddings_table(ids: list[str], uris: list[str], vectors: np.ndarray,
-                     weights: str = "random-init:seed=0", model: str = "vgg16") -> pa.Table:
+def embeddings_table(
+    ids: list[str], uris: list[str], vectors: np.ndarray, weights: str = "random-init:seed=0", model: str = "vgg16"
+) -> pa.Table:
     n, dim = vectors.shape
     now = pa.scalar(0, pa.timestamp("us", tz="UTC"))
     data = {
-        "item_id": ids, "uri": uris, "source_version": ["v1"] * n, "source_bytes": [1000] * n,
-        "width": [224] * n, "height": [224] * n, "model": [model] * n, "weights": [weights] * n,
-        "pooling": ["avg"] * n, "precision": ["float32"] * n, "runtime": ["keras"] * n, "dim": [dim] * n, "embedding": [list(map(float, v)) for v in vectors],
-        "model_fingerprint": ["test"] * n, "run_id": ["test-run"] * n, "embedded_at": [now.value] * n,
+        "item_id": ids,
+        "uri": uris,
+        "source_version": ["v1"] * n,
+        "source_bytes": [1000] * n,
+        "width": [224] * n,
+        "height": [224] * n,
+        "model": [model] * n,
+        "weights": [weights] * n,
+        "pooling": ["avg"] * n,
+        "precision": ["float32"] * n,
+        "runtime": ["keras"] * n,
+        "dim": [dim] * n,
+        "embedding": [list(map(float, v)) for v in vectors],
+        "model_fingerprint": ["test"] * n,
+        "run_id": ["test-run"] * n,
+        "embedded_at": [now.value] * n,
     }
     return pa.Table.from_pydict(data, schema=schemas.arrow_schema(schemas.EMBEDDINGS))
 

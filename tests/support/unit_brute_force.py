@@ -30,8 +30,7 @@ def brute_force_queries(vectors, k, queries, candidates, min_score=None) -> dict
         if not valid[q]:
             continue
         row = scores[q]
-        pool = [(-float(row[j]), j) for j in candidates
-                if j != q and valid[j] and (floor is None or row[j] >= floor)]
+        pool = [(-float(row[j]), j) for j in candidates if j != q and valid[j] and (floor is None or row[j] >= floor)]
         best = sorted(pool)[:k]
         if best:
             result[q] = [(neighbour, -negative) for negative, neighbour in best]

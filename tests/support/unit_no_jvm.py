@@ -19,8 +19,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 UNIT_DIR = Path(__file__).resolve().parents[1] / "unit"
 
@@ -72,14 +73,15 @@ class Guard:
     """Installed for one test (``install``/``remove``); ``current`` names it in the refusal."""
 
     def __init__(self) -> None:
-        self.current: Optional[str] = None
+        self.current: str | None = None
         self._saved: list[tuple[Any, str, Any]] = []
 
     def refuse(self, what: str) -> JvmStartRefused:
         return JvmStartRefused(
             f"{self.current or 'a unit test'}: {what} - the unit tier (tests/unit) starts no JVM; "
             "a test that needs Spark belongs in tests/spark (the session-scoped `spark` fixture), "
-            "a whole spark-submit run in tests/e2e")
+            "a whole spark-submit run in tests/e2e"
+        )
 
     def _patch(self, owner: Any, name: str, value: Any) -> None:
         self._saved.append((owner, name, owner.__dict__[name] if isinstance(owner, type) else getattr(owner, name)))

@@ -10,7 +10,6 @@ from __future__ import annotations
 import ast
 import functools
 from pathlib import Path
-from typing import Optional
 
 LIB = Path(__file__).resolve().parents[2] / "lib"
 MAX_LINES = 450
@@ -70,7 +69,7 @@ def layer_of(name: str) -> str:
 def imported(name: str, path: Path, known: dict[str, Path]) -> list[tuple[str, int]]:
     """(module, line) for every lookalike module that ``name`` imports, anywhere in its file."""
 
-    def existing(dotted: str) -> Optional[str]:
+    def existing(dotted: str) -> str | None:
         while dotted and dotted not in known:
             dotted = dotted.rpartition(".")[0]
         return dotted or None
@@ -169,7 +168,7 @@ def _loop(component: list[str], edges: dict[str, dict[str, str]]) -> list[str]:
 
 
 def chain_text(chain: list[str], edges: dict[str, dict[str, str]]) -> str:
-    steps = [f"{a} -> {b} ({edges[a][b]})" for a, b in zip(chain, chain[1:])]
+    steps = [f"{a} -> {b} ({edges[a][b]})" for a, b in zip(chain, chain[1:], strict=False)]
     return "\n    ".join(steps)
 
 
@@ -177,16 +176,20 @@ def test_no_import_cycle_between_modules():
     edges = graph()
     found = cycles(edges)
     assert not found, "import cycles (module-level and function-level imports):\n" + "\n".join(
-        f"  {' -> '.join(chain)}\n    {chain_text(chain, edges)}" for chain in found)
+        f"  {' -> '.join(chain)}\n    {chain_text(chain, edges)}" for chain in found
+    )
 
 
 def test_folders_import_only_the_layers_below():
     edges = graph()
     layers = {layer_of(name) for name in edges}
     assert layers <= set(ALLOWED), f"add these to ALLOWED with the layers they may import: {layers - set(ALLOWED)}"
-    wrong = sorted(f"{source} imports {target} ({where}): {layer_of(source)} may not import {layer_of(target)}"
-                   for source, targets in edges.items() for target, where in targets.items()
-                   if layer_of(source) != layer_of(target) and layer_of(target) not in ALLOWED[layer_of(source)])
+    wrong = sorted(
+        f"{source} imports {target} ({where}): {layer_of(source)} may not import {layer_of(target)}"
+        for source, targets in edges.items()
+        for target, where in targets.items()
+        if layer_of(source) != layer_of(target) and layer_of(target) not in ALLOWED[layer_of(source)]
+    )
     assert not wrong, "imports against the layers:\n  " + "\n  ".join(wrong)
 
 
@@ -197,9 +200,11 @@ def test_allowed_layers_have_no_cycle():
 
 
 def test_no_module_is_longer_than_the_limit():
-    long = sorted(f"{path.relative_to(LIB.parent)}: {len(path.read_text(encoding='utf-8').splitlines())} lines"
-                  for path in modules().values()
-                  if len(path.read_text(encoding="utf-8").splitlines()) > MAX_LINES)
+    long = sorted(
+        f"{path.relative_to(LIB.parent)}: {len(path.read_text(encoding='utf-8').splitlines())} lines"
+        for path in modules().values()
+        if len(path.read_text(encoding="utf-8").splitlines()) > MAX_LINES
+    )
     assert not long, f"modules over {MAX_LINES} lines (split them by purpose):\n  " + "\n  ".join(long)
 
 

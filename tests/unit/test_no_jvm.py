@@ -59,13 +59,16 @@ def test_a_spark_context_and_the_gateway_itself_are_refused(request):
     assert _started_here() == []
 
 
-@pytest.mark.parametrize("command", [
-    ["java", "-version"],
-    ["spark-submit", "--version"],
-    [str(ROOT / "scripts" / "spark-submit.sh"), "--help"],
-    ["bash", str(ROOT / "scripts" / "spark-submit.sh"), "--help"],
-    "java -version",
-])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["java", "-version"],
+        ["spark-submit", "--version"],
+        [str(ROOT / "scripts" / "spark-submit.sh"), "--help"],
+        ["bash", str(ROOT / "scripts" / "spark-submit.sh"), "--help"],
+        "java -version",
+    ],
+)
 def test_a_jvm_in_a_subprocess_is_refused(request, command):
     with pytest.raises(JvmStartRefused, match=_refused(request)):
         subprocess.run(command, shell=isinstance(command, str), capture_output=True)
@@ -93,8 +96,11 @@ def test_the_guard_is_put_back_after_a_unit_test(request):
 
     assert GUARD.installed
     replaced = {(owner, name): value for owner, name, value in GUARD._saved}
-    assert set(replaced) >= {(SparkSession.Builder, "getOrCreate"), (SparkContext, "_ensure_initialized"),
-                             (subprocess.Popen, "__init__")}
+    assert set(replaced) >= {
+        (SparkSession.Builder, "getOrCreate"),
+        (SparkContext, "_ensure_initialized"),
+        (subprocess.Popen, "__init__"),
+    }
     GUARD.remove()  # what the hook does after each unit test
     try:
         assert not GUARD.installed and GUARD.current is None

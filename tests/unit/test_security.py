@@ -17,16 +17,16 @@ import sys
 
 import pytest
 
-from tests.support.e2e_credentials import ACCESS_KEY_ID, assert_no_credentials
-from tests.support.env import FAKE_SECRET
-from tests.support.paths import ROOT
-from tests.support.faultproxy import FaultProxy
-from lookalike.io.redact import redact
 from lookalike.config import S3Config, load_config, load_dict, parse_override
 from lookalike.errors import ConfigError
-
+from lookalike.io.redact import redact
+from tests.support.e2e_credentials import ACCESS_KEY_ID, assert_no_credentials
+from tests.support.env import FAKE_SECRET
+from tests.support.faultproxy import FaultProxy
+from tests.support.paths import ROOT
 
 # --- configuration -------------------------------------------------------------------------------
+
 
 def test_yaml_python_tags_are_refused_and_never_executed(tmp_path):
     marker = tmp_path / "pwned"
@@ -57,21 +57,29 @@ def test_credentials_have_no_config_key_and_are_not_echoed_when_someone_tries(tm
 
 def test_nothing_is_unpickled_or_evaluated_from_data():
     """No loader in the library can run code from a file it reads."""
-    forbidden = re.compile(r"\b(pickle\.loads?|cloudpickle\.loads?|dill\.loads?|joblib\.load|read_pickle|"
-                           r"yaml\.load\(|yaml\.unsafe_load|yaml\.full_load|allow_pickle\s*=\s*True|"
-                           r"marshal\.loads?|shelve\.open|eval\(|exec\()")
+    forbidden = re.compile(
+        r"\b(pickle\.loads?|cloudpickle\.loads?|dill\.loads?|joblib\.load|read_pickle|"
+        r"yaml\.load\(|yaml\.unsafe_load|yaml\.full_load|allow_pickle\s*=\s*True|"
+        r"marshal\.loads?|shelve\.open|eval\(|exec\()"
+    )
     sources = sorted((ROOT / "lib" / "lookalike").rglob("*.py"))
     assert len(sources) > 10
-    hits = [f"{p.relative_to(ROOT)}:{n}: {line.strip()}" for p in sources
-            for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1) if forbidden.search(line)]
+    hits = [
+        f"{p.relative_to(ROOT)}:{n}: {line.strip()}"
+        for p in sources
+        for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
+        if forbidden.search(line)
+    ]
     assert hits == []
 
 
 def test_redact_removes_the_credentials_in_use_and_anything_shaped_like_one():
-    text = (f"denied for {ACCESS_KEY_ID} with {FAKE_SECRET}; Authorization: AWS4-HMAC-SHA256 "
-            f"Credential=SOMEONEELSE/20240101/us-east-1/s3/aws4_request, SignedHeaders=host, "
-            f"Signature=0123abcd; url ?X-Amz-Credential=K%2F1&X-Amz-Signature=ff&X-Amz-Security-Token=tok "
-            f"key AKIAABCDEFGHIJKLMNOP")
+    text = (
+        f"denied for {ACCESS_KEY_ID} with {FAKE_SECRET}; Authorization: AWS4-HMAC-SHA256 "
+        f"Credential=SOMEONEELSE/20240101/us-east-1/s3/aws4_request, SignedHeaders=host, "
+        f"Signature=0123abcd; url ?X-Amz-Credential=K%2F1&X-Amz-Signature=ff&X-Amz-Security-Token=tok "
+        f"key AKIAABCDEFGHIJKLMNOP"
+    )
     out = redact(text)
     assert_no_credentials("redacted text", out)
     for leaked in ("SOMEONEELSE", "0123abcd", "K%2F1", "tok ", "AKIAABCDEFGHIJKLMNOP"):
@@ -83,13 +91,20 @@ def test_clients_use_the_default_chain_shared_credentials_file(tmp_path, s3_endp
     """With no keys in the environment boto3 finds the profile file; nothing else is consulted."""
     s3.put_object(Bucket=bucket, Key="a.jpg", Body=b"x")
     (tmp_path / "credentials").write_text(
-        "[default]\naws_access_key_id = lookalikeFILEKEYID\naws_secret_access_key = fileSecretNeverLogged123\n")
+        "[default]\naws_access_key_id = lookalikeFILEKEYID\naws_secret_access_key = fileSecretNeverLogged123\n"
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    env.update(AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "credentials"), AWS_CONFIG_FILE=os.devnull,
-               AWS_EC2_METADATA_DISABLED="true", AWS_DEFAULT_REGION="us-east-1")
+    env.update(
+        AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "credentials"),
+        AWS_CONFIG_FILE=os.devnull,
+        AWS_EC2_METADATA_DISABLED="true",
+        AWS_DEFAULT_REGION="us-east-1",
+    )
     with FaultProxy(s3_endpoint) as proxy:
-        code = ("import sys; from lookalike.io import storage; from lookalike.config import S3Config; "
-                f"sys.stdout.write(storage.fetch('s3://{bucket}/a.jpg', S3Config(endpoint_url='{proxy.url}'), 10).decode())")
+        code = (
+            "import sys; from lookalike.io import storage; from lookalike.config import S3Config; "
+            f"sys.stdout.write(storage.fetch('s3://{bucket}/a.jpg', S3Config(endpoint_url='{proxy.url}'), 10).decode())"
+        )
         done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0 and done.stdout == "x", done.stderr
         assert dict(proxy.stats.signed_by) == {"lookalikeFILEKEYID": 1}

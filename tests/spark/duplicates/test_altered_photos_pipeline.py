@@ -46,17 +46,31 @@ def test_a_photo_and_its_altered_copies_form_one_group_through_the_pipeline(spar
     for kind in kinds:
         (images / f"{original}-{kind}.jpg").write_bytes(bench.altered(source.read_bytes(), kind))
     out = tmp_path / "out"
-    cfg = load_config(None, [
-        f"input.uri={images}", "model.name=efficientnet_lite0", "model.weights=imagenet",
-        "model.precision=float32", "model.runtime=keras", f"model.cache_dir={tmp_path / 'cache'}",
-        # Two partitions for 14 items (auto would make 8 of each): what is tested is the photos.
-        "neighbours.k=5", "neighbours.partitions=2", "duplicates.enabled=true", "duplicates.partitions=2",
-        f"output.embeddings={out}/embeddings", f"output.errors={out}/errors",
-        f"output.neighbours={out}/neighbours", f"output.duplicates={out}/duplicates"])
+    cfg = load_config(
+        None,
+        [
+            f"input.uri={images}",
+            "model.name=efficientnet_lite0",
+            "model.weights=imagenet",
+            "model.precision=float32",
+            "model.runtime=keras",
+            f"model.cache_dir={tmp_path / 'cache'}",
+            # Two partitions for 14 items (auto would make 8 of each): what is tested is the photos.
+            "neighbours.k=5",
+            "neighbours.partitions=2",
+            "duplicates.enabled=true",
+            "duplicates.partitions=2",
+            f"output.embeddings={out}/embeddings",
+            f"output.errors={out}/errors",
+            f"output.neighbours={out}/neighbours",
+            f"output.duplicates={out}/duplicates",
+        ],
+    )
     summary = pipeline.run(spark, cfg)
     assert summary["ok"] and summary["embed"]["embedded"] == 14
     grouped = summary["duplicates"]
     assert grouped["min_score"] == cfg.duplicates.min_score and grouped["groups"] == 1
     members = {f"{original}-{kind}" for kind in kinds} | {original}
-    assert {(row[1], row[2], row[3]) for row in read_groups(out / "duplicates")} == \
-        {(item, 4, original) for item in members}
+    assert {(row[1], row[2], row[3]) for row in read_groups(out / "duplicates")} == {
+        (item, 4, original) for item in members
+    }

@@ -29,6 +29,7 @@ def read_groups(path) -> set:
 
 # --- the job on planted groups -----------------------------------------------------------------
 
+
 def planted(n: int = 400, seed: int = 1) -> tuple[np.ndarray, dict]:
     """Random vectors (cosines about N(0, 1/48): far below THRESHOLD) with planted groups at random
     positions of the id order; returns the vectors and the planted rows by kind."""
@@ -55,7 +56,7 @@ def planted(n: int = 400, seed: int = 1) -> tuple[np.ndarray, dict]:
     step = np.arccos(0.95)  # neighbours at 0.95, every second one at cos(2 step) = 0.805
     plant("chain", [np.cos(k * step) * e1 + np.sin(k * step) * e2 for k in range(7)])
     base = rng.standard_normal(DIM)
-    plant("copies", [base * 2.0 ** k for k in range(3)])  # identical once normalised
+    plant("copies", [base * 2.0**k for k in range(3)])  # identical once normalised
     plant("invalid", [np.zeros(DIM), np.full(DIM, np.nan)])
     # Near-duplicates of the spread group, but unusable: left out, and no member of anything.
     broken = x[kinds["spread"][0][0]].copy()
@@ -73,8 +74,12 @@ def planted_table(spark, tmp_path_factory):
 
 
 def config(out, embeddings: str, **duplicates):
-    return from_dict({"output": {"embeddings": embeddings, "duplicates": str(out / "duplicates")},
-                      "duplicates": {"min_score": THRESHOLD, **duplicates}})
+    return from_dict(
+        {
+            "output": {"embeddings": embeddings, "duplicates": str(out / "duplicates")},
+            "duplicates": {"min_score": THRESHOLD, **duplicates},
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -123,8 +128,19 @@ def test_table_schema_files_and_summary(chunked_run):
     ids = [r for f in files for r in pq.read_table(f, columns=["item_id"]).column(0).to_pylist()]
     assert ids == sorted(ids)
     stored = (path / "_lookalike_summary.json").read_text()
-    for key in ("job", "run_id", "ok", "items", "pairs", "groups", "items_in_groups", "largest_group",
-                "min_score", "seconds", "inputs"):
+    for key in (
+        "job",
+        "run_id",
+        "ok",
+        "items",
+        "pairs",
+        "groups",
+        "items_in_groups",
+        "largest_group",
+        "min_score",
+        "seconds",
+        "inputs",
+    ):
         assert f'"{key}"' in stored and key in summary
 
 
@@ -157,5 +173,3 @@ def test_missing_embeddings_is_a_clear_error(spark, tmp_path):
     with pytest.raises(InputError, match="cannot read the embeddings table at .*nowhere.*run the embed job first"):
         job.run(spark, config(tmp_path, str(tmp_path / "nowhere")))
     assert not (tmp_path / "duplicates").exists()
-
-

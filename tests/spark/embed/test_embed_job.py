@@ -11,12 +11,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from lookalike.embed import hardware, images, model
 from lookalike import schemas
 from lookalike.config import load_config, updated
+from lookalike.embed import hardware, images, model
 from lookalike.errors import DuplicateItemIdError
 from lookalike.jobs import embed as embed_job
-
 from tests.support import toy_model
 from tests.support.paths import ROOT, SAMPLE_DIR
 from tests.support.s3 import upload_dir
@@ -28,11 +27,20 @@ LOCAL_YAML = str(ROOT / "conf" / "local.yaml")
 def make_cfg(tmp_path, toy_overrides):
     def make(uri, *extra):
         # float32 on Keras, the reference: the numeric comparisons here are to 1e-5.
-        return load_config(None, [
-            f"input.uri={uri}", *toy_overrides, "model.seed=11", "model.batch_size=4",
-            "input.partition_size=4", f"output.embeddings={tmp_path}/emb", f"output.errors={tmp_path}/err",
-            *extra,
-        ])
+        return load_config(
+            None,
+            [
+                f"input.uri={uri}",
+                *toy_overrides,
+                "model.seed=11",
+                "model.batch_size=4",
+                "input.partition_size=4",
+                f"output.embeddings={tmp_path}/emb",
+                f"output.errors={tmp_path}/err",
+                *extra,
+            ],
+        )
+
     return make
 
 
@@ -62,8 +70,9 @@ def read(path):
 
 def direct_embeddings(embedder, directory, item_ids):
     """The model called directly on the files' pixels, decoded at the model's input size."""
-    pixels = np.stack([images.decode((directory / (i + ".jpg")).read_bytes(), 0, embedder.input_size)[0]
-                       for i in item_ids])
+    pixels = np.stack(
+        [images.decode((directory / (i + ".jpg")).read_bytes(), 0, embedder.input_size)[0] for i in item_ids]
+    )
     return embedder.embed(pixels)
 
 
@@ -73,8 +82,10 @@ def test_embeddings_in_spark_equal_the_model_called_directly(spark, tmp_path, sm
     table = read(tmp_path / "emb")
     assert summary["embedded"] == len(table) == 12 and summary["errors"] == 0
     assert list(table.columns) == schemas.names(schemas.EMBEDDINGS)
-    assert pq.read_schema(str(next((tmp_path / "emb").glob("*.parquet")))).field("embedding").type == \
-        schemas.arrow_schema(schemas.EMBEDDINGS).field("embedding").type
+    assert (
+        pq.read_schema(str(next((tmp_path / "emb").glob("*.parquet")))).field("embedding").type
+        == schemas.arrow_schema(schemas.EMBEDDINGS).field("embedding").type
+    )
 
     direct = model.Embedder(cfg.model)
     expected = direct_embeddings(direct, small_dir, table["item_id"])
@@ -122,7 +133,7 @@ def test_bad_files_become_error_rows_and_the_rest_is_embedded(spark, tmp_path, s
     expected = add_bad_files(small_dir)
     summary = embed_job.run(spark, make_cfg(small_dir, "input.max_error_fraction=0.5"))
     errors = read(tmp_path / "err")
-    assert dict(zip(errors["item_id"], errors["error"])) == expected
+    assert dict(zip(errors["item_id"], errors["error"], strict=False)) == expected
     assert list(errors.columns) == schemas.names(schemas.ERRORS)
     assert "truncated" in errors.set_index("item_id").loc["bad/truncated", "message"]
     assert "text" in errors.set_index("item_id").loc["bad/notes", "message"]
@@ -143,16 +154,29 @@ def summary_line(capsys) -> dict:
     return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
-def test_main_embeds_a_local_directory_and_prints_the_summary(spark, tmp_path, small_dir, toy_overrides,
-                                                              capsys, caplog):
+def test_main_embeds_a_local_directory_and_prints_the_summary(
+    spark, tmp_path, small_dir, toy_overrides, capsys, caplog
+):
     """What `./spark-submit.sh embed --config conf/local.yaml --set ...` did (tests/e2e runs the
     wrapper itself): main over conf/local.yaml and --set, in the session."""
     add_bad_files(small_dir)
     caplog.set_level(logging.INFO, logger="lookalike")
-    status = embed_job.main(["--config", LOCAL_YAML, *(a for s in toy_overrides for a in ("--set", s)),
-                             "--set", f"input.uri={small_dir}", "--set", "input.max_error_fraction=0.5",
-                             "--set", f"output.embeddings={tmp_path}/emb", "--set", f"output.errors={tmp_path}/err"],
-                            spark=spark)
+    status = embed_job.main(
+        [
+            "--config",
+            LOCAL_YAML,
+            *(a for s in toy_overrides for a in ("--set", s)),
+            "--set",
+            f"input.uri={small_dir}",
+            "--set",
+            "input.max_error_fraction=0.5",
+            "--set",
+            f"output.embeddings={tmp_path}/emb",
+            "--set",
+            f"output.errors={tmp_path}/err",
+        ],
+        spark=spark,
+    )
     assert status == 0, caplog.text[-3000:]
     summary = summary_line(capsys)
     assert (summary["listed"], summary["embedded"], summary["errors"]) == (15, 12, 3)
@@ -166,8 +190,14 @@ def test_main_embeds_a_local_directory_and_prints_the_summary(spark, tmp_path, s
 def test_main_embeds_from_s3(spark, tmp_path, small_dir, s3, bucket, s3_endpoint, toy_overrides, capsys):
     """What `./spark-submit.sh embed --set input.uri=s3://...` did, in the session: the same code."""
     keys = upload_dir(s3, bucket, small_dir, "catalogue/")
-    overrides = [f"input.uri=s3://{bucket}/catalogue/", f"s3.endpoint_url={s3_endpoint}", *toy_overrides,
-                 "model.seed=11", f"output.embeddings={tmp_path}/emb", f"output.errors={tmp_path}/err"]
+    overrides = [
+        f"input.uri=s3://{bucket}/catalogue/",
+        f"s3.endpoint_url={s3_endpoint}",
+        *toy_overrides,
+        "model.seed=11",
+        f"output.embeddings={tmp_path}/emb",
+        f"output.errors={tmp_path}/err",
+    ]
     status = embed_job.main(["--config", LOCAL_YAML, *(a for s in overrides for a in ("--set", s))], spark=spark)
     assert status == 0
     assert summary_line(capsys)["embedded"] == 12

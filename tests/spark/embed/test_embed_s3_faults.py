@@ -13,13 +13,13 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from tests.support.paths import SAMPLE_DIR
-from tests.support.faultproxy import FAULT_KINDS, FaultProxy
 from lookalike import publish
-from lookalike.embed import images, model
 from lookalike.config import load_config
+from lookalike.embed import images, model
 from lookalike.errors import InputError
 from lookalike.jobs import embed as embed_job
+from tests.support.faultproxy import FAULT_KINDS, FaultProxy
+from tests.support.paths import SAMPLE_DIR
 
 SEED = 6  # model.seed
 
@@ -27,24 +27,43 @@ SEED = 6  # model.seed
 @pytest.fixture
 def job_config(toy_overrides):
     def make(tmp_path, uri: str, endpoint: str, *extra: str):
-        return load_config(None, [
-            f"input.uri={uri}", f"s3.endpoint_url={endpoint}", "s3.max_attempts=4", *toy_overrides,
-            f"model.seed={SEED}", "model.batch_size=4", "input.partition_size=5", "input.max_error_fraction=0.2",
-            f"output.embeddings={tmp_path}/out/emb", f"output.errors={tmp_path}/out/err", *extra,
-        ])
+        return load_config(
+            None,
+            [
+                f"input.uri={uri}",
+                f"s3.endpoint_url={endpoint}",
+                "s3.max_attempts=4",
+                *toy_overrides,
+                f"model.seed={SEED}",
+                "model.batch_size=4",
+                "input.partition_size=5",
+                "input.max_error_fraction=0.2",
+                f"output.embeddings={tmp_path}/out/emb",
+                f"output.errors={tmp_path}/out/err",
+                *extra,
+            ],
+        )
+
     return make
 
 
-def test_embed_job_with_20pct_of_gets_failing_loses_nothing(spark, s3, bucket, s3_endpoint, tmp_path, job_config,
-                                                              toy_overrides):
+def test_embed_job_with_20pct_of_gets_failing_loses_nothing(
+    spark, s3, bucket, s3_endpoint, tmp_path, job_config, toy_overrides
+):
     photos = sorted(SAMPLE_DIR.rglob("*.jpg"))[::3]  # 20 images over all labels
     keys = {f"shop/{p.parent.name}/{p.name}": p for p in photos}
     for key, path in keys.items():
         s3.put_object(Bucket=bucket, Key=key, Body=path.read_bytes())
     s3.put_object(Bucket=bucket, Key="shop/broken/always-503.jpg", Body=photos[0].read_bytes())
 
-    with FaultProxy(s3_endpoint, seed=3, rates={"get": 0.2, "list": 1.0}, max_consecutive=2,
-                    kinds=FAULT_KINDS, always_fail={"shop/broken/always-503.jpg"}) as proxy:
+    with FaultProxy(
+        s3_endpoint,
+        seed=3,
+        rates={"get": 0.2, "list": 1.0},
+        max_consecutive=2,
+        kinds=FAULT_KINDS,
+        always_fail={"shop/broken/always-503.jpg"},
+    ) as proxy:
         summary = embed_job.run(spark, job_config(tmp_path, f"s3://{bucket}/shop", proxy.url))
         stats = proxy.stats
 
@@ -66,19 +85,22 @@ def test_embed_job_with_20pct_of_gets_failing_loses_nothing(spark, s3, bucket, s
     assert err[["item_id", "error"]].values.tolist() == [["broken/always-503", "fetch_error"]]
     assert "gave up after 4 attempts" in err.loc[0, "message"]
     # The bytes that arrived are the bytes that were stored: same embeddings as the model on the files.
-    ids = [k[len("shop/"):].rsplit(".", 1)[0] for k in keys]
+    ids = [k[len("shop/") :].rsplit(".", 1)[0] for k in keys]
     direct = model.Embedder(load_config(None, [*toy_overrides, f"model.seed={SEED}"]).model, threads=2)
     expected = direct.embed(np.stack([images.decode(p.read_bytes(), 0, direct.input_size)[0] for p in keys.values()]))
     np.testing.assert_allclose(np.stack(emb.loc[ids, "embedding"].to_numpy()), expected, rtol=1e-4, atol=1e-4)
     kinds = Counter({kind: n for (op, kind), n in stats.faults.items() if op == "get"})
-    print(f"\nS3 FAULTS: {len(keys) + 1} objects, {sum(transient.values())} transient GET faults + 4 on "
-          f"always-503 (by kind, all GETs: {dict(kinds)}), "
-          f"list faults {stats.faults_for('list')}, embedded {summary['embedded']}, rows lost "
-          f"{summary['listed'] - summary['embedded'] - summary['errors']}")
+    print(
+        f"\nS3 FAULTS: {len(keys) + 1} objects, {sum(transient.values())} transient GET faults + 4 on "
+        f"always-503 (by kind, all GETs: {dict(kinds)}), "
+        f"list faults {stats.faults_for('list')}, embedded {summary['embedded']}, rows lost "
+        f"{summary['listed'] - summary['embedded'] - summary['errors']}"
+    )
 
 
-def test_a_listing_that_keeps_failing_fails_the_job_before_anything_is_written(spark, s3, bucket, s3_endpoint, tmp_path,
-                                                                               job_config):
+def test_a_listing_that_keeps_failing_fails_the_job_before_anything_is_written(
+    spark, s3, bucket, s3_endpoint, tmp_path, job_config
+):
     s3.put_object(Bucket=bucket, Key="shop/a.jpg", Body=b"x")
     with FaultProxy(s3_endpoint, always_fail={"list"}, kinds=("slowdown", "internal", "drop")) as proxy:
         with pytest.raises(InputError) as failed:

@@ -11,5 +11,6 @@ def test_resolve_asks_the_executors_of_a_real_session(spark):
     here = hardware.probe()
     assert resolved.precision == hardware.choose_precision([here])[0]  # local mode: the executors are this host
     assert resolved.runtime == hardware.choose_runtime([here])[0]
-    assert hardware.resolve(spark, ModelConfig(precision="float32", runtime="keras")) == \
-        ModelConfig(precision="float32", runtime="keras")  # nothing to ask
+    assert hardware.resolve(spark, ModelConfig(precision="float32", runtime="keras")) == ModelConfig(
+        precision="float32", runtime="keras"
+    )  # nothing to ask

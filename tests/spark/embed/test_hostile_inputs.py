@@ -12,12 +12,12 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from tests.support import corpus
 from lookalike import publish
-from lookalike.embed import images, listing, model
 from lookalike.config import load_config
+from lookalike.embed import images, listing, model
 from lookalike.errors import TooManyErrorsError
 from lookalike.jobs import embed as embed_job
+from tests.support import corpus
 
 SEED = 5  # model.seed of the Spark runs here
 
@@ -48,9 +48,19 @@ def upload_cases(s3, bucket: str, prefix: str, cases) -> None:
 
 
 def test_s3_keys_with_spaces_unicode_and_a_key_deleted_after_listing(
-        spark, s3, bucket, s3_endpoint, tmp_path, monkeypatch, reference_embedder, toy_overrides):
-    chosen = [corpus.by_name()[n] for n in ("unicode_space_key", "url_special_key", "nested_space_dir",
-                                            "exif_rotated_jpeg", "plain_jpeg", "html_error_page")]
+    spark, s3, bucket, s3_endpoint, tmp_path, monkeypatch, reference_embedder, toy_overrides
+):
+    chosen = [
+        corpus.by_name()[n]
+        for n in (
+            "unicode_space_key",
+            "url_special_key",
+            "nested_space_dir",
+            "exif_rotated_jpeg",
+            "plain_jpeg",
+            "html_error_page",
+        )
+    ]
     upload_cases(s3, bucket, "in/", chosen)
     s3.put_object(Bucket=bucket, Key="in/vanishing.jpg", Body=chosen[-2].data)
 
@@ -63,11 +73,20 @@ def test_s3_keys_with_spaces_unicode_and_a_key_deleted_after_listing(
         return listed
 
     monkeypatch.setattr(listing, "list_images", list_then_delete)
-    cfg = load_config(None, [
-        f"input.uri=s3://{bucket}/in", f"s3.endpoint_url={s3_endpoint}", *toy_overrides,
-        f"model.seed={SEED}", "model.batch_size=4", "input.partition_size=4", "input.max_error_fraction=0.5",
-        f"output.embeddings={tmp_path}/emb", f"output.errors={tmp_path}/err",
-    ])
+    cfg = load_config(
+        None,
+        [
+            f"input.uri=s3://{bucket}/in",
+            f"s3.endpoint_url={s3_endpoint}",
+            *toy_overrides,
+            f"model.seed={SEED}",
+            "model.batch_size=4",
+            "input.partition_size=4",
+            "input.max_error_fraction=0.5",
+            f"output.embeddings={tmp_path}/emb",
+            f"output.errors={tmp_path}/err",
+        ],
+    )
     summary = embed_job.run(spark, cfg)
     assert summary["listed"] == 7 and summary["embedded"] == 5
     assert summary["errors_by_kind"] == {"not_found": 1, "decode_error": 1}
@@ -95,9 +114,18 @@ def test_more_errors_than_max_error_fraction_fails_and_publishes_nothing(spark, 
     out = tmp_path / "out"
 
     def cfg(uri, *extra):
-        return load_config(None, [f"input.uri={uri}", *toy_overrides, f"model.seed={SEED}",
-                                  "model.batch_size=4", f"output.embeddings={out}/emb",
-                                  f"output.errors={out}/err", *extra])
+        return load_config(
+            None,
+            [
+                f"input.uri={uri}",
+                *toy_overrides,
+                f"model.seed={SEED}",
+                "model.batch_size=4",
+                f"output.embeddings={out}/emb",
+                f"output.errors={out}/err",
+                *extra,
+            ],
+        )
 
     assert embed_job.run(spark, cfg(good))["embedded"] == 3
     before = snapshot(out)

@@ -10,16 +10,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lookalike.embed import plan as incremental
 from lookalike import publish
-from lookalike.publish import lineage
 from lookalike.config import load_config
+from lookalike.embed import plan as incremental
 from lookalike.embed.stage import ITEMS
 from lookalike.jobs import embed as embed_job
+from lookalike.publish import lineage
 from lookalike.schemas import names, spark_schema
-
 from tests.support import plan_oracle as oracle
-
 from tests.support.paths import SAMPLE_DIR
 
 FP, WEIGHTS = "fp1", "random-init:seed=3"
@@ -28,48 +26,72 @@ FP, WEIGHTS = "fp1", "random-init:seed=3"
 # ---------------------------------------------------------------------------------------------
 # The plan: Spark joins, checked against the pandas plan it replaced (tests/support/plan_oracle.py).
 
+
 def items(*specs):
     """specs: (item_id, version) -> ITEMS rows."""
-    return pd.DataFrame({
-        "item_id": [i for i, _ in specs], "uri": [f"file:///x/{i}.jpg" for i, _ in specs],
-        "source_version": [v for _, v in specs], "source_bytes": pd.array([1] * len(specs), dtype="Int64"),
-    }, columns=names(ITEMS))
+    return pd.DataFrame(
+        {
+            "item_id": [i for i, _ in specs],
+            "uri": [f"file:///x/{i}.jpg" for i, _ in specs],
+            "source_version": [v for _, v in specs],
+            "source_bytes": pd.array([1] * len(specs), dtype="Int64"),
+        },
+        columns=names(ITEMS),
+    )
 
 
 def previous(*specs, fp=FP, weights=WEIGHTS):
-    return pd.DataFrame({
-        "item_id": [i for i, _ in specs], "uri": [f"file:///x/{i}.jpg" for i, _ in specs],
-        "source_version": [v for _, v in specs], "model_fingerprint": fp, "weights": weights,
-    }, columns=incremental.KEY_COLUMNS)
+    return pd.DataFrame(
+        {
+            "item_id": [i for i, _ in specs],
+            "uri": [f"file:///x/{i}.jpg" for i, _ in specs],
+            "source_version": [v for _, v in specs],
+            "model_fingerprint": fp,
+            "weights": weights,
+        },
+        columns=incremental.KEY_COLUMNS,
+    )
 
 
 def planned(spark, listed, rows, failed=None, fp=FP, weights=WEIGHTS):
     """The Spark plan of ``listed`` against ``rows`` (None: no previous table) and ``failed`` ids
     (None: no errors table), after asserting that it equals the oracle's."""
-    from pyspark.sql.types import StructField, StructType, StringType
+    from pyspark.sql.types import StringType, StructField, StructType
 
-    frame = spark.createDataFrame(listed, schema=spark_schema(ITEMS)) if len(listed) else \
-        spark.createDataFrame([], spark_schema(ITEMS))
+    frame = (
+        spark.createDataFrame(listed, schema=spark_schema(ITEMS))
+        if len(listed)
+        else spark.createDataFrame([], spark_schema(ITEMS))
+    )
     prev = None
     if rows is not None:
         keys = StructType([StructField(c, StringType(), True) for c in incremental.KEY_COLUMNS])
         errors = None if failed is None else spark.createDataFrame([(f,) for f in failed], "item_id string")
-        prev = incremental.Previous("/prev", "v1", spark.createDataFrame(rows.astype(object).where(rows.notna(), None)
-                                                                          .values.tolist(), keys), errors)
+        prev = incremental.Previous(
+            "/prev",
+            "v1",
+            spark.createDataFrame(rows.astype(object).where(rows.notna(), None).values.tolist(), keys),
+            errors,
+        )
     plan = incremental.plan(frame, prev, fp, weights)
     try:
         want = oracle.plan(listed, rows, failed, fp, weights)
-        got = {"to_embed": sorted(r["item_id"] for r in plan.to_embed.collect()),
-               "reused": sorted(r["item_id"] for r in plan.reused_ids.collect()),
-               "counts": plan.counts, "carry_over": plan.carry_over,
-               "changed_model": plan.reason.startswith("full recompute: model settings changed")}
+        got = {
+            "to_embed": sorted(r["item_id"] for r in plan.to_embed.collect()),
+            "reused": sorted(r["item_id"] for r in plan.reused_ids.collect()),
+            "counts": plan.counts,
+            "carry_over": plan.carry_over,
+            "changed_model": plan.reason.startswith("full recompute: model settings changed"),
+        }
         assert got == want
         assert plan.to_embed.columns == names(ITEMS) and plan.attempted == len(want["to_embed"])
         assert plan.listed == len(listed)
         rows_to_embed = {r["item_id"]: r.asDict() for r in plan.to_embed.collect()}
-        assert rows_to_embed == {r["item_id"]: {**r, "source_bytes": int(r["source_bytes"])}
-                                 for r in listed.astype(object).where(listed.notna(), None).to_dict("records")
-                                 if r["item_id"] in rows_to_embed}
+        assert rows_to_embed == {
+            r["item_id"]: {**r, "source_bytes": int(r["source_bytes"])}
+            for r in listed.astype(object).where(listed.notna(), None).to_dict("records")
+            if r["item_id"] in rows_to_embed
+        }
     finally:
         plan.release()
     return plan
@@ -138,14 +160,28 @@ def test_the_spark_plan_equals_the_pandas_plan_on_random_catalogues(spark):
 # ---------------------------------------------------------------------------------------------
 # The embed job on a real SparkSession, with the toy model.
 
+
 @pytest.fixture
 def cfg_for(toy_overrides):
     """The job's config, embedding with the toy model (tests/support/toy_model.py)."""
+
     def make(tmp_path, images, out="out", *extra):
-        return load_config(None, [
-            f"input.uri={images}", *toy_overrides, "model.seed=3", "model.batch_size=4",
-            "input.partition_size=4", "input.incremental=true", "input.max_error_fraction=0.5",
-            f"output.embeddings={tmp_path}/{out}/emb", f"output.errors={tmp_path}/{out}/err", *extra])
+        return load_config(
+            None,
+            [
+                f"input.uri={images}",
+                *toy_overrides,
+                "model.seed=3",
+                "model.batch_size=4",
+                "input.partition_size=4",
+                "input.incremental=true",
+                "input.max_error_fraction=0.5",
+                f"output.embeddings={tmp_path}/{out}/emb",
+                f"output.errors={tmp_path}/{out}/err",
+                *extra,
+            ],
+        )
+
     return make
 
 
@@ -174,7 +210,7 @@ def test_incremental_runs_embed_only_what_changed_and_equal_a_full_recompute(spa
     for path in samples[12:17]:  # add 5
         shutil.copy(path, images / path.name)
     changed = [images / samples[0].name, images / samples[1].name]
-    for target, source in zip(changed, samples[20:22]):  # change 2: other pictures under the same keys
+    for target, source in zip(changed, samples[20:22], strict=False):  # change 2: other pictures under the same keys
         shutil.copy(source, target)
     deleted = images / samples[5].name
     deleted.unlink()  # delete 1
@@ -187,8 +223,19 @@ def test_incremental_runs_embed_only_what_changed_and_equal_a_full_recompute(spa
     assert full["embedded"] == 16
     got, want = table(spark, emb), table(spark, tmp_path / "full" / "emb")
     assert deleted.stem not in set(got["item_id"])
-    same = ["item_id", "uri", "source_version", "source_bytes", "width", "height", "model", "weights",
-            "pooling", "dim", "model_fingerprint"]
+    same = [
+        "item_id",
+        "uri",
+        "source_version",
+        "source_bytes",
+        "width",
+        "height",
+        "model",
+        "weights",
+        "pooling",
+        "dim",
+        "model_fingerprint",
+    ]
     pd.testing.assert_frame_equal(got[same], want[same])
     # Other batches may take other CPU kernels; the values must agree to float32 round-off.
     np.testing.assert_allclose(np.stack(got["embedding"]), np.stack(want["embedding"]), rtol=0, atol=1e-5)
@@ -199,9 +246,10 @@ def test_incremental_runs_embed_only_what_changed_and_equal_a_full_recompute(spa
     assert len(kept) == 9 and set(got.loc[got["run_id"] != first["run_id"], "run_id"]) == {third["run_id"]}
     before = one.set_index("item_id").loc[kept["item_id"]]
     assert (before["embedded_at"].to_numpy() == kept["embedded_at"].to_numpy()).all()
-    assert all(np.array_equal(a, b) for a, b in zip(before["embedding"], kept["embedding"]))
-    assert set(got.loc[got["run_id"] == third["run_id"], "item_id"]) == \
-        {p.stem for p in samples[12:17]} | {p.stem for p in changed}
+    assert all(np.array_equal(a, b) for a, b in zip(before["embedding"], kept["embedding"], strict=False))
+    assert set(got.loc[got["run_id"] == third["run_id"], "item_id"]) == {p.stem for p in samples[12:17]} | {
+        p.stem for p in changed
+    }
 
     # A model change (pooling) recomputes everything.
     fourth = embed_job.run(spark, cfg_for(tmp_path, images, "out", "model.pooling=max"))

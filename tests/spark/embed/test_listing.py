@@ -9,15 +9,14 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from lookalike import schemas
+from lookalike.config import InputConfig, S3Config
 from lookalike.embed import listing
 from lookalike.embed.stage import ITEMS
-from lookalike.config import InputConfig, S3Config
 from lookalike.errors import DuplicateItemIdError, InputError
-
 from tests.support.net import free_port
 
-
 # --- list_items: the listing as a DataFrame, parallel for s3:// inputs ------------------------------
+
 
 def put_many(s3, bucket: str, keys: list[str]) -> None:
     with ThreadPoolExecutor(16) as pool:  # the moto server answers requests concurrently
@@ -33,8 +32,11 @@ def driver_items(cfg: InputConfig, s3cfg: S3Config) -> list[tuple]:
 
 
 def prefixes_listed_in_parallel(caplog) -> int:
-    found = [int(m.group(1)) for m in (re.search(r"with (\d+) prefixes listed in parallel", r.getMessage())
-                                       for r in caplog.records) if m]
+    found = [
+        int(m.group(1))
+        for m in (re.search(r"with (\d+) prefixes listed in parallel", r.getMessage()) for r in caplog.records)
+        if m
+    ]
     return found[-1] if found else 0
 
 
@@ -45,9 +47,21 @@ def nested_bucket(s3, bucket, monkeypatch):
     that are not images), odd keys, and objects outside input.uri. Big enough for tasks to list."""
     monkeypatch.setattr(listing, "SMALL_INPUT_KEYS", 100)  # decided on the driver
     keys = [f"cat/big/x/y/z/{i:05d}.jpg" for i in range(1050)]
-    keys += ["cat/top.jpg", "cat/notes.txt", "cat/a/1.jpg", "cat/a/b/2.JPG", "cat/a/b/c/3.jpg",
-             "cat/a/b/c/d/e/4.jpeg", "cat/big/side.png", "cat/big/x/y/w.jpg", "cat/docs/readme.txt",
-             "cat/odd//double.jpg", "cat/sp ace/é #1.jpg", "other/elsewhere.jpg", "cat.jpg"]
+    keys += [
+        "cat/top.jpg",
+        "cat/notes.txt",
+        "cat/a/1.jpg",
+        "cat/a/b/2.JPG",
+        "cat/a/b/c/3.jpg",
+        "cat/a/b/c/d/e/4.jpeg",
+        "cat/big/side.png",
+        "cat/big/x/y/w.jpg",
+        "cat/docs/readme.txt",
+        "cat/odd//double.jpg",
+        "cat/sp ace/é #1.jpg",
+        "other/elsewhere.jpg",
+        "cat.jpg",
+    ]
     put_many(s3, bucket, keys)
     for marker in ("cat/", "cat/empty/", "cat/a/b/"):
         s3.put_object(Bucket=bucket, Key=marker, Body=b"")
@@ -72,13 +86,17 @@ def test_parallel_s3_listing_equals_the_driver_listing(spark, nested_bucket, s3_
     assert not frame.is_cached
 
 
-@pytest.mark.parametrize("limit, value, tasks", [
-    ("ENOUGH_PREFIXES", 3, 1 + 6),  # stops after the top level: its objects, its 6 prefixes whole
-    ("DISCOVERY_DEPTH", 1, 1 + 6),  # the same, by depth
-    ("EXPAND_OBJECTS", 1, 1),  # input.uri holds 2 objects itself: not expanded, one task lists it all
-])
-def test_discovery_limits_change_the_tasks_never_the_keys(spark, nested_bucket, s3_endpoint, caplog, monkeypatch,
-                                                          limit, value, tasks):
+@pytest.mark.parametrize(
+    "limit, value, tasks",
+    [
+        ("ENOUGH_PREFIXES", 3, 1 + 6),  # stops after the top level: its objects, its 6 prefixes whole
+        ("DISCOVERY_DEPTH", 1, 1 + 6),  # the same, by depth
+        ("EXPAND_OBJECTS", 1, 1),  # input.uri holds 2 objects itself: not expanded, one task lists it all
+    ],
+)
+def test_discovery_limits_change_the_tasks_never_the_keys(
+    spark, nested_bucket, s3_endpoint, caplog, monkeypatch, limit, value, tasks
+):
     monkeypatch.setattr(listing, limit, value)
     s3cfg = S3Config(endpoint_url=s3_endpoint)
     cfg = InputConfig(uri=f"s3://{nested_bucket}/cat/", pattern="*.jpg|*.png", id_regex=r"(?:^|/)(?P<id>[^/]+)\.")
@@ -96,14 +114,17 @@ def test_parallel_listing_finds_duplicate_ids_across_prefixes(spark, s3, bucket,
     monkeypatch.setattr(listing, "SMALL_INPUT_KEYS", 2)
     put_many(s3, bucket, ["in/a/sku-1_front.jpg", "in/b/sku-1_back.jpg", "in/b/sku-2_front.jpg", "in/c/x.jpg"])
     cfg = InputConfig(uri=f"s3://{bucket}/in", id_regex=r"sku-(?P<id>\d+)_")
-    with pytest.raises(DuplicateItemIdError,
-                       match=r"item id '1' comes from two keys: 'a/sku-1_front.jpg' and 'b/sku-1_back.jpg'\. "
-                             r"Remove one, or set input.id_regex so that ids are unique\."):
+    with pytest.raises(
+        DuplicateItemIdError,
+        match=r"item id '1' comes from two keys: 'a/sku-1_front.jpg' and 'b/sku-1_back.jpg'\. "
+        r"Remove one, or set input.id_regex so that ids are unique\.",
+    ):
         listing.list_items(spark, cfg, S3Config(endpoint_url=s3_endpoint))
 
 
-def test_small_s3_and_local_inputs_are_listed_on_the_driver(spark, s3, bucket, s3_endpoint, tmp_path,
-                                                            monkeypatch, caplog):
+def test_small_s3_and_local_inputs_are_listed_on_the_driver(
+    spark, s3, bucket, s3_endpoint, tmp_path, monkeypatch, caplog
+):
     calls = []
     real = listing.list_images
     monkeypatch.setattr(listing, "list_images", lambda *a, **kw: calls.append(a[0].uri) or real(*a, **kw))

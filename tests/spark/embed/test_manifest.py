@@ -15,10 +15,9 @@ import pyarrow.orc as orc
 import pyarrow.parquet as pq
 import pytest
 
-from lookalike.embed import listing, manifest
 from lookalike.config import InputConfig, S3Config
+from lookalike.embed import listing, manifest
 from lookalike.errors import DuplicateItemIdError, InputError
-
 from tests.support.paths import SAMPLE_DIR
 
 INVENTORY_SCHEMA = "Bucket, Key, Size, LastModifiedDate, ETag"
@@ -45,15 +44,21 @@ def put_inventory_csv(s3, bucket: str, rows: list[list], files: int) -> str:
         key = f"inventory/{bucket}/daily/data/part-{n}.csv.gz"
         s3.put_object(Bucket=bucket, Key=key, Body=gzip.compress(out.getvalue().encode()))
         keys.append({"key": key, "size": 0, "MD5checksum": "0"})
-    document = {"sourceBucket": bucket, "destinationBucket": f"arn:aws:s3:::{bucket}", "version": "2016-11-30",
-                "fileFormat": "CSV", "fileSchema": INVENTORY_SCHEMA, "files": keys}
+    document = {
+        "sourceBucket": bucket,
+        "destinationBucket": f"arn:aws:s3:::{bucket}",
+        "version": "2016-11-30",
+        "fileFormat": "CSV",
+        "fileSchema": INVENTORY_SCHEMA,
+        "files": keys,
+    }
     s3.put_object(Bucket=bucket, Key=f"{base}/manifest.json", Body=json.dumps(document).encode())
     return f"s3://{bucket}/{base}/manifest.json"
 
 
 def test_s3_inventory_report_gives_exactly_the_items_listing_gives(spark, s3, bucket, s3_endpoint):
     images = sorted(SAMPLE_DIR.rglob("*.jpg"))[:10]
-    for i, path in enumerate(images):
+    for path in images:
         s3.upload_file(str(path), bucket, f"shop/{path.parent.name}/{path.name}")
     # Keys that need URL-decoding, and rows that listing would not return as images.
     s3.upload_file(str(images[0]), bucket, "shop/new arrivals/a+b 100%.jpg")
@@ -84,12 +89,17 @@ def test_parquet_key_table_in_a_local_directory_with_size_and_etag(spark, tmp_pa
     table.mkdir()
     for n in range(2):
         part = paths[n::2]
-        pq.write_table(pa.table({
-            "Path": [p.relative_to(root).as_posix() for p in part],
-            "size": pa.array([p.stat().st_size for p in part], pa.int64()),
-            "ETag": [f'"etag-{p.stem}"' for p in part],
-            "colour": ["red"] * len(part),
-        }), table / f"part-{n:05d}.snappy.parquet")
+        pq.write_table(
+            pa.table(
+                {
+                    "Path": [p.relative_to(root).as_posix() for p in part],
+                    "size": pa.array([p.stat().st_size for p in part], pa.int64()),
+                    "ETag": [f'"etag-{p.stem}"' for p in part],
+                    "colour": ["red"] * len(part),
+                }
+            ),
+            table / f"part-{n:05d}.snappy.parquet",
+        )
     (table / "_SUCCESS").write_bytes(b"")
 
     frame = manifest.read_manifest(spark, InputConfig(uri=str(root), manifest=str(table), manifest_key_column="path"))
@@ -135,24 +145,33 @@ def test_two_keys_with_one_item_id_fail_naming_both_keys(spark, tmp_path):
 
 def test_versioned_orc_inventory_keeps_only_current_versions(spark, s3, bucket, s3_endpoint):
     # The ORC/Parquet inventory schema: lower-case names, e_tag, keys not URL-encoded.
-    data = pa.table({
-        "bucket": [bucket] * 4,
-        "key": ["p/a b.jpg", "p/a b.jpg", "p/gone.jpg", "p/c.jpg"],
-        "version_id": ["v2", "v1", "v9", "v1"],
-        "is_latest": [True, False, True, True],
-        "is_delete_marker": [False, False, True, False],
-        "size": pa.array([10, 9, 0, 30], pa.int64()),
-        "e_tag": ["e2", "e1", "", "e3"],
-    })
+    data = pa.table(
+        {
+            "bucket": [bucket] * 4,
+            "key": ["p/a b.jpg", "p/a b.jpg", "p/gone.jpg", "p/c.jpg"],
+            "version_id": ["v2", "v1", "v9", "v1"],
+            "is_latest": [True, False, True, True],
+            "is_delete_marker": [False, False, True, False],
+            "size": pa.array([10, 9, 0, 30], pa.int64()),
+            "e_tag": ["e2", "e1", "", "e3"],
+        }
+    )
     sink = io.BytesIO()
     orc.write_table(data, sink)
     s3.put_object(Bucket=bucket, Key="inv/data/one.orc", Body=sink.getvalue())
-    document = {"destinationBucket": f"arn:aws:s3:::{bucket}", "fileFormat": "ORC",
-                "fileSchema": "struct<bucket:string,key:string>", "files": [{"key": "inv/data/one.orc"}]}
+    document = {
+        "destinationBucket": f"arn:aws:s3:::{bucket}",
+        "fileFormat": "ORC",
+        "fileSchema": "struct<bucket:string,key:string>",
+        "files": [{"key": "inv/data/one.orc"}],
+    }
     s3.put_object(Bucket=bucket, Key="inv/manifest.json", Body=json.dumps(document).encode())
 
-    frame = manifest.read_manifest(spark, InputConfig(uri=f"s3://{bucket}/p", manifest=f"s3://{bucket}/inv/manifest.json"),
-                                   S3Config(endpoint_url=s3_endpoint))
+    frame = manifest.read_manifest(
+        spark,
+        InputConfig(uri=f"s3://{bucket}/p", manifest=f"s3://{bucket}/inv/manifest.json"),
+        S3Config(endpoint_url=s3_endpoint),
+    )
 
     assert items_of(frame) == [("a b", f"s3://{bucket}/p/a b.jpg", "e2", 10), ("c", f"s3://{bucket}/p/c.jpg", "e3", 30)]
 
@@ -160,16 +179,18 @@ def test_versioned_orc_inventory_keeps_only_current_versions(spark, s3, bucket, 
 def test_csv_manifests_with_a_header_or_with_input_manifest_schema(spark, tmp_path):
     with_header = tmp_path / "with-header.csv"
     with_header.write_text("sku,object_key,size\n1,x/1.jpg,5\n2,x/007.jpg,6\n")
-    frame = manifest.read_manifest(spark, InputConfig(uri="/data", manifest=str(with_header),
-                                                      manifest_key_column="object_key"))
+    frame = manifest.read_manifest(
+        spark, InputConfig(uri="/data", manifest=str(with_header), manifest_key_column="object_key")
+    )
     assert items_of(frame) == [("x/007", "file:///data/x/007.jpg", None, 6), ("x/1", "file:///data/x/1.jpg", None, 5)]
 
     headerless = tmp_path / "batch-ops.csv"
     headerless.write_text("bkt,x/a%2Bb.jpg,5,etag1\nbkt,x/c.jpg,7,etag2\n")
     with pytest.raises(InputError, match="input.manifest_schema"):
         manifest.read_manifest(spark, InputConfig(uri="s3://bkt/x", manifest=str(headerless)))
-    frame = manifest.read_manifest(spark, InputConfig(uri="s3://bkt/x", manifest=str(headerless),
-                                                      manifest_schema="Bucket, Key, Size, ETag"))
+    frame = manifest.read_manifest(
+        spark, InputConfig(uri="s3://bkt/x", manifest=str(headerless), manifest_schema="Bucket, Key, Size, ETag")
+    )
     assert items_of(frame) == [("a+b", "s3://bkt/x/a+b.jpg", "etag1", 5), ("c", "s3://bkt/x/c.jpg", "etag2", 7)]
 
 

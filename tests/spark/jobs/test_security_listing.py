@@ -14,8 +14,12 @@ import logging
 
 from lookalike.jobs import common
 from lookalike.jobs import embed as embed_job
-
-from tests.support.e2e_credentials import assert_no_credentials, assert_no_credentials_in_files, embed_job_args, put_shop
+from tests.support.e2e_credentials import (
+    assert_no_credentials,
+    assert_no_credentials_in_files,
+    embed_job_args,
+    put_shop,
+)
 from tests.support.faultproxy import FaultProxy
 
 NOISY = ("py4j", "botocore", "boto3", "urllib3", "s3transfer", "absl", "tensorflow")
@@ -45,7 +49,9 @@ def test_job_whose_listing_fails_never_logs_credentials(spark, tmp_path, s3, buc
     shop = put_shop(s3, bucket)
     with FaultProxy(s3_endpoint, always_fail={"list"}, kinds=("slowdown",), echo_authorization=True) as proxy:
         with process_logging("DEBUG"):
-            code = embed_job.main(embed_job_args(tmp_path / "out", shop, proxy.url, ["model.weights=none"]), spark=spark)
+            code = embed_job.main(
+                embed_job_args(tmp_path / "out", shop, proxy.url, ["model.weights=none"]), spark=spark
+            )
         assert proxy.stats.requests["list"] == 2
     assert code == 2
     done = capsys.readouterr()

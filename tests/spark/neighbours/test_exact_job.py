@@ -72,8 +72,8 @@ def test_job_several_chunks_ties_invalid_vectors_match_brute_force(tricky, sever
     copies = sorted(ids[j] for j in range(N) if np.array_equal(unit[j], unit[33]))
     assert {ids[i] for i in (10, 33, 140, 290)} <= set(copies) and len(copies) <= 8
     for item in copies:
-        assert [n for _, n, _ in got[item][:len(copies) - 1]] == [c for c in copies if c != item]
-        assert all(s == pytest.approx(1.0, abs=1e-6) for _, _, s in got[item][:len(copies) - 1])
+        assert [n for _, n, _ in got[item][: len(copies) - 1]] == [c for c in copies if c != item]
+        assert all(s == pytest.approx(1.0, abs=1e-6) for _, _, s in got[item][: len(copies) - 1])
 
 
 def test_job_one_chunk_gives_the_identical_table(spark, tricky, several_chunks):
@@ -127,8 +127,17 @@ def test_job_k_at_least_n_minus_1_returns_all_others(spark, tmp_path):
     ids = make_ids(40, seed=2)
     x = random_vectors(40, 8, seed=2, duplicates=5)
     x[3] = 0
-    summary = job.run(spark, config(tmp_path, embeddings_dir(tmp_path, ids, x, parts=2), k=39, block_rows=6,
-                                    broadcast_max_mb=0.001, partitions=3))
+    summary = job.run(
+        spark,
+        config(
+            tmp_path,
+            embeddings_dir(tmp_path, ids, x, parts=2),
+            k=39,
+            block_rows=6,
+            broadcast_max_mb=0.001,
+            partitions=3,
+        ),
+    )
     got = read_output(str(tmp_path / "neighbours"))
     assert_matches(got, brute_force(ids, x, 39))
     assert summary["chunks"] > 1
@@ -142,8 +151,19 @@ def test_job_candidates_table_and_min_score(spark, tmp_path):
     allowed = sorted(ids[::4])  # includes the zero vector ids[0]: it still cannot be recommended
     csv_path = tmp_path / "candidates.csv"
     csv_path.write_text("item_id,likes\n" + "".join(f"{i},7\n" for i in allowed + ["not-an-item"]), encoding="utf-8")
-    summary = job.run(spark, config(tmp_path, embeddings_dir(tmp_path, ids, x), k=5, block_rows=9,
-                                    broadcast_max_mb=0.002, candidates=str(csv_path), min_score=0.4, partitions=3))
+    summary = job.run(
+        spark,
+        config(
+            tmp_path,
+            embeddings_dir(tmp_path, ids, x),
+            k=5,
+            block_rows=9,
+            broadcast_max_mb=0.002,
+            candidates=str(csv_path),
+            min_score=0.4,
+            partitions=3,
+        ),
+    )
     got = read_output(str(tmp_path / "neighbours"))
     want = brute_force(ids, x, 5, candidates=allowed, min_score=0.4)
     assert_matches(got, want)
@@ -163,8 +183,18 @@ def test_job_symmetric_scoring_with_min_score_and_chunks_matches_brute_force(spa
     cut partitions, and a score floor that leaves some items short of k."""
     ids = make_ids(140, seed=8)
     x = random_vectors(140, 10, seed=8, duplicates=12)
-    summary = job.run(spark, config(tmp_path, embeddings_dir(tmp_path, ids, x), k=6, block_rows=7,
-                                    broadcast_max_mb=0.003, min_score=0.3, partitions=partitions))
+    summary = job.run(
+        spark,
+        config(
+            tmp_path,
+            embeddings_dir(tmp_path, ids, x),
+            k=6,
+            block_rows=7,
+            broadcast_max_mb=0.003,
+            min_score=0.3,
+            partitions=partitions,
+        ),
+    )
     assert summary["symmetric"] is True and summary["chunks"] > 2
     assert_matches(read_output(str(tmp_path / "neighbours")), brute_force(ids, x, 6, min_score=0.3))
 
@@ -173,8 +203,9 @@ def test_job_candidates_list_in_config(spark, tmp_path):
     ids = make_ids(30, seed=5)
     x = random_vectors(30, 6, seed=5)
     allowed = ids[:10]
-    summary = job.run(spark, config(tmp_path, embeddings_dir(tmp_path, ids, x, parts=1), k=4, candidates=allowed,
-                                    partitions=2))
+    summary = job.run(
+        spark, config(tmp_path, embeddings_dir(tmp_path, ids, x, parts=1), k=4, candidates=allowed, partitions=2)
+    )
     assert_matches(read_output(str(tmp_path / "neighbours")), brute_force(ids, x, 4, candidates=allowed))
     assert summary["candidates"] == 10 and summary["candidates_filter"] == "10 ids"
 
@@ -192,11 +223,15 @@ def test_job_mixed_dimensions_is_an_error_naming_both(spark, tmp_path):
     assert not (tmp_path / "neighbours").exists()  # nothing published
 
 
-@pytest.mark.parametrize("other_kind,names", [
-    ({"weights": "imagenet"}, ("weights=imagenet", "weights=random-init")),
-    # Same length, same weights tag, different CNNs: cosines between them would mean nothing.
-    ({"model": "efficientnet_lite0"}, ("model=efficientnet_lite0", "model=vgg16")),
-], ids=["weights", "backbones"])
+@pytest.mark.parametrize(
+    "other_kind,names",
+    [
+        ({"weights": "imagenet"}, ("weights=imagenet", "weights=random-init")),
+        # Same length, same weights tag, different CNNs: cosines between them would mean nothing.
+        ({"model": "efficientnet_lite0"}, ("model=efficientnet_lite0", "model=vgg16")),
+    ],
+    ids=["weights", "backbones"],
+)
 def test_job_mixed_weights_or_backbones_of_one_dimension_is_an_error(spark, tmp_path, other_kind, names):
     ids = make_ids(10)
     directory = embeddings_dir(tmp_path, ids[:6], random_vectors(6, 4, seed=1), parts=1)
@@ -218,8 +253,16 @@ def test_job_duplicate_item_ids_is_an_error(spark, tmp_path):
 
 def test_job_min_score_above_every_score_publishes_an_empty_readable_table(spark, tmp_path):
     ids = make_ids(20, seed=6)
-    summary = job.run(spark, config(tmp_path, embeddings_dir(tmp_path, ids, random_vectors(20, 32, seed=6), parts=1),
-                                    k=3, min_score=0.99, partitions=2))
+    summary = job.run(
+        spark,
+        config(
+            tmp_path,
+            embeddings_dir(tmp_path, ids, random_vectors(20, 32, seed=6), parts=1),
+            k=3,
+            min_score=0.99,
+            partitions=2,
+        ),
+    )
     assert summary["rows"] == 0 and summary["items_without_neighbours"] == 20
     table = pq.read_table(tmp_path / "neighbours")
     assert table.num_rows == 0
@@ -231,8 +274,9 @@ def test_duckdb_point_lookup_scans_one_row_group(several_chunks):
 
     summary, got, path = several_chunks
     item = sorted(got)[len(got) // 2]
-    plan = duckdb.sql(f"EXPLAIN ANALYZE SELECT rank, neighbour_id FROM read_parquet('{path}/*.parquet') "
-                      f"WHERE item_id = '{item}'").fetchall()[0][1]
+    plan = duckdb.sql(
+        f"EXPLAIN ANALYZE SELECT rank, neighbour_id FROM read_parquet('{path}/*.parquet') WHERE item_id = '{item}'"
+    ).fetchall()[0][1]
     scanned = re.search(r"Row Groups Scanned:\s*(\d+)\s*/\s*(\d+)", plan)
     assert scanned, plan
     assert (int(scanned.group(1)), int(scanned.group(2))) == (1, summary["row_groups"])

@@ -59,8 +59,9 @@ def test_ivf_with_candidates_and_min_score_matches_brute_force(spark, clustered)
     tmp, ids, x, embeddings = clustered
     out = tmp / "filtered"
     allowed = ids[::3]
-    summary = job.run(spark, config(out, embeddings, k=4, method="ivf", nprobe=1000, candidates=allowed,
-                                    min_score=0.2, partitions=3))
+    summary = job.run(
+        spark, config(out, embeddings, k=4, method="ivf", nprobe=1000, candidates=allowed, min_score=0.2, partitions=3)
+    )
     assert_matches(read_output(str(out / "neighbours")), brute_force(ids, x, 4, candidates=allowed, min_score=0.2))
     assert summary["ivf"]["nprobe"] == summary["ivf"]["nlist"] == round(np.sqrt(summary["candidates"]))
 
@@ -73,8 +74,9 @@ def test_ivf_probing_every_list_gives_the_exact_jobs_table_bit_for_bit(spark, cl
     tmp, ids, x, embeddings = clustered
     exact_out, ivf_out = tmp / "tie-exact", tmp / "tie-ivf"
     job.run(spark, config(exact_out, embeddings, k=6, partitions=3))
-    summary = job.run(spark, config(ivf_out, embeddings, k=6, method="ivf", nlist=9, nprobe=9, block_rows=16,
-                                    partitions=5))
+    summary = job.run(
+        spark, config(ivf_out, embeddings, k=6, method="ivf", nlist=9, nprobe=9, block_rows=16, partitions=5)
+    )
     a = pq.read_table(exact_out / "neighbours").sort_by([("item_id", "ascending"), ("rank", "ascending")])
     b = pq.read_table(ivf_out / "neighbours").sort_by([("item_id", "ascending"), ("rank", "ascending")])
     assert a.equals(b)

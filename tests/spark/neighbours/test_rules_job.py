@@ -28,10 +28,10 @@ def _groups() -> dict:
     order = rng.permutation(N)
     value, at = {}, 0
     for g, size in enumerate(SIZES):
-        for i in order[at:at + size]:
+        for i in order[at : at + size]:
             value[IDS[i]] = f"cat-{g}"
         at += size
-    for i in order[at:at + 10]:
+    for i in order[at : at + 10]:
         value[IDS[i]] = None
     return value  # the other 20 items have no attributes row
 
@@ -42,6 +42,7 @@ FAMILY = {item: f"fam-{j % 40}" for j, item in enumerate(IDS) if j % 5 and item 
 
 def oracle(k, same=None, exclude=None, hide=None, candidates=None, min_score=None) -> dict:
     """The rules applied to every pair: {item: [(neighbour, score), ...]}, best first."""
+
     def allow(item, other):
         if same is not None and (same.get(item) is None or same.get(other) != same[item]):
             return False
@@ -65,14 +66,20 @@ def oracle(k, same=None, exclude=None, hide=None, candidates=None, min_score=Non
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("groups")
-    rows = [{"item_id": i, "category": CATEGORY[i], "family": FAMILY.get(i), "in_stock": j % 3 > 0}
-            for j, i in enumerate(IDS) if i in CATEGORY]
+    rows = [
+        {"item_id": i, "category": CATEGORY[i], "family": FAMILY.get(i), "in_stock": j % 3 > 0}
+        for j, i in enumerate(IDS)
+        if i in CATEGORY
+    ]
     rows.append({"item_id": "not-an-item", "category": "cat-0", "family": None, "in_stock": True})
     parquet = tmp / "attributes.parquet"
     pq.write_table(pa.Table.from_pylist(rows), parquet)
     csv = tmp / "attributes.csv"
-    csv.write_text("item_id,category,family\n" + "".join(
-        f"{r['item_id']},{r['category'] or ''},{r['family'] or ''}\n" for r in rows), encoding="utf-8")
+    csv.write_text(
+        "item_id,category,family\n"
+        + "".join(f"{r['item_id']},{r['category'] or ''},{r['family'] or ''}\n" for r in rows),
+        encoding="utf-8",
+    )
     return tmp, embeddings_dir(tmp, IDS, VECTORS), str(parquet), str(csv)
 
 
@@ -81,21 +88,41 @@ def run(spark, tmp, embeddings, name, **neighbours):
     # group spread over them, at a third of the tasks per broadcast chunk.
     neighbours.setdefault("partitions", 3)
     out = tmp / name
-    cfg = from_dict({"output": {"embeddings": embeddings, "neighbours": str(out / "neighbours"),
-                                "duplicates": str(tmp / "duplicates")}, "neighbours": neighbours})
+    cfg = from_dict(
+        {
+            "output": {
+                "embeddings": embeddings,
+                "neighbours": str(out / "neighbours"),
+                "duplicates": str(tmp / "duplicates"),
+            },
+            "neighbours": neighbours,
+        }
+    )
     return job.run(spark, cfg), read_output(str(out / "neighbours"))
 
 
 # --------------------------------------------------------------------------------------------
 # The job: same
 
+
 @pytest.mark.parametrize("method", ["exact", "ivf"])
 def test_same_group_matches_brute_force_restricted_to_the_group(spark, data, method):
     tmp, embeddings, parquet, _ = data
     extra = {"nlist": 4, "nprobe": 4, "recall_sample": 20} if method == "ivf" else {}
     # 0.005 MB / (4 * 8 + 64) bytes -> 54 candidates per chunk: the largest group spans three.
-    summary, got = run(spark, tmp, embeddings, f"same-{method}", k=K, attributes=parquet, same="category",
-                       broadcast_max_mb=0.005, block_rows=16, method=method, **extra)
+    summary, got = run(
+        spark,
+        tmp,
+        embeddings,
+        f"same-{method}",
+        k=K,
+        attributes=parquet,
+        same="category",
+        broadcast_max_mb=0.005,
+        block_rows=16,
+        method=method,
+        **extra,
+    )
     assert_matches(got, oracle(K, same=CATEGORY))
     assert summary["items_without_group"] == 30 and summary["groups"] == len(SIZES)
     assert summary["attributes_unknown"] == 1 and summary["attributes_unknown_sample"] == ["not-an-item"]
@@ -110,8 +137,19 @@ def test_same_group_matches_brute_force_restricted_to_the_group(spark, data, met
 def test_same_group_with_candidates_min_score_and_exclusion_from_csv(spark, data):
     tmp, embeddings, _, csv = data
     allowed = IDS[::2]
-    summary, got = run(spark, tmp, embeddings, "same-csv", k=K, attributes=csv, same="category",
-                       exclude_same="family", candidates=allowed, min_score=-0.2, broadcast_max_mb=0.005)
+    summary, got = run(
+        spark,
+        tmp,
+        embeddings,
+        "same-csv",
+        k=K,
+        attributes=csv,
+        same="category",
+        exclude_same="family",
+        candidates=allowed,
+        min_score=-0.2,
+        broadcast_max_mb=0.005,
+    )
     # The CSV reads empty values as null, as the Parquet table's nulls.
     assert_matches(got, oracle(K, same=CATEGORY, exclude=FAMILY, candidates=allowed, min_score=-0.2))
     assert summary["items_without_group"] == 30
@@ -122,8 +160,17 @@ def test_same_group_when_no_candidate_has_a_group_gives_an_empty_readable_table(
     ungrouped = [item for item in IDS if CATEGORY.get(item) is None]  # 30: null value or no row
     # 0.001 MB -> 10 candidates per chunk: more candidates than one chunk, so chunks are packed by
     # group, and there is no group to pack.
-    summary, got = run(spark, tmp, embeddings, "same-no-group", k=K, attributes=parquet, same="category",
-                       candidates=ungrouped, broadcast_max_mb=0.001)
+    summary, got = run(
+        spark,
+        tmp,
+        embeddings,
+        "same-no-group",
+        k=K,
+        attributes=parquet,
+        same="category",
+        candidates=ungrouped,
+        broadcast_max_mb=0.001,
+    )
     assert got == {} and summary["rows"] == 0 and summary["group_packs"] == summary["chunks"] == 0
     assert summary["items_without_neighbours"] == summary["queries"] == N
 
@@ -131,13 +178,23 @@ def test_same_group_when_no_candidate_has_a_group_gives_an_empty_readable_table(
 # --------------------------------------------------------------------------------------------
 # exclude_same
 
-@pytest.mark.parametrize("method,chunk_mb", [("exact", 0.005), ("exact", 256),
-                                             ("ivf", 256)])
+
+@pytest.mark.parametrize("method,chunk_mb", [("exact", 0.005), ("exact", 256), ("ivf", 256)])
 def test_exclude_same_matches_brute_force_and_keeps_k(spark, data, method, chunk_mb):
     tmp, embeddings, parquet, _ = data
     extra = {"nlist": 3, "nprobe": 3, "recall_sample": 0} if method == "ivf" else {}
-    summary, got = run(spark, tmp, embeddings, f"exclude-{method}-{chunk_mb}", k=K, attributes=parquet,
-                       exclude_same="family", broadcast_max_mb=chunk_mb, method=method, **extra)
+    summary, got = run(
+        spark,
+        tmp,
+        embeddings,
+        f"exclude-{method}-{chunk_mb}",
+        k=K,
+        attributes=parquet,
+        exclude_same="family",
+        broadcast_max_mb=chunk_mb,
+        method=method,
+        **extra,
+    )
     assert_matches(got, oracle(K, exclude=FAMILY))
     assert all(len(rows) == K for rows in got.values())  # excluded inside the top-k, not afterwards
     assert summary["items_without_neighbours"] == 0
@@ -146,6 +203,7 @@ def test_exclude_same_matches_brute_force_and_keeps_k(spark, data, method, chunk
 # --------------------------------------------------------------------------------------------
 # hide_duplicates
 
+
 def test_hide_duplicates_one_member_per_group(spark, data):
     tmp, embeddings, _, _ = data
     # Near-duplicate groups as the duplicates job writes them, with members spread over chunks.
@@ -153,8 +211,12 @@ def test_hide_duplicates_one_member_per_group(spark, data):
     members = rng.permutation(N)[:90]
     groups = {IDS[i]: f"g{j % 25}" for j, i in enumerate(members)}
     sizes = {g: list(groups.values()).count(g) for g in set(groups.values())}
-    table = pa.Table.from_pylist([{"group_id": g, "item_id": i, "group_size": sizes[g], "representative": "-",
-                                   "max_score": 1.0} for i, g in sorted(groups.items())])
+    table = pa.Table.from_pylist(
+        [
+            {"group_id": g, "item_id": i, "group_size": sizes[g], "representative": "-", "max_score": 1.0}
+            for i, g in sorted(groups.items())
+        ]
+    )
     (tmp / "duplicates").mkdir(exist_ok=True)
     pq.write_table(table, tmp / "duplicates" / "part-00000.parquet")
     summary, got = run(spark, tmp, embeddings, "hide", k=K, hide_duplicates=True, broadcast_max_mb=0.005)
@@ -167,14 +229,23 @@ def test_hide_duplicates_one_member_per_group(spark, data):
 
 def test_hide_duplicates_without_the_table_says_how_to_make_it(spark, data, tmp_path):
     _, embeddings, _, _ = data
-    cfg = from_dict({"output": {"embeddings": embeddings, "neighbours": str(tmp_path / "n"),
-                                "duplicates": str(tmp_path / "missing")}, "neighbours": {"hide_duplicates": True}})
+    cfg = from_dict(
+        {
+            "output": {
+                "embeddings": embeddings,
+                "neighbours": str(tmp_path / "n"),
+                "duplicates": str(tmp_path / "missing"),
+            },
+            "neighbours": {"hide_duplicates": True},
+        }
+    )
     with pytest.raises(InputError, match="duplicates job|duplicates.enabled"):
         job.run(spark, cfg)
 
 
 # --------------------------------------------------------------------------------------------
 # attributes: errors
+
 
 def test_missing_column_names_the_column_and_those_there_are(spark, data):
     tmp, embeddings, parquet, _ = data
@@ -194,8 +265,9 @@ def test_a_changed_attributes_table_recomputes_an_unchanged_one_skips(spark, tmp
     # Published, so that the embeddings have the content id the unchanged-input check compares.
     embeddings = publish_embeddings(spark, str(tmp_path / "embeddings"), IDS, VECTORS, "content-1")
     path = tmp_path / "attributes.csv"
-    path.write_text("item_id,category\n" + "".join(f"{i},{CATEGORY[i] or ''}\n" for i in IDS if i in CATEGORY),
-                    encoding="utf-8")
+    path.write_text(
+        "item_id,category\n" + "".join(f"{i},{CATEGORY[i] or ''}\n" for i in IDS if i in CATEGORY), encoding="utf-8"
+    )
     first, _ = run(spark, tmp_path, embeddings, "skip", k=3, attributes=str(path), same="category")
     again, _ = run(spark, tmp_path, embeddings, "skip", k=3, attributes=str(path), same="category")
     assert again.get("skipped") is True and "attributes" in first["inputs"]

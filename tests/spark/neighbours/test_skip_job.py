@@ -21,6 +21,7 @@ N, K = 30, 3
 IDS = make_ids(N, seed=11)
 VECTORS = random_vectors(N, 4, seed=11)
 
+
 @pytest.fixture
 def embeddings(spark, tmp_path):
     return publish_embeddings(spark, str(tmp_path / "emb"), IDS, VECTORS, f"{N}-content")
@@ -49,14 +50,17 @@ def spark_reads_s3_through_storage(monkeypatch, s3_endpoint, tmp_path):
     monkeypatch.setattr(job, "read_candidates", read_candidates)
 
 
-def test_a_replaced_s3_candidates_file_recomputes(spark, tmp_path, embeddings, s3, bucket, s3_endpoint,
-                                                  spark_reads_s3_through_storage):
+def test_a_replaced_s3_candidates_file_recomputes(
+    spark, tmp_path, embeddings, s3, bucket, s3_endpoint, spark_reads_s3_through_storage
+):
     def put(ids):
         s3.put_object(Bucket=bucket, Key="likes/candidates.csv", Body="\n".join(["item_id", *ids]).encode())
 
     before, after = IDS[:10], IDS[5:15]
-    cfg = updated(config(tmp_path, embeddings, k=K, candidates=f"s3://{bucket}/likes/candidates.csv", partitions=2),
-                  s3=S3Config(endpoint_url=s3_endpoint))
+    cfg = updated(
+        config(tmp_path, embeddings, k=K, candidates=f"s3://{bucket}/likes/candidates.csv", partitions=2),
+        s3=S3Config(endpoint_url=s3_endpoint),
+    )
     put(before)
     first = job.run(spark, cfg)
     assert not first.get("skipped")
@@ -111,8 +115,16 @@ def test_speed_settings_skip_and_result_settings_recompute(spark, tmp_path, embe
     # below still changes it, and changes IVF's answer.
     exact = {"k": K, "block_rows": 8, "partitions": 2}
     published = assert_recomputed(exact)
-    for speed in ({"block_rows": 5}, {"broadcast_max_mb": 0.001}, {"partitions": 3}, {"symmetric": False},
-                  {"row_group_rows": 7}, {"recall_sample": 5}, {"nprobe": 3}, {"nlist": 2, "seed": 1}):
+    for speed in (
+        {"block_rows": 5},
+        {"broadcast_max_mb": 0.001},
+        {"partitions": 3},
+        {"symmetric": False},
+        {"row_group_rows": 7},
+        {"recall_sample": 5},
+        {"nprobe": 3},
+        {"nlist": 2, "seed": 1},
+    ):
         assert_skipped({**exact, **speed}, published)
     for result in ({"k": K + 1}, {"min_score": 0.8}):
         exact = {**exact, **result}

@@ -78,10 +78,20 @@ def test_an_older_plain_directory_is_migrated_and_a_foreign_one_refused(spark, t
 # ---------------------------------------------------------------------------------------------
 # The embed job, on the toy model: what is tested is publishing, the same whatever the backbone.
 
+
 def embed_cfg(tmp_path, images, toy_overrides, *extra):
-    return load_config(None, [
-        f"input.uri={images}", *toy_overrides, "model.batch_size=4", "input.partition_size=4",
-        f"output.embeddings={tmp_path}/emb", f"output.errors={tmp_path}/err", *extra])
+    return load_config(
+        None,
+        [
+            f"input.uri={images}",
+            *toy_overrides,
+            "model.batch_size=4",
+            "input.partition_size=4",
+            f"output.embeddings={tmp_path}/emb",
+            f"output.errors={tmp_path}/err",
+            *extra,
+        ],
+    )
 
 
 @pytest.fixture

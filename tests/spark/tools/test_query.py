@@ -18,7 +18,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from lookalike.jobs import neighbours as neighbours_job
-
 from tests.support.brute_force import brute_force
 from tests.support.paths import ROOT
 from tests.support.procs import run_script
@@ -41,14 +40,28 @@ def sample_tables(spark, tmp_path_factory):
     items = sample_items()
     ids = [item_id for item_id, _, _ in items]
     vectors = label_vectors([label for _, _, label in items])
-    embeddings = Path(write_table(embeddings_table(ids, [uri for _, uri, _ in items], vectors,
-                                                   weights="random-init:seed=5"), tmp / "embeddings"))
+    embeddings = Path(
+        write_table(
+            embeddings_table(ids, [uri for _, uri, _ in items], vectors, weights="random-init:seed=5"),
+            tmp / "embeddings",
+        )
+    )
     neighbours = tmp / "neighbours"
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        code = neighbours_job.main(["--config", str(ROOT / "conf" / "local.yaml"),
-                                    "--set", f"output.embeddings={embeddings}", "--set", f"output.neighbours={neighbours}",
-                                    "--set", "neighbours.k=5"], spark=spark)
+        code = neighbours_job.main(
+            [
+                "--config",
+                str(ROOT / "conf" / "local.yaml"),
+                "--set",
+                f"output.embeddings={embeddings}",
+                "--set",
+                f"output.neighbours={neighbours}",
+                "--set",
+                "neighbours.k=5",
+            ],
+            spark=spark,
+        )
     assert code == 0, printed.getvalue()[-3000:]
     return embeddings, neighbours, last_json_line(printed.getvalue())
 
@@ -71,8 +84,9 @@ def test_neighbours_job_on_sample_random_init_weights(sample_tables):
     for row in pq.read_table(neighbours).to_pylist():
         got.setdefault(row["item_id"], []).append((row["rank"], row["neighbour_id"]))
     want = oracle(embeddings, 5)
-    assert {item: [n for _, n in sorted(rows)] for item, rows in got.items()} == \
-        {item: [n for n, _ in rows] for item, rows in want.items()}
+    assert {item: [n for _, n in sorted(rows)] for item, rows in got.items()} == {
+        item: [n for n, _ in rows] for item, rows in want.items()
+    }
 
 
 def test_similar_json_matches_brute_force_random_init_weights(sample_tables):
@@ -98,9 +112,13 @@ def test_similar_table_and_csv_formats_random_init_weights(sample_tables):
     assert lines[0] == f"items similar to {item}"
     assert [line.split()[2] for line in lines[2:]] == [n for n, _ in want[item]]
     assert "random-init" in table.stderr  # the table says these are not real recommendations
-    rows = list(csv.DictReader(io.StringIO(similar(item, "--neighbours", str(neighbours), "--format", "csv", "-k", "2").stdout)))
-    assert [(r["item_id"], r["rank"], r["neighbour_id"]) for r in rows] == \
-        [(item, "1", want[item][0][0]), (item, "2", want[item][1][0])]
+    rows = list(
+        csv.DictReader(io.StringIO(similar(item, "--neighbours", str(neighbours), "--format", "csv", "-k", "2").stdout))
+    )
+    assert [(r["item_id"], r["rank"], r["neighbour_id"]) for r in rows] == [
+        (item, "1", want[item][0][0]),
+        (item, "2", want[item][1][0]),
+    ]
 
 
 def test_similar_unknown_id_exits_2_with_a_clear_message(sample_tables):
@@ -117,8 +135,9 @@ def test_similar_reads_the_table_from_s3_random_init_weights(sample_tables, s3_e
     upload_dir(s3, bucket, Path(os.path.realpath(neighbours)), "tables/neighbours/")
     item = sorted(oracle(embeddings, 5))[42]
     local = similar(item, "--neighbours", str(neighbours), "--format", "json")
-    remote = similar(item, "--neighbours", f"s3://{bucket}/tables/neighbours", "--format", "json",
-                     "--s3-endpoint-url", s3_endpoint)
+    remote = similar(
+        item, "--neighbours", f"s3://{bucket}/tables/neighbours", "--format", "json", "--s3-endpoint-url", s3_endpoint
+    )
     assert remote.returncode == 0, remote.stderr
     assert json.loads(remote.stdout) == json.loads(local.stdout)
 
@@ -131,7 +150,16 @@ def test_reading_from_s3_exits_cleanly_every_time_random_init_weights(sample_tab
     upload_dir(s3, bucket, Path(os.path.realpath(neighbours)), "tables/neighbours/")
     item = sorted(oracle(embeddings, 5))[7]
     for _ in range(6):
-        remote = similar(item, "--neighbours", f"s3://{bucket}/tables/neighbours", "--format", "csv", "-k", "3",
-                         "--s3-endpoint-url", s3_endpoint)
+        remote = similar(
+            item,
+            "--neighbours",
+            f"s3://{bucket}/tables/neighbours",
+            "--format",
+            "csv",
+            "-k",
+            "3",
+            "--s3-endpoint-url",
+            s3_endpoint,
+        )
         assert (remote.returncode, remote.stderr) == (0, "")
         assert len(remote.stdout.strip().splitlines()) == 4

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from lookalike import schemas
 from lookalike.tools import readers
-
 from tests.support.embed_rows import assert_same_embeddings, by_item, embedding_rows
 
 

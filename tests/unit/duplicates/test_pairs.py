@@ -42,7 +42,7 @@ def test_pairs_above_threshold_equal_to_a_score_keeps_that_pair(clustered):
     unit, _ = normalise(clustered)
     want = brute_pairs(clustered, 0.6)
     levels = sorted(set(want.values()))
-    for score in levels[::len(levels) // 8]:
+    for score in levels[:: len(levels) // 8]:
         at = as_dict(*pairs_above(unit, unit, float(score)))
         assert at == {p: s for p, s in want.items() if s >= score}
         above = as_dict(*pairs_above(unit, unit, float(np.nextafter(score, np.float32(2)))))
@@ -52,15 +52,20 @@ def test_pairs_above_threshold_equal_to_a_score_keeps_that_pair(clustered):
     assert {(5, 40), (5, 77), (5, 150), (40, 77), (40, 150), (77, 150)} <= set(copies)
 
 
-@pytest.mark.parametrize("queries,candidates", [((0, 100), (100, 240)), ((100, 240), (0, 100)),
-                                                ((30, 130), (60, 200)), ((60, 200), (30, 130))])
+@pytest.mark.parametrize(
+    "queries,candidates",
+    [((0, 100), (100, 240)), ((100, 240), (0, 100)), ((30, 130), (60, 200)), ((60, 200), (30, 130))],
+)
 def test_pairs_above_on_ranges_reports_each_pair_of_the_ranges_once(clustered, queries, candidates):
     unit, _ = normalise(clustered)
     (qa, qb), (ca, cb) = queries, candidates
     got = as_dict(*pairs_above(unit[qa:qb], unit[ca:cb], 0.7, query_offset=qa, candidate_offset=ca))
     inside = lambda v, r: r[0] <= v < r[1]  # noqa: E731
-    want = {(a, b): s for (a, b), s in brute_pairs(clustered, 0.7).items()
-            if (inside(a, queries) and inside(b, candidates)) or (inside(b, queries) and inside(a, candidates))}
+    want = {
+        (a, b): s
+        for (a, b), s in brute_pairs(clustered, 0.7).items()
+        if (inside(a, queries) and inside(b, candidates)) or (inside(b, queries) and inside(a, candidates))
+    }
     assert got == want and want
 
 
@@ -77,8 +82,9 @@ def test_the_spark_tasks_calls_score_every_pair_once(clustered, chunk):
             for start in range(bounds[p], bounds[p + 1], 16):
                 stop = min(start + 16, bounds[p + 1])
                 for rows, a, b in block_calls(bounds, p, start, stop - start, lo, hi):
-                    got = as_dict(*pairs_above(unit[start:start + rows], unit[a:b], 0.7,
-                                               query_offset=start, candidate_offset=a))
+                    got = as_dict(
+                        *pairs_above(unit[start : start + rows], unit[a:b], 0.7, query_offset=start, candidate_offset=a)
+                    )
                     assert not set(got) & set(found)
                     found.update(got)
     assert found == brute_pairs(clustered, 0.7)

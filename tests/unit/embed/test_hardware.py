@@ -2,7 +2,6 @@
 CPU flags and GPUs injected here. (Asking the real executors of a local SparkSession is tested in
 tests/spark/embed/test_hardware_resolve.py.)"""
 
-
 import pytest
 
 from lookalike.config import ConfigError, ModelConfig, load_config, updated
@@ -16,8 +15,12 @@ GRAVITON = "processor\t: 0\nFeatures\t: fp asimd bf16 i8mm\n"
 
 def executor(host, cpuinfo, gpu=None, openvino=True):
     flags = hardware.cpu_flags(cpuinfo)
-    return {"host": host, "bf16_flags": sorted(f for f in hardware.BF16_FLAGS if f in flags),
-            "gpu_compute_capability": gpu, "openvino": openvino}
+    return {
+        "host": host,
+        "bf16_flags": sorted(f for f in hardware.BF16_FLAGS if f in flags),
+        "gpu_compute_capability": gpu,
+        "openvino": openvino,
+    }
 
 
 def test_cpu_flags_are_read_from_cpuinfo():
@@ -27,21 +30,25 @@ def test_cpu_flags_are_read_from_cpuinfo():
     assert "bf16" in hardware.cpu_flags(GRAVITON)  # ARM's own name: not one of BF16_FLAGS (yet)
 
 
-@pytest.mark.parametrize("cluster,expected,named", [
-    ([("a", SAPPHIRE_RAPIDS), ("b", SAPPHIRE_RAPIDS)], "bfloat16", "amx_bf16, avx512_bf16"),
-    ([("a", ZEN4)], "bfloat16", "avx512_bf16"),                             # AVX512-BF16 without AMX
-    ([("a", SKYLAKE)], "float32", "on a"),                                  # bf16 would be emulated: slower
-    ([("a", SAPPHIRE_RAPIDS), ("old", SKYLAKE)], "float32", "on old"),      # the slowest decides for the run
-    ([], "float32", "on no executor answered"),
-])
+@pytest.mark.parametrize(
+    "cluster,expected,named",
+    [
+        ([("a", SAPPHIRE_RAPIDS), ("b", SAPPHIRE_RAPIDS)], "bfloat16", "amx_bf16, avx512_bf16"),
+        ([("a", ZEN4)], "bfloat16", "avx512_bf16"),  # AVX512-BF16 without AMX
+        ([("a", SKYLAKE)], "float32", "on a"),  # bf16 would be emulated: slower
+        ([("a", SAPPHIRE_RAPIDS), ("old", SKYLAKE)], "float32", "on old"),  # the slowest decides for the run
+        ([], "float32", "on no executor answered"),
+    ],
+)
 def test_precision_auto_on_cpu_executors(cluster, expected, named):
     precision, why = hardware.choose_precision([executor(h, c) for h, c in cluster])
     assert precision == expected
     assert why.endswith(named + ")") if expected == "bfloat16" else why.endswith(named), why
 
 
-@pytest.mark.parametrize("capability,expected", [(9.0, "bfloat16"), (8.0, "bfloat16"), (7.5, "float16"),
-                                                 (6.1, "float32")])
+@pytest.mark.parametrize(
+    "capability,expected", [(9.0, "bfloat16"), (8.0, "bfloat16"), (7.5, "float16"), (6.1, "float32")]
+)
 def test_precision_auto_on_gpu_executors(capability, expected):
     assert hardware.choose_precision([executor("g", SKYLAKE, gpu=capability)])[0] == expected
 
@@ -54,15 +61,21 @@ def test_runtime_auto():
 
 def test_precision_and_runtime_are_part_of_the_fingerprint():
     base = ModelConfig(precision="float32", runtime="keras")
-    prints = {weights.fingerprint(updated(base, precision=p, runtime=r))
-              for p in ("float32", "bfloat16") for r in ("keras", "openvino")}
+    prints = {
+        weights.fingerprint(updated(base, precision=p, runtime=r))
+        for p in ("float32", "bfloat16")
+        for r in ("keras", "openvino")
+    }
     assert len(prints) == 4
 
 
-@pytest.mark.parametrize("overrides,message", [
-    (["model.runtime=openvino", "model.precision=float16"], "computes in float32 or bfloat16"),
-    (["model.runtime=onnx"], "'onnx' is not one of auto, keras, openvino"),
-])
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["model.runtime=openvino", "model.precision=float16"], "computes in float32 or bfloat16"),
+        (["model.runtime=onnx"], "'onnx' is not one of auto, keras, openvino"),
+    ],
+)
 def test_unsupported_combinations_are_config_errors(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_config("conf/local.yaml", overrides)

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.support import corpus
 from lookalike.embed import images
+from tests.support import corpus
 
 CASES = corpus.cases()
 OK = [c for c in CASES if c.ok]
@@ -33,12 +33,29 @@ def pixel_distance(pixels: np.ndarray, rgb: np.ndarray) -> float:
 
 # --- images.decode: every case ---------------------------------------------------------------
 
+
 def test_the_corpus_covers_what_the_issue_lists():
     names = {c.name for c in CASES}
-    assert {"zero_bytes", "truncated_jpeg", "corrupt_jpeg_header", "random_bytes", "html_error_page",
-            "png_alpha", "palette_gif", "animated_gif", "png_16bit_grey", "greyscale_jpeg", "cmyk_jpeg",
-            "exif_rotated_jpeg", "webp", "tiff", "one_pixel", "very_wide_10000x10", "bomb_png",
-            "unicode_space_key"} <= names
+    assert {
+        "zero_bytes",
+        "truncated_jpeg",
+        "corrupt_jpeg_header",
+        "random_bytes",
+        "html_error_page",
+        "png_alpha",
+        "palette_gif",
+        "animated_gif",
+        "png_16bit_grey",
+        "greyscale_jpeg",
+        "cmyk_jpeg",
+        "exif_rotated_jpeg",
+        "webp",
+        "tiff",
+        "one_pixel",
+        "very_wide_10000x10",
+        "bomb_png",
+        "unicode_space_key",
+    } <= names
     assert len({corpus.item_id(c) for c in CASES}) == len(CASES)
     # Corpus files are made, not committed: every byte string is deterministic.
     assert [c.data for c in corpus.cases()] == [c.data for c in CASES]

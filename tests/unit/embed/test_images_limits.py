@@ -14,6 +14,7 @@ from lookalike.embed import images
 
 def png_header(width: int, height: int) -> bytes:
     """A PNG whose header declares width x height and whose pixel data never comes."""
+
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 

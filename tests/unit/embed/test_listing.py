@@ -6,11 +6,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from lookalike.embed import listing
-from lookalike.io import storage
 from lookalike.config import InputConfig, S3Config
+from lookalike.embed import listing
 from lookalike.errors import DuplicateItemIdError, InputError
-
+from lookalike.io import storage
 from tests.support.paths import SAMPLE_DIR
 
 
@@ -58,8 +57,7 @@ def test_s3_listing_pages_through_more_than_one_page(s3, bucket, s3_endpoint):
         list(pool.map(lambda i: s3.put_object(Bucket=bucket, Key=f"imgs/{i:05d}.jpg", Body=b"x"), range(1003)))
     s3.put_object(Bucket=bucket, Key="imgs/readme.txt", Body=b"x")
     s3.put_object(Bucket=bucket, Key="other/0.jpg", Body=b"x")
-    listed = listing.list_images(InputConfig(uri=f"s3://{bucket}/imgs"),
-                                 S3Config(endpoint_url=s3_endpoint))
+    listed = listing.list_images(InputConfig(uri=f"s3://{bucket}/imgs"), S3Config(endpoint_url=s3_endpoint))
     assert len(listed) == 1003  # more than one 1,000-key page
     item_id, obj = listed[0]
     assert item_id == "00000" and obj.uri == f"s3://{bucket}/imgs/00000.jpg"

@@ -5,16 +5,18 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lookalike.embed import manifest
 from lookalike.config import InputConfig, S3Config
+from lookalike.embed import manifest
 
 
-def test_a_data_file_larger_than_a_batch_is_streamed_in_several_batches(tmp_path, s3, bucket, s3_endpoint,
-                                                                        monkeypatch):
+def test_a_data_file_larger_than_a_batch_is_streamed_in_several_batches(tmp_path, s3, bucket, s3_endpoint, monkeypatch):
     keys = [f"p/{i:05d}.jpg" for i in range(1000)]
     path = tmp_path / "keys.parquet"
-    pq.write_table(pa.table({"key": keys, "size": pa.array(range(1000), pa.int64()),
-                             "notes": ["x" * 100] * 1000}), path, row_group_size=400)
+    pq.write_table(
+        pa.table({"key": keys, "size": pa.array(range(1000), pa.int64()), "notes": ["x" * 100] * 1000}),
+        path,
+        row_group_size=400,
+    )
     s3.upload_file(str(path), bucket, "m/keys.parquet")
     cfg = InputConfig(uri="s3://shop/p", manifest=str(path))
     s3cfg = S3Config(endpoint_url=s3_endpoint)

@@ -44,15 +44,23 @@ class Pickler(pickle._Pickler):
     dispatch = dict(pickle._Pickler.dispatch)
 
     def save_fake_global(self, obj):
-        self.write(pickle.GLOBAL + f"{obj.module}\n{obj.name}\n".encode("utf-8"))
+        self.write(pickle.GLOBAL + f"{obj.module}\n{obj.name}\n".encode())
         self.memoize(obj)
 
     dispatch[Global] = save_fake_global
 
 
-TORCH_TYPES = {"<f4": "FloatStorage", "<f8": "DoubleStorage", "<f2": "HalfStorage", "<i8": "LongStorage",
-               "<i4": "IntStorage", "<i2": "ShortStorage", "|i1": "CharStorage", "|u1": "ByteStorage",
-               "|b1": "BoolStorage"}
+TORCH_TYPES = {
+    "<f4": "FloatStorage",
+    "<f8": "DoubleStorage",
+    "<f2": "HalfStorage",
+    "<i8": "LongStorage",
+    "<i4": "IntStorage",
+    "<i2": "ShortStorage",
+    "|i1": "CharStorage",
+    "|u1": "ByteStorage",
+    "|b1": "BoolStorage",
+}
 
 
 class Storage:
@@ -69,8 +77,10 @@ class Tensor:
         self.storage, self.offset, self.size, self.stride = storage, offset, tuple(size), tuple(stride)
 
     def __reduce_ex__(self, protocol):
-        return (Global("torch._utils", "_rebuild_tensor_v2"),
-                (self.storage, self.offset, self.size, self.stride, False, collections.OrderedDict()))
+        return (
+            Global("torch._utils", "_rebuild_tensor_v2"),
+            (self.storage, self.offset, self.size, self.stride, False, collections.OrderedDict()),
+        )
 
 
 def dense(key, array):
@@ -94,8 +104,11 @@ def _dump_main(f, obj, storages, legacy):
 
 def write_legacy(f, obj, sys_info=None):
     """torch.save(obj, f, _use_new_zipfile_serialization=False), for our fake tensors."""
-    sys_info = sys_info or {"protocol_version": 1001, "little_endian": True,
-                            "type_sizes": {"short": 2, "int": 4, "long": 4}}
+    sys_info = sys_info or {
+        "protocol_version": 1001,
+        "little_endian": True,
+        "type_sizes": {"short": 2, "int": 4, "long": 4},
+    }
     pickle.dump(pth.MAGIC_NUMBER, f, protocol=2)
     pickle.dump(pth.PROTOCOL_VERSION, f, protocol=2)
     pickle.dump(sys_info, f, protocol=2)
@@ -136,33 +149,43 @@ BF16_VALUES = np.array([1.0, -2.5, 3.140625, 0.0], dtype=np.float32)  # exact in
 def known_state():
     shared = Storage("1001", A.ravel())
     bf16 = Storage("7", (BF16_VALUES.view(np.uint32) >> 16).astype(np.uint16), "BFloat16Storage")
-    return collections.OrderedDict([
-        ("conv.weight", Tensor(shared, 0, (2, 3), (3, 1))),
-        ("conv.weight_t", Tensor(shared, 0, (3, 2), (1, 3))),       # transposed view of the same storage
-        ("row", Tensor(shared, 3, (3,), (1,))),                     # storage offset
-        ("every_other", Tensor(shared, 1, (3,), (2,))),             # stride 2 from offset 1
-        ("bn.num_batches_tracked", dense("42", np.array(123456789012, dtype=np.int64))),
-        ("half", dense("3", HALF)),
-        ("bf16", Tensor(bf16, 0, (2, 2), (2, 1))),
-        ("double", dense("4", np.array([[1e300, -2.0]]))),
-        ("int", dense("5", np.array([-(2 ** 31), 2 ** 31 - 1], dtype=np.int32))),
-        ("short", dense("50", np.array([-3, 7], dtype=np.int16))),
-        ("char", dense("51", np.array([-128, 127], dtype=np.int8))),
-        ("byte", dense("52", np.array([0, 255], dtype=np.uint8))),
-        ("mask", dense("6", np.array([True, False, True]))),
-        ("empty", Tensor(Storage("8", np.zeros(0, np.float32)), 0, (0, 4), (4, 1))),
-    ])
+    return collections.OrderedDict(
+        [
+            ("conv.weight", Tensor(shared, 0, (2, 3), (3, 1))),
+            ("conv.weight_t", Tensor(shared, 0, (3, 2), (1, 3))),  # transposed view of the same storage
+            ("row", Tensor(shared, 3, (3,), (1,))),  # storage offset
+            ("every_other", Tensor(shared, 1, (3,), (2,))),  # stride 2 from offset 1
+            ("bn.num_batches_tracked", dense("42", np.array(123456789012, dtype=np.int64))),
+            ("half", dense("3", HALF)),
+            ("bf16", Tensor(bf16, 0, (2, 2), (2, 1))),
+            ("double", dense("4", np.array([[1e300, -2.0]]))),
+            ("int", dense("5", np.array([-(2**31), 2**31 - 1], dtype=np.int32))),
+            ("short", dense("50", np.array([-3, 7], dtype=np.int16))),
+            ("char", dense("51", np.array([-128, 127], dtype=np.int8))),
+            ("byte", dense("52", np.array([0, 255], dtype=np.uint8))),
+            ("mask", dense("6", np.array([True, False, True]))),
+            ("empty", Tensor(Storage("8", np.zeros(0, np.float32)), 0, (0, 4), (4, 1))),
+        ]
+    )
 
 
 def check_known(sd):
     assert list(sd) == list(known_state())
     expected = {
-        "conv.weight": A, "conv.weight_t": A.T, "row": A[1], "every_other": A.ravel()[1::2],
-        "bn.num_batches_tracked": np.array(123456789012, dtype=np.int64), "half": HALF,
-        "bf16": BF16_VALUES.reshape(2, 2), "double": np.array([[1e300, -2.0]]),
-        "int": np.array([-(2 ** 31), 2 ** 31 - 1], dtype=np.int32), "short": np.array([-3, 7], dtype=np.int16),
-        "char": np.array([-128, 127], dtype=np.int8), "byte": np.array([0, 255], dtype=np.uint8),
-        "mask": np.array([True, False, True]), "empty": np.zeros((0, 4), np.float32),
+        "conv.weight": A,
+        "conv.weight_t": A.T,
+        "row": A[1],
+        "every_other": A.ravel()[1::2],
+        "bn.num_batches_tracked": np.array(123456789012, dtype=np.int64),
+        "half": HALF,
+        "bf16": BF16_VALUES.reshape(2, 2),
+        "double": np.array([[1e300, -2.0]]),
+        "int": np.array([-(2**31), 2**31 - 1], dtype=np.int32),
+        "short": np.array([-3, 7], dtype=np.int16),
+        "char": np.array([-128, 127], dtype=np.int8),
+        "byte": np.array([0, 255], dtype=np.uint8),
+        "mask": np.array([True, False, True]),
+        "empty": np.zeros((0, 4), np.float32),
     }
     for key, want in expected.items():
         got = sd[key]
@@ -196,7 +219,7 @@ def test_file_objects_seekable_or_not():
 
         def readinto(self, b):
             chunk = self._buf.read(len(b))
-            b[:len(chunk)] = chunk
+            b[: len(chunk)] = chunk
             return len(chunk)
 
     check_known(pth.read_state_dict(io.BufferedReader(Stream())))
@@ -214,10 +237,12 @@ def test_writer_has_torch_layout():
     tensor, opcode for opcode, memo numbers included. (That tensor is itself a non-contiguous
     view: a permuted TensorFlow HWIO kernel, strides (1, 32, 288, 96).)"""
     stem = Storage("103185984", np.zeros(864, np.float32))
-    state = collections.OrderedDict([
-        ("_conv_stem.weight", Tensor(stem, 0, (32, 3, 3, 3), (1, 32, 288, 96))),
-        ("_bn0.weight", dense("127327312", np.zeros(32, np.float32))),
-    ])
+    state = collections.OrderedDict(
+        [
+            ("_conv_stem.weight", Tensor(stem, 0, (32, 3, 3, 3), (1, 32, 288, 96))),
+            ("_bn0.weight", dense("127327312", np.zeros(32, np.float32))),
+        ]
+    )
     ours = legacy_bytes(state)
     with open(packaged(), "rb") as f:
         theirs = f.read(4096)
@@ -231,21 +256,36 @@ def test_writer_has_torch_layout():
 
 
 def evil_global(module, name, marker):
-    return (b"\x80\x02c" + f"{module}\n{name}\n".encode() + b"X" + struct.pack("<I", len(marker))
-            + marker.encode() + b"\x85R.")
+    return (
+        b"\x80\x02c"
+        + f"{module}\n{name}\n".encode()
+        + b"X"
+        + struct.pack("<I", len(marker))
+        + marker.encode()
+        + b"\x85R."
+    )
 
 
-@pytest.mark.parametrize("module,name", [("os", "system"), ("posix", "system"), ("builtins", "exec"),
-                                         ("subprocess", "getoutput"), ("torch", "load"),
-                                         ("torch._utils", "_rebuild_device_tensor_from_numpy")])
+@pytest.mark.parametrize(
+    "module,name",
+    [
+        ("os", "system"),
+        ("posix", "system"),
+        ("builtins", "exec"),
+        ("subprocess", "getoutput"),
+        ("torch", "load"),
+        ("torch._utils", "_rebuild_device_tensor_from_numpy"),
+    ],
+)
 @pytest.mark.parametrize("where", ["main pickle", "first pickle"])
 def test_forbidden_global_is_refused_not_run(tmp_path, module, name, where):
     marker = tmp_path / "pwned"
-    payload = evil_global(module, name, f"touch {marker}" if "system" in name or "getoutput" in name
-                          else f"open({str(marker)!r}, 'w')")
+    payload = evil_global(
+        module, name, f"touch {marker}" if "system" in name or "getoutput" in name else f"open({str(marker)!r}, 'w')"
+    )
     if where == "main pickle":
         head = legacy_bytes(collections.OrderedDict())
-        head = head[:head.index(b"\x80\x02c")]  # magic number, protocol, sys_info; then ours
+        head = head[: head.index(b"\x80\x02c")]  # magic number, protocol, sys_info; then ours
         data = head + payload
     else:
         data = payload

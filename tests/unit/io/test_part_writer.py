@@ -18,8 +18,12 @@ def test_part_writer_on_s3_cuts_row_groups_at_items(s3_endpoint, s3, bucket):
     cfg = S3Config(endpoint_url=s3_endpoint)
     writer = PartWriter(f"s3://{bucket}/t/v1", "part-00000.parquet", schema, cfg, row_group_rows=5)
     for item in ("a", "b", "c"):  # three items of three rows: groups of two items (6 rows), then one
-        writer.add(pa.table({"item_id": [item] * 3, "rank": [1, 2, 3], "neighbour_id": ["x", "y", "z"],
-                             "score": [0.9, 0.8, 0.7]}, schema=schema))
+        writer.add(
+            pa.table(
+                {"item_id": [item] * 3, "rank": [1, 2, 3], "neighbour_id": ["x", "y", "z"], "score": [0.9, 0.8, 0.7]},
+                schema=schema,
+            )
+        )
     assert writer.close() == {"path": f"s3://{bucket}/t/v1/part-00000.parquet", "rows": 9, "row_groups": 2}
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]]
     assert keys == ["t/v1/part-00000.parquet"]  # the temporary object is gone

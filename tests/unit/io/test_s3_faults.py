@@ -16,12 +16,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.support.paths import SAMPLE_DIR
-from tests.support.faultproxy import FAULT_KINDS, FaultProxy
+from lookalike.config import InputConfig, S3Config
 from lookalike.embed import listing
 from lookalike.io import storage
-from lookalike.config import InputConfig, S3Config
-
+from tests.support.faultproxy import FAULT_KINDS, FaultProxy
+from tests.support.paths import SAMPLE_DIR
 
 
 @pytest.fixture(autouse=True)
@@ -48,11 +47,10 @@ def fetch_all(proxy: FaultProxy, bucket: str, keys, **s3_settings) -> dict[str, 
     keys = list(keys)
     with ThreadPoolExecutor(max_workers=8) as pool:
         data = pool.map(lambda key: storage.fetch(f"s3://{bucket}/{key}", cfg, 1 << 20), keys)
-        return dict(zip(keys, data))
+        return dict(zip(keys, data, strict=False))
 
 
-def test_every_fault_kind_is_retried_and_the_proxy_is_deterministic_for_a_seed(s3, bucket, s3_endpoint,
-                                                                              backoff_waits):
+def test_every_fault_kind_is_retried_and_the_proxy_is_deterministic_for_a_seed(s3, bucket, s3_endpoint, backoff_waits):
     blobs = put_blobs(s3, bucket, 40)
     seen = []
     for seed in (1, 1, 2):
@@ -62,7 +60,7 @@ def test_every_fault_kind_is_retried_and_the_proxy_is_deterministic_for_a_seed(s
             # Each injected fault cost exactly one more request, and nothing else did.
             assert stats.requests["get"] == len(blobs) + stats.faults_for("get")
             for key in blobs:
-                resource = (("get", f"{bucket}/{key}"))
+                resource = ("get", f"{bucket}/{key}")
                 assert stats.attempts[resource] == 1 + stats.failed[resource]
             assert {kind for (_, kind) in stats.faults} == set(FAULT_KINDS)
             seen.append(dict(stats.failed))
@@ -99,7 +97,8 @@ def test_a_body_cut_off_every_time_is_a_fetch_error_not_a_truncated_image(s3, bu
 def test_listing_retries_transient_faults(s3, bucket, s3_endpoint):
     blobs = put_blobs(s3, bucket, 5)
     with FaultProxy(s3_endpoint, rates={"list": 1.0}, max_consecutive=2) as proxy:
-        listed = listing.list_images(InputConfig(uri=f"s3://{bucket}/blobs", pattern="*"),
-                                     S3Config(endpoint_url=proxy.url, max_attempts=4))
+        listed = listing.list_images(
+            InputConfig(uri=f"s3://{bucket}/blobs", pattern="*"), S3Config(endpoint_url=proxy.url, max_attempts=4)
+        )
         assert sorted(o.key for _, o in listed) == sorted(k.split("/", 1)[1] for k in blobs)
         assert proxy.stats.requests["list"] == 3 and proxy.stats.faults_for("list") == 2

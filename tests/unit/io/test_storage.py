@@ -12,8 +12,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.support.paths import ROOT
-from tests.support.faultproxy import FAULT_KINDS, FaultProxy
 from lookalike.config import S3Config
 from lookalike.errors import InputError
 from lookalike.io import tables
@@ -21,6 +19,8 @@ from lookalike.io.hadoop import HadoopStorage
 from lookalike.io.local import LocalStorage
 from lookalike.io.s3 import S3Storage
 from lookalike.io.storage import StorageError, storage_for
+from tests.support.faultproxy import FAULT_KINDS, FaultProxy
+from tests.support.paths import ROOT
 
 
 @pytest.fixture(params=["local", "file-uri", "s3", "hadoop"])
@@ -133,6 +133,7 @@ def test_upload_and_download(store, tmp_path):
 
 # --- S3 only ------------------------------------------------------------------------------------
 
+
 def test_s3_create_exclusive_falls_back_on_servers_without_conditional_writes(s3_endpoint, bucket, monkeypatch):
     from botocore.exceptions import ClientError
 
@@ -163,11 +164,18 @@ def test_s3_errors_say_how_often_they_were_tried_and_never_quote_credentials(s3_
 
 # --- the tables reader uses the same S3 settings ----------------------------------------------------
 
+
 @pytest.fixture
 def s3_table(s3, bucket, tmp_path):
     """A small neighbour-shaped table on S3 (no _LATEST: read as it is)."""
-    table = pa.table({"item_id": [f"i{n:03d}" for n in range(50)], "rank": pa.array([1] * 50, pa.int32()),
-                      "neighbour_id": [f"n{n:03d}" for n in range(50)], "score": pa.array([0.5] * 50, pa.float32())})
+    table = pa.table(
+        {
+            "item_id": [f"i{n:03d}" for n in range(50)],
+            "rank": pa.array([1] * 50, pa.int32()),
+            "neighbour_id": [f"n{n:03d}" for n in range(50)],
+            "score": pa.array([0.5] * 50, pa.float32()),
+        }
+    )
     pq.write_table(table, tmp_path / "part-00000.parquet")
     s3.upload_file(str(tmp_path / "part-00000.parquet"), bucket, "tables/t/part-00000.parquet")
     return f"s3://{bucket}/tables/t", f"{bucket}/tables/t/part-00000.parquet", table
@@ -185,8 +193,11 @@ def test_table_reader_honours_s3_max_attempts_where_pyarrows_default_would_give_
     assert attempts >= 4 and attempts % 4 == 0
     # A file that never reads: exactly s3.max_attempts requests (pyarrow's default would send 3).
     with FaultProxy(s3_endpoint, always_fail={part.split("/", 1)[1]}, kinds=FAULT_KINDS) as proxy:
-        with pytest.raises(InputError, match=r"cannot read the Parquet table .*tried up to "
-                                              r"s3.max_attempts=2 times, s3.retry_mode=standard"):
+        with pytest.raises(
+            InputError,
+            match=r"cannot read the Parquet table .*tried up to "
+            r"s3.max_attempts=2 times, s3.retry_mode=standard",
+        ):
             tables.read_table(uri, ["item_id"], S3Config(endpoint_url=proxy.url, max_attempts=2))
         assert proxy.stats.attempts[("get", part)] == 2
 
@@ -196,8 +207,9 @@ def test_table_reader_point_lookup_sends_a_few_ranged_reads_and_nothing_else(s3_
 
     uri, part, _ = s3_table
     with FaultProxy(s3_endpoint) as proxy:
-        found = tables.read_table(uri, ["neighbour_id"], S3Config(endpoint_url=proxy.url),
-                                  ds.field("item_id") == "i007")
+        found = tables.read_table(
+            uri, ["neighbour_id"], S3Config(endpoint_url=proxy.url), ds.field("item_id") == "i007"
+        )
         stats = proxy.stats
     assert found.column("neighbour_id").to_pylist() == ["n007"]
     # A few ranged GETs (the footer when the dataset learns the schema, then the footer and the
@@ -214,6 +226,11 @@ def test_missing_s3_table_is_table_not_found(s3_endpoint, bucket):
 def test_no_module_outside_the_storage_layer_talks_to_s3_itself():
     forbidden = re.compile(r"^\s*(import|from)\s+(boto3|botocore|s3transfer|s3fs|fsspec)\b|S3FileSystem\(")
     package = ROOT / "lib" / "lookalike"
-    hits = [f"{p.relative_to(ROOT)}:{n}" for p in sorted(package.rglob("*.py")) if p.parent.name != "io"
-            for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1) if forbidden.search(line)]
+    hits = [
+        f"{p.relative_to(ROOT)}:{n}"
+        for p in sorted(package.rglob("*.py"))
+        if p.parent.name != "io"
+        for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
+        if forbidden.search(line)
+    ]
     assert hits == []

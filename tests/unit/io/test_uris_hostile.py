@@ -8,12 +8,13 @@ import os
 
 import pytest
 
-from lookalike.io import storage, uris
 from lookalike.config import S3Config
+from lookalike.io import storage, uris
 
 
-@pytest.mark.parametrize("name", ["summer dress – été ✓.jpg", "odd #1?&%25 100%.jpg", "a%20b.jpg",
-                                  "new\nline.jpg", "ünï cödé/ø.png"])
+@pytest.mark.parametrize(
+    "name", ["summer dress – été ✓.jpg", "odd #1?&%25 100%.jpg", "a%20b.jpg", "new\nline.jpg", "ünï cödé/ø.png"]
+)
 def test_local_file_uris_round_trip_any_name(tmp_path, name):
     path = tmp_path / name
     path.parent.mkdir(parents=True, exist_ok=True)

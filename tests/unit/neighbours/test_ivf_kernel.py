@@ -7,9 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.support.brute_force import random_vectors
 from lookalike.neighbours import ivf
 from lookalike.neighbours.topk import normalise
+from tests.support.brute_force import random_vectors
 
 
 def unit(x):
@@ -18,6 +18,7 @@ def unit(x):
 
 # --------------------------------------------------------------------------------------------
 # numpy core
+
 
 def test_nearest_lists_are_the_best_scoring_centroids_in_order():
     rng = np.random.default_rng(0)
@@ -63,7 +64,7 @@ def test_plan_splits_large_lists_and_routes_queries_to_every_part():
     # Candidates of list 2 spread over its parts' groups by index.
     indices = np.arange(400)
     groups = plan.candidate_groups(np.full(400, 2), indices)
-    parts_groups = set(plan.part_group[plan.part_start[2]:plan.part_start[3]].tolist())
+    parts_groups = set(plan.part_group[plan.part_start[2] : plan.part_start[3]].tolist())
     assert set(groups.tolist()) == parts_groups
     # A query probing lists 2 and 5 goes to every group holding a part of either, once each.
     rows, routed = plan.route(np.array([[2, 5], [0, 0]]))

@@ -9,13 +9,27 @@ import pytest
 
 from lookalike.config import NEIGHBOURS_IVF_RESULT_KEYS, NEIGHBOURS_RESULT_KEYS, NeighboursConfig, updated
 
-
 # One other value for every neighbours key: a key added to NeighboursConfig fails the test below
 # until it is put on one side or the other of NEIGHBOURS_RESULT_KEYS.
-OTHER_VALUE = {"k": 11, "min_score": 0.5, "broadcast_max_mb": 1.0, "block_rows": 7, "candidates": ["a"],
-               "method": None, "symmetric": False, "nlist": 5, "nprobe": 3, "recall_sample": 0, "seed": 9,
-               "partitions": 4, "row_group_rows": 10, "attributes": "a.csv", "same": "category",
-               "exclude_same": "family", "hide_duplicates": True}
+OTHER_VALUE = {
+    "k": 11,
+    "min_score": 0.5,
+    "broadcast_max_mb": 1.0,
+    "block_rows": 7,
+    "candidates": ["a"],
+    "method": None,
+    "symmetric": False,
+    "nlist": 5,
+    "nprobe": 3,
+    "recall_sample": 0,
+    "seed": 9,
+    "partitions": 4,
+    "row_group_rows": 10,
+    "attributes": "a.csv",
+    "same": "category",
+    "exclude_same": "family",
+    "hide_duplicates": True,
+}
 
 
 @pytest.mark.parametrize("method", ["exact", "ivf"])

@@ -22,8 +22,11 @@ def test_rules_mask_inside_the_top_k_keeps_k_allowed_neighbours():
     scores, found = topk.topk_block(unit[:40], unit, 5, self_index=np.arange(40), rules=mask, sub_block=128)
     wide = unit.astype(np.float64)
     for q in range(40):
-        pool = sorted((-np.float32(wide[q] @ wide[j]), j) for j in range(300)
-                      if j != q and (family[q] == rules.NULL or family[j] != family[q]))
+        pool = sorted(
+            (-np.float32(wide[q] @ wide[j]), j)
+            for j in range(300)
+            if j != q and (family[q] == rules.NULL or family[j] != family[q])
+        )
         assert found[q].tolist() == [j for _, j in pool[:5]]
 
 

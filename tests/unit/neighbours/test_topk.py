@@ -5,13 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from lookalike.neighbours import pool, topk
 from tests.support.brute_force import brute_force, random_vectors
 from tests.support.unit_brute_force import brute_force_queries
-from lookalike.neighbours import pool, topk
 
 
-def kernel_all(vectors, k, chunk_rows=None, block_rows=64, sub_block=topk.SUB_BLOCK,
-               candidates=None, min_score=None):
+def kernel_all(vectors, k, chunk_rows=None, block_rows=64, sub_block=topk.SUB_BLOCK, candidates=None, min_score=None):
     """Every valid item's top-k the way the job does it: candidates in chunks with offset ids,
     queries in blocks, chunk results merged. Returns {index: [(index, score), ...]}."""
     unit, valid = topk.normalise(vectors)
@@ -23,18 +22,25 @@ def kernel_all(vectors, k, chunk_rows=None, block_rows=64, sub_block=topk.SUB_BL
     query_index = index[valid]
     result = {}
     for qs in range(0, len(query_index), block_rows):
-        q = query_index[qs:qs + block_rows]
+        q = query_index[qs : qs + block_rows]
         parts_s, parts_i = [], []
         for cs in range(0, max(1, len(cand_index)), chunk_rows):
-            ids = cand_index[cs:cs + chunk_rows]
+            ids = cand_index[cs : cs + chunk_rows]
             self_index = topk.self_positions(q.astype(object), ids.astype(object))
-            s, i = topk.topk_block(unit[q], cand_vectors[cs:cs + chunk_rows], k, self_index=self_index,
-                                   offset=cs, min_score=min_score, sub_block=sub_block)
+            s, i = topk.topk_block(
+                unit[q],
+                cand_vectors[cs : cs + chunk_rows],
+                k,
+                self_index=self_index,
+                offset=cs,
+                min_score=min_score,
+                sub_block=sub_block,
+            )
             parts_s.append(s)
             parts_i.append(i)
         s, i = topk.merge(parts_s, parts_i, k)
         for row, item in enumerate(q):
-            got = [(int(cand_index[j]), float(v)) for j, v in zip(i[row], s[row]) if j != topk.EMPTY_ID]
+            got = [(int(cand_index[j]), float(v)) for j, v in zip(i[row], s[row], strict=False) if j != topk.EMPTY_ID]
             if got:
                 result[int(item)] = got
     return result
@@ -60,13 +66,16 @@ def test_normalise_marks_zero_and_non_finite_rows():
     assert not unit[1:4].any()
 
 
-@pytest.mark.parametrize("n,dim,k,block_rows,sub_block,chunk_rows", [
-    (200, 16, 5, 64, 4096, None),     # one chunk, one sub-block
-    (301, 32, 10, 37, 50, None),      # many sub-blocks: the threshold path
-    (257, 8, 7, 100, 16, 60),         # several chunks merged with offsets, ragged everything
-    (700, 32, 10, 128, 256, None),    # sub-blocks of 4 x GROUP columns: the grouped selection
-    (650, 16, 3, 200, 320, 300),      # grouped selection, chunks, and a ragged last sub-block
-])
+@pytest.mark.parametrize(
+    "n,dim,k,block_rows,sub_block,chunk_rows",
+    [
+        (200, 16, 5, 64, 4096, None),  # one chunk, one sub-block
+        (301, 32, 10, 37, 50, None),  # many sub-blocks: the threshold path
+        (257, 8, 7, 100, 16, 60),  # several chunks merged with offsets, ragged everything
+        (700, 32, 10, 128, 256, None),  # sub-blocks of 4 x GROUP columns: the grouped selection
+        (650, 16, 3, 200, 320, 300),  # grouped selection, chunks, and a ragged last sub-block
+    ],
+)
 def test_kernel_matches_brute_force_random(n, dim, k, block_rows, sub_block, chunk_rows):
     x = random_vectors(n, dim, seed=n)
     got = kernel_all(x, k, chunk_rows=chunk_rows, block_rows=block_rows, sub_block=sub_block)
@@ -84,7 +93,7 @@ def test_kernel_ties_break_by_smaller_index_wherever_duplicates_sit():
     unit, _ = topk.normalise(x)
     copies = [j for j in range(len(x)) if j != 17 and np.array_equal(unit[j], unit[17])]
     assert {5, 77, 130, 131, 200, 239} <= set(copies)
-    assert [n for n, _ in got[17][:len(copies)]] == copies
+    assert [n for n, _ in got[17][: len(copies)]] == copies
 
 
 def test_kernel_close_scores_clustered():
@@ -118,10 +127,18 @@ def test_merge_offsets_and_orders_like_one_pass():
     unit, _ = topk.normalise(x)
     q = unit[:20]
     one_s, one_i = topk.topk_block(q, unit, 5, self_index=np.arange(20))
-    parts = [topk.topk_block(q, unit[s:s + 25], 5, offset=s,
-                             self_index=topk.self_positions(np.arange(20).astype(object),
-                                                            np.arange(s, s + 25)[:len(unit[s:s + 25])].astype(object)))
-             for s in range(0, 90, 25)]
+    parts = [
+        topk.topk_block(
+            q,
+            unit[s : s + 25],
+            5,
+            offset=s,
+            self_index=topk.self_positions(
+                np.arange(20).astype(object), np.arange(s, s + 25)[: len(unit[s : s + 25])].astype(object)
+            ),
+        )
+        for s in range(0, 90, 25)
+    ]
     s, i = topk.merge([p[0] for p in parts], [p[1] for p in parts], 5)
     np.testing.assert_array_equal(i, one_i)
     np.testing.assert_array_equal(s, one_s)
@@ -166,6 +183,7 @@ def test_keep_best_orders_by_score_then_id_with_signed_zeros_and_infinities():
 # ---------------------------------------------------------------------------------------------
 # topk_pair: one matmul per sub-block, both directions of an off-diagonal block
 
+
 def pair_oracle(vectors, b, k, min_score=None):
     """Brute force over the block queries = rows [0, b), candidates = rows [b, n): per query its
     best candidates, per candidate its best queries, as {index: [(index, score), ...]}. A row of
@@ -186,8 +204,9 @@ def test_restricted_oracle_equals_brute_force(seed, n, b, k, min_score):
     x[5, 1] = np.nan
     for queries, candidates in ((range(b), range(b, n)), (range(b, n), range(b))):
         full = oracle(x, k, candidates=candidates, min_score=min_score)
-        assert brute_force_queries(x, k, queries, candidates, min_score=min_score) == \
-            {q: v for q, v in full.items() if q in queries}
+        assert brute_force_queries(x, k, queries, candidates, min_score=min_score) == {
+            q: v for q, v in full.items() if q in queries
+        }
 
 
 def pair_kernel(vectors, b, k, **kw):
@@ -199,7 +218,7 @@ def pair_kernel(vectors, b, k, **kw):
     def table(scores, ids, first, ok):
         out = {}
         for r in range(len(ids)):
-            got = [(int(j), float(s)) for j, s in zip(ids[r], scores[r]) if j != topk.EMPTY_ID]
+            got = [(int(j), float(s)) for j, s in zip(ids[r], scores[r], strict=False) if j != topk.EMPTY_ID]
             if got and ok[first + r]:
                 out[first + r] = got
         return out
@@ -230,9 +249,9 @@ def check_pair(x, b, k, sub_block=topk.SUB_BLOCK, min_score=None):
     ts, ti = topk.topk_block(unit[b:], unit[:b], k, offset=0, min_score=min_score, sub_block=sub_block)
     np.testing.assert_array_equal(ci, ti)
     np.testing.assert_array_equal(cs.view(np.uint32), ts.view(np.uint32))
-    row_scores = {(q, int(j)): s for q in range(b) for j, s in zip(ri[q], rs[q]) if j != topk.EMPTY_ID}
+    row_scores = {(q, int(j)): s for q in range(b) for j, s in zip(ri[q], rs[q], strict=False) if j != topk.EMPTY_ID}
     for c in range(len(ci)):
-        for q, s in zip(ci[c], cs[c]):
+        for q, s in zip(ci[c], cs[c], strict=False):
             if (int(q), b + c) in row_scores:
                 assert row_scores[int(q), b + c].view(np.uint32) == s.view(np.uint32)
     return rs, ri, cs, ci
@@ -242,10 +261,21 @@ def check_pair(x, b, k, sub_block=topk.SUB_BLOCK, min_score=None):
 # threshold from their maxima (b = 64, 256), the same with leftover rows compared one by one
 # (b = 100, 70, 250), groups shrunk to have k of them (b = 128 and 100 with k = 9: 8 rows a
 # group; b = 64 with k = 20: 2 rows), too few rows for groups (b = 37, 16).
-@pytest.mark.parametrize("seed,b,k,sub_block", [
-    (0, 64, 2, 4096), (1, 100, 5, 256), (2, 128, 9, 50), (3, 37, 2, 320), (4, 70, 3, 7),
-    (5, 16, 15, 64), (6, 250, 10, 256), (7, 256, 1, 300), (8, 100, 9, 128), (9, 64, 20, 64),
-])
+@pytest.mark.parametrize(
+    "seed,b,k,sub_block",
+    [
+        (0, 64, 2, 4096),
+        (1, 100, 5, 256),
+        (2, 128, 9, 50),
+        (3, 37, 2, 320),
+        (4, 70, 3, 7),
+        (5, 16, 15, 64),
+        (6, 250, 10, 256),
+        (7, 256, 1, 300),
+        (8, 100, 9, 128),
+        (9, 64, 20, 64),
+    ],
+)
 def test_pair_matches_brute_force_random(seed, b, k, sub_block):
     rng = np.random.default_rng(100 + seed)
     dim = int(rng.integers(3, 65))
@@ -256,14 +286,17 @@ def test_pair_matches_brute_force_random(seed, b, k, sub_block):
     check_pair(x, b, k, sub_block=sub_block, min_score=None if seed % 2 else 0.05)
 
 
-@pytest.mark.parametrize("b,m,k,sub_block", [
-    (1, 1, 1, 4096),      # a single pair
-    (1, 30, 5, 7),        # one query: each column has one candidate row
-    (30, 1, 5, 7),        # one candidate
-    (5, 9, 12, 4),        # k larger than both sides: everything, padded
-    (80, 11, 20, 3),      # k >= m on the row side, grouped column side
-    (64, 300, 64, 100),   # k = b on the column side
-])
+@pytest.mark.parametrize(
+    "b,m,k,sub_block",
+    [
+        (1, 1, 1, 4096),  # a single pair
+        (1, 30, 5, 7),  # one query: each column has one candidate row
+        (30, 1, 5, 7),  # one candidate
+        (5, 9, 12, 4),  # k larger than both sides: everything, padded
+        (80, 11, 20, 3),  # k >= m on the row side, grouped column side
+        (64, 300, 64, 100),  # k = b on the column side
+    ],
+)
 def test_pair_tiny_and_padded(b, m, k, sub_block):
     x = random_vectors(b + m, 6, seed=b * 31 + m)
     rs, ri, cs, ci = check_pair(x, b, k, sub_block=sub_block)
@@ -372,7 +405,7 @@ def test_pair_scorer_over_many_blocks_equals_topk_block_both_ways():
     x[rng.choice(400, 30, replace=False)] = x[5]  # 31 equal vectors: pools overflow
     queries, candidates = x[:230], x[230:]
     scorer = topk.PairScorer(candidates, 7, min_score=-0.2, sub_block=64)
-    rows = [scorer.add(queries[s:s + 50], s) for s in range(0, 230, 50)]
+    rows = [scorer.add(queries[s : s + 50], s) for s in range(0, 230, 50)]
     col_s, col_i = scorer.finish(queries)
     want_rows = topk.topk_block(queries, candidates, 7, min_score=-0.2)
     assert np.array_equal(np.concatenate([r[1] for r in rows]), want_rows[1])

@@ -13,17 +13,31 @@ from lookalike.publish.lineage import entries_identity, files_identity
 
 
 def test_identity_of_listed_files():
-    files = [Entry("part-0.parquet", "s3://b/t/part-0.parquet", 100, "etag0"),
-             Entry("part-1.parquet", "s3://b/t/part-1.parquet", 200, "etag1")]
+    files = [
+        Entry("part-0.parquet", "s3://b/t/part-0.parquet", 100, "etag0"),
+        Entry("part-1.parquet", "s3://b/t/part-1.parquet", 200, "etag1"),
+    ]
     identity = entries_identity(files)
     assert identity == entries_identity(files[::-1]) and identity.startswith("2-")
     resized = [files[0], dataclasses.replace(files[1], size=201)]
     rewritten = [files[0], dataclasses.replace(files[1], version="etag1b")]
     added = files + [Entry("part-2.parquet", "s3://b/t/part-2.parquet", 100, "etag2")]
-    assert len({identity, entries_identity(resized), entries_identity(rewritten), entries_identity(added),
-                entries_identity(files[:1])}) == 5
-    bookkeeping = [Entry(key, f"s3://b/t/{key}", 0, "x") for key in
-                   ("_SUCCESS", "._SUCCESS.crc", ".part-0.parquet.crc", "_temporary/0/part-9.parquet")]
+    assert (
+        len(
+            {
+                identity,
+                entries_identity(resized),
+                entries_identity(rewritten),
+                entries_identity(added),
+                entries_identity(files[:1]),
+            }
+        )
+        == 5
+    )
+    bookkeeping = [
+        Entry(key, f"s3://b/t/{key}", 0, "x")
+        for key in ("_SUCCESS", "._SUCCESS.crc", ".part-0.parquet.crc", "_temporary/0/part-9.parquet")
+    ]
     assert entries_identity(files + bookkeeping) == identity
     assert entries_identity(bookkeeping) is None and entries_identity([]) is None
 

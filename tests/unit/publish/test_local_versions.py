@@ -103,8 +103,10 @@ def test_a_second_writer_is_refused_with_the_owner_and_force_unlock_cannot_break
 
 def _crashed_lock_holder(out: str) -> int:
     """A real process that takes the lock and dies without releasing it."""
-    code = ("import os, sys; from lookalike import publish; "
-            "s = publish.OutputSet(None, {'t': sys.argv[1]}, 'crashed-run'); s.__enter__(); os._exit(9)")
+    code = (
+        "import os, sys; from lookalike import publish; "
+        "s = publish.OutputSet(None, {'t': sys.argv[1]}, 'crashed-run'); s.__enter__(); os._exit(9)"
+    )
     proc = subprocess.run([sys.executable, "-c", code, out], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 9, proc.stderr
     with open(os.path.join(os.path.dirname(out), ".t.lock"), encoding="utf-8") as handle:
@@ -126,10 +128,20 @@ def test_a_stale_lock_of_a_dead_process_is_explained_and_removed_only_with_force
 def test_a_lock_from_another_host_names_its_age_and_yields_to_force_unlock(tmp_path):
     out = str(tmp_path / "t")
     old = time.time() - 30 * 3600
-    (tmp_path / ".t.lock").write_text(json.dumps({"host": "emr-core-7", "pid": 4242, "run_id": "yesterday",
-                                                  "started": old, "started_at": "2020-01-01T00:00:00+00:00"}))
-    with pytest.raises(OutputLockedError,
-                       match=r"run yesterday \(host emr-core-7, pid 4242\).*30\.0 h ago.*probably stale"):
+    (tmp_path / ".t.lock").write_text(
+        json.dumps(
+            {
+                "host": "emr-core-7",
+                "pid": 4242,
+                "run_id": "yesterday",
+                "started": old,
+                "started_at": "2020-01-01T00:00:00+00:00",
+            }
+        )
+    )
+    with pytest.raises(
+        OutputLockedError, match=r"run yesterday \(host emr-core-7, pid 4242\).*30\.0 h ago.*probably stale"
+    ):
         publish_local(out, 1)
     publish_local(out, 1, force_unlock=True)
     assert publish.current_version(out) == "run-0001"
@@ -141,7 +153,7 @@ def test_pointer_layout_on_a_pyarrow_file_system_the_hdfs_code_path(tmp_path):
     location = PointerLayout(uri, HadoopStorage())
     for version in (1, 2, 3):
         assert location.lock_create("{}") and not location.lock_create("{}")
-        write_parts(location.prepare_staging(f"run-{version}")[len("file://"):], version)
+        write_parts(location.prepare_staging(f"run-{version}")[len("file://") :], version)
         assert location.staged(f"run-{version}")
         previous = location.switch(f"run-{version}")
         assert previous == (f"run-{version - 1}" if version > 1 else None)
@@ -150,5 +162,5 @@ def test_pointer_layout_on_a_pyarrow_file_system_the_hdfs_code_path(tmp_path):
     assert location.versions_list() == ["run-1", "run-2", "run-3"]
     location.remove_version("run-1")
     assert location.versions_list() == ["run-2", "run-3"]
-    assert set(pq.read_table(location.read_location()[len("file://"):]).column("version").to_pylist()) == {3}
+    assert set(pq.read_table(location.read_location()[len("file://") :]).column("version").to_pylist()) == {3}
     assert sorted(os.listdir(tmp_path / "out" / "emb")) == ["_LATEST"]

@@ -34,7 +34,9 @@ def test_s3_publish_writes_the_pointer_last_and_readers_follow_it(s3, bucket, s3
     assert publish.read_summary(out, cfg) == {"run_id": "run-3"}
     listed = s3.list_objects_v2(Bucket=bucket, Prefix="lookalike/.emb.versions/", Delimiter="/")
     assert sorted(p["Prefix"] for p in listed["CommonPrefixes"]) == [
-        "lookalike/.emb.versions/run-2/", "lookalike/.emb.versions/run-3/"]
+        "lookalike/.emb.versions/run-2/",
+        "lookalike/.emb.versions/run-3/",
+    ]
 
     with pytest.raises(RuntimeError, match="injected"):
         with publish.OutputSet(None, {"emb": out}, "run-4", s3=cfg) as outputs:

@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lookalike.tools import cli
-from lookalike.io import tables
 from lookalike.errors import InputError
+from lookalike.io import tables
+from lookalike.tools import cli
 from lookalike.tools.evaluate import average_precision_at_k, evaluate, precision_at_k, recall_at_k
 from lookalike.tools.labels import load_labels
-
-from tests.support.tablekit import SAMPLE_LABELS, brute_force_neighbours, label_vectors, sample_tables, write_table
+from tests.support.paths import SAMPLE_LABELS
+from tests.support.tablekit import brute_force_neighbours, label_vectors, sample_tables, write_table
 
 
 def test_metrics_of_one_ranking_match_hand_computation():
@@ -101,7 +101,7 @@ def test_evaluate_matches_brute_force_on_a_table_read_back(tmp_path, noise):
     ids = [f"i{j:03d}" for j in range(40)]
     k = 6
     path = write_table(brute_force_neighbours(ids, vectors, k), tmp_path / "neighbours", parts=3)
-    result = evaluate(tables.read_rankings(path, k), dict(zip(ids, labels)), k)
+    result = evaluate(tables.read_rankings(path, k), dict(zip(ids, labels, strict=False)), k)
     precision, recall, mean_ap = _naive_metrics(vectors, labels, k)
     assert result["queries"] == 40
     assert result["precision_at_k"] == pytest.approx(precision, abs=1e-6)
@@ -131,18 +131,22 @@ def test_clustered_embeddings_score_far_above_chance_on_the_sample(tmp_path):
 
 def test_labels_by_path_become_ids_like_the_embed_job(tmp_path):
     csv_path = tmp_path / "labels.csv"
-    csv_path.write_text("path,label,split\ntest/dress/06a0.jpg,dress,test\n./train/hat/b1.JPEG,hat,train\n"
-                        "train/hat/c.d.png,hat,train\n")
+    csv_path.write_text(
+        "path,label,split\ntest/dress/06a0.jpg,dress,test\n./train/hat/b1.JPEG,hat,train\ntrain/hat/c.d.png,hat,train\n"
+    )
     assert load_labels(str(csv_path)) == {"test/dress/06a0": "dress", "train/hat/b1": "hat", "train/hat/c.d": "hat"}
     assert load_labels(str(csv_path), r"([^/]+)\.\w+$") == {"06a0": "dress", "b1": "hat", "c.d": "hat"}
 
 
-@pytest.mark.parametrize("content, message", [
-    ("id,category\na,b\n", "needs a header with 'label' and 'item_id' or 'path'"),
-    ("item_id,label\na,x\nb,y\na,z\n", "item 'a' has two labels, 'x' and 'z' (line 4)"),
-    ("item_id,label\na,\n", "line 2: empty label"),
-    ("item_id,label\n", "has no rows"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("id,category\na,b\n", "needs a header with 'label' and 'item_id' or 'path'"),
+        ("item_id,label\na,x\nb,y\na,z\n", "item 'a' has two labels, 'x' and 'z' (line 4)"),
+        ("item_id,label\na,\n", "line 2: empty label"),
+        ("item_id,label\n", "has no rows"),
+    ],
+)
 def test_bad_label_files_name_the_problem(tmp_path, content, message):
     csv_path = tmp_path / "labels.csv"
     csv_path.write_text(content)
@@ -153,15 +157,31 @@ def test_bad_label_files_name_the_problem(tmp_path, content, message):
 def test_evaluate_command_prints_table_and_writes_json(tmp_path, capsys):
     embeddings, neighbours, _ = sample_tables(tmp_path, k=10)
     out = tmp_path / "figures" / "eval.json"
-    code = cli.main(["evaluate", "--neighbours", neighbours, "--labels", str(SAMPLE_LABELS), "-k", "4",
-                     "--json", str(out), "--embeddings", embeddings])
+    code = cli.main(
+        [
+            "evaluate",
+            "--neighbours",
+            neighbours,
+            "--labels",
+            str(SAMPLE_LABELS),
+            "-k",
+            "4",
+            "--json",
+            str(out),
+            "--embeddings",
+            embeddings,
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     figures = json.loads(out.read_text())
     assert {"precision_at_k", "recall_at_k", "map_at_k", "chance", "per_label"} <= set(figures)
     assert figures["k"] == 4 and len(figures["per_label"]) == 10
-    assert figures == {**evaluate(tables.read_rankings(neighbours, 4), load_labels(str(SAMPLE_LABELS)), 4),
-                       "neighbours_table": neighbours, "labels_file": str(SAMPLE_LABELS)}
+    assert figures == {
+        **evaluate(tables.read_rankings(neighbours, 4), load_labels(str(SAMPLE_LABELS)), 4),
+        "neighbours_table": neighbours,
+        "labels_file": str(SAMPLE_LABELS),
+    }
     assert "precision@4" in printed and "mAP@4" in printed
     all_line = next(line for line in printed.splitlines() if line.startswith("all "))
     assert f"{figures['precision_at_k']:.3f}" in all_line and f"{figures['chance']:.3f}" in all_line
@@ -187,8 +207,9 @@ def test_evaluate_command_missing_table_is_one_line(tmp_path, capsys):
 
 def test_labels_are_read_with_a_bom_quoted_fields_and_spaces_in_the_header(tmp_path):
     csv_path = tmp_path / "labels.csv"
-    csv_path.write_bytes("\ufeffsplit, item_id ,label \ntest,a,\"shoes, red\"\ntrain, b ,hat\n\ntest,c,\"two\nlines\"\n"
-                         .encode("utf-8"))
+    csv_path.write_bytes(
+        '\ufeffsplit, item_id ,label \ntest,a,"shoes, red"\ntrain, b ,hat\n\ntest,c,"two\nlines"\n'.encode("utf-8")
+    )
     assert load_labels(str(csv_path)) == {"a": "shoes, red", "b": "hat", "c": "two\nlines"}
 
 
@@ -231,12 +252,19 @@ def test_evaluate_command_streams_the_table_a_row_group_at_a_time(tmp_path, monk
     labels = _write_labels(tmp_path / "labels.csv", sorted(set(table.column("item_id").to_pylist())))
     reads = record_reads(monkeypatch)
     out = tmp_path / "eval.json"
-    assert cli.main(["evaluate", "--neighbours", path, "--labels", str(tmp_path / "labels.csv"), "-k", "4",
-                     "--json", str(out)]) == 0
+    assert (
+        cli.main(
+            ["evaluate", "--neighbours", path, "--labels", str(tmp_path / "labels.csv"), "-k", "4", "--json", str(out)]
+        )
+        == 0
+    )
     figures = json.loads(out.read_text())
     rankings = _whole_table_rankings(path, 4)
-    assert figures == {**evaluate(rankings, labels, 4), "neighbours_table": path,
-                       "labels_file": str(tmp_path / "labels.csv")}
+    assert figures == {
+        **evaluate(rankings, labels, 4),
+        "neighbours_table": path,
+        "labels_file": str(tmp_path / "labels.csv"),
+    }
     assert figures["queries"] == 2700 and figures["unlabelled_neighbours"] > 0
     # Straight from the definitions: relevant only at rank 5 (i + 35 = i mod 5), so P@4 = 0 ...
     assert figures["precision_at_k"] == 0 and figures["map_at_k"] == 0
@@ -262,8 +290,10 @@ def test_evaluate_command_on_an_unsorted_table_reads_overlapping_row_groups_toge
     results = []
     for path in (ordered, unsorted):
         out = tmp_path / f"{Path(path).name}.json"
-        assert cli.main(["evaluate", "--neighbours", path, "--labels", str(labels_path), "-k", "5",
-                         "--json", str(out)]) == 0
+        assert (
+            cli.main(["evaluate", "--neighbours", path, "--labels", str(labels_path), "-k", "5", "--json", str(out)])
+            == 0
+        )
         results.append({key: value for key, value in json.loads(out.read_text()).items() if key != "neighbours_table"})
     assert results[0] == results[1]
 

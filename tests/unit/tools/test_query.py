@@ -28,8 +28,8 @@ def test_similar_missing_table_exits_2(tmp_path):
     assert "nothing-here" in result.stderr
 
 
-
 # --- reading only what is shown: a table of many row groups, every read recorded ------------------
+
 
 @pytest.fixture(scope="module")
 def large_neighbours(tmp_path_factory):
@@ -40,9 +40,9 @@ def large_neighbours(tmp_path_factory):
 
 
 def test_similar_reads_one_row_group_and_matches_the_whole_table(large_neighbours, monkeypatch):
-    from lookalike.tools.query import similar as lookup
-
     import pyarrow.compute as pc
+
+    from lookalike.tools.query import similar as lookup
 
     path, table = large_neighbours
     whole = pq.read_table(path)  # the brute-force answer: every row

@@ -13,11 +13,10 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from lookalike.tools import readers
 from lookalike import schemas
 from lookalike.config import S3Config
 from lookalike.errors import InputError, SchemaMismatchError
-
+from lookalike.tools import readers
 from tests.support.embed_rows import EPOCH, assert_same_embeddings, embedding_rows, write_table
 from tests.support.row_groups import record_reads
 from tests.support.s3 import upload_dir
@@ -34,8 +33,9 @@ def test_tf_dataset_yields_batches_of_item_ids_and_embeddings_equal_to_the_parqu
     assert [len(ids) for ids, _ in batches] == [128] * 7 + [104]
     assert all(emb.shape == (len(ids), 16) and emb.dtype == np.float32 for ids, emb in batches)
     assert dataset.element_spec[1].shape.as_list() == [None, 16]
-    assert_same_embeddings(np.concatenate([ids for ids, _ in batches]),
-                           np.concatenate([emb for _, emb in batches]), path)
+    assert_same_embeddings(
+        np.concatenate([ids for ids, _ in batches]), np.concatenate([emb for _, emb in batches]), path
+    )
     # A second pass (epoch) reads the table again and sees the same rows.
     assert sum(int(ids.shape[0]) for ids, _ in dataset) == 1000
 
@@ -85,21 +85,32 @@ def test_reader_never_holds_more_than_a_few_batches_of_a_large_table_in_memory(t
     vectors = np.random.default_rng(1).standard_normal((n, dim)).astype(np.float32)
     embedding_type = schemas.arrow_schema(schemas.EMBEDDINGS).field("embedding").type
     # Only the columns the reader reads: built from numpy, as Python rows would be slow here.
-    table = pa.table({
-        "item_id": pa.array([f"item-{i:06d}" for i in range(n)]),
-        "dim": pa.array(np.full(n, dim, dtype=np.int32)),
-        "embedding": pa.ListArray.from_arrays(pa.array(np.arange(0, n * dim + 1, dim, dtype=np.int32)),
-                                              pa.array(vectors.ravel())).cast(embedding_type),
-    })
-    ds.write_dataset(table, str(path), format="parquet", max_rows_per_file=1_000, max_rows_per_group=250,
-                     min_rows_per_group=250, basename_template="part-{i}.parquet")
+    table = pa.table(
+        {
+            "item_id": pa.array([f"item-{i:06d}" for i in range(n)]),
+            "dim": pa.array(np.full(n, dim, dtype=np.int32)),
+            "embedding": pa.ListArray.from_arrays(
+                pa.array(np.arange(0, n * dim + 1, dim, dtype=np.int32)), pa.array(vectors.ravel())
+            ).cast(embedding_type),
+        }
+    )
+    ds.write_dataset(
+        table,
+        str(path),
+        format="parquet",
+        max_rows_per_file=1_000,
+        max_rows_per_group=250,
+        min_rows_per_group=250,
+        basename_template="part-{i}.parquet",
+    )
     del table
     table_bytes = vectors.nbytes  # the embeddings alone, 51 MB
 
     def peak_arrow_memory(how: str) -> tuple[int, int, int]:
         # A fresh interpreter: nothing but the reader allocates Arrow memory there.
-        out = subprocess.run([sys.executable, "-c", MEASURE, str(path), how], check=True,
-                             capture_output=True, text=True, timeout=300).stdout.split()
+        out = subprocess.run(
+            [sys.executable, "-c", MEASURE, str(path), how], check=True, capture_output=True, text=True, timeout=300
+        ).stdout.split()
         return int(out[0]), int(out[1]), int(out[2])
 
     peak, rows, batches = peak_arrow_memory("stream")
@@ -137,20 +148,20 @@ def test_reads_an_embeddings_table_from_s3(tmp_path, s3, bucket, s3_endpoint):
     write_table(local, embedding_rows(500, 8, seed=7), rows_per_file=200, rows_per_group=100)
     upload_dir(s3, bucket, local, "tables/embeddings/")
 
-    batches = list(readers.iter_batches(f"s3://{bucket}/tables/embeddings", batch_size=100,
-                                        s3=S3Config(endpoint_url=s3_endpoint)))
+    batches = list(
+        readers.iter_batches(f"s3://{bucket}/tables/embeddings", batch_size=100, s3=S3Config(endpoint_url=s3_endpoint))
+    )
     assert [len(b["item_id"]) for b in batches] == [100] * 5
-    assert_same_embeddings(np.concatenate([b["item_id"] for b in batches]),
-                           np.concatenate([b["embedding"] for b in batches]), local)
+    assert_same_embeddings(
+        np.concatenate([b["item_id"] for b in batches]), np.concatenate([b["embedding"] for b in batches]), local
+    )
 
 
 def test_a_table_mixing_embedding_lengths_names_the_first_bad_item(tmp_path):
     path = tmp_path / "embeddings"
     path.mkdir()
-    for name, rows in (("part-0.parquet", embedding_rows(10, 8)),
-                       ("part-1.parquet", embedding_rows(10, 4, start=10))):
-        pq.write_table(pa.Table.from_pylist(rows, schema=schemas.arrow_schema(schemas.EMBEDDINGS)),
-                       str(path / name))
+    for name, rows in (("part-0.parquet", embedding_rows(10, 8)), ("part-1.parquet", embedding_rows(10, 4, start=10))):
+        pq.write_table(pa.Table.from_pylist(rows, schema=schemas.arrow_schema(schemas.EMBEDDINGS)), str(path / name))
 
     with pytest.raises(SchemaMismatchError, match=r"item 'item-000010' has an embedding of length 4.*8"):
         list(readers.iter_batches(str(path), batch_size=6))
@@ -162,8 +173,10 @@ def test_a_missing_table_or_column_is_a_clear_error(tmp_path):
 
     neighbours = tmp_path / "neighbours"
     neighbours.mkdir()
-    pq.write_table(pa.table({"item_id": ["a"], "rank": [1], "neighbour_id": ["b"], "score": [0.5]}),
-                   str(neighbours / "part-0.parquet"))
+    pq.write_table(
+        pa.table({"item_id": ["a"], "rank": [1], "neighbour_id": ["b"], "score": [0.5]}),
+        str(neighbours / "part-0.parquet"),
+    )
     with pytest.raises(InputError, match="no column 'embedding'.*is it an embeddings table"):
         readers.embeddings_dataset(str(neighbours))
     with pytest.raises(ValueError, match="'colour'.*the embeddings table has item_id"):

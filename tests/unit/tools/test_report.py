@@ -14,17 +14,23 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from lookalike.tools import cli
-from lookalike.io import tables
 from lookalike.errors import InputError
-from lookalike.tools import report
+from lookalike.io import tables
+from lookalike.tools import cli, report
 from lookalike.tools.report import Card, Thumb, render, sample_queries
-
 from tests.support.e2e_report_pages import HOSTILE_IDS, HOSTILE_LABEL, Parsed, write_report
-from tests.support.s3 import upload_dir
 from tests.support.row_groups import bytes_read, ranked_table, record_reads, write_row_groups
-from tests.support.tablekit import (SAMPLE_DIR, SAMPLE_LABELS, brute_force_neighbours, embeddings_table, label_vectors,
-                                    sample_items, sample_tables, write_table)
+from tests.support.s3 import upload_dir
+from tests.support.tablekit import (
+    SAMPLE_DIR,
+    SAMPLE_LABELS,
+    brute_force_neighbours,
+    embeddings_table,
+    label_vectors,
+    sample_items,
+    sample_tables,
+    write_table,
+)
 
 
 def test_report_escapes_ids_labels_and_uris(tmp_path):
@@ -63,13 +69,33 @@ def test_labels_mark_neighbours_of_the_same_label(tmp_path):
     embeddings, neighbours, items = sample_tables(tmp_path, k=4)
     query = items[0][0]
     out = tmp_path / "r.html"
-    assert cli.main(["report", "--embeddings", embeddings, "--neighbours", neighbours, "--items", query,
-                     "-k", "4", "--labels", str(SAMPLE_LABELS), "--out", str(out)]) == 0
+    assert (
+        cli.main(
+            [
+                "report",
+                "--embeddings",
+                embeddings,
+                "--neighbours",
+                neighbours,
+                "--items",
+                query,
+                "-k",
+                "4",
+                "--labels",
+                str(SAMPLE_LABELS),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     parsed = Parsed(out.read_text())
     classes = [attrs["class"] for tag, attrs in parsed.tags if tag == "figure"]
     rankings = tables.read_rankings(neighbours, 4, items=[query])[query]
     label = dict((i, lab) for i, _, lab in items)
-    expected = ["lk-card"] + ["lk-card lk-same" if label[n] == label[query] else "lk-card lk-other" for n, _ in rankings]
+    expected = ["lk-card"] + [
+        "lk-card lk-same" if label[n] == label[query] else "lk-card lk-other" for n, _ in rankings
+    ]
     assert classes == expected
     shown_scores = [float(s) for s in re.findall(r'class="lk-score"[^>]*>([-0-9.]+)<', out.read_text())]
     assert shown_scores == pytest.approx([round(s, 3) for _, s in rankings], abs=1e-3)
@@ -79,8 +105,24 @@ def test_items_and_k_choose_what_is_shown(tmp_path):
     embeddings, neighbours, items = sample_tables(tmp_path, k=5)
     chosen = [items[7][0], items[3][0]]
     out = tmp_path / "r.html"
-    assert cli.main(["report", "--embeddings", embeddings, "--neighbours", neighbours, "--items",
-                     ",".join(chosen), "-k", "2", "--out", str(out)]) == 0
+    assert (
+        cli.main(
+            [
+                "report",
+                "--embeddings",
+                embeddings,
+                "--neighbours",
+                neighbours,
+                "--items",
+                ",".join(chosen),
+                "-k",
+                "2",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     parsed = Parsed(out.read_text())
     assert parsed.count("section") == 2 and parsed.count("img") == 2 * 3
     ids = [t for t in parsed.text if re.fullmatch(r"[a-z-]+/[0-9a-f-]{36}", t)]
@@ -90,8 +132,19 @@ def test_items_and_k_choose_what_is_shown(tmp_path):
 def test_unknown_item_is_one_clear_line(tmp_path, capsys):
     embeddings, neighbours, items = sample_tables(tmp_path, k=3)
     wrong = items[0][0][:-1] + "x"
-    code = cli.main(["report", "--embeddings", embeddings, "--neighbours", neighbours, "--items", wrong,
-                     "--out", str(tmp_path / "r.html")])
+    code = cli.main(
+        [
+            "report",
+            "--embeddings",
+            embeddings,
+            "--neighbours",
+            neighbours,
+            "--items",
+            wrong,
+            "--out",
+            str(tmp_path / "r.html"),
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert f"item '{wrong}' is in neither the embeddings nor the neighbour table" in err
@@ -134,9 +187,23 @@ def test_report_reads_images_and_tables_from_s3(tmp_path, s3, bucket, s3_endpoin
     config = tmp_path / "s3.yaml"
     config.write_text(f"s3:\n  endpoint_url: {s3_endpoint}\n  max_attempts: 2\n")
     out = tmp_path / "r.html"
-    code = cli.main(["report", "--embeddings", f"s3://{bucket}/tables/embeddings",
-                     "--neighbours", f"s3://{bucket}/tables/neighbours", "--items", ids[0], "-k", "3",
-                     "--config", str(config), "--out", str(out)])
+    code = cli.main(
+        [
+            "report",
+            "--embeddings",
+            f"s3://{bucket}/tables/embeddings",
+            "--neighbours",
+            f"s3://{bucket}/tables/neighbours",
+            "--items",
+            ids[0],
+            "-k",
+            "3",
+            "--config",
+            str(config),
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     parsed = Parsed(out.read_text())
     assert parsed.count("img") == 4 and 'class="lk-missing"' not in out.read_text()
@@ -144,6 +211,7 @@ def test_report_reads_images_and_tables_from_s3(tmp_path, s3, bucket, s3_endpoin
 
 
 # --- reading only what is shown ----------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def large_tables(tmp_path_factory):
@@ -163,14 +231,28 @@ def large_tables(tmp_path_factory):
     ids = [f"item-{i:06d}" for i in range(n)]
     schema = schemas.arrow_schema(schemas.EMBEDDINGS)
     vectors = np.random.default_rng(0).standard_normal(n * dim).astype(np.float32)
-    embedded = pa.table({
-        "item_id": ids, "uri": [f"file:///nowhere/{i}.jpg" for i in ids],
-        "source_version": ["v1"] * n, "source_bytes": [1000] * n, "width": [224] * n, "height": [224] * n,
-        "model": ["vgg16"] * n, "weights": ["imagenet"] * n, "pooling": ["avg"] * n, "precision": ["float32"] * n,
-        "runtime": ["keras"] * n, "dim": [dim] * n,
-        "embedding": pa.ListArray.from_arrays(pa.array(np.arange(0, n * dim + 1, dim, dtype=np.int32)), pa.array(vectors)),
-        "model_fingerprint": ["f"] * n, "run_id": ["r"] * n, "embedded_at": pa.array(np.zeros(n, np.int64)),
-    }).cast(schema)
+    embedded = pa.table(
+        {
+            "item_id": ids,
+            "uri": [f"file:///nowhere/{i}.jpg" for i in ids],
+            "source_version": ["v1"] * n,
+            "source_bytes": [1000] * n,
+            "width": [224] * n,
+            "height": [224] * n,
+            "model": ["vgg16"] * n,
+            "weights": ["imagenet"] * n,
+            "pooling": ["avg"] * n,
+            "precision": ["float32"] * n,
+            "runtime": ["keras"] * n,
+            "dim": [dim] * n,
+            "embedding": pa.ListArray.from_arrays(
+                pa.array(np.arange(0, n * dim + 1, dim, dtype=np.int32)), pa.array(vectors)
+            ),
+            "model_fingerprint": ["f"] * n,
+            "run_id": ["r"] * n,
+            "embedded_at": pa.array(np.zeros(n, np.int64)),
+        }
+    ).cast(schema)
     embeddings = tmp / "embeddings"
     embeddings.mkdir()
     for part in range(4):
@@ -195,7 +277,7 @@ def test_report_sample_reads_a_few_row_groups_and_never_the_embedding_column(lar
 
     # What the page shows equals a brute-force read of both whole tables.
     rows = pq.read_table(neighbours).to_pylist()
-    uris = dict(zip(*pq.read_table(embeddings, columns=["item_id", "uri"]).to_pydict().values()))
+    uris = dict(zip(*pq.read_table(embeddings, columns=["item_id", "uri"]).to_pydict().values(), strict=False))
     sections = shown(page)
     queries = [ids[0] for ids, _ in sections]
     assert queries == expected
@@ -226,8 +308,10 @@ def test_report_items_look_up_only_their_row_groups(large_tables, monkeypatch):
     embeddings, neighbours, _ = large_tables
     reads = record_reads(monkeypatch)
     page, counts = report.build(embeddings, neighbours, items=["item-019999", "item-000003"], k=2)
-    assert [ids for ids, _ in shown(page)] == [["item-019999", "item-000006", "item-000013"],
-                                               ["item-000003", "item-000010", "item-000017"]]
+    assert [ids for ids, _ in shown(page)] == [
+        ["item-019999", "item-000006", "item-000013"],
+        ["item-000003", "item-000010", "item-000017"],
+    ]
     assert len(reads.groups("neighbours")) == 2 and len(reads.groups("embeddings")) == 2
     reads.clear()
     with pytest.raises(report.ItemNotFoundError, match=r"'item-012345x'.*similar ids: 'item-012345'"):
