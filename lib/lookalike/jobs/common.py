@@ -4,9 +4,11 @@ call ``run``, turn user mistakes into one clear line and exit status 2."""
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable
 
 from lookalike.config import Config, SparkConfig, load_config
@@ -177,3 +179,20 @@ def release(held: list) -> None:
             thing.unpersist()
         else:
             thing.destroy()
+
+
+def skipped(job: str, run_id: str, done: dict, inputs: dict, started: float, why: str, output: str) -> dict:
+    """The summary of a downstream job that found nothing changed since the run ``done`` and left
+    its table as it is: logged, printed as the job's JSON line, and returned."""
+    summary = {
+        "job": job,
+        "run_id": run_id,
+        "ok": True,
+        "skipped": True,
+        "unchanged_since": done.get("run_id"),
+        "inputs": inputs,
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    log.info("%s: nothing changed since run %s (%s); %s is left as it is", job, done.get("run_id"), why, output)
+    print(json.dumps(summary, sort_keys=True, default=str))
+    return summary

@@ -11,7 +11,7 @@ import time
 from lookalike import publish
 from lookalike.config import Config
 from lookalike.duplicates import components, pairs, write
-from lookalike.jobs.common import embeddings_version, job_main, release
+from lookalike.jobs.common import embeddings_version, job_main, release, skipped
 from lookalike.neighbours import prepare
 from lookalike.neighbours.inputs import read_embeddings
 from lookalike.publish import lineage
@@ -120,22 +120,7 @@ def run(spark, cfg: Config) -> dict:
 
 
 def _skipped(cfg: Config, run_id: str, done: dict, inputs: dict, started: float) -> dict:
-    summary = {
-        "job": "duplicates",
-        "run_id": run_id,
-        "ok": True,
-        "skipped": True,
-        "unchanged_since": done.get("run_id"),
-        "inputs": inputs,
-        "seconds": round(time.perf_counter() - started, 2),
-    }
-    log.info(
-        "duplicates: nothing changed since run %s (same embeddings and min_score); %s is left as it is",
-        done.get("run_id"),
-        cfg.output.duplicates,
-    )
-    print(json.dumps(summary, sort_keys=True, default=str))
-    return summary
+    return skipped("duplicates", run_id, done, inputs, started, "same embeddings and min_score", cfg.output.duplicates)
 
 
 def main(argv: list[str] | None = None, spark=None) -> int:

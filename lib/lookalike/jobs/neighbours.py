@@ -9,7 +9,7 @@ import time
 
 from lookalike import publish
 from lookalike.config import Config, NeighboursConfig
-from lookalike.jobs.common import embeddings_version, job_main, release
+from lookalike.jobs.common import embeddings_version, job_main, release, skipped
 from lookalike.neighbours import arrow, exact, ivf_stage, keys, prepare, watch, write
 from lookalike.neighbours.inputs import (
     candidates_identity,
@@ -159,23 +159,15 @@ def _hidden(spark, ordered, settings: NeighboursConfig, facts: dict, held: list)
 
 
 def _skipped(cfg: Config, run_id: str, done: dict, inputs: dict, started: float) -> dict:
-    summary = {
-        "job": "neighbours",
-        "run_id": run_id,
-        "ok": True,
-        "skipped": True,
-        "unchanged_since": done.get("run_id"),
-        "inputs": inputs,
-        "seconds": round(time.perf_counter() - started, 2),
-    }
-    log.info(
-        "neighbours: nothing changed since run %s (same embeddings, candidates and result settings); "
-        "%s is left as it is",
-        done.get("run_id"),
+    return skipped(
+        "neighbours",
+        run_id,
+        done,
+        inputs,
+        started,
+        "same embeddings, candidates and result settings",
         cfg.output.neighbours,
     )
-    print(json.dumps(summary, sort_keys=True, default=str))
-    return summary
 
 
 def _totals(cfg: Config, partitions: int, written: list, n_queries: int, started: float) -> dict:
