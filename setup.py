@@ -34,6 +34,10 @@ setup(
         # The CPU inference runtime (model.runtime=auto picks it on CPU executors): bfloat16 on
         # AMX/AVX512-BF16 at several times Keras float32 (docs/benchmarks.md).
         "openvino>=2024.6",
+        # Apache Iceberg tables in a catalog (SQLite embedded, AWS Glue, REST). 0.8.1 is the newest
+        # release that accepts pyarrow 14 (the Spark 3.5 compat environment); lookalike/iceberg/
+        # uses only what 0.8.1 and 0.12 both offer.
+        "pyiceberg[sql-sqlite,glue]>=0.8.1,<0.13",
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-xdist>=3.5", "moto[server]>=5", "coverage>=7"],

@@ -250,11 +250,10 @@ def cluster_runs(cluster, env_archive, tmp_path_factory, toy_overrides, neighbou
     directory = tmp_path_factory.mktemp("cluster-runs")
     runs: dict = {}
     try:
-        # Start only once both executors are there, so that both get tasks to report from. On
-        # standalone the ratio counts cores against spark.cores.max; without that the expected
-        # total is 0 and the job may start with one executor, which then runs every task before the
-        # other registers. 32 probe tasks rather than 4: once (in CI, stop 9, and again in a review
-        # run) every one of 4 tasks ran on the same executor although both were registered.
+        # Start only once both executors are registered (on standalone the ratio counts cores
+        # against spark.cores.max). Registered is not ready: an executor takes tasks only after
+        # unpacking the archive, so envcheck itself probes until both have answered (CI, stop 29:
+        # every one of 32 tasks ran on the executor that was ready first).
         runs["envcheck"] = Submitted(
             "envcheck",
             [
@@ -308,7 +307,9 @@ def test_executors_run_only_the_archives_python_and_this_code(cluster_runs):
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     summary = _summary(result.stdout)
     executors = summary["executors"]
-    # Two executors (one per worker), each in its own working directory under its worker's.
+    # Two executors (one per worker), each in its own working directory under its worker's. Both
+    # answered although one is usually ready minutes before the other (envcheck probes again).
+    assert summary["executors_registered"] == summary["executors_answered"] == 2, result.stdout[-6000:]
     assert {Path(e["cwd"]).parent.parent.name for e in executors} == {"worker-1", "worker-2"}, result.stdout[-6000:]
     for info in executors:
         environment = Path(info["cwd"]) / "environment"

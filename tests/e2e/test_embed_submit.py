@@ -8,8 +8,15 @@ import json
 
 import pytest
 
+from tests.support.net import free_port
 from tests.support.paths import ROOT, SAMPLE_DIR
 from tests.support.procs import run_script
+
+
+def embed_args(tmp_path, toy_overrides, *sets: str) -> list[str]:
+    """The embed job on the toy model, writing under tmp_path/out, with more ``--set``s."""
+    settings = [*toy_overrides, *sets, f"output.embeddings={tmp_path}/out/emb", f"output.errors={tmp_path}/out/err"]
+    return [a for s in settings for a in ("--set", s)]
 
 
 def submit(*args, timeout=600):
@@ -33,19 +40,12 @@ def test_spark_submit_config_mistake_is_one_clear_line_and_exit_2():
 @pytest.mark.slow  # a spark-submit application of its own
 def test_spark_submit_dry_run_prints_the_summary_line_and_creates_no_output(tmp_path, toy_overrides):
     # The wrapper hands --dry-run to the job (not to spark-submit): the flag's way through it.
-    sets = [a for s in toy_overrides for a in ("--set", s)]
     result = submit(
         "embed",
         "--dry-run",
         "--config",
         str(ROOT / "conf" / "local.yaml"),
-        *sets,
-        "--set",
-        f"input.uri={SAMPLE_DIR}",
-        "--set",
-        f"output.embeddings={tmp_path}/out/emb",
-        "--set",
-        f"output.errors={tmp_path}/out/err",
+        *embed_args(tmp_path, toy_overrides, f"input.uri={SAMPLE_DIR}"),
     )
     assert result.returncode == 0, result.output[-3000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
@@ -54,3 +54,23 @@ def test_spark_submit_dry_run_prints_the_summary_line_and_creates_no_output(tmp_
     assert summary["reused"] == summary["changed"] == summary["deleted"] == summary["retried"] == 0
     assert not (tmp_path / "out").exists()
     assert "would embed" in result.output and "model loads" not in result.output
+
+
+@pytest.mark.slow  # a spark-submit application of its own
+def test_spark_submit_storage_that_keeps_failing_exits_75_for_the_scheduler_to_retry(tmp_path, toy_overrides):
+    # Nothing listens on the endpoint: every attempt is refused, which a later run may not be.
+    result = submit(
+        "embed",
+        *embed_args(
+            tmp_path,
+            toy_overrides,
+            "input.uri=s3://shop/images",
+            f"s3.endpoint_url=http://127.0.0.1:{free_port()}",
+            "s3.max_attempts=2",
+        ),
+        timeout=300,
+    )
+    assert result.returncode == 75, result.output[-3000:]
+    assert "cannot list s3://shop/images" in result.output and "Nothing was written" in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "out").exists() or not any(p.is_file() for p in (tmp_path / "out").rglob("*"))

@@ -281,3 +281,28 @@ def test_a_dotted_key_through_a_value_is_refused(tmp_path):
         load_config(None, ["model.batch_size.x=1"])
     with pytest.raises(ConfigError, match=r"unknown config key 'modle.batch_size'|unknown config key 'modle'"):
         load_config(None, ["modle.batch_size=1"])
+
+
+@pytest.mark.parametrize(
+    "sets, message",
+    [
+        (
+            ["output.neighbours=out/emb", "output.embeddings=./out/emb/"],
+            "output.embeddings and output.neighbours are one location (./out/emb/)",
+        ),
+        (
+            ["output.embeddings=s3://b/t", "output.duplicates=s3a://b/t/"],
+            "output.embeddings and output.duplicates are one location (s3://b/t)",
+        ),
+        (
+            ["output.embeddings=/data/emb", "output.errors=/data/emb/errors"],
+            "output.errors (/data/emb/errors) is inside output.embeddings (/data/emb); tables must not nest",
+        ),
+    ],
+)
+def test_two_tables_on_one_location_or_nested_are_refused_before_anything_runs(sets, message):
+    with pytest.raises(ConfigError) as refused:
+        load_config(None, sets)
+    assert str(refused.value).startswith("config: ") and message in str(refused.value)
+    # Siblings, and a name that merely starts like another, are fine.
+    load_config(None, ["output.embeddings=/data/emb", "output.errors=/data/emb-errors"])

@@ -32,6 +32,7 @@ ALLOWED: dict[str, set[str]] = {
     "config": {"errors", "schemas"},
     "io": BOTTOM,
     "publish": BOTTOM | {"io"},
+    "iceberg": BOTTOM | {"io"},  # Iceberg tables through pyiceberg (issue 23); publish/ moves onto it
     "embed": BOTTOM | {"io", "publish"},
     "neighbours": BOTTOM | {"io", "publish"},
     "duplicates": BOTTOM | {"io", "publish", "neighbours"},

@@ -66,6 +66,9 @@ def _message(error: ErrorDetails, root: type[BaseModel]) -> str:
         return (
             f"unknown config key '{at}{rest[0]}'.{hint} Allowed keys in '{path or 'top level'}': {', '.join(allowed)}"
         )
+    if kind == "value_error" and info is None and not rest:
+        # A section's own check across its keys: the message names the keys.
+        return f"config: {error.get('ctx', {}).get('error', error['msg'])}"
     if info is None:
         # A section as a whole: something other than a mapping where one belongs.
         return f"config section '{path or 'top level'}' must be a mapping, got {value!r}"

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import posixpath
 import re
 from typing import Any, ClassVar, Literal, get_args
 
@@ -353,6 +355,27 @@ class OutputConfig(Settings):
     )
     force_unlock: bool = setting(False, "Take over a lock left by a crashed run (see docs/scheduled-runs.md).")
 
+    @model_validator(mode="after")
+    def _separate_locations(self) -> OutputConfig:
+        # A table published over another, or inside it, would replace or corrupt it on the next run.
+        tables = ("embeddings", "errors", "neighbours", "duplicates")
+        where = {name: _location(getattr(self, name)) for name in tables}
+        for i, first in enumerate(tables):
+            for second in tables[i + 1 :]:
+                a, b = where[first], where[second]
+                if a == b:
+                    raise ValueError(
+                        f"output.{first} and output.{second} are one location ({getattr(self, first)}); "
+                        f"every table needs its own: set one of them to another path"
+                    )
+                if b.startswith(a + "/") or a.startswith(b + "/"):
+                    outer, inner = (first, second) if b.startswith(a + "/") else (second, first)
+                    raise ValueError(
+                        f"output.{inner} ({getattr(self, inner)}) is inside output.{outer} "
+                        f"({getattr(self, outer)}); tables must not nest: choose sibling paths"
+                    )
+        return self
+
 
 class Config(Settings):
     spark: SparkConfig = Field(default_factory=SparkConfig)
@@ -375,6 +398,17 @@ class Config(Settings):
         """A short stable hash of one section, stored with outputs to detect changed settings."""
         # The same JSON as dataclasses.asdict gave before pydantic: stored fingerprints stay valid.
         return digest(getattr(self, section).model_dump())
+
+
+def _location(path: str) -> str:
+    """A table location in one spelling, to compare locations: local paths absolute and normalised,
+    s3a:// and s3n:// as s3://, no trailing slash."""
+    match = re.match(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://(.*)$", path)
+    if match and match.group(1).lower() != "file":
+        scheme = "s3" if match.group(1).lower() in ("s3", "s3a", "s3n") else match.group(1).lower()
+        return f"{scheme}://{posixpath.normpath('/' + match.group(2)).lstrip('/')}".rstrip("/")
+    local = path[len("file://") :] if path.startswith("file://") else path
+    return os.path.normpath(os.path.abspath(os.path.expanduser(local)))
 
 
 def digest(values: dict[str, Any]) -> str:

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from itertools import islice
 
 from lookalike.config import InputConfig, S3Config
-from lookalike.errors import DuplicateItemIdError, InputError
+from lookalike.errors import DuplicateItemIdError, InputError, InputUnavailableError
 from lookalike.io.storage import Entry, StorageError, storage_for
 from lookalike.io.uris import is_s3, local_path, normalise_uri, split_s3
 
@@ -99,8 +99,15 @@ def input_uri(cfg: InputConfig) -> str:
     return cfg.uri
 
 
-def _cannot_list(cfg: InputConfig, message: str) -> InputError:
-    return InputError(f"cannot list {cfg.uri}: {message}. Nothing was written.")
+# Marks a listing task's problem row whose storage failure may go away on a later run.
+_TRANSIENT_MARK = "(transient) "
+
+
+def _cannot_list(cfg: InputConfig, message: str, transient: bool = False) -> InputError:
+    if message.startswith(_TRANSIENT_MARK):
+        message, transient = message[len(_TRANSIENT_MARK) :], True
+    error = InputUnavailableError if transient else InputError
+    return error(f"cannot list {cfg.uri}: {message}. Nothing was written.")
 
 
 def list_images(cfg: InputConfig, s3: S3Config, most: int | None = None) -> list[tuple[str, Entry]] | None:
@@ -117,7 +124,7 @@ def list_images(cfg: InputConfig, s3: S3Config, most: int | None = None) -> list
         if not found and not is_s3(uri) and not storage.exists(uri):
             raise InputError(f"input.uri {cfg.uri!r}: no such directory ({local_path(uri)})")
     except StorageError as exc:
-        raise _cannot_list(cfg, exc.message) from None
+        raise _cannot_list(cfg, exc.message, exc.transient) from None
     listed = [o for o in found if name_matches(o.key.rsplit("/", 1)[-1], cfg.pattern)]
     return assign_ids(listed, cfg.id_regex)
 
@@ -170,7 +177,7 @@ def list_items(spark, cfg: InputConfig, s3: S3Config):
     try:
         tasks = _listing_tasks(storage_for(root, s3), root)
     except StorageError as exc:
-        raise _cannot_list(cfg, exc.message) from None
+        raise _cannot_list(cfg, exc.message, exc.transient) from None
     return _list_in_parallel(spark, cfg, s3, root, tasks)
 
 
@@ -287,7 +294,12 @@ def _task_rows(root: str, rel: str, recursive: bool, cfg: InputConfig, s3: S3Con
                 out = {name: [] for name in names}
     except StorageError as exc:
         out = {
-            name: [value] for name, value in zip(names, ("", f"{root + rel}: {exc.message}", None, None), strict=True)
+            name: [value]
+            for name, value in zip(
+                names,
+                ("", f"{_TRANSIENT_MARK if exc.transient else ''}{root + rel}: {exc.message}", None, None),
+                strict=True,
+            )
         }
     skipped.add(no_id)
     yield rows_frame(out)

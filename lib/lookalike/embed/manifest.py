@@ -38,7 +38,7 @@ from lookalike import schemas
 from lookalike.config import InputConfig, S3Config
 from lookalike.embed.listing import check_unique_ids, input_uri, item_id_for, name_matches, rows_frame
 from lookalike.embed.stage import ITEMS
-from lookalike.errors import InputError
+from lookalike.errors import InputError, storage_failure
 from lookalike.io.arrowfs import filesystem, retry_note
 from lookalike.io.redact import redact
 from lookalike.io.storage import StorageError, fetch, storage_for
@@ -111,7 +111,7 @@ def _first_csv_row(uri: str, s3: S3Config) -> list[str]:
     try:
         return _first_row(_head_bytes(uri, s3))
     except StorageError as exc:
-        raise InputError(f"input.manifest: cannot read {uri}: {exc.message}") from None
+        raise storage_failure(InputError, f"input.manifest: cannot read {uri}: {exc.message}", exc) from None
 
 
 def _list_files(uri: str, s3: S3Config) -> list[str]:
@@ -124,7 +124,7 @@ def _list_files(uri: str, s3: S3Config) -> list[str]:
         if not found and not is_s3(uri) and not storage.exists(uri):
             raise InputError(f"input.manifest {uri}: no such file or directory")
     except StorageError as exc:
-        raise InputError(f"input.manifest {uri}: cannot list it: {exc.message}") from None
+        raise storage_failure(InputError, f"input.manifest {uri}: cannot list it: {exc.message}", exc) from None
     names = lambda u: u.rstrip("/").rsplit("/", 1)[-1]  # noqa: E731
     return sorted(
         u
@@ -139,7 +139,7 @@ def _from_inventory_manifest(uri: str, s3: S3Config) -> list[DataFile]:
     try:
         manifest = json.loads(fetch(uri, s3, 64 * 1024**2))
     except StorageError as exc:
-        raise InputError(f"input.manifest {uri}: {exc.message}") from None
+        raise storage_failure(InputError, f"input.manifest {uri}: {exc.message}", exc) from None
     except ValueError as exc:
         raise InputError(f"input.manifest {uri}: not a valid S3 Inventory manifest.json ({exc})") from None
     fmt = str(manifest.get("fileFormat", "")).lower()

@@ -17,7 +17,7 @@ import tempfile
 from lookalike.config import ModelConfig, S3Config, updated
 from lookalike.embed import backbones
 from lookalike.embed.checksums import md5_of
-from lookalike.errors import WeightsError
+from lookalike.errors import WeightsError, storage_failure
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def fetch_weights(
     try:
         found = storage.stat(source)
     except StorageError as exc:
-        raise WeightsError(f"{key}: cannot read {source}: {exc.message}") from None
+        raise storage_failure(WeightsError, f"{key}: cannot read {source}: {exc.message}", exc) from None
     if found is None:
         raise WeightsError(f"{key}: cannot read {source}: no such file")
     cache_dir = os.path.expanduser(cfg.cache_dir)
@@ -102,7 +102,7 @@ def fetch_weights(
             _verify(partial, cfg, source)
             os.replace(partial, target)  # atomic: concurrent workers never read a partial file
         except StorageError as exc:
-            raise WeightsError(f"{key}: cannot download {source}: {exc.message}") from None
+            raise storage_failure(WeightsError, f"{key}: cannot download {source}: {exc.message}", exc) from None
         finally:
             if os.path.exists(partial):
                 os.remove(partial)

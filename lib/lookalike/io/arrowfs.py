@@ -57,3 +57,13 @@ def retry_note(uri: str, s3: S3Config | None) -> str:
         return ""
     s3 = s3 or S3Config()
     return f" (tried up to s3.max_attempts={s3.max_attempts} times, s3.retry_mode={s3.retry_mode})"
+
+
+# What Arrow's S3 file system says (after the AWS SDK's retries) when the service, not the request,
+# failed: a later run may succeed.
+_TRANSIENT = ("NETWORK_CONNECTION", "SLOW_DOWN", "SERVICE_UNAVAILABLE", "INTERNAL_FAILURE", "REQUEST_TIMEOUT")
+
+
+def is_transient(message: str) -> bool:
+    """Whether an Arrow file system error message says the service failed rather than the request."""
+    return any(marker in message for marker in _TRANSIENT)

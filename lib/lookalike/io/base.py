@@ -16,12 +16,15 @@ from typing import BinaryIO
 class StorageError(Exception):
     """One operation failed. ``kind``: ``not_found``, ``too_large`` (over a read's max_bytes),
     ``unsupported`` (not a regular file) or ``fetch_error`` (anything else; the name is the
-    error row kind images have always had). ``message`` never holds credentials."""
+    error row kind images have always had). ``message`` never holds credentials. ``transient``:
+    the service failed (5xx, throttling, timeouts, dropped connections) after the configured
+    retries, so the same call may succeed later; a missing file or a refused permission is not."""
 
-    def __init__(self, kind: str, message: str):
+    def __init__(self, kind: str, message: str, transient: bool = False):
         super().__init__(message)
         self.kind = kind
         self.message = message
+        self.transient = transient
 
 
 @dataclass(frozen=True)

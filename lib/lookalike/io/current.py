@@ -16,7 +16,7 @@ import os
 import time
 
 from lookalike.config import S3Config
-from lookalike.errors import OutputError
+from lookalike.errors import OutputError, storage_failure
 from lookalike.io.local import LocalStorage
 from lookalike.io.storage import Storage, StorageError, storage_for
 from lookalike.io.uris import file_uri, is_hadoop, is_s3, local_path, split_s3
@@ -41,7 +41,7 @@ def checked(what: str, uri: str, operation, *args):
     try:
         return operation(*args)
     except StorageError as exc:
-        raise OutputError(f"cannot {what} {uri}: {exc.message}") from None
+        raise storage_failure(OutputError, f"cannot {what} {uri}: {exc.message}", exc) from None
 
 
 class LocalVersions:

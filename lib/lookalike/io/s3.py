@@ -23,6 +23,7 @@ from lookalike.io.s3client import (
     attempts_text,
     error_code,
     error_text,
+    is_transient,
     requests_sent,
     reset_count,
     s3_client,
@@ -67,9 +68,15 @@ class S3Storage(Storage):
 
         if isinstance(exc, ClientError):
             kind = "not_found" if error_code(exc) in _MISSING + ("NoSuchBucket",) else "fetch_error"
-            return StorageError(kind, f"S3 error {error_text(exc)}; gave up after {attempts_text(exc, self.s3)}")
+            return StorageError(
+                kind,
+                f"S3 error {error_text(exc)}; gave up after {attempts_text(exc, self.s3)}",
+                transient=is_transient(exc),
+            )
         return StorageError(
-            "fetch_error", f"{type(exc).__name__}: {redact(str(exc))}; gave up after {attempts_text(exc, self.s3)}"
+            "fetch_error",
+            f"{type(exc).__name__}: {redact(str(exc))}; gave up after {attempts_text(exc, self.s3)}",
+            transient=is_transient(exc),
         )
 
     def _call(self, method, **kwargs):
@@ -97,11 +104,15 @@ class S3Storage(Storage):
                 "AccessDenied": f"the job's credentials need s3:ListBucket on arn:aws:s3:::{bucket}",
             }.get(error_code(exc), f"gave up after {attempts_text(exc, self.s3)}")
             raise StorageError(
-                "not_found" if error_code(exc) == "NoSuchBucket" else "fetch_error", f"{error_text(exc)}; {hint}"
+                "not_found" if error_code(exc) == "NoSuchBucket" else "fetch_error",
+                f"{error_text(exc)}; {hint}",
+                transient=is_transient(exc),
             ) from None
         except BotoCoreError as exc:
             raise StorageError(
-                "fetch_error", f"{redact(str(exc))}; gave up after {attempts_text(exc, self.s3)}"
+                "fetch_error",
+                f"{redact(str(exc))}; gave up after {attempts_text(exc, self.s3)}",
+                transient=is_transient(exc),
             ) from None
 
     def _objects(self, bucket: str, prefix: str) -> Iterator[dict]:
@@ -205,6 +216,7 @@ class S3Storage(Storage):
                 f"S3 kept failing: gave up after {attempts_text(None, self.s3)}; "
                 f"the last broken transfer: the connection dropped while "
                 f"reading the object ({broken})",
+                transient=True,
             )
         finally:
             reset_count()
@@ -261,7 +273,9 @@ class S3Storage(Storage):
             self.client.upload_file(source, bucket, key)
         except (ClientError, BotoCoreError, Boto3Error) as exc:
             raise StorageError(
-                "fetch_error", f"cannot upload to {uri}: {type(exc).__name__}: {redact(str(exc))}"
+                "fetch_error",
+                f"cannot upload to {uri}: {type(exc).__name__}: {redact(str(exc))}",
+                transient=is_transient(exc),
             ) from None
 
     def download(self, uri: str, target: str) -> None:
@@ -275,7 +289,9 @@ class S3Storage(Storage):
         except ClientError as exc:
             raise self._failure(exc) from None
         except (BotoCoreError, Boto3Error) as exc:
-            raise StorageError("fetch_error", f"{type(exc).__name__}: {redact(str(exc))}") from None
+            raise StorageError(
+                "fetch_error", f"{type(exc).__name__}: {redact(str(exc))}", transient=is_transient(exc)
+            ) from None
 
     def create_exclusive(self, uri: str, data: bytes) -> bool:
         from botocore.exceptions import BotoCoreError, ClientError

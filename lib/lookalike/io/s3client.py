@@ -101,3 +101,50 @@ def s3_client(cfg: S3Config):
         )
         cache[key].meta.events.register("before-send.s3", _count_request)
     return cache[key]
+
+
+# Error codes S3 and S3-compatible servers answer while overloaded or failing; the request may
+# succeed later.
+_TRANSIENT_CODES = {
+    "InternalError",
+    "ServiceUnavailable",
+    "SlowDown",
+    "Throttling",
+    "ThrottlingException",
+    "RequestTimeout",
+    "RequestTimeoutException",
+    "RequestLimitExceeded",
+    "TooManyRequestsException",
+}
+
+
+def is_transient(exc) -> bool:
+    """Whether a botocore failure (after botocore's own retries) may go away by itself: a 5xx or
+    throttling answer, a timeout, a dropped or refused connection, or our attempt limit reached.
+    Missing credentials, a denied permission or a missing bucket are not."""
+    from botocore.exceptions import ClientError, ConnectionError, HTTPClientError, IncompleteReadError
+
+    if isinstance(exc, OutOfAttempts):
+        return True
+    if isinstance(exc, ClientError):
+        status = (exc.response or {}).get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        return error_code(exc) in _TRANSIENT_CODES or status >= 500 or status == 429
+    return isinstance(exc, (ConnectionError, HTTPClientError, IncompleteReadError))
+
+
+def aws_client(service: str, cfg: S3Config, endpoint_url: str | None, region: str):
+    """A boto3 client for another AWS service the run talks to (the Glue catalog), with the same
+    retry budget and timeouts as its S3 calls. Credentials: boto3's default chain only."""
+    import boto3
+    from botocore.config import Config as BotoConfig
+
+    return boto3.session.Session().client(
+        service,
+        endpoint_url=endpoint_url,
+        region_name=region,
+        config=BotoConfig(
+            retries={"total_max_attempts": cfg.max_attempts, "mode": cfg.retry_mode},
+            connect_timeout=cfg.connect_timeout,
+            read_timeout=cfg.read_timeout,
+        ),
+    )

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lookalike.config import S3Config
-from lookalike.errors import InputError
+from lookalike.errors import InputError, InputUnavailableError
 from lookalike.io import arrowfs
 from lookalike.io.current import resolve
 from lookalike.io.redact import redact
@@ -41,7 +41,9 @@ Filters = Sequence[tuple]
 
 def _unreadable(path: str, exc: Exception, s3: S3Config | None) -> InputError:
     text = exc.message if isinstance(exc, StorageError) else str(exc)
-    return InputError(f"cannot read the Parquet table at {path}: {redact(text)}{arrowfs.retry_note(path, s3)}")
+    transient = getattr(exc, "transient", False) or arrowfs.is_transient(text)
+    error = InputUnavailableError if transient else InputError
+    return error(f"cannot read the Parquet table at {path}: {redact(text)}{arrowfs.retry_note(path, s3)}")
 
 
 def _errors():

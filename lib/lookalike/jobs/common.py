@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 
 from lookalike.config import Config, SparkConfig, load_config
-from lookalike.errors import LookalikeError
+from lookalike.errors import EXIT_BUG, EXIT_OK, EXIT_USER, LookalikeError
 
 log = logging.getLogger("lookalike")
 
@@ -150,13 +150,20 @@ def job_main(
         if owned:
             spark = build_session(cfg)
         summary = run(spark, cfg, dry_run=True) if getattr(args, "dry_run", False) else run(spark, cfg)
-        return 0 if summary is None or summary.get("ok", True) else 1
+        # A summary that is not ok lists problems the user fixes (envcheck: rebuild the archive).
+        return EXIT_OK if summary is None or summary.get("ok", True) else EXIT_USER
     except LookalikeError as exc:
         log.error("%s", exc)
         return exc.exit_code
     except KeyboardInterrupt:
-        log.error("interrupted; nothing was published")
+        log.error("interrupted; tables published before the interruption stay, nothing else was")
         return 130
+    except Exception:
+        log.exception(
+            "lookalike stopped on an unexpected error; this is a bug, please report it with this log. "
+            "Tables published before it stay, nothing else was."
+        )
+        return EXIT_BUG
     finally:
         if owned and spark is not None:
             spark.stop()

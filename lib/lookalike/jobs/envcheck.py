@@ -1,8 +1,8 @@
 """envcheck job: which Python, packages and lookalike code the executors run, against the driver.
 
 Run it once on a new cluster or after building a new archive, before a long job:
-``./spark-submit.sh envcheck --master URL --env build/lookalike-env.tar.gz``. It fails (exit 1) when an
-executor runs other lookalike code or another Python minor version than the driver, and (exit 2)
+``./spark-submit.sh envcheck --master URL --env build/lookalike-env.tar.gz``. It fails (exit 2) when an
+executor runs other lookalike code or another Python minor version than the driver, and
 when executors cannot import lookalike at all.
 """
 
@@ -15,6 +15,7 @@ import os
 import platform
 import socket
 import sys
+import time
 
 from lookalike.config import Config
 from lookalike.errors import ClusterEnvironmentError
@@ -22,6 +23,9 @@ from lookalike.jobs.common import job_main
 from lookalike.runinfo import library_versions
 
 log = logging.getLogger(__name__)
+
+# How long envcheck waits for every registered executor to run a probe.
+PROBE_WAIT_S = 900.0
 
 
 def code_fingerprint() -> str:
@@ -64,12 +68,15 @@ def _probe_partition(_rows):
     yield json.dumps(probe())
 
 
-def executor_probes(spark, tasks: int = 0) -> list[dict]:
-    """One probe per distinct Python worker process that ran one of ``tasks`` tasks."""
-    sc = spark.sparkContext
-    tasks = tasks or max(2, sc.defaultParallelism) * 2
+def registered_executors(spark) -> int:
+    """How many executors the driver knows of now (1 in local mode, where the driver runs the tasks)."""
+    infos = spark.sparkContext._jsc.sc().statusTracker().getExecutorInfos()
+    return max(1, len(infos) - 1)  # the list includes the driver
+
+
+def _probe_once(sc, tasks: int) -> list[str]:
     try:
-        raw = sc.parallelize(range(tasks), tasks).mapPartitions(_probe_partition).collect()
+        return sc.parallelize(range(tasks), tasks).mapPartitions(_probe_partition).collect()
     except Exception as exc:  # Py4JJavaError or PythonException, depending on the Spark version
         text = str(exc)
         if "No module named 'lookalike'" in text or "No module named 'yaml'" in text:
@@ -80,11 +87,38 @@ def executor_probes(spark, tasks: int = 0) -> list[dict]:
                 f"--env build/lookalike-env.tar.gz (see docs/cluster.md)."
             ) from None
         raise
-    unique = {}
-    for text in raw:
-        info = json.loads(text)
-        unique[(info["host"], info["pid"])] = info
-    return sorted(unique.values(), key=lambda i: (i["host"], i["cwd"], i["pid"]))
+
+
+def executor_probes(spark, tasks: int = 0, wait_s: float = PROBE_WAIT_S, poll_s: float = 2.0) -> tuple[list[dict], int]:
+    """One probe per distinct Python worker process, and how many executors are registered.
+
+    An executor counts as registered before it has fetched ``--archives``, and it takes tasks only
+    once it has unpacked them (minutes for a 2 GB environment). Tasks therefore go to whichever
+    executor is ready first, so one round of probes may never reach a slower one: probe again
+    until every registered executor (told apart by host and working directory) has answered, or
+    ``wait_s`` has passed.
+    """
+    sc = spark.sparkContext
+    tasks = tasks or max(2, sc.defaultParallelism) * 2
+    deadline = time.monotonic() + wait_s
+    unique: dict = {}
+    while True:
+        for text in _probe_once(sc, tasks):
+            info = json.loads(text)
+            unique[(info["host"], info["pid"])] = info
+        answered = len({(i["host"], i["cwd"]) for i in unique.values()})
+        registered = registered_executors(spark)
+        if answered >= registered or time.monotonic() >= deadline:
+            break
+        log.info(
+            "%d of %d registered executors have answered; probing again (a new executor may still be "
+            "unpacking the environment archive)",
+            answered,
+            registered,
+        )
+        time.sleep(poll_s)
+    executors = sorted(unique.values(), key=lambda i: (i["host"], i["cwd"], i["pid"]))
+    return executors, registered
 
 
 def compare(driver: dict, executors: list[dict]) -> list[str]:
@@ -106,8 +140,17 @@ def compare(driver: dict, executors: list[dict]) -> list[str]:
 
 def run(spark, cfg: Config) -> dict:
     driver = probe()
-    executors = executor_probes(spark)
+    executors, registered = executor_probes(spark)
     problems = compare(driver, executors)
+    answered = len({(i["host"], i["cwd"]) for i in executors})
+    if answered < registered:
+        # Not a failure: with dynamic allocation executors come and go. But the check covered less.
+        log.warning(
+            "only %d of %d registered executors ran a probe within %.0f s; the others were not checked",
+            answered,
+            registered,
+            PROBE_WAIT_S,
+        )
     for info in executors:
         log.info(
             "executor on %s pid %d: python %s (%s), lookalike %s [%s], pyspark %s",
@@ -128,12 +171,16 @@ def run(spark, cfg: Config) -> dict:
         "spark": spark.version,
         "driver": driver,
         "executors": executors,
+        "executors_registered": registered,
+        "executors_answered": answered,
         "problems": problems,
     }
     log.info(
-        "envcheck %s: %d executor Python process(es) checked against the driver",
+        "envcheck %s: %d executor Python process(es) on %d of %d executors checked against the driver",
         "passed" if not problems else "FAILED",
         len(executors),
+        answered,
+        registered,
     )
     print(json.dumps(summary, sort_keys=True, default=str))
     return summary

@@ -76,12 +76,15 @@ class LocalLayout(LocalVersions, _Layout):
                     f"did not make; remove the link or choose another output path"
                 )
         elif os.path.isdir(self.path):
-            foreign = [n for n in sorted(os.listdir(self.path)) if not _spark_output_name(n)]
-            if foreign:
+            names = sorted(os.listdir(self.path))
+            foreign = [n for n in names if not _table_file(os.path.join(self.path, n))]
+            if foreign or SUMMARY not in names:
+                shown = foreign or names
+                holds = f"it holds {', '.join(shown[:3])}{' ...' if len(shown) > 3 else ''}" if shown else "it is empty"
                 raise OutputError(
-                    f"output {self.shown} is a directory that does not look like a lookalike table "
-                    f"(it holds {', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}); "
-                    f"move it away or choose another output path"
+                    f"output {self.shown} is a directory lookalike did not write ({holds}); lookalike "
+                    f"never writes into, moves or deletes what it did not write: choose a path that "
+                    f"does not exist yet, or move the directory away"
                 )
             log.warning(
                 "output %s is a plain directory from an older layout; it becomes the previous "
@@ -136,9 +139,15 @@ class LocalLayout(LocalVersions, _Layout):
                 os.remove(os.path.join(self.parent, entry))
 
 
-def _spark_output_name(name: str) -> bool:
-    """What Spark, pyarrow and earlier lookalike versions leave in a table directory."""
-    return (name.startswith(("part-", "_", ".")) or name.endswith(".parquet")) and "/" not in name
+def _table_file(path: str) -> bool:
+    """A file an earlier lookalike run left in a plain table directory: Spark's data files, its
+    _SUCCESS marker, their .crc checksums, and lookalike's own files. Anything else (a user's file,
+    a subdirectory, another table's file) means the directory is not ours."""
+    name = os.path.basename(path)
+    if name.startswith(".") and name.endswith(".crc"):
+        name = name[1:-4]
+    ours = name.startswith("part-") or name == "_SUCCESS" or name.startswith("_lookalike_")
+    return ours and os.path.isfile(path) and not os.path.islink(path)
 
 
 def _fsync_dir(path: str) -> None:

@@ -50,7 +50,10 @@ class OutputSet:
                 location = self.locations[name]
                 locks.take(location, self.run_id, self.force_unlock)
                 self._locked.append(location)
-                location.check()
+                try:
+                    location.check()
+                except OutputError as exc:
+                    raise type(exc)(f"output.{name}: {exc}") from None
         except BaseException:
             self._release()
             raise
@@ -105,7 +108,16 @@ class OutputSet:
                     except Exception as error:
                         log.warning("could not remove the staged %s: %s", name, error)
                 unchanged = [self.targets[n] for n in sorted(self.targets) if n not in self._switched]
-                if exc_type is not None and unchanged:
+                published = [self.targets[n] for n in sorted(self._switched)]
+                if exc_type is not None and published:
+                    # A switch failed after others succeeded: say exactly which tables are new.
+                    log.error(
+                        "published only %s (version %s); not published, unchanged: %s",
+                        ", ".join(published),
+                        self.run_id,
+                        ", ".join(unchanged),
+                    )
+                elif exc_type is not None and unchanged:
                     log.warning("not published: %s unchanged", ", ".join(unchanged))
         finally:
             self._release()

@@ -20,7 +20,7 @@ from urllib.parse import urlparse
 
 from lookalike.config import Config, InputConfig, S3Config
 from lookalike.embed import images
-from lookalike.errors import InputError, ItemNotFoundError, OutputError
+from lookalike.errors import InputError, ItemNotFoundError, OutputError, storage_failure
 from lookalike.io import tables
 from lookalike.io.storage import StorageError, fetch, storage_for
 from lookalike.progress import Progress
@@ -369,7 +369,7 @@ def command(args) -> int:
     try:
         storage_for(args.out, cfg.s3).write(args.out, page.encode("utf-8"))  # never half a page
     except StorageError as exc:
-        raise OutputError(f"cannot write {args.out}: {exc.message}") from None
+        raise storage_failure(OutputError, f"cannot write {args.out}: {exc.message}", exc) from None
     print(
         f"wrote {args.out}: {counts['items']} items, {counts['cards']} pictures "
         f"({counts['missing']} missing), {counts['bytes'] / 1e6:.1f} MB"

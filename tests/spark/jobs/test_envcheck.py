@@ -11,6 +11,8 @@ from lookalike.jobs import envcheck
 def test_envcheck_in_local_mode_finds_this_python_and_flags_differences(spark):
     summary = envcheck.run(spark, load_config(None))
     assert summary["ok"] and summary["executors"]
+    # Local mode: the driver is the one executor, and it answered.
+    assert summary["executors_registered"] == summary["executors_answered"] == 1
     assert all(e["code"] == summary["driver"]["code"] for e in summary["executors"])
     other = dict(summary["executors"][0], code="0" * 16, python="3.9.1")
     problems = envcheck.compare(summary["driver"], [other])

@@ -53,7 +53,7 @@ def test_job_whose_listing_fails_never_logs_credentials(spark, tmp_path, s3, buc
                 embed_job_args(tmp_path / "out", shop, proxy.url, ["model.weights=none"]), spark=spark
             )
         assert proxy.stats.requests["list"] == 2
-    assert code == 2
+    assert code == 75  # S3 kept answering SlowDown: a later run may succeed
     done = capsys.readouterr()
     output = done.out + done.err
     assert "cannot list" in output and "Credential=***" in output

@@ -55,7 +55,9 @@ def test_a_spark_write_that_fails_after_another_table_was_staged_leaves_both_out
 
 def test_an_older_plain_directory_is_migrated_and_a_foreign_one_refused(spark, tmp_path):
     out = str(tmp_path / "t")
-    spark.range(5).write.parquet(out)  # what runs wrote before versioned outputs
+    spark.range(5).write.parquet(out)  # what runs wrote before versioned outputs, with their summary
+    with open(os.path.join(out, "_lookalike_summary.json"), "w") as summary:
+        summary.write('{"run_id": "old"}')
     assert publish.resolve(out) == out
     publish_local(out, 2)
     assert os.path.islink(out) and pq.read_table(out).column("version").to_pylist() == [2] * ROWS
@@ -66,7 +68,7 @@ def test_an_older_plain_directory_is_migrated_and_a_foreign_one_refused(spark, t
     foreign = tmp_path / "home"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")
-    with pytest.raises(OutputError, match=r"does not look like a lookalike table \(it holds notes.txt\)"):
+    with pytest.raises(OutputError, match=r"is a directory lookalike did not write \(it holds notes.txt\)"):
         publish_local(str(foreign), 1)
     assert (foreign / "notes.txt").read_text() == "mine"
     (tmp_path / "afile").write_text("x")

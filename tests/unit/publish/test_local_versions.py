@@ -17,10 +17,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from lookalike import publish
-from lookalike.errors import OutputLockedError
+from lookalike.errors import OutputError, OutputLockedError
 from lookalike.io.hadoop import HadoopStorage
 from lookalike.publish.layouts import PointerLayout
-from tests.support.neighbours_versions import ROWS, publish_local, versions_dir, write_parts
+from tests.support.neighbours_versions import ROWS, publish_local, table_of, versions_dir, write_parts
 
 
 def test_local_publish_is_a_symlink_switch_and_keeps_only_current_and_previous(tmp_path):
@@ -164,3 +164,49 @@ def test_pointer_layout_on_a_pyarrow_file_system_the_hdfs_code_path(tmp_path):
     assert location.versions_list() == ["run-2", "run-3"]
     assert set(pq.read_table(location.read_location()[len("file://") :]).column("version").to_pylist()) == {3}
     assert sorted(os.listdir(tmp_path / "out" / "emb")) == ["_LATEST"]
+
+
+def _tree(root) -> dict:
+    """Every file under ``root`` with its bytes, and every directory: what 'intact' means."""
+    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None) for p in sorted(root.rglob("*"))} | {
+        ".": None
+    }
+
+
+def test_a_users_folder_given_as_an_output_is_refused_every_run_and_left_exactly_as_it_was(tmp_path):
+    # What a new user tried (issue 23): their own project folder as output.neighbours.
+    folder = tmp_path / "my-project"
+    (folder / ".git" / "objects").mkdir(parents=True)
+    (folder / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    (folder / ".env").write_text("TOKEN=mine\n")
+    (folder / "_NOTES").write_text("notes\n")
+    pq.write_table(table_of(7), folder / "catalog.parquet")  # a Parquet file, but not lookalike's
+    before = _tree(folder)
+    for _ in range(2):  # once moved it aside and the next run deleted it
+        with pytest.raises(OutputError) as refused:
+            publish_local(str(folder), 1)
+        message = str(refused.value)
+        assert message.startswith(f"output.t: output {folder} is a directory lookalike did not write")
+        assert "it holds .env, .git, _NOTES ..." in message and "move the directory away" in message
+        assert _tree(folder) == before
+    # Nothing of lookalike's is left beside it either: no versions, no lock.
+    assert sorted(os.listdir(tmp_path)) == ["my-project"]
+
+
+@pytest.mark.parametrize(
+    "contents",
+    [
+        {"part-00000.parquet": b"PAR1"},  # Spark's files, but no lookalike summary: someone else's table
+        {"_lookalike_summary.json": b"{}", "part-00000.parquet": b"PAR1", "README": b"mine"},
+        {},  # an empty folder someone made
+    ],
+)
+def test_a_plain_directory_is_taken_over_only_when_it_is_a_lookalike_table(tmp_path, contents):
+    folder = tmp_path / "out"
+    folder.mkdir()
+    for name, data in contents.items():
+        (folder / name).write_bytes(data)
+    before = _tree(folder)
+    with pytest.raises(OutputError, match="is a directory lookalike did not write"):
+        publish_local(str(folder), 1)
+    assert _tree(folder) == before and sorted(os.listdir(tmp_path)) == ["out"]

@@ -1,0 +1,164 @@
+"""Files that Spark tasks wrote, committed by the driver as one snapshot of an Iceberg table.
+
+No data passes through the driver: it reads each file's Parquet footer (row counts, column
+bounds) and commits a snapshot that replaces the table's previous files with these. Readers see
+the previous snapshot or this one, never a mix; the previous stays readable by time travel until
+retention expires it. The run's summary and lineage go into the snapshot's summary properties.
+
+Concurrency is the catalog's optimistic commit: no lock files. A commit that loses a race to
+another run is retried against the new state while ``still_valid()`` says that what this run read
+is unchanged (then this run's result is still right); otherwise it fails with the transient code.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping
+
+from lookalike.errors import ConfigError, TransientError
+from lookalike.iceberg.catalogs import CatalogSpec, catalog_failure
+from lookalike.iceberg.locations import check_location, normalised
+
+log = logging.getLogger(__name__)
+
+COMMIT_ATTEMPTS = 4
+# Table properties lookalike sets on the tables it creates: format v2, and old metadata files
+# removed by the catalog as commits go (they are not data: readers resolve the table by name).
+TABLE_PROPERTIES = {
+    "format-version": "2",
+    "write.metadata.delete-after-commit.enabled": "true",
+    "write.metadata.previous-versions-max": "20",
+    "lookalike.table": "true",
+}
+
+
+class CommitConflictError(TransientError):
+    """Another run committed the table meanwhile and what this run read has changed since."""
+
+
+def open_table(catalog, spec: CatalogSpec, key: str, identifier: str, location: str, schema, s3=None):
+    """The table ``identifier`` at ``location``, created when the catalog does not have it.
+
+    Before anything is written: a catalog entry at another location is a ConfigError naming both
+    (two settings would otherwise share or lose a table), and a location holding anything but this
+    table is refused (locations.py). ``schema``: a pyarrow schema (field ids are assigned)."""
+    from pyiceberg.exceptions import NoSuchTableError
+
+    location = normalised(location)
+    namespace = identifier.rsplit(".", 1)[0]
+    try:
+        try:
+            table = catalog.load_table(identifier)
+        except NoSuchTableError:
+            table = None
+        if table is not None and normalised(table.location()) != location:
+            raise ConfigError(
+                f"{key}: the catalog's table {identifier} is at {table.location()}, not at {location}; "
+                f"set {key} to {table.location()}, or choose another output.namespace"
+            )
+        check_location(key, location, registered=table is not None, s3=s3)
+        if table is None:
+            _create_namespace(catalog, namespace)
+            table = catalog.create_table(identifier, schema=schema, location=location, properties=TABLE_PROPERTIES)
+            log.info("created Iceberg table %s at %s", identifier, location)
+        if table.metadata.name_mapping() is None:
+            # Tasks write plain Parquet without Iceberg field ids; readers map columns by name.
+            with table.transaction() as tx:
+                tx.set_properties(**{"schema.name-mapping.default": table.schema().name_mapping.model_dump_json()})
+        return table
+    except (ConfigError, TransientError):
+        raise
+    except Exception as exc:
+        from lookalike.errors import OutputError
+
+        if isinstance(exc, OutputError):
+            raise
+        raise catalog_failure(spec, f"open table {identifier} in", exc) from None
+
+
+def _create_namespace(catalog, namespace: str) -> None:
+    from pyiceberg.exceptions import NamespaceAlreadyExistsError
+
+    try:
+        catalog.create_namespace(namespace)
+    except NamespaceAlreadyExistsError:
+        pass
+
+
+def current_files(table) -> list[str]:
+    """The data files of the table's current snapshot ([] for a table without one)."""
+    if table.current_snapshot() is None:
+        return []
+    return sorted(task.file.file_path for task in table.scan().plan_files())
+
+
+def replace_files(
+    table,
+    spec: CatalogSpec,
+    files: Iterable[str],
+    properties: Mapping[str, str],
+    still_valid: Callable[[], bool] = lambda: True,
+) -> int:
+    """Commit ``files`` (Parquet files under the table's location, written with the table's column
+    names) as the table's whole content, in one snapshot carrying ``properties``; returns its id."""
+    from pyiceberg.io.pyarrow import parquet_files_to_data_files
+
+    lost_race = _race_errors()
+    files = list(files)
+    props = {str(k): str(v) for k, v in properties.items()}
+    for attempt in range(1, COMMIT_ATTEMPTS + 1):
+        try:
+            new = list(parquet_files_to_data_files(table.io, table.metadata, iter(files)))
+            old = []
+            if table.current_snapshot() is not None:
+                old = [task.file for task in table.scan().plan_files()]
+            with table.transaction() as tx:
+                with tx.update_snapshot(snapshot_properties=props).overwrite() as overwrite:
+                    for data_file in old:
+                        overwrite.delete_data_file(data_file)
+                    for data_file in new:
+                        overwrite.append_data_file(data_file)
+            snapshot = table.current_snapshot()
+            log.info(
+                "committed %s: snapshot %d, %d files replacing %d",
+                table.name(),
+                snapshot.snapshot_id,
+                len(new),
+                len(old),
+            )
+            return snapshot.snapshot_id
+        except lost_race as exc:
+            _refresh(table, spec)
+            if not still_valid():
+                raise CommitConflictError(
+                    f"{'.'.join(table.name())}: another run committed it meanwhile and the input this run "
+                    f"read has changed since; nothing was committed: run again"
+                ) from None
+            log.warning("commit of %s lost a race (%s); attempt %d of %d", table.name(), exc, attempt, COMMIT_ATTEMPTS)
+        except (ConfigError, TransientError):
+            raise
+        except Exception as exc:
+            raise catalog_failure(spec, f"commit {'.'.join(table.name())} to", exc) from None
+    raise CommitConflictError(
+        f"{'.'.join(table.name())}: lost {COMMIT_ATTEMPTS} commit races in a row to other runs; nothing was "
+        f"committed: run again later"
+    )
+
+
+def _race_errors() -> tuple[type[Exception], ...]:
+    """What a commit that lost to another writer raises: the catalog's refusal, and (pyiceberg
+    >= 0.10, which retries by itself) the conflict check that found the other run's new files."""
+    from pyiceberg import exceptions
+
+    return tuple(
+        getattr(exceptions, name)
+        for name in ("CommitFailedException", "ValidationException")
+        if hasattr(exceptions, name)
+    )
+
+
+def _refresh(table, spec: CatalogSpec) -> None:
+    try:
+        table.refresh()
+    except Exception as exc:
+        raise catalog_failure(spec, f"reload {'.'.join(table.name())} from", exc) from None
