@@ -4,17 +4,16 @@ more items), sorted by item_id, written by the tasks themselves with the exact A
 from __future__ import annotations
 
 import hashlib
-import math
 
 from lookalike import schemas
 from lookalike.config import S3Config
-from lookalike.io.partfiles import PartWriter, write_part
+from lookalike.io.sparkparquet import write_sorted
 
 # Hex digits of sha1(representative) that make a group_id: 64 bits, no collision in practice.
 GROUP_ID_HEX = 16
 # Rows per output file: the table holds only the near-duplicates, a few small files at most.
 ROWS_PER_FILE = 2_000_000
-WRITTEN = "partition int, path string, rows long"
+ROW_GROUP_ROWS = 65536
 
 
 def group_id(representative: str) -> str:
@@ -49,38 +48,9 @@ def members(pairs, labels):
     return rows, sizes
 
 
-def _write_function(directory: str, s3: S3Config | None):
-    def write(batches):
-        import pyarrow as pa
-        from pyspark import TaskContext
-
-        partition = TaskContext.get().partitionId()
-        written = write_part(
-            (pa.Table.from_batches([batch]) for batch in batches),
-            lambda: PartWriter(
-                directory,
-                f"part-{partition:05d}.parquet",
-                schemas.arrow_schema(schemas.DUPLICATES),
-                s3,
-                sorting_columns=("item_id",),
-            ),
-        )
-        if written is None:
-            return
-        yield pa.RecordBatch.from_pylist(
-            [{"partition": partition, "path": written["path"], "rows": written["rows"]}],
-            schema=pa.schema([("partition", pa.int32()), ("path", pa.string()), ("rows", pa.int64())]),
-        )
-
-    return write
-
-
 def write_members(rows, n_rows: int, directory: str, s3: S3Config | None) -> list[dict]:
     """DUPLICATES rows -> Parquet files under ``directory`` covering disjoint, sorted item_id
     ranges; returns one WRITTEN row per file. With no rows, one empty file keeps the table readable."""
-    if not n_rows:
-        empty = PartWriter(directory, "part-00000.parquet", schemas.arrow_schema(schemas.DUPLICATES), s3).close()
-        return [{"partition": 0, "path": empty["path"], "rows": 0}]
-    files = max(1, math.ceil(n_rows / ROWS_PER_FILE))
-    ordered = rows.repartitionByRange(files, "item_id").sortWithinPartitions("item_id")
-    return [row.asDict() for row in ordered.mapInArrow(_write_function(directory, s3), WRITTEN).collect()]
+    return write_sorted(
+        rows, n_rows, directory, schemas.arrow_schema(schemas.DUPLICATES), s3, ROWS_PER_FILE, ROW_GROUP_ROWS
+    )

@@ -22,7 +22,9 @@ from typing import TYPE_CHECKING
 
 from lookalike import publish, schemas
 from lookalike.config import S3Config
+from lookalike.errors import InputError
 from lookalike.io.redact import redact
+from lookalike.io.sparkparquet import read_parquet
 from lookalike.io.uris import is_hadoop, is_s3, local_path
 
 if TYPE_CHECKING:
@@ -48,6 +50,7 @@ class Previous:
     version: str | None
     rows: DataFrame  # KEY_COLUMNS of the previous embeddings table
     failed_ids: DataFrame | None = None  # item_id of the previous errors table, or None
+    s3: S3Config | None = None  # to read ``location`` again (carried_over)
 
 
 @dataclass(frozen=True)
@@ -194,13 +197,13 @@ def previous_state(spark, embeddings: str, errors: str, s3: S3Config) -> Previou
     if location is None:
         return None
     try:
-        table = spark.read.parquet(location)
+        table = read_parquet(spark, location, s3)
         missing = [c for c in KEY_COLUMNS if c not in table.columns]
         if missing:
             log.warning("previous embeddings table %s has no column %s: full recompute", location, ", ".join(missing))
             return None
         rows = table.select(*KEY_COLUMNS)
-    except AnalysisException as exc:
+    except (AnalysisException, InputError) as exc:
         log.warning(
             "cannot read the previous embeddings table %s (%s): full recompute",
             location,
@@ -211,10 +214,10 @@ def previous_state(spark, embeddings: str, errors: str, s3: S3Config) -> Previou
     errors_location, _ = _published(errors, s3)
     if errors_location is not None:
         try:
-            failed = spark.read.parquet(errors_location).select("item_id")
-        except AnalysisException:
+            failed = read_parquet(spark, errors_location, s3).select("item_id")
+        except (AnalysisException, InputError):
             pass  # an unreadable errors table only changes the "retried" count
-    return Previous(location, version, rows, failed)
+    return Previous(location, version, rows, failed, s3)
 
 
 def carried_over(spark, previous: Previous, reused_ids):
@@ -222,7 +225,7 @@ def carried_over(spark, previous: Previous, reused_ids):
     order."""
     from pyspark.sql import functions as F
 
-    table = spark.read.parquet(previous.location)
+    table = read_parquet(spark, previous.location, previous.s3)
     # Columns added to the schema since that table was written are null in its rows.
     for column in schemas.EMBEDDINGS:
         if column.name not in table.columns and column.nullable:

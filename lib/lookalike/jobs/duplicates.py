@@ -35,7 +35,7 @@ def run(spark, cfg: Config) -> dict:
     if done:
         return _skipped(cfg, run_id, done, inputs, started)
 
-    embeddings = read_embeddings(spark, publish.resolve(cfg.output.embeddings, cfg.s3))
+    embeddings = read_embeddings(spark, publish.resolve(cfg.output.embeddings, cfg.s3), cfg.s3)
     partitions = prepare.partition_count(spark, embeddings, settings.partitions)
     ordered = prepare.ordered_items(embeddings, partitions).persist(StorageLevel.MEMORY_AND_DISK)
     try:

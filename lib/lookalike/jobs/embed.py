@@ -11,12 +11,14 @@ import logging
 import math
 import time
 
+from lookalike import schemas
 from lookalike.config import Config, updated
 from lookalike.embed import hardware, listing, manifest, model
 from lookalike.embed import plan as incremental
 from lookalike.embed import weights as model_weights
 from lookalike.embed.stage import Phases, embed_items, split_results
 from lookalike.errors import InputError, TooManyErrorsError
+from lookalike.io.sparkparquet import read_parquet, write_sorted
 from lookalike.jobs.common import job_main
 from lookalike.progress import Progress, StageWatcher
 from lookalike.publish import OutputSet, lineage
@@ -25,6 +27,14 @@ from lookalike.runinfo import library_versions, new_run_id
 log = logging.getLogger(__name__)
 
 REQUIRED = ("input.uri", "output.embeddings", "output.errors")
+# Files of at most about this size for the embeddings table, and this many rows for the errors.
+EMBEDDINGS_FILE_BYTES = 256 * 1024**2
+ERRORS_PER_FILE = 1_000_000
+
+
+def counts_reused(plan) -> int:
+    """Rows carried over from the previous table (0 in a full run)."""
+    return plan.counts["reused"] if plan.carry_over else 0
 
 
 def run(spark, cfg: Config, dry_run: bool = False) -> dict:
@@ -166,10 +176,22 @@ def _embed_and_publish(spark, cfg: Config, plan, outputs: OutputSet, summary: di
         embeddings, errors = split_results(results)
         if plan.carry_over:
             embeddings = embeddings.unionByName(incremental.carried_over(spark, plan.previous, plan.reused_ids))
-        embeddings.write.mode("overwrite").parquet(outputs.staging("embeddings"))
-        errors.coalesce(1).write.mode("overwrite").parquet(outputs.staging("errors"))
+        # The tasks write both tables themselves (any Spark, s3:// included), sorted by item_id.
+        rows = embedded + counts_reused(plan)
+        dim = embeddings.select("dim").first() if rows else None
+        write_sorted(
+            embeddings,
+            rows,
+            outputs.staging("embeddings"),
+            schemas.arrow_schema(schemas.EMBEDDINGS),
+            cfg.s3,
+            rows_per_file=max(1, EMBEDDINGS_FILE_BYTES // (4 * (dim["dim"] if dim else 1) + 256)),
+        )
+        write_sorted(
+            errors, failed, outputs.staging("errors"), schemas.arrow_schema(schemas.ERRORS), cfg.s3, ERRORS_PER_FILE
+        )
         # Read back what was staged: the id describes exactly the table that gets published.
-        content = lineage.content_id(spark.read.parquet(outputs.staging("embeddings")))
+        content = lineage.content_id(read_parquet(spark, outputs.staging("embeddings"), cfg.s3))
         seconds = time.perf_counter() - started
         # Task-seconds of each phase (fetch and decode overlap inference on the decode threads;
         # wait is the model idle for pixels), and the driver's seconds writing both tables.

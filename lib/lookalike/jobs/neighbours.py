@@ -51,7 +51,7 @@ def run(spark, cfg: Config) -> dict:
     if done:
         return _skipped(cfg, run_id, done, inputs, started)
 
-    embeddings = read_embeddings(spark, publish.resolve(cfg.output.embeddings, cfg.s3))
+    embeddings = read_embeddings(spark, publish.resolve(cfg.output.embeddings, cfg.s3), cfg.s3)
     candidate_ids = read_candidates(spark, settings.candidates)
     attributes = duplicates = None
     if settings.attributes is not None:

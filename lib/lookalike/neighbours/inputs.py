@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from lookalike.config import S3Config
 from lookalike.errors import ConfigError, InputError
+from lookalike.io.sparkparquet import read_parquet
 from lookalike.publish import lineage
 
 SAMPLE_IDS = 5
@@ -18,11 +19,11 @@ def _analysis_error():
     return AnalysisException
 
 
-def read_embeddings(spark, path: str):
+def read_embeddings(spark, path: str, s3: S3Config | None = None):
     """The embeddings table at ``path`` (a resolved version); InputError naming what is wrong."""
     try:
-        table = spark.read.parquet(path)
-    except _analysis_error() as exc:
+        table = read_parquet(spark, path, s3)
+    except (_analysis_error(), InputError) as exc:
         raise InputError(
             f"cannot read the embeddings table at {path} (run the embed job first?): {str(exc).splitlines()[0]}"
         ) from None
@@ -111,8 +112,8 @@ def read_duplicates(spark, path: str, s3: S3Config | None = None):
 
     resolved = publish.resolve(path, s3)
     try:
-        table = spark.read.parquet(resolved)
-    except _analysis_error() as exc:
+        table = read_parquet(spark, resolved, s3)
+    except (_analysis_error(), InputError) as exc:
         raise InputError(
             f"neighbours.hide_duplicates needs the near-duplicate groups at output.duplicates = {path}, "
             f"which cannot be read ({str(exc).splitlines()[0]}): run the duplicates job first "
