@@ -33,6 +33,19 @@ job_args=()
 overrides=()
 submit_args=()
 while [ $# -gt 0 ]; do
+  # An option that takes a value, given as the last word: one line and exit 2 rather than bash's
+  # "unbound variable".
+  case "$1" in
+    --config|--set|--master|--log-level|--env)
+      if [ $# -lt 2 ]; then
+        case "$1" in
+          --config) example=conf/local.yaml ;; --set) example=input.uri=s3://bucket/images/ ;;
+          --master) example='local[*]' ;; --log-level) example=INFO ;; *) example=build/lookalike-env.tar.gz ;;
+        esac
+        echo "spark-submit.sh: $1 needs a value, e.g. $1 $example" >&2
+        exit 2
+      fi ;;
+  esac
   case "$1" in
     --config) config=$2; shift 2 ;;
     --config=*) config=${1#--config=}; shift ;;
@@ -47,6 +60,7 @@ while [ $# -gt 0 ]; do
     *) submit_args+=("$1"); shift ;;
   esac
 done
+[ ! -d "$config" ] || { echo "spark-submit.sh: config file $config is a directory; give the YAML file, e.g. conf/local.yaml" >&2; exit 2; }
 [ -f "$config" ] || { echo "spark-submit.sh: config file not found: $config" >&2; exit 2; }
 
 python=${LOOKALIKE_PYTHON:-$root/.venv/bin/python}

@@ -28,13 +28,24 @@ def submit(*args, timeout=600):
 
 
 @pytest.mark.slow  # a spark-submit application of its own
-def test_spark_submit_config_mistake_is_one_clear_line_and_exit_2():
+def test_spark_submit_config_mistake_is_one_clear_line_and_exit_2(tmp_path):
     result = submit("embed", "--set", "model.pooling=mean", timeout=300)
     assert result.returncode == 2
     assert "'model.pooling': 'mean' is not one of avg, max, flatten" in result.output
     assert "Traceback" not in result.output
+    latin1 = tmp_path / "latin1.yaml"  # issue 24: a UnicodeDecodeError traceback before
+    latin1.write_bytes("input:\n  uri: /data/caf\u00e9\n".encode("latin-1"))
+    not_utf8 = submit("embed", "--config", str(latin1), timeout=300)
+    assert not_utf8.returncode == 2 and "Traceback" not in not_utf8.output, not_utf8.output[-3000:]
+    assert f"config file {latin1} is not UTF-8" in not_utf8.output
     bad_job = submit("nosuchjob", timeout=60)  # the wrapper alone: no JVM
     assert bad_job.returncode == 2 and "unknown job 'nosuchjob'" in bad_job.output
+    for option in ("--config", "--set", "--master", "--log-level", "--env"):  # issue 24: bash's "unbound variable"
+        missing = submit("embed", option, timeout=60)
+        assert missing.returncode == 2 and missing.output.strip().splitlines() == [missing.output.strip()], (
+            missing.output
+        )
+        assert f"spark-submit.sh: {option} needs a value, e.g. {option} " in missing.output
 
 
 @pytest.mark.slow  # a spark-submit application of its own

@@ -18,7 +18,7 @@ MAX_LINES = 450
 # other in any order, and the rest of lookalike sees one bottom-layer module.
 ONE_UNIT = ("lookalike.config",)
 
-BOTTOM = {"errors", "schemas", "progress", "runinfo", "config"}
+BOTTOM = {"errors", "schemas", "progress", "runinfo", "config", "terminal"}
 # unit -> the units it may import. A unit is a folder (io, embed, ...) or a top-level module.
 # Storage (io) at the bottom of the stages; publish writes through io and io reads what publish
 # wrote without importing it (io/current.py); the stages use both; tools read what the stages
@@ -26,6 +26,7 @@ BOTTOM = {"errors", "schemas", "progress", "runinfo", "config"}
 ALLOWED: dict[str, set[str]] = {
     "lookalike": set(),  # the package itself: __version__
     "errors": set(),
+    "terminal": set(),  # control characters escaped for terminals and logs
     "schemas": {"errors"},
     "progress": {"errors"},
     "runinfo": {"errors"},

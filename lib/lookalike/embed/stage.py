@@ -108,7 +108,8 @@ def make_embed_function(cfg: Config, run_id: str, task_cpus: int = 1, phases: Ph
             for frame in frames:
                 yield _embed_frame(frame, embedder, pool, cfg, batch_size, run_id, phases)
         finally:
-            pool.shutdown(wait=False)
+            # An interrupted task (killed, cancelled) leaves no queued fetch running behind it.
+            pool.shutdown(wait=False, cancel_futures=True)
 
     return embed_partition
 

@@ -34,11 +34,19 @@ class LocalStorage(Storage):
             dirnames.sort()
             for name in sorted(filenames):
                 path = os.path.join(dirpath, name)
+                key = os.path.relpath(path, root).replace(os.sep, "/")
                 try:
                     info = os.stat(path)
                 except FileNotFoundError:
+                    if os.path.islink(path):  # a dangling link: listed, so that its fetch says so
+                        yield Entry(key, file_uri(path), None, None)
                     continue  # removed while listing
-                yield _entry(os.path.relpath(path, root).replace(os.sep, "/"), path, info)
+                except OSError:
+                    # A link loop (ELOOP), a file we may not stat (EACCES): listed without size or
+                    # version; fetching it fails with the reason, which becomes its error row.
+                    yield Entry(key, file_uri(path), None, None)
+                    continue
+                yield _entry(key, path, info)
 
     def list_dirs(self, uri: str) -> builtins.list[str]:  # builtins: ``list`` here is the method above
         try:
@@ -81,6 +89,10 @@ class LocalStorage(Storage):
                 raise StorageError("too_large", f"more than input.max_bytes={max_bytes} bytes")
             return data
         except (FileNotFoundError, NotADirectoryError):
+            if os.path.islink(path):
+                raise StorageError(
+                    "not_found", f"a symbolic link to {os.readlink(path)}, which does not exist"
+                ) from None
             raise StorageError("not_found", "the file no longer exists (deleted after listing?)") from None
         except IsADirectoryError:
             raise StorageError("not_found", "the path is a directory") from None

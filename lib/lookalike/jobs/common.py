@@ -18,12 +18,14 @@ log = logging.getLogger("lookalike")
 
 
 class _Redact(logging.Filter):
-    """Last line of defence: no log line carries a credential, whatever a library put in it."""
+    """Last line of defence: no log line carries a credential, whatever a library put in it, nor
+    a control character from a file name (an escape sequence, a newline that forges a line)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         from lookalike.io.redact import redact
+        from lookalike.terminal import printable
 
-        record.msg, record.args = redact(record.getMessage()), ()
+        record.msg, record.args = printable(redact(record.getMessage())), ()
         return True
 
 

@@ -29,7 +29,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from lookalike.errors import InputError
+from lookalike.errors import InputError, OutputError
 
 log = logging.getLogger(__name__)
 
@@ -274,6 +274,10 @@ def command(args) -> int:
 
     if args.k < 1:
         raise InputError(f"-k must be a positive integer, got {args.k}")
+    if args.json and os.path.isdir(args.json):
+        raise InputError(
+            f"--json {args.json} is a directory; give the name of the file to write, e.g. {args.json}/quality.json"
+        )
     s3 = load_settings(args).s3
     labels = load_labels(args.labels, args.id_regex, s3)
     neighbours = tables.open_table(args.neighbours, s3)
@@ -305,7 +309,12 @@ def command(args) -> int:
         directory = os.path.dirname(os.path.abspath(args.json))
         os.makedirs(directory, exist_ok=True)
         temporary = args.json + ".tmp"
-        with open(temporary, "w", encoding="utf-8") as handle:
-            json.dump(result, handle, indent=2, sort_keys=True)
-        os.replace(temporary, args.json)  # never a half-written file
+        try:
+            with open(temporary, "w", encoding="utf-8") as handle:
+                json.dump(result, handle, indent=2, sort_keys=True)
+            os.replace(temporary, args.json)  # never a half-written file
+        except OSError as exc:
+            if os.path.exists(temporary):
+                os.remove(temporary)
+            raise OutputError(f"cannot write --json {args.json}: {exc.strerror or exc}") from None
     return 0

@@ -110,6 +110,10 @@ def _read(path: str, action, s3: S3Config | None = None):
         return action()
     except FileNotFoundError:
         raise InputError(f"labels file not found: {path}") from None
+    except UnicodeDecodeError as exc:  # a header that is not UTF-8 (pyarrow decodes names in Python)
+        raise InputError(
+            f"labels file {path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} in its header); save it as UTF-8"
+        ) from None
     except pa.ArrowInvalid as exc:
         if "UTF8" in str(exc):
             raise InputError(f"labels file {path} is not UTF-8 text ({exc})") from None

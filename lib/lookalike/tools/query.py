@@ -13,6 +13,7 @@ import sys
 
 from lookalike.config import S3Config
 from lookalike.errors import InputError, ItemNotFoundError
+from lookalike.terminal import printable
 
 FORMATS = ("table", "json", "csv")
 
@@ -119,14 +120,16 @@ def render(
         for n in neighbours:
             writer.writerow([item_id, n["rank"], n["neighbour_id"], f"{n['score']:.6f}", *shown(n)])
     else:
-        described = ", ".join(f"{c}={v}" for c, v in (own or {}).items() if v is not None)
-        out.write(f"items similar to {item_id}{f' ({described})' if described else ''}\n")
-        width = max([len("neighbour_id"), *(len(n["neighbour_id"]) for n in neighbours)]) if columns else 0
+        # A person's terminal: ids and attribute values with their control characters escaped.
+        described = ", ".join(f"{c}={printable(str(v))}" for c, v in (own or {}).items() if v is not None)
+        out.write(f"items similar to {printable(item_id)}{f' ({described})' if described else ''}\n")
+        ids = [printable(n["neighbour_id"]) for n in neighbours]
+        width = max([len("neighbour_id"), *(len(i) for i in ids)]) if columns else 0
         head = f"{'rank':>4}  {'score':>7}  {'neighbour_id':<{width}}"
-        out.write((head + "".join(f"  {c}" for c in columns)).rstrip() + "\n")
-        for n in neighbours:
-            line = f"{n['rank']:>4}  {n['score']:>7.4f}  {n['neighbour_id']:<{width}}"
-            out.write((line + "".join(f"  {v}" for v in shown(n))).rstrip() + "\n")
+        out.write((head + "".join(f"  {printable(c)}" for c in columns)).rstrip() + "\n")
+        for n, shown_id in zip(neighbours, ids, strict=True):
+            line = f"{n['rank']:>4}  {n['score']:>7.4f}  {shown_id:<{width}}"
+            out.write((line + "".join(f"  {printable(str(v))}" for v in shown(n))).rstrip() + "\n")
 
 
 def command(args) -> int:

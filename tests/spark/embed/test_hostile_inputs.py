@@ -18,6 +18,7 @@ from lookalike.embed import images, listing, model
 from lookalike.errors import TooManyErrorsError
 from lookalike.jobs import embed as embed_job
 from tests.support import corpus
+from tests.support.paths import SAMPLE_DIR
 
 SEED = 5  # model.seed of the Spark runs here
 
@@ -141,3 +142,30 @@ def test_more_errors_than_max_error_fraction_fails_and_publishes_nothing(spark, 
 
     # At the limit it publishes: 2 of 4 is not more than 0.5.
     assert embed_job.run(spark, cfg(bad, "input.max_error_fraction=0.5"))["errors"] == 2
+
+
+def test_a_link_loop_and_a_dangling_link_are_error_rows_and_the_run_goes_on(spark, tmp_path, toy_overrides):
+    # Issue 24: `ln -s loop.jpg DIR/loop.jpg` killed the job with a traceback (ELOOP escaped listing).
+    shop = tmp_path / "shop"
+    shop.mkdir()
+    for path in sorted(SAMPLE_DIR.rglob("*.jpg"))[:4]:
+        (shop / path.name).write_bytes(path.read_bytes())
+    (shop / "loop.jpg").symlink_to(shop / "loop.jpg")
+    (shop / "dangling.jpg").symlink_to(tmp_path / "deleted.jpg")
+    cfg = load_config(
+        None,
+        [
+            f"input.uri={shop}",
+            *toy_overrides,
+            "input.max_error_fraction=0.5",
+            f"output.embeddings={tmp_path}/emb",
+            f"output.errors={tmp_path}/err",
+        ],
+    )
+    summary = embed_job.run(spark, cfg)
+    assert summary["listed"] == 6 and summary["embedded"] == 4 and summary["errors"] == 2
+    errors = read_table(str(tmp_path / "err")).set_index("item_id")
+    assert errors.loc["loop", "error"] == "fetch_error" and "symbolic links" in errors.loc["loop", "message"]
+    assert (
+        errors.loc["dangling", "error"] == "not_found" and "which does not exist" in errors.loc["dangling", "message"]
+    )

@@ -234,3 +234,23 @@ def test_no_module_outside_the_storage_layer_talks_to_s3_itself():
         if forbidden.search(line)
     ]
     assert hits == []
+
+
+def test_local_listing_keeps_links_that_cannot_be_read_and_their_fetch_says_why(tmp_path):
+    # Issue 24: a link to itself (ELOOP) escaped listing as a traceback; a dangling link vanished.
+    from lookalike.io.local import LocalStorage
+
+    (tmp_path / "good.jpg").write_bytes(b"jpeg")
+    (tmp_path / "loop.jpg").symlink_to(tmp_path / "loop.jpg")
+    (tmp_path / "dangling.jpg").symlink_to(tmp_path / "gone.jpg")
+    store = LocalStorage()
+    listed = {e.key: e for e in store.list(str(tmp_path))}
+    assert sorted(listed) == ["dangling.jpg", "good.jpg", "loop.jpg"]
+    assert listed["good.jpg"].size == 4 and listed["loop.jpg"].size is None
+    with pytest.raises(StorageError) as loop:
+        store.read(listed["loop.jpg"].uri, 100)
+    assert loop.value.kind == "fetch_error" and "symbolic links" in loop.value.message
+    with pytest.raises(StorageError) as dangling:
+        store.read(listed["dangling.jpg"].uri, 100)
+    assert dangling.value.kind == "not_found"
+    assert dangling.value.message == f"a symbolic link to {tmp_path / 'gone.jpg'}, which does not exist"

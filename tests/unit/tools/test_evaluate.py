@@ -308,3 +308,21 @@ def test_figures_do_not_depend_on_the_order_of_the_lists():
     shuffled = list(rankings.items())
     rng.shuffle(shuffled)
     assert evaluate(dict(shuffled), labels, 7) == forward
+
+
+def test_a_labels_header_that_is_not_utf8_and_a_json_directory_are_one_line_each(tmp_path, capsys):
+    # Issue 24: a UnicodeDecodeError traceback; an IsADirectoryError traceback and a stray .tmp.
+    _, neighbours, _ = sample_tables(tmp_path, k=3)
+    latin1 = tmp_path / "labels.csv"
+    latin1.write_bytes("item_id,cat\u00e9gorie,label\na,b,c\n".encode("latin-1"))
+    assert cli.main(["evaluate", "--neighbours", neighbours, "--labels", str(latin1)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert (
+        err == f"lookalike evaluate: labels file {latin1} is not UTF-8 text (byte 0xe9 in its header); save it as UTF-8"
+    )
+    folder = tmp_path / "figures"
+    folder.mkdir()
+    code = cli.main(["evaluate", "--neighbours", neighbours, "--labels", str(SAMPLE_LABELS), "--json", str(folder)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith(f"lookalike evaluate: --json {folder} is a directory") and "\n" not in err
+    assert list(folder.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")) == []

@@ -28,6 +28,20 @@ def test_similar_missing_table_exits_2(tmp_path):
     assert "nothing-here" in result.stderr
 
 
+@pytest.mark.parametrize("kind", ["directory", "latin-1"])
+def test_a_config_that_is_a_directory_or_not_utf8_is_one_line_and_exit_2(tmp_path, kind):
+    # Issue 24: each was a traceback (IsADirectoryError, UnicodeDecodeError).
+    config = tmp_path / "conf"
+    if kind == "directory":
+        config.mkdir()
+    else:
+        config.write_bytes("input:\n  uri: /data/caf\u00e9\n".encode("latin-1"))
+    result = similar("x", "--neighbours", str(tmp_path / "t"), "--config", str(config))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and f"config file {config}" in result.stderr
+    assert ("is a directory" if kind == "directory" else "is not UTF-8") in result.stderr
+
+
 # --- reading only what is shown: a table of many row groups, every read recorded ------------------
 
 
@@ -85,3 +99,41 @@ def test_similar_reads_a_small_part_of_the_files(large_neighbours):
     read = bytes_read() - before
     # Four footers (pyarrow reads at least 64 kB of each) and one row group of 200.
     assert read < table_bytes / 10, f"read {read} bytes of a {table_bytes}-byte table"
+
+
+def test_control_characters_in_ids_are_escaped_on_the_terminal_and_exact_in_json(tmp_path, capsys):
+    # Issue 24: an OSC sequence in a file name retitled the terminal through `lookalike similar`.
+    import json
+
+    import pyarrow as pa
+
+    from lookalike.tools import cli
+
+    evil = "shirt\x1b]0;pwned\x07\nrank 1"
+    table = pa.table(
+        {
+            "item_id": ["a", "a"],
+            "rank": pa.array([1, 2], pa.int32()),
+            "neighbour_id": [evil, "b\x9bc"],
+            "score": pa.array([0.9, 0.8], pa.float32()),
+        }
+    )
+    (tmp_path / "t").mkdir()
+    pq.write_table(table, tmp_path / "t" / "part-0.parquet")
+    assert cli.main(["similar", "a", "--neighbours", str(tmp_path / "t")]) == 0
+    shown = capsys.readouterr().out
+    assert "\x1b" not in shown and "\x07" not in shown and "\x9b" not in shown
+    assert "shirt\\x1b]0;pwned\\x07\\nrank 1" in shown and "b\\x9bc" in shown
+    assert len(shown.strip().splitlines()) == 4  # title, header, two rows: no forged line
+    assert cli.main(["similar", "a", "--neighbours", str(tmp_path / "t"), "--format", "json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert [n["neighbour_id"] for n in record["neighbours"]] == [evil, "b\x9bc"]  # exact
+
+
+def test_log_lines_escape_control_characters_from_file_names():
+    import logging
+
+    from lookalike.jobs.common import _Redact
+
+    record = logging.LogRecord("lookalike", logging.WARNING, __file__, 1, "cannot read %s", ("a\x1b[2Jb\nFAKE",), None)
+    assert _Redact().filter(record) and record.getMessage() == "cannot read a\\x1b[2Jb\\nFAKE"
