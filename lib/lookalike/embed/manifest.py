@@ -26,6 +26,7 @@ import csv
 import io
 import json
 import logging
+import posixpath
 import re
 import zlib
 from collections.abc import Iterator
@@ -298,14 +299,19 @@ class _Resolver:
             if bucket != self.bucket or not key.startswith(self.prefix):
                 return None
             return f"s3://{bucket}/{key}", key[len(self.prefix) :]
+        # File systems resolve ".." (S3 keys do not: there "a/../b" is its own object), so a key
+        # is normalised before it is compared with input.uri: "../x" must not count as inside.
         if self.kind == "hadoop":
             full = key if "://" in key else f"{self.base}/{key}"
+            scheme, _, rest = full.partition("://")
+            host, _, path = rest.partition("/")
+            full = f"{scheme}://{host}{posixpath.normpath('/' + path)}"
             if not full.startswith(self.base + "/"):
                 return None
             rel = full[len(self.base) + 1 :]
             return f"{self.base}/{rel}", rel
         path = local_path(key) if key.startswith("file://") else key
-        path = path if path.startswith("/") else f"{self.base}/{path}"
+        path = posixpath.normpath(path if path.startswith("/") else f"{self.base}/{path}")
         if bucket is not None or not path.startswith(self.base + "/"):
             return None
         return file_uri(path), path[len(self.base) + 1 :]

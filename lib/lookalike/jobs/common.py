@@ -26,6 +26,10 @@ class _Redact(logging.Filter):
         from lookalike.terminal import printable
 
         record.msg, record.args = printable(redact(record.getMessage())), ()
+        if record.exc_info and not record.exc_text:
+            # A traceback quotes exception messages (a server's echo of a signed request): format
+            # it here, redacted; handlers print exc_text as it is.
+            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
         return True
 
 

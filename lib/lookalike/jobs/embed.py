@@ -165,11 +165,15 @@ def _embed_and_publish(spark, cfg: Config, plan, outputs: OutputSet, summary: di
             model_loads=phases.loads.value,
             partitions=partitions,
         )
-        if failed > cfg.input.max_error_fraction * listed:
+        # Against what this run tried, not what it listed: in an incremental run where every new
+        # image fails (a new prefix the job cannot read), the reused ones must not hide it.
+        summary["error_fraction"] = round(failed / todo, 6) if todo else 0.0
+        if failed > cfg.input.max_error_fraction * todo:
             raise TooManyErrorsError(
-                f"{failed} of {listed} images failed ({failed / listed:.1%}), more than "
-                f"input.max_error_fraction={cfg.input.max_error_fraction}: {by_kind}. Nothing was "
-                f"published; the previous output is unchanged. Raise the limit if this is expected."
+                f"{failed} of {todo} images this run tried failed ({failed / todo:.1%}; {listed} listed, "
+                f"{listed - todo} reused), more than input.max_error_fraction={cfg.input.max_error_fraction}: "
+                f"{by_kind}. Nothing was published; the previous output is unchanged. Raise the limit if "
+                f"this is expected."
             )
 
         writing = time.perf_counter()

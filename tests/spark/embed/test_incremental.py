@@ -14,6 +14,7 @@ from lookalike import publish
 from lookalike.config import load_config
 from lookalike.embed import plan as incremental
 from lookalike.embed.stage import ITEMS
+from lookalike.errors import TooManyErrorsError
 from lookalike.jobs import embed as embed_job
 from lookalike.publish import lineage
 from lookalike.schemas import names, spark_schema
@@ -295,3 +296,21 @@ def test_failed_images_are_retried_every_run_and_downstream_sees_no_change(spark
     assert new_identity != identity
     assert lineage.unchanged_since(downstream, {**inputs, "embeddings": new_identity}) is None
     assert os.path.islink(tmp_path / "out" / "emb")
+
+
+def test_max_error_fraction_counts_the_images_a_run_tried_not_the_ones_it_reused(spark, tmp_path, cfg_for):
+    # Issue 24: a new prefix whose every image fails was hidden by the reused ones (3 of 9 < 50%).
+    images = tmp_path / "images"
+    images.mkdir()
+    for path in sorted(SAMPLE_DIR.rglob("*.jpg"))[:6]:
+        shutil.copy(path, images / path.name)
+    first = embed_job.run(spark, cfg_for(tmp_path, images))
+    assert first["embedded"] == 6 and first["error_fraction"] == 0.0
+    for name in ("a", "b", "c"):
+        (images / f"new-{name}.jpg").write_bytes(b"<html>403 Forbidden</html>")
+    with pytest.raises(TooManyErrorsError) as refused:
+        embed_job.run(spark, cfg_for(tmp_path, images))
+    message = str(refused.value)
+    assert message.startswith("3 of 3 images this run tried failed (100.0%; 9 listed, 6 reused)")
+    assert "Nothing was published" in message
+    assert publish.read_summary(str(tmp_path / "out" / "emb"))["run_id"] == first["run_id"]

@@ -228,3 +228,26 @@ def test_gzipped_csv_manifest_is_streamed_in_blocks_with_keys_kept_as_text(spark
     monkeypatch.undo()
     got = items_of(manifest.read_manifest(spark, cfg))
     assert len(got) == 3000 and got[7] == ("0000007/07", "file:///data/0000007/07.jpg", None, 7)
+
+
+def test_keys_that_climb_out_of_input_uri_with_dot_dot_are_outside(spark, tmp_path):
+    # Issue 24: "../" in a key was compared unnormalised and taken as inside input.uri.
+    root = tmp_path / "images"
+    (root / "dress").mkdir(parents=True)
+    inside = sorted((SAMPLE_DIR / "dress").glob("*.jpg"))[:2]
+    for path in inside:
+        shutil.copy(path, root / "dress" / path.name)
+    secret = tmp_path / "secret.jpg"
+    shutil.copy(inside[0], secret)
+    keys = tmp_path / "keys.csv"
+    keys.write_text(
+        "key\n"
+        f"dress/{inside[0].name}\n"
+        f"dress/../dress/{inside[1].name}\n"  # inside once normalised
+        "../secret.jpg\n"  # outside: the file system would read tmp_path/secret.jpg
+        f"dress/../../{secret.name}\n"
+    )
+    frame = manifest.read_manifest(spark, InputConfig(uri=str(root), manifest=str(keys), manifest_key_column="key"))
+    got = items_of(frame)
+    assert sorted(item_id for item_id, *_ in got) == sorted(f"dress/{p.stem}" for p in inside)
+    assert all(uri.startswith(f"file://{root}/dress/") and ".." not in uri for _, uri, *_ in got)

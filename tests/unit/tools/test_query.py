@@ -137,3 +137,21 @@ def test_log_lines_escape_control_characters_from_file_names():
 
     record = logging.LogRecord("lookalike", logging.WARNING, __file__, 1, "cannot read %s", ("a\x1b[2Jb\nFAKE",), None)
     assert _Redact().filter(record) and record.getMessage() == "cannot read a\\x1b[2Jb\\nFAKE"
+
+
+def test_tracebacks_in_log_lines_are_redacted_too():
+    # Issue 24: redaction covered messages, not the traceback of log.exception.
+    import logging
+
+    from lookalike.jobs.common import _Redact
+
+    secret = "Credential=AKIAABCDEFGHIJKLMNOP/20260101/us-east-1/s3/aws4_request"
+    try:
+        raise RuntimeError(f"server said: {secret}")
+    except RuntimeError:
+        import sys
+
+        record = logging.LogRecord("lookalike", logging.ERROR, __file__, 1, "crashed", (), sys.exc_info())
+    assert _Redact().filter(record)
+    line = logging.Formatter("%(message)s").format(record)
+    assert "RuntimeError: server said: Credential=***" in line and "AKIA" not in line
