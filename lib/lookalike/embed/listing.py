@@ -67,6 +67,7 @@ def assign_ids(listed: list[Entry], id_regex: str | None) -> list[tuple[str, Ent
     """(item_id, file) pairs in id order; duplicate ids are an error naming both keys."""
     pattern = re.compile(id_regex) if id_regex else None
     seen: dict[str, Entry] = {}
+    clashes: dict[str, tuple[str, str]] = {}
     skipped = 0
     for obj in listed:
         item_id = item_id_for(obj.key, pattern)
@@ -74,16 +75,36 @@ def assign_ids(listed: list[Entry], id_regex: str | None) -> list[tuple[str, Ent
             skipped += 1
             continue
         if item_id in seen:
-            raise duplicate_id_error(item_id, seen[item_id].key, obj.key)
+            clashes.setdefault(item_id, (seen[item_id].key, obj.key))
+            continue
         seen[item_id] = obj
+    if clashes:  # all of them at once: one run to learn of each would take as many runs
+        first = sorted(clashes)[:CLASHES_SHOWN]
+        raise duplicate_ids_error([(i, *clashes[i]) for i in first], len(clashes))
     _warn_skipped(skipped)
     return sorted(seen.items())
+
+
+# Clashing item ids a duplicate-id error names (it counts all of them).
+CLASHES_SHOWN = 20
 
 
 def duplicate_id_error(item_id: str, first: str, second: str) -> DuplicateItemIdError:
     return DuplicateItemIdError(
         f"item id {item_id!r} comes from two keys: {first!r} and {second!r}. "
         f"Remove one, or set input.id_regex so that ids are unique."
+    )
+
+
+def duplicate_ids_error(clashes: list[tuple[str, str, str]], total: int) -> DuplicateItemIdError:
+    """Every clashing id counted, the first CLASHES_SHOWN named with two of their keys."""
+    if total == 1:
+        return duplicate_id_error(*clashes[0])
+    shown = "; ".join(f"{i!r} from {a!r} and {b!r}" for i, a, b in clashes)
+    more = f" and {total - len(clashes)} more" if total > len(clashes) else ""
+    return DuplicateItemIdError(
+        f"{total} item ids come from two or more keys: {shown}{more}. "
+        f"Remove the extra keys, or set input.id_regex so that ids are unique."
     )
 
 
@@ -146,16 +167,18 @@ def check_unique_ids(rows, problem_error: Callable[[str], Exception], key=None, 
         F.max(key).alias("second"),
         F.min(problem).alias("problem"),
     )
+    clash = F.col("first") != F.col("second")
     check = per_id.agg(
         F.count(F.when(found, 1)).alias("items"),
         F.max(F.when(found, F.col("rows"))).alias("most"),
-        F.max(F.when(F.col("first") != F.col("second"), F.struct("item_id", "first", "second"))).alias("conflict"),
+        F.count(F.when(clash, 1)).alias("clashes"),
         F.min("problem").alias("problem"),
     ).collect()[0]
     if check["problem"]:
         raise problem_error(check["problem"])
-    if check["conflict"] is not None:
-        raise duplicate_id_error(*check["conflict"])
+    if check["clashes"]:
+        first = per_id.filter(clash).orderBy("item_id").limit(CLASHES_SHOWN).collect()
+        raise duplicate_ids_error([(r["item_id"], r["first"], r["second"]) for r in first], check["clashes"])
     return check["items"] or 0, check["most"] or 0
 
 

@@ -30,6 +30,9 @@ REQUIRED = ("input.uri", "output.embeddings", "output.errors")
 # Files of at most about this size for the embeddings table, and this many rows for the errors.
 EMBEDDINGS_FILE_BYTES = 256 * 1024**2
 ERRORS_PER_FILE = 1_000_000
+# When too many images fail: how many the log names, and how many the CSV file beside the outputs.
+FAILURES_LOGGED = 20
+FAILURES_REPORTED = 100_000
 
 
 def counts_reused(plan) -> int:
@@ -169,11 +172,12 @@ def _embed_and_publish(spark, cfg: Config, plan, outputs: OutputSet, summary: di
         # image fails (a new prefix the job cannot read), the reused ones must not hide it.
         summary["error_fraction"] = round(failed / todo, 6) if todo else 0.0
         if failed > cfg.input.max_error_fraction * todo:
+            report = _report_failures(results, cfg, summary["run_id"])
             raise TooManyErrorsError(
                 f"{failed} of {todo} images this run tried failed ({failed / todo:.1%}; {listed} listed, "
                 f"{listed - todo} reused), more than input.max_error_fraction={cfg.input.max_error_fraction}: "
-                f"{by_kind}. Nothing was published; the previous output is unchanged. Raise the limit if "
-                f"this is expected."
+                f"{by_kind}. Nothing was published; the previous output is unchanged; the failed images are "
+                f"listed in {report}. Raise the limit if this is expected."
             )
 
         writing = time.perf_counter()
@@ -236,6 +240,35 @@ def _embed_and_publish(spark, cfg: Config, plan, outputs: OutputSet, summary: di
         cfg.model.precision,
         cfg.model.name,
     )
+
+
+def _report_failures(results, cfg: Config, run_id: str) -> str:
+    """Name the images that failed a run: the first FAILURES_LOGGED in the log, and up to
+    FAILURES_REPORTED in a CSV file beside output.errors (not a table: nothing is published).
+    Returns where the file is, or why there is none."""
+    import csv
+    import io
+
+    from pyspark.sql import functions as F
+
+    from lookalike.io.storage import StorageError, storage_for
+
+    failing = results.filter(F.col("error").isNotNull()).select("item_id", "uri", "error", "message")
+    rows = failing.orderBy("uri").limit(FAILURES_REPORTED).collect()
+    for row in rows[:FAILURES_LOGGED]:
+        log.error("failed: %s (%s: %s)", row["uri"], row["error"], row["message"])
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["item_id", "uri", "error", "message"])
+    writer.writerows([r["item_id"], r["uri"], r["error"], r["message"]] for r in rows)
+    parent, _, name = cfg.output.errors.rstrip("/").rpartition("/")
+    target = f"{parent or '.'}/{name}.failed-{run_id}.csv"
+    try:
+        storage_for(target, cfg.s3).write(target, text.getvalue().encode("utf-8"))
+    except StorageError as exc:
+        log.warning("could not write the list of failed images to %s: %s", target, exc.message)
+        return f"the log (writing {target} failed)"
+    return target + (f" (the first {FAILURES_REPORTED})" if len(rows) == FAILURES_REPORTED else "")
 
 
 def _outcomes(spark, results, todo: int, partitions: int, run_id: str) -> dict:

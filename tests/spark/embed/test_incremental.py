@@ -314,3 +314,10 @@ def test_max_error_fraction_counts_the_images_a_run_tried_not_the_ones_it_reused
     assert message.startswith("3 of 3 images this run tried failed (100.0%; 9 listed, 6 reused)")
     assert "Nothing was published" in message
     assert publish.read_summary(str(tmp_path / "out" / "emb"))["run_id"] == first["run_id"]
+    # The failing images are named: beside the outputs, not published as a table.
+    report = next((tmp_path / "out").glob("err.failed-*.csv"))
+    assert f"listed in {report}." in message
+    rows = report.read_text().splitlines()
+    assert rows[0] == "item_id,uri,error,message" and len(rows) == 4
+    assert sorted(r.split(",")[0] for r in rows[1:]) == ["new-a", "new-b", "new-c"]
+    assert all(r.split(",")[2] == "decode_error" for r in rows[1:])

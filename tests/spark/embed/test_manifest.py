@@ -137,6 +137,14 @@ def test_two_keys_with_one_item_id_fail_naming_both_keys(spark, tmp_path):
     pq.write_table(pa.table({"key": ["a/1.jpg", "a/2.jpg", "a/1.png", "a/2.jpg"]}), table)
     with pytest.raises(DuplicateItemIdError, match=r"'a/1' comes from two keys: 'a/1.jpg' and 'a/1.png'"):
         manifest.read_manifest(spark, InputConfig(uri="s3://b/", manifest=str(table)))
+    # Issue 24: every clash at once (count, and the first 20 by id), not one per run.
+    keys = [f"a/{n:02d}.{ext}" for n in range(25) for ext in ("jpg", "png")] + ["a/solo.jpg"]
+    pq.write_table(pa.table({"key": keys}), table)
+    with pytest.raises(DuplicateItemIdError) as clashes:
+        manifest.read_manifest(spark, InputConfig(uri="s3://b/", manifest=str(table)))
+    message = str(clashes.value)
+    assert message.startswith("25 item ids come from two or more keys: 'a/00' from 'a/00.jpg' and 'a/00.png'; ")
+    assert "'a/19' from 'a/19.jpg' and 'a/19.png' and 5 more." in message and "'a/20'" not in message
     # The same key twice (overlapping reports) is not a conflict: it is embedded once.
     pq.write_table(pa.table({"key": ["a/1.jpg", "a/2.jpg", "a/2.jpg"]}), table)
     frame = manifest.read_manifest(spark, InputConfig(uri="s3://b/", manifest=str(table)))

@@ -77,3 +77,18 @@ def test_fetch_reports_kinds(s3, bucket, s3_endpoint, tmp_path):
     with pytest.raises(storage.StorageError) as local_missing:
         storage.fetch(f"file://{tmp_path}/none.jpg", cfg, 100)
     assert local_missing.value.kind == "not_found"
+
+
+def test_every_duplicate_id_of_a_listing_is_reported_at_once(tmp_path):
+    # Issue 24: one clash per run meant as many failed runs as clashes.
+    for n in range(22):
+        for ext in ("jpg", "png"):
+            (tmp_path / f"{n:02d}.{ext}").write_bytes(b"x")
+    (tmp_path / "solo.jpg").write_bytes(b"x")
+    with pytest.raises(DuplicateItemIdError) as clashes:
+        listing.list_images(InputConfig(uri=str(tmp_path)), S3Config())
+    message = str(clashes.value)
+    assert message.startswith("22 item ids come from two or more keys: '00' from '00.jpg' and '00.png'; ")
+    assert message.count(" from '") == 20 and message.endswith(
+        "and 2 more. Remove the extra keys, or set input.id_regex so that ids are unique."
+    )
