@@ -306,3 +306,9 @@ def test_two_tables_on_one_location_or_nested_are_refused_before_anything_runs(s
     assert str(refused.value).startswith("config: ") and message in str(refused.value)
     # Siblings, and a name that merely starts like another, are fine.
     load_config(None, ["output.embeddings=/data/emb", "output.errors=/data/emb-errors"])
+
+
+def test_a_key_added_later_changes_the_fingerprint_only_when_set():
+    plain = load_config(None, [])
+    assert plain.fingerprint("input") == load_config(None, ["input.follow_links=false"]).fingerprint("input")
+    assert plain.fingerprint("input") != load_config(None, ["input.follow_links=true"]).fingerprint("input")

@@ -107,6 +107,12 @@ class InputConfig(Settings):
     partition_size: int = setting(
         128, "Images per Spark task: small enough for even load, retries and progress.", POSITIVE, ge=1
     )
+    follow_links: bool = setting(
+        False,
+        "Embed local files reached through a symbolic link that leads outside `input.uri`. Off: such a "
+        "file is an error row (`unsupported`) naming where the link leads, so a link planted in a "
+        "shared folder cannot pull other files into the tables and the report.",
+    )
 
     @field_validator("id_regex")
     @classmethod
@@ -397,7 +403,16 @@ class Config(Settings):
     def fingerprint(self, section: str) -> str:
         """A short stable hash of one section, stored with outputs to detect changed settings."""
         # The same JSON as dataclasses.asdict gave before pydantic: stored fingerprints stay valid.
-        return digest(getattr(self, section).model_dump())
+        # Keys added since are left out while they hold their default, for the same reason.
+        values = getattr(self, section).model_dump()
+        for key, default in ADDED_LATER.get(section, {}).items():
+            if values.get(key) == default:
+                values.pop(key)
+        return digest(values)
+
+
+# Keys added to a section after outputs recorded its fingerprint, with their defaults.
+ADDED_LATER: dict[str, dict[str, Any]] = {"input": {"follow_links": False}}
 
 
 def _location(path: str) -> str:

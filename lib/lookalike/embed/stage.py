@@ -8,6 +8,7 @@ of the current one on a small thread pool.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +21,7 @@ from lookalike.config import Config
 from lookalike.embed import images, model
 from lookalike.io import storage
 from lookalike.io.storage import Entry, StorageError
+from lookalike.io.uris import is_hadoop, is_s3, local_path
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +78,8 @@ def _load(uri: str, cfg: Config, input_size: tuple[int, int]):
     pixels, size, kind, message = None, (0, 0), "", ""
     started = fetched = time.perf_counter()
     try:
+        if not cfg.input.follow_links:
+            _refuse_links_out(uri, cfg.input.uri)
         data = storage.fetch(uri, cfg.s3, cfg.input.max_bytes)
         fetched = time.perf_counter()
         pixels, size = images.decode(data, cfg.input.max_pixels, input_size)
@@ -84,6 +88,22 @@ def _load(uri: str, cfg: Config, input_size: tuple[int, int]):
     except Exception as exc:  # one odd file must never fail the task and its neighbours
         kind, message = "decode_error", f"unexpected {type(exc).__name__}: {exc}"
     return pixels, size, kind, message, fetched - started, time.perf_counter() - fetched
+
+
+def _refuse_links_out(uri: str, root: str | None) -> None:
+    """StorageError when the local file ``uri`` resolves (through symbolic links) to a place
+    outside ``root`` (input.uri). Object stores have no links: nothing to check there."""
+    if root is None or is_s3(uri) or is_hadoop(uri):
+        return
+    path = local_path(uri)
+    if not os.path.islink(path) and os.path.realpath(os.path.dirname(path)) == os.path.dirname(path):
+        return  # no link on the way: the common case costs one lstat
+    target, base = os.path.realpath(path), os.path.realpath(local_path(root))
+    if target != base and not target.startswith(base.rstrip(os.sep) + os.sep):
+        raise StorageError(
+            "unsupported",
+            f"a symbolic link to {target}, outside input.uri; set input.follow_links: true to embed it",
+        )
 
 
 def worker_threads(cfg: Config, task_cpus: int) -> int:

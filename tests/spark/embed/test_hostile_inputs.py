@@ -151,7 +151,7 @@ def test_a_link_loop_and_a_dangling_link_are_error_rows_and_the_run_goes_on(spar
     for path in sorted(SAMPLE_DIR.rglob("*.jpg"))[:4]:
         (shop / path.name).write_bytes(path.read_bytes())
     (shop / "loop.jpg").symlink_to(shop / "loop.jpg")
-    (shop / "dangling.jpg").symlink_to(tmp_path / "deleted.jpg")
+    (shop / "dangling.jpg").symlink_to(shop / "deleted.jpg")  # inside input.uri, but gone
     cfg = load_config(
         None,
         [
@@ -169,3 +169,42 @@ def test_a_link_loop_and_a_dangling_link_are_error_rows_and_the_run_goes_on(spar
     assert (
         errors.loc["dangling", "error"] == "not_found" and "which does not exist" in errors.loc["dangling", "message"]
     )
+
+
+def test_a_link_that_leaves_input_uri_is_refused_unless_follow_links(spark, tmp_path, toy_overrides):
+    # Issue 24: a link planted in a shared upload folder pulled an outside file into the tables.
+    shop, private = tmp_path / "shop", tmp_path / "private"
+    (shop / "sub").mkdir(parents=True)
+    private.mkdir()
+    samples = sorted(SAMPLE_DIR.rglob("*.jpg"))
+    for path in samples[:3]:
+        (shop / path.name).write_bytes(path.read_bytes())
+    (private / "payslip.jpg").write_bytes(samples[3].read_bytes())
+    (shop / "planted.jpg").symlink_to(private / "payslip.jpg")
+    (shop / "sub" / "inside.jpg").symlink_to(shop / samples[0].name)  # a link that stays inside is fine
+
+    def run(*extra):
+        out = tmp_path / f"out{len(extra)}"
+        cfg = load_config(
+            None,
+            [
+                f"input.uri={shop}",
+                *toy_overrides,
+                "input.max_error_fraction=0.5",
+                f"output.embeddings={out}/emb",
+                f"output.errors={out}/err",
+                *extra,
+            ],
+        )
+        return embed_job.run(spark, cfg), out
+
+    summary, out = run()
+    assert summary["embedded"] == 4 and summary["errors"] == 1
+    errors = read_table(str(out / "err"))
+    assert errors["item_id"].tolist() == ["planted"] and errors["error"].tolist() == ["unsupported"]
+    assert errors["message"][0] == (
+        f"a symbolic link to {private / 'payslip.jpg'}, outside input.uri; set input.follow_links: true to embed it"
+    )
+    assert "planted" not in read_table(str(out / "emb"))["item_id"].tolist()
+    summary, out = run("input.follow_links=true")
+    assert summary["embedded"] == 5 and summary["errors"] == 0
