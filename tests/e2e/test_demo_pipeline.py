@@ -115,6 +115,29 @@ def test_similar_on_the_demo_output(demo):
     assert [r["neighbour_id"] for r in rows] == list(expected["neighbour_id"])
 
 
+def test_the_readmes_duckdb_example_runs_as_written_on_the_demo_output(demo, monkeypatch):
+    # Issue 24: it joined an attributes.parquet that was neither shipped nor explained.
+    import csv
+    import re
+
+    import duckdb
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    sql = next(block for block in re.findall(r"```sql\n(.*?)```", readme, re.S) if "clothing-attributes" in block)
+    monkeypatch.chdir(ROOT)  # the example runs from the repository root, after `make demo`
+    rows = duckdb.sql(sql.replace("'output/neighbours/", f"'{demo.out}/neighbours/")).fetchall()
+    attributes = {r["item_id"]: r for r in csv.DictReader(open(ROOT / "samples" / "clothing-attributes.csv"))}
+    query = re.search(r"n.item_id = '([^']+)'", sql).group(1)
+    expected = demo.neighbours[demo.neighbours["item_id"] == query].sort_values("rank")
+    wanted = [
+        (r.rank, r.neighbour_id)
+        for r in expected.itertuples()
+        if attributes[r.neighbour_id]["category"] == attributes[query]["category"]
+        and attributes[r.neighbour_id]["in_stock"] == "true"
+    ]
+    assert rows and [(rank, neighbour) for rank, neighbour, _ in rows] == wanted
+
+
 def test_notebook_on_the_demo_output(demo, monkeypatch):
     item = sorted(demo.embeddings["item_id"])[0]
     # The notebook, top to bottom, against exactly this output.
