@@ -61,12 +61,20 @@ def error_text(exc) -> str:
     return redact(f"{code}: {message}" if message else str(code))
 
 
-_clients = threading.local()
+# One client per settings in this process, shared by its threads: boto3 clients are thread-safe
+# once made (making one is not, hence the lock). A client per task or decode thread would resolve
+# credentials again (IMDS on EC2) and open a new connection pool each time.
+_clients: dict[tuple, object] = {}
+_clients_lock = threading.Lock()
+
+
+def clients_made(endpoint_url: str | None) -> int:
+    """How many S3 clients this process has made for ``endpoint_url`` (one per distinct settings)."""
+    return sum(1 for key in _clients if key[0] == endpoint_url)
 
 
 def s3_client(cfg: S3Config):
-    """A boto3 S3 client, one per thread and settings (boto3 clients are not safe to share when
-    created concurrently, and creating one per object is slow)."""
+    """The boto3 S3 client of this process for ``cfg``'s settings, made on first use."""
     import boto3
     from botocore.config import Config as BotoConfig
 
@@ -79,28 +87,30 @@ def s3_client(cfg: S3Config):
         cfg.read_timeout,
         cfg.max_pool_connections,
     )
-    cache = getattr(_clients, "cache", None)
-    if cache is None:
-        cache = _clients.cache = {}
-    if key not in cache:
-        # Credentials: boto3's default chain only (environment, shared files, instance/task role).
-        session = boto3.session.Session()
-        remember_credentials(session)
-        cache[key] = session.client(
-            "s3",
-            endpoint_url=cfg.endpoint_url,
-            region_name=cfg.region,
-            config=BotoConfig(
-                # total_max_attempts counts the first try, like AWS_MAX_ATTEMPTS; botocore's
-                # "max_attempts" would count retries only (one more request than configured).
-                retries={"total_max_attempts": cfg.max_attempts, "mode": cfg.retry_mode},
-                connect_timeout=cfg.connect_timeout,
-                read_timeout=cfg.read_timeout,
-                max_pool_connections=cfg.max_pool_connections,
-            ),
-        )
-        cache[key].meta.events.register("before-send.s3", _count_request)
-    return cache[key]
+    client = _clients.get(key)
+    if client is not None:
+        return client
+    with _clients_lock:
+        if key not in _clients:
+            # Credentials: boto3's default chain only (environment, shared files, instance/task role).
+            session = boto3.session.Session()
+            remember_credentials(session)
+            made = session.client(
+                "s3",
+                endpoint_url=cfg.endpoint_url,
+                region_name=cfg.region,
+                config=BotoConfig(
+                    # total_max_attempts counts the first try, like AWS_MAX_ATTEMPTS; botocore's
+                    # "max_attempts" would count retries only (one more request than configured).
+                    retries={"total_max_attempts": cfg.max_attempts, "mode": cfg.retry_mode},
+                    connect_timeout=cfg.connect_timeout,
+                    read_timeout=cfg.read_timeout,
+                    max_pool_connections=cfg.max_pool_connections,
+                ),
+            )
+            made.meta.events.register("before-send.s3", _count_request)
+            _clients[key] = made
+        return _clients[key]
 
 
 # Error codes S3 and S3-compatible servers answer while overloaded or failing; the request may

@@ -24,6 +24,23 @@ from tests.support.paths import SAMPLE_DIR
 SEED = 6  # model.seed
 
 
+def _clients_made_for(endpoint: str):
+    """A mapInPandas function (the embed stage's kind of Python worker): this worker's pid and the
+    S3 clients it has made for ``endpoint``."""
+
+    def probe(frames):
+        import os
+
+        import pandas as pd
+
+        from lookalike.io.s3client import clients_made
+
+        for _ in frames:
+            yield pd.DataFrame({"pid": [os.getpid()], "made": [clients_made(endpoint)]})
+
+    return probe
+
+
 @pytest.fixture
 def job_config(toy_overrides):
     def make(tmp_path, uri: str, endpoint: str, *extra: str):
@@ -66,6 +83,11 @@ def test_embed_job_with_20pct_of_gets_failing_loses_nothing(
     ) as proxy:
         summary = embed_job.run(spark, job_config(tmp_path, f"s3://{bucket}/shop", proxy.url))
         stats = proxy.stats
+        # Issue 24: one S3 client per worker process, not one per task and decode thread (each
+        # resolved credentials again and opened its own pool). 5 tasks x 2 threads ran here.
+        probe = spark.range(8, numPartitions=8).mapInPandas(_clients_made_for(proxy.url), "pid long, made long")
+        made = [(row.pid, row.made) for row in probe.collect()]
+        assert max(count for _, count in made) == 1, made
 
     # Listing: two failures in a row, then the page: retried, not fatal.
     assert stats.faults_for("list") == 2 and stats.requests["list"] == 3
