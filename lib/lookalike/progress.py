@@ -77,7 +77,11 @@ class StageWatcher:
             except Exception:  # progress must never break the job
                 pass
 
+    # What setJobGroup sets: the caller's values come back on exit (a library is a good guest).
+    _GROUP_PROPERTIES = ("spark.jobGroup.id", "spark.job.description", "spark.job.interruptOnCancel")
+
     def __enter__(self) -> StageWatcher:
+        self._saved = {key: self.sc.getLocalProperty(key) for key in self._GROUP_PROPERTIES}
         self.sc.setJobGroup(self.group, self.progress.stage)
         self._thread = threading.Thread(target=self._poll, daemon=True, name="lookalike-progress")
         self._thread.start()
@@ -87,3 +91,5 @@ class StageWatcher:
         self._stop.set()
         if self._thread:
             self._thread.join(timeout=2)
+        for key, value in self._saved.items():
+            self.sc.setLocalProperty(key, value)  # None removes it
