@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import random
 import threading
 import time
 
@@ -199,14 +200,25 @@ class Embedder:
     @staticmethod
     def _build(keras, cfg: ModelConfig, s3: S3Config):
         """(trunk on preprocessed input, md5 of the file loaded, preprocessing, input size)."""
-        from lookalike.embed.weights import local_file
-
         if cfg.name == "keras_file":
             return _load_keras_file(keras, cfg, s3)
         backbone = backbones.get(cfg.name)
         if is_random_init(cfg):
             # Same seed, same weights, in every process: tests and random-init runs are reproducible.
-            keras.utils.set_random_seed(cfg.seed)
+            # Keras seeds Python's and NumPy's global generators too: the caller gets theirs back.
+            python_state, numpy_state = random.getstate(), np.random.get_state()
+            try:
+                keras.utils.set_random_seed(cfg.seed)
+                return Embedder._build_trunk(keras, cfg, s3, backbone)
+            finally:
+                random.setstate(python_state)
+                np.random.set_state(numpy_state)
+        return Embedder._build_trunk(keras, cfg, s3, backbone)
+
+    @staticmethod
+    def _build_trunk(keras, cfg: ModelConfig, s3: S3Config, backbone):
+        from lookalike.embed.weights import local_file
+
         path, md5 = local_file(cfg, s3)
         if is_imagenet(cfg) and backbone.imagenet_source == "keras":
             path = _keras_download(backbone)
