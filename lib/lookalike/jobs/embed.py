@@ -168,16 +168,22 @@ def _embed_and_publish(spark, cfg: Config, plan, outputs: OutputSet, summary: di
             model_loads=phases.loads.value,
             partitions=partitions,
         )
-        # Against what this run tried, not what it listed: in an incremental run where every new
-        # image fails (a new prefix the job cannot read), the reused ones must not hide it.
-        summary["error_fraction"] = round(failed / todo, 6) if todo else 0.0
-        if failed > cfg.input.max_error_fraction * todo:
+        # New and changed images are measured on their own: in an incremental run where every new
+        # image fails (a new prefix the job cannot read), the reused ones must not hide it. Images
+        # that failed before and fail again (retried) count only against everything listed.
+        retried_failed = _retried_failures(results, plan) if failed and plan.counts["retried"] else 0
+        fresh, fresh_failed = todo - plan.counts["retried"], failed - retried_failed
+        summary["error_fraction"] = round(fresh_failed / fresh, 6) if fresh else 0.0
+        limit = cfg.input.max_error_fraction
+        if (fresh and fresh_failed > limit * fresh) or failed > limit * listed:
             report = _report_failures(results, cfg, summary["run_id"])
+            bad, base = (fresh_failed, fresh) if fresh and fresh_failed > limit * fresh else (failed, listed)
+            label = "images" if base == listed else "new or changed images"
             raise TooManyErrorsError(
-                f"{failed} of {todo} images this run tried failed ({failed / todo:.1%}; {listed} listed, "
-                f"{listed - todo} reused), more than input.max_error_fraction={cfg.input.max_error_fraction}: "
-                f"{by_kind}. Nothing was published; the previous output is unchanged; the failed images are "
-                f"listed in {report}. Raise the limit if this is expected."
+                f"{bad} of {base} {label} failed ({bad / base:.1%}; {listed} listed, "
+                f"{plan.counts['reused']} reused, {plan.counts['retried']} retried), more than "
+                f"input.max_error_fraction={limit}: {by_kind}. Nothing was published; the previous output is "
+                f"unchanged; the failed images are listed in {report}. Raise the limit if this is expected."
             )
 
         writing = time.perf_counter()
@@ -240,6 +246,14 @@ def _embed_and_publish(spark, cfg: Config, plan, outputs: OutputSet, summary: di
         cfg.model.precision,
         cfg.model.name,
     )
+
+
+def _retried_failures(results, plan) -> int:
+    """Failures among the images that had failed before (the plan's ``retried``)."""
+    from pyspark.sql import functions as F
+
+    retried = plan.outcomes.filter(F.col("outcome") == "retried").select("item_id")
+    return results.filter(F.col("error").isNotNull()).join(retried, "item_id", "left_semi").count()
 
 
 def _report_failures(results, cfg: Config, run_id: str) -> str:

@@ -137,7 +137,11 @@ def test_more_errors_than_max_error_fraction_fails_and_publishes_nothing(spark, 
     message = str(refused.value)
     assert "2 of 4 images failed" in message and "input.max_error_fraction=0.05" in message
     assert "Nothing was published" in message and refused.value.exit_code == 2
-    assert snapshot(out) == before  # previous output intact, nothing half-written beside it
+    # Previous output intact, nothing half-written beside it: only the list of the failed images.
+    after = snapshot(out)
+    reports = [name for name in after if name.startswith("err.failed-") and name.endswith(".csv")]
+    assert len(reports) == 1 and reports[0] in message
+    assert {k: v for k, v in after.items() if k not in reports} == before
     assert sorted(read_table(str(out / "emb"))["item_id"]) == ["lossless", "lzw", "plain"]
 
     # At the limit it publishes: 2 of 4 is not more than 0.5.

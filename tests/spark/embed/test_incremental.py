@@ -311,7 +311,7 @@ def test_max_error_fraction_counts_the_images_a_run_tried_not_the_ones_it_reused
     with pytest.raises(TooManyErrorsError) as refused:
         embed_job.run(spark, cfg_for(tmp_path, images))
     message = str(refused.value)
-    assert message.startswith("3 of 3 images this run tried failed (100.0%; 9 listed, 6 reused)")
+    assert message.startswith("3 of 3 new or changed images failed (100.0%; 9 listed, 6 reused, 0 retried)")
     assert "Nothing was published" in message
     assert publish.read_summary(str(tmp_path / "out" / "emb"))["run_id"] == first["run_id"]
     # The failing images are named: beside the outputs, not published as a table.
