@@ -108,11 +108,8 @@ def is_transient(exc: BaseException) -> bool:
         return True
     if name == "OperationalError" and "locked" in str(exc):
         return True
-    try:
-        if s3_transient(exc):
-            return True
-    except Exception:
-        pass
+    if s3_transient(exc):
+        return True
     cause = exc.__cause__ or exc.__context__
     return cause is not None and cause is not exc and is_transient(cause)
 

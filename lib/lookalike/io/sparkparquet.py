@@ -21,13 +21,12 @@ from lookalike.errors import InputError
 from lookalike.io import arrowfs
 from lookalike.io.partfiles import PartWriter, write_part
 from lookalike.io.storage import storage_for
+from lookalike.io.tables import HIDDEN_PREFIXES
 from lookalike.io.uris import is_s3
 
 # A row group of about this many bytes: one lookup by id reads one, whatever the embedding size.
 ROW_GROUP_BYTES = 32 * 1024**2
 WRITTEN = "partition int, path string, rows long"
-# What is not a table's data: Spark's and Hadoop's bookkeeping, lookalike's summary.
-_HIDDEN = ("_", ".")
 
 
 def data_files(uri: str, s3: S3Config | None) -> list[str]:
@@ -36,7 +35,7 @@ def data_files(uri: str, s3: S3Config | None) -> list[str]:
     return sorted(
         entry.uri
         for entry in storage_for(uri, s3 or S3Config()).list(uri)
-        if not any(part.startswith(_HIDDEN) for part in entry.uri[len(base) :].split("/"))
+        if not any(part.startswith(HIDDEN_PREFIXES) for part in entry.uri[len(base) :].split("/"))
     )
 
 

@@ -74,6 +74,11 @@ def registered_executors(spark) -> int:
     return max(1, len(infos) - 1)  # the list includes the driver
 
 
+def executors_answered(probes) -> int:
+    """Executors among the probes' Python processes: each has its own host and working directory."""
+    return len({(i["host"], i["cwd"]) for i in probes})
+
+
 def _probe_once(sc, tasks: int) -> list[str]:
     try:
         return sc.parallelize(range(tasks), tasks).mapPartitions(_probe_partition).collect()
@@ -106,7 +111,7 @@ def executor_probes(spark, tasks: int = 0, wait_s: float = PROBE_WAIT_S, poll_s:
         for text in _probe_once(sc, tasks):
             info = json.loads(text)
             unique[(info["host"], info["pid"])] = info
-        answered = len({(i["host"], i["cwd"]) for i in unique.values()})
+        answered = executors_answered(unique.values())
         registered = registered_executors(spark)
         if answered >= registered or time.monotonic() >= deadline:
             break
@@ -142,7 +147,7 @@ def run(spark, cfg: Config) -> dict:
     driver = probe()
     executors, registered = executor_probes(spark)
     problems = compare(driver, executors)
-    answered = len({(i["host"], i["cwd"]) for i in executors})
+    answered = executors_answered(executors)
     if answered < registered:
         # Not a failure: with dynamic allocation executors come and go. But the check covered less.
         log.warning(
