@@ -5,15 +5,15 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ./spark-submit.sh pipeline --config conf/local.yaml
 .venv/bin/python - <<'PY'
-import pyarrow.parquet as pq
-table = pq.read_table("output/embeddings").select(["item_id", "model", "weights", "dim"])
+from lookalike.io.tables import read_table  # the current snapshot of the Iceberg table there
+table = read_table("output/embeddings", ["item_id", "model", "weights", "dim"])
 row = table.slice(0, 1).to_pylist()[0]
-print(f"\nembeddings: {table.num_rows} rows in output/embeddings, made by model={row['model']} "
-      f"weights={row['weights']} ({row['dim']}-d)")
+print(f"\nembeddings: {table.num_rows} rows in the Iceberg table lookalike.embeddings (output/embeddings, "
+      f"catalog output/catalog.db), made by model={row['model']} weights={row['weights']} ({row['dim']}-d)")
 PY
 # One item from each of three departments: the first id under dress/, shoes/ and pants/.
 for department in dress shoes pants; do
-  item=$(.venv/bin/python -c "import pyarrow.parquet as pq, sys; print(min(i for i in pq.read_table('output/embeddings', columns=['item_id']).column(0).to_pylist() if i.startswith(sys.argv[1] + '/')))" "$department")
+  item=$(.venv/bin/python -c "import sys; from lookalike.io.tables import read_table; print(min(i for i in read_table('output/embeddings', ['item_id']).column(0).to_pylist() if i.startswith(sys.argv[1] + '/')))" "$department")
   .venv/bin/lookalike similar "$item" --neighbours output/neighbours -k 5
 done
 .venv/bin/lookalike report --embeddings output/embeddings --neighbours output/neighbours --sample 8 -k 6 \

@@ -62,10 +62,6 @@ class TooManyErrorsError(LookalikeError):
     """The share of failed images exceeds ``input.max_error_fraction``; nothing was published."""
 
 
-class OutputLockedError(LookalikeError):
-    """Another run holds the lock on an output location."""
-
-
 class OutputError(LookalikeError):
     """An output location holds something the jobs will not overwrite (a foreign file or layout)."""
 

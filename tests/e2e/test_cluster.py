@@ -32,14 +32,14 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 
 from lookalike.config import load_config
 from lookalike.jobs import neighbours as neighbours_job
 from tests.support.brute_force import brute_force, random_vectors
-from tests.support.neighbour_tables import assert_matches, embeddings_dir, make_ids, read_output
+from tests.support.neighbour_tables import assert_matches, embeddings_dir, make_ids, read_lists
 from tests.support.net import free_port
+from tests.support.outputs import read_output
 from tests.support.paths import ROOT, SAMPLE_DIR
 from tests.support.procs import run_script
 
@@ -237,7 +237,12 @@ def _neighbours_config(directory: Path, method: str, embeddings: str) -> Path:
             {  # JSON is YAML
                 "spark": {"master": "local[2]", "conf": {"spark.sql.shuffle.partitions": 4}},
                 "neighbours": NEIGHBOUR_RUNS[method],
-                "output": {"embeddings": embeddings, "neighbours": str(directory / method / "local" / "neighbours")},
+                "output": {
+                    "embeddings": embeddings,
+                    "neighbours": str(directory / method / "local" / "neighbours"),
+                    # Each run its own catalog: the runs share one embeddings table.
+                    "catalog": {"uri": str(directory / method / "local" / "catalog.db")},
+                },
             }
         )
     )
@@ -285,6 +290,7 @@ def cluster_runs(cluster, env_archive, tmp_path_factory, toy_overrides, neighbou
                     "--config",
                     str(config),
                     f"--set=output.neighbours={directory / method}/cluster/neighbours",
+                    f"--set=output.catalog.uri={directory / method}/cluster/catalog.db",
                     "--master",
                     cluster["master"],
                     *PER_APP,
@@ -347,8 +353,8 @@ def test_job_on_the_cluster_equals_the_local_run(cluster_runs, spark):
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
 
     out = submitted.directory
-    local = pq.read_table(out / "local" / "embeddings").to_pandas().set_index("item_id").sort_index()
-    remote = pq.read_table(out / "cluster" / "embeddings").to_pandas().set_index("item_id").sort_index()
+    local = read_output(out / "local" / "embeddings").to_pandas().set_index("item_id").sort_index()
+    remote = read_output(out / "cluster" / "embeddings").to_pandas().set_index("item_id").sort_index()
     assert len(local) == IMAGES and list(remote.index) == list(local.index)
     for column in ("uri", "source_version", "weights", "dim", "model_fingerprint"):
         assert remote[column].tolist() == local[column].tolist(), column
@@ -360,8 +366,8 @@ def test_job_on_the_cluster_equals_the_local_run(cluster_runs, spark):
     if (out / "local" / "neighbours").exists():
         columns = ["item_id", "rank", "neighbour_id"]
         assert (
-            pq.read_table(out / "cluster" / "neighbours").to_pandas()[columns].sort_values(columns[:2]).values.tolist()
-            == pq.read_table(out / "local" / "neighbours").to_pandas()[columns].sort_values(columns[:2]).values.tolist()
+            read_output(out / "cluster" / "neighbours").to_pandas()[columns].sort_values(columns[:2]).values.tolist()
+            == read_output(out / "local" / "neighbours").to_pandas()[columns].sort_values(columns[:2]).values.tolist()
         )
 
 
@@ -395,15 +401,15 @@ def test_neighbours_on_the_cluster_equal_the_local_run(cluster_runs, spark, neig
     if method == "exact":
         for summary in (local, remote):
             assert summary["chunks"] == 3 and summary["symmetric"] is True
-        assert_matches(read_output(str(out / "local" / "neighbours")), brute_force(ids, vectors, settings["k"]))
+        assert_matches(read_lists(str(out / "local" / "neighbours")), brute_force(ids, vectors, settings["k"]))
     else:
         # The lists, their sizes and groups, and the recall: as local mode computed them.
         assert remote["ivf"] == json.loads(json.dumps(local["ivf"])) and remote["recall_at_k"] == local["recall_at_k"]
         # Approximate indeed (about 0.76 here): equal tables mean the same lists were probed.
         assert remote["ivf"]["nprobe"] < remote["ivf"]["nlist"] == 8 and remote["ivf"]["groups"] > 1
         assert remote["recall_sample"]["queries"] == NEIGHBOUR_ITEMS and remote["recall_at_k"] < 0.95
-    got = pq.read_table(out / "cluster" / "neighbours").sort_by([("item_id", "ascending"), ("rank", "ascending")])
-    want = pq.read_table(out / "local" / "neighbours").sort_by([("item_id", "ascending"), ("rank", "ascending")])
+    got = read_output(out / "cluster" / "neighbours").sort_by([("item_id", "ascending"), ("rank", "ascending")])
+    want = read_output(out / "local" / "neighbours").sort_by([("item_id", "ascending"), ("rank", "ascending")])
     for column in ("item_id", "rank", "neighbour_id"):
         assert got.column(column).to_pylist() == want.column(column).to_pylist(), column
     np.testing.assert_allclose(got.column("score").to_numpy(), want.column("score").to_numpy(), rtol=0, atol=1e-6)

@@ -9,10 +9,10 @@ import json
 from types import SimpleNamespace
 
 import nbformat
-import pyarrow.parquet as pq
 import pytest
 from nbclient import NotebookClient
 
+from tests.support.outputs import read_output
 from tests.support.paths import ROOT, SAMPLE_LABELS
 from tests.support.procs import run_script
 
@@ -58,8 +58,8 @@ def demo(tmp_path_factory):
         out=out,
         result=result,
         output=output,
-        embeddings=pq.read_table(out / "embeddings").to_pandas(),
-        neighbours=pq.read_table(out / "neighbours").to_pandas(),
+        embeddings=read_output(out / "embeddings").to_pandas(),
+        neighbours=read_output(out / "neighbours").to_pandas(),
     )
 
 
@@ -120,14 +120,15 @@ def test_the_readmes_duckdb_example_runs_as_written_on_the_demo_output(demo, mon
     import csv
     import re
 
-    import duckdb
-
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    sql = next(block for block in re.findall(r"```sql\n(.*?)```", readme, re.S) if "clothing-attributes" in block)
+    code = next(block for block in re.findall(r"```python\n(.*?)```", readme, re.S) if "clothing-attributes" in block)
+    assert '"output/neighbours"' in code
     monkeypatch.chdir(ROOT)  # the example runs from the repository root, after `make demo`
-    rows = duckdb.sql(sql.replace("'output/neighbours/", f"'{demo.out}/neighbours/")).fetchall()
+    namespace: dict = {}
+    exec(code.replace('"output/neighbours"', f'"{demo.out}/neighbours"'), namespace)  # as written, on the demo output
+    rows = namespace["rows"]
     attributes = {r["item_id"]: r for r in csv.DictReader(open(ROOT / "samples" / "clothing-attributes.csv"))}
-    query = re.search(r"n.item_id = '([^']+)'", sql).group(1)
+    query = re.search(r"n.item_id = '([^']+)'", code).group(1)
     expected = demo.neighbours[demo.neighbours["item_id"] == query].sort_values("rank")
     wanted = [
         (r.rank, r.neighbour_id)

@@ -85,3 +85,60 @@ def test_spark_submit_storage_that_keeps_failing_exits_75_for_the_scheduler_to_r
     assert "cannot list s3://shop/images" in result.output and "Nothing was written" in result.output
     assert "Traceback" not in result.output
     assert not (tmp_path / "out").exists() or not any(p.is_file() for p in (tmp_path / "out").rglob("*"))
+
+
+@pytest.mark.slow  # a spark-submit application of its own
+def test_spark_submit_a_catalog_that_is_down_exits_75_and_commits_nothing(tmp_path):
+    # Nothing listens where the Glue catalog should be: checked before any work, retried later.
+    result = submit(
+        "neighbours",
+        "--set",
+        f"output.embeddings={tmp_path}/out/emb",
+        "--set",
+        f"output.neighbours={tmp_path}/out/neighbours",
+        "--set",
+        "output.catalog.type=glue",
+        "--set",
+        f"output.catalog.endpoint_url=http://127.0.0.1:{free_port()}",
+        "--set",
+        "s3.max_attempts=2",
+        timeout=300,
+    )
+    assert result.returncode == 75, result.output[-3000:]
+    assert "cannot load table lookalike.neighbours from the glue catalog" in result.output
+    assert "nothing was committed: run again later" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow  # two spark-submit applications of their own
+def test_a_run_killed_while_it_writes_blocks_nothing_and_the_next_run_commits(tmp_path, toy_overrides):
+    # kill -9 of the whole application (driver and workers) as it starts writing: its staging
+    # folder exists, the commit is seconds of Spark work away.
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from lookalike.io.current import current
+
+    args = embed_args(tmp_path, toy_overrides, f"input.uri={SAMPLE_DIR}", "input.partition_size=2")
+    data = tmp_path / "out" / "emb" / "data"
+    with open(tmp_path / "killed.log", "w") as log:
+        proc = subprocess.Popen(
+            [str(ROOT / "spark-submit.sh"), "embed", *args], cwd=ROOT, stdout=log, stderr=log, start_new_session=True
+        )
+        try:
+            deadline = time.monotonic() + 300
+            while not data.exists() and proc.poll() is None:
+                assert time.monotonic() < deadline, (tmp_path / "killed.log").read_text()[-3000:]
+                time.sleep(0.05)
+        finally:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert current(str(tmp_path / "out" / "emb")) is None  # nothing committed: readers see no table
+    result = submit("embed", *args)
+    assert result.returncode == 0, result.output[-3000:]
+    found = current(str(tmp_path / "out" / "emb"))
+    assert found.format == "iceberg" and json.loads(result.stdout.strip().splitlines()[-1])["published"]
+    # Only the new run's files are the table; the killed run's stay until they are old (2 days).
+    assert len({f.rsplit("/", 2)[1] for f in found.files}) == 1

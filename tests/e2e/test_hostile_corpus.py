@@ -13,14 +13,13 @@ import json
 import os
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 
-from lookalike import publish
 from lookalike.config import load_config
 from lookalike.embed import images, model
 from lookalike.io import uris
 from tests.support import corpus
+from tests.support.outputs import output_summary, read_output
 from tests.support.paths import SAMPLE_DIR
 from tests.support.procs import run_script
 
@@ -31,7 +30,7 @@ SEED = 5
 
 
 def read_table(path: str):
-    return pq.read_table(publish.resolve(path)).to_pandas()
+    return read_output(path).to_pandas()
 
 
 def write_config(tmp_path, uri: str, toy_model_file, *extra: str):
@@ -90,7 +89,7 @@ def test_embed_job_over_the_whole_corpus_exits_0_with_one_row_per_file(tmp_path,
     assert (summary["embedded"], summary["errors"]) == (len(emb), len(err))
     assert f"embed done: listed {n_files}, embedded {len(emb)}, errors {len(err)}" in output
     assert "images/s" in output
-    on_disk = json.loads((tmp_path / "out" / "embeddings" / "_lookalike_summary.json").read_text())
+    on_disk = output_summary(tmp_path / "out" / "embeddings")
     assert on_disk["run_id"] == summary["run_id"]
 
     expected_errors = {corpus.item_id(c): c.kind for c in BAD} | {"named-pipe": "unsupported"}

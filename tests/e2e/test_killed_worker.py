@@ -18,12 +18,11 @@ import shutil
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 import pytest
 
-from lookalike import publish
 from lookalike.config import load_config
 from lookalike.jobs import embed as embed_job
+from tests.support.outputs import read_output
 from tests.support.paths import ROOT, SAMPLE_DIR
 from tests.support.procs import run_script
 
@@ -67,7 +66,7 @@ def embed(images, out, settings, env=None, spark_args=()):
 
 
 def read(path) -> pd.DataFrame:
-    return pq.read_table(publish.resolve(str(path))).to_pandas().sort_values("item_id").reset_index(drop=True)
+    return read_output(str(path)).to_pandas().sort_values("item_id").reset_index(drop=True)
 
 
 def test_a_killed_python_worker_is_retried_and_the_tables_equal_an_undisturbed_run(spark, tmp_path, toy_overrides):

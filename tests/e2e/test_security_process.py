@@ -6,10 +6,8 @@ searched. The same job whose listing fails, in the tests' session: tests/spark/j
 
 from __future__ import annotations
 
-import pyarrow.parquet as pq
 import pytest
 
-from lookalike import publish
 from tests.support.e2e_credentials import (
     ACCESS_KEY_ID,
     assert_no_credentials,
@@ -18,6 +16,7 @@ from tests.support.e2e_credentials import (
     put_shop,
 )
 from tests.support.faultproxy import FaultProxy
+from tests.support.outputs import read_output
 from tests.support.procs import run_script
 
 
@@ -43,7 +42,7 @@ def test_job_with_a_fetch_error_never_writes_or_logs_credentials(tmp_path, s3, b
     assert_no_credentials("stderr", done.stderr)
     assert assert_no_credentials_in_files(tmp_path / "out") >= 4  # tables, summaries, markers
 
-    errors = pq.read_table(publish.resolve(str(tmp_path / "out" / "err"))).to_pandas()
+    errors = read_output(str(tmp_path / "out" / "err")).to_pandas()
     assert errors["error"].tolist() == ["fetch_error"]
     # The server did echo the signature into its message: what the row says was redacted, not absent.
     assert "Credential=***" in errors["message"][0] and "Signature=***" in errors["message"][0]

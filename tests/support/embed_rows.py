@@ -9,9 +9,9 @@ import datetime as dt
 import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
-import pyarrow.parquet as pq
 
 from lookalike import schemas
+from tests.support.outputs import read_output
 
 EPOCH = dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.timezone.utc)
 
@@ -61,7 +61,7 @@ def by_item(item_ids, embeddings) -> dict[str, np.ndarray]:
 
 def assert_same_embeddings(got_ids, got_embeddings, path) -> None:
     """What the reader returned equals the Parquet content, row for row and bit for bit."""
-    truth = pq.read_table(str(path), columns=["item_id", "embedding"])
+    truth = read_output(str(path), columns=["item_id", "embedding"])
     expected = by_item(truth.column("item_id").to_pylist(), truth.column("embedding").to_pylist())
     got = by_item(got_ids, got_embeddings)
     assert len(got_ids) == len(got) == len(expected)

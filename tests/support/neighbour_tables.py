@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from lookalike.config import from_dict
+from tests.support.outputs import read_output
 from tests.support.tablekit import embeddings_table, write_table
 
 
@@ -26,12 +27,21 @@ def embeddings_dir(tmp: Path, ids: list[str], vectors: np.ndarray, parts: int = 
 
 def config(tmp: Path, embeddings: str, **neighbours):
     return from_dict(
-        {"output": {"embeddings": embeddings, "neighbours": str(tmp / "neighbours")}, "neighbours": neighbours}
+        {
+            "output": {
+                "embeddings": embeddings,
+                "neighbours": str(tmp / "neighbours"),
+                # Its own catalog: tests compute several neighbour tables from one embeddings table.
+                "catalog": {"uri": str(tmp / "catalog.db")},
+            },
+            "neighbours": neighbours,
+        }
     )
 
 
-def read_output(path: str) -> dict:
-    table = pq.read_table(path).to_pylist()
+def read_lists(path: str) -> dict:
+    """{item_id: [(rank, neighbour_id, score), ...]} of a neighbour table (an output or a file)."""
+    table = (pq.read_table(path) if str(path).endswith(".parquet") else read_output(path)).to_pylist()
     result: dict = {}
     for row in sorted(table, key=lambda r: (r["item_id"], r["rank"])):
         result.setdefault(row["item_id"], []).append((row["rank"], row["neighbour_id"], row["score"]))
@@ -53,8 +63,10 @@ def publish_embeddings(
     """Publish an embeddings table the way the embed job does, with ``content`` as its content id
     (what the neighbours job's unchanged-input check compares)."""
     from lookalike import publish
+    from lookalike.config import OutputConfig
 
-    with publish.OutputSet(spark, {"embeddings": embeddings}, run_id) as out:
+    output = OutputConfig(embeddings=embeddings)
+    with publish.OutputSet(spark, output, ["embeddings"], run_id) as out:
         write_table(embeddings_table(ids, [f"file:///x/{i}.jpg" for i in ids], vectors), out.staging("embeddings"), 2)
         out.commit({"embeddings": {"embeddings_content": content}})
     return embeddings

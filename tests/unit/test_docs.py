@@ -79,7 +79,19 @@ def _config_fields() -> list[str]:
         assert isinstance(cls, type) and issubclass(cls, config.models.Settings), (
             f"config section {name} is not a Settings model"
         )
-        keys += [f"{name}.{item}" for item in cls.model_fields]
+        keys += _fields(name, cls)
+    return keys
+
+
+def _fields(prefix: str, cls) -> list[str]:
+    """Dotted keys of a section's fields; a nested section (output.catalog) gives its own keys."""
+    keys = []
+    for item, info in cls.model_fields.items():
+        nested = info.annotation
+        if isinstance(nested, type) and issubclass(nested, config.models.Settings):
+            keys += _fields(f"{prefix}.{item}", nested)
+        else:
+            keys.append(f"{prefix}.{item}")
     return keys
 
 

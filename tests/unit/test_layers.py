@@ -20,8 +20,8 @@ ONE_UNIT = ("lookalike.config",)
 
 BOTTOM = {"errors", "schemas", "progress", "runinfo", "config", "terminal"}
 # unit -> the units it may import. A unit is a folder (io, embed, ...) or a top-level module.
-# Storage (io) at the bottom of the stages; publish writes through io and io reads what publish
-# wrote without importing it (io/current.py); the stages use both; tools read what the stages
+# Storage (io) at the bottom of the stages; publish commits Iceberg tables through iceberg and io,
+# and io reads what publish wrote without importing it (io/current.py); the stages use both; tools read what the stages
 # wrote; jobs, the entry points, sit on top of everything and nothing imports them.
 ALLOWED: dict[str, set[str]] = {
     "lookalike": set(),  # the package itself: __version__
@@ -32,8 +32,8 @@ ALLOWED: dict[str, set[str]] = {
     "runinfo": {"errors"},
     "config": {"errors", "schemas"},
     "io": BOTTOM,
-    "publish": BOTTOM | {"io"},
-    "iceberg": BOTTOM | {"io"},  # Iceberg tables through pyiceberg (issue 23); publish/ moves onto it
+    "iceberg": BOTTOM | {"io"},  # catalogs, commits and retention through pyiceberg
+    "publish": BOTTOM | {"io", "iceberg"},
     "embed": BOTTOM | {"io", "publish"},
     "neighbours": BOTTOM | {"io", "publish"},
     "duplicates": BOTTOM | {"io", "publish", "neighbours"},

@@ -25,10 +25,10 @@ from lookalike.config.models import (
     InputConfig,
     ModelConfig,
     NeighboursConfig,
-    OutputConfig,
     S3Config,
     SparkConfig,
 )
+from lookalike.config.output import CatalogConfig, OutputConfig
 from lookalike.errors import ConfigError
 
 __all__ = [
@@ -43,6 +43,7 @@ __all__ = [
     "InputConfig",
     "ModelConfig",
     "NeighboursConfig",
+    "CatalogConfig",
     "OutputConfig",
     "S3Config",
     "SparkConfig",

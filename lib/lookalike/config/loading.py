@@ -10,8 +10,9 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from lookalike.config.base import Settings
 from lookalike.config.messages import config_error, section_model
-from lookalike.config.models import PREPROCESSING, Config, ModelConfig, NeighboursConfig, Settings
+from lookalike.config.models import PREPROCESSING, Config, ModelConfig, NeighboursConfig
 from lookalike.errors import ConfigError
 
 S = TypeVar("S", bound=Settings)

@@ -9,45 +9,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import posixpath
 import re
 from typing import Any, ClassVar, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from lookalike.config.messages import config_error
+from lookalike.config.base import AUTO_OR_POSITIVE, POSITIVE, Settings, setting
+from lookalike.config.output import OutputConfig
 
 DEFAULT_IMAGE_PATTERN = "*.jpg|*.jpeg|*.png|*.webp|*.gif|*.bmp|*.tif|*.tiff"
 
 Preprocessing = Literal["caffe", "torch", "tf", "lite", "raw"]
 PREPROCESSING: tuple[str, ...] = get_args(Preprocessing)
-
-
-def setting(default: Any, description: str, allowed: str | None = None, **constraints: Any) -> Any:
-    """A config field: its sentence for the docs and, for a range, what the error says is allowed."""
-    extra: dict[str, Any] | None = {"allowed": allowed} if allowed else None
-    return Field(default, description=description, json_schema_extra=extra, **constraints)
-
-
-POSITIVE = "a positive integer"
-AUTO_OR_POSITIVE = "0 (auto) or a positive integer"
-
-
-class Settings(BaseModel):
-    """A section: unknown keys refused; strict, so that a string or a bool is never taken for a
-    number (ints are still accepted, as floats, where floats are expected)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
-    # The dotted prefix of this section's keys in error messages ("" for the whole config).
-    prefix: ClassVar[str] = ""
-
-    def __init__(self, **data: Any) -> None:
-        # Code builds sections too (tests, tools); they get the same one-line ConfigError.
-        try:
-            super().__init__(**data)
-        except ValidationError as exc:
-            raise config_error(exc, type(self)) from None
 
 
 class SparkConfig(Settings):
@@ -351,38 +324,6 @@ class DuplicatesConfig(Settings):
     )
 
 
-class OutputConfig(Settings):
-    prefix: ClassVar[str] = "output."
-    embeddings: str = setting("output/embeddings", "Embeddings table (Parquet directory).")
-    errors: str = setting("output/errors", "Error table (Parquet directory).")
-    neighbours: str = setting("output/neighbours", "Neighbour table (Parquet directory).")
-    duplicates: str = setting(
-        "output/duplicates", "Near-duplicate groups table (Parquet directory), written by the duplicates job."
-    )
-    force_unlock: bool = setting(False, "Take over a lock left by a crashed run (see docs/scheduled-runs.md).")
-
-    @model_validator(mode="after")
-    def _separate_locations(self) -> OutputConfig:
-        # A table published over another, or inside it, would replace or corrupt it on the next run.
-        tables = ("embeddings", "errors", "neighbours", "duplicates")
-        where = {name: _location(getattr(self, name)) for name in tables}
-        for i, first in enumerate(tables):
-            for second in tables[i + 1 :]:
-                a, b = where[first], where[second]
-                if a == b:
-                    raise ValueError(
-                        f"output.{first} and output.{second} are one location ({getattr(self, first)}); "
-                        f"every table needs its own: set one of them to another path"
-                    )
-                if b.startswith(a + "/") or a.startswith(b + "/"):
-                    outer, inner = (first, second) if b.startswith(a + "/") else (second, first)
-                    raise ValueError(
-                        f"output.{inner} ({getattr(self, inner)}) is inside output.{outer} "
-                        f"({getattr(self, outer)}); tables must not nest: choose sibling paths"
-                    )
-        return self
-
-
 class Config(Settings):
     spark: SparkConfig = Field(default_factory=SparkConfig)
     input: InputConfig = Field(default_factory=InputConfig)
@@ -412,18 +353,14 @@ class Config(Settings):
 
 
 # Keys added to a section after outputs recorded its fingerprint, with their defaults.
-ADDED_LATER: dict[str, dict[str, Any]] = {"input": {"follow_links": False}}
-
-
-def _location(path: str) -> str:
-    """A table location in one spelling, to compare locations: local paths absolute and normalised,
-    s3a:// and s3n:// as s3://, no trailing slash."""
-    match = re.match(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://(.*)$", path)
-    if match and match.group(1).lower() != "file":
-        scheme = "s3" if match.group(1).lower() in ("s3", "s3a", "s3n") else match.group(1).lower()
-        return f"{scheme}://{posixpath.normpath('/' + match.group(2)).lstrip('/')}".rstrip("/")
-    local = path[len("file://") :] if path.startswith("file://") else path
-    return os.path.normpath(os.path.abspath(os.path.expanduser(local)))
+ADDED_LATER: dict[str, dict[str, Any]] = {
+    "input": {"follow_links": False},
+    "output": {
+        "catalog": {"type": "sql", "uri": None, "endpoint_url": None, "region": None, "warehouse": None},
+        "namespace": "lookalike",
+        "keep_days": 7.0,
+    },
+}
 
 
 def digest(values: dict[str, Any]) -> str:

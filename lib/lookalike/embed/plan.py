@@ -16,16 +16,15 @@ counts per outcome reach the driver. At 100M keys nothing per item is held by th
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from lookalike import publish, schemas
+from lookalike import schemas
 from lookalike.config import S3Config
 from lookalike.errors import InputError
+from lookalike.io.current import Current, current
 from lookalike.io.redact import redact
 from lookalike.io.sparkparquet import read_parquet
-from lookalike.io.uris import is_hadoop, is_s3, local_path
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -46,7 +45,7 @@ class Previous:
     """What an incremental run needs to know about the previous output (Spark DataFrames, read
     lazily with only the columns the plan compares)."""
 
-    location: str  # the resolved version to carry rows over from
+    location: Current  # the table's files as the plan read them: rows are carried over from these
     version: str | None
     rows: DataFrame  # KEY_COLUMNS of the previous embeddings table
     failed_ids: DataFrame | None = None  # item_id of the previous errors table, or None
@@ -169,19 +168,15 @@ def plan(items, previous: Previous | None, fingerprint: str, weights: str) -> Pl
     stale = F.col("listed").isNull() & F.col("failed").isNotNull()
     return _counted(
         joined.select(*ITEM_COLUMNS, outcome.alias("outcome"), stale.alias("stale")),
-        f"incremental from version {previous.version or previous.location}",
+        f"incremental from version {previous.version or previous.location.location}",
         previous,
     )
 
 
-def _published(path: str, s3: S3Config) -> tuple[str | None, str | None]:
-    """(location to read, version id) of the table at ``path``; (None, None) when there is none.
-    A local plain directory from before versioned outputs counts, with version None."""
-    version = publish.current_version(path, s3)
-    location = publish.resolve(path, s3)
-    if version is None and (is_s3(location) or is_hadoop(location) or not os.path.isdir(local_path(location))):
-        return None, None
-    return location, version
+def _published(path: str, s3: S3Config) -> Current | None:
+    """The current content of the table at ``path``; None when there is none (or it is empty)."""
+    found = current(path, s3)
+    return found if found is not None and found.files else None
 
 
 def previous_state(spark, embeddings: str, errors: str, s3: S3Config) -> Previous | None:
@@ -193,25 +188,26 @@ def previous_state(spark, embeddings: str, errors: str, s3: S3Config) -> Previou
     """
     from pyspark.errors import AnalysisException
 
-    location, version = _published(embeddings, s3)
+    location = _published(embeddings, s3)
     if location is None:
         return None
+    version = location.version
     try:
         table = read_parquet(spark, location, s3)
         missing = [c for c in KEY_COLUMNS if c not in table.columns]
         if missing:
-            log.warning("previous embeddings table %s has no column %s: full recompute", location, ", ".join(missing))
+            log.warning("previous embeddings table %s has no column %s: full recompute", embeddings, ", ".join(missing))
             return None
         rows = table.select(*KEY_COLUMNS)
     except (AnalysisException, InputError) as exc:
         log.warning(
             "cannot read the previous embeddings table %s (%s): full recompute",
-            location,
+            embeddings,
             redact(str(exc).splitlines()[0][:300]),
         )
         return None
     failed = None
-    errors_location, _ = _published(errors, s3)
+    errors_location = _published(errors, s3)
     if errors_location is not None:
         try:
             failed = read_parquet(spark, errors_location, s3).select("item_id")

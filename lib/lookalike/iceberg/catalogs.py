@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from lookalike.config import S3Config
 from lookalike.errors import ConfigError, TransientError
+from lookalike.io.current import file_io_properties
 from lookalike.io.s3client import aws_client
 
 CatalogType = Literal["sql", "glue", "rest"]
@@ -31,18 +32,6 @@ class CatalogSpec:
     credential: str | None = field(default=None, repr=False)
     token: str | None = field(default=None, repr=False)
     name: str = "lookalike"
-
-
-def file_io_properties(s3: S3Config | None) -> dict[str, str]:
-    """pyiceberg's FileIO settings for the tables' files: the S3 endpoint lookalike uses, so that
-    metadata and data go to the same place as every other object the jobs touch."""
-    props: dict[str, str] = {"py-io-impl": "pyiceberg.io.pyarrow.PyArrowFileIO"}
-    if s3 is not None and s3.endpoint_url:
-        props["s3.endpoint"] = s3.endpoint_url
-    region = s3.region if s3 is not None else os.environ.get("AWS_REGION", os.environ.get("AWS_DEFAULT_REGION"))
-    if region:
-        props["s3.region"] = region
-    return props
 
 
 def open_catalog(spec: CatalogSpec, s3: S3Config | None = None):
@@ -82,6 +71,11 @@ def open_catalog(spec: CatalogSpec, s3: S3Config | None = None):
             rest.update(
                 {k: v for k, v in (("warehouse", spec.warehouse), ("credential", credential), ("token", token)) if v}
             )
+            if ".amazonaws.com" in spec.uri:
+                # AWS's REST endpoints (S3 Tables, Glue) take SigV4-signed requests, not tokens.
+                service = "s3tables" if "s3tables." in spec.uri else "glue"
+                region = spec.region or props.get("s3.region") or "us-east-1"
+                rest.update({"rest.sigv4-enabled": "true", "rest.signing-name": service, "rest.signing-region": region})
             return RestCatalog(spec.name, **props, **rest)
     except ConfigError:
         raise

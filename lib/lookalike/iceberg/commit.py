@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Mapping
 
-from lookalike.errors import ConfigError, TransientError
+from lookalike.errors import ConfigError, OutputError, TransientError
 from lookalike.iceberg.catalogs import CatalogSpec, catalog_failure
 from lookalike.iceberg.locations import check_location, normalised
 
@@ -37,15 +37,21 @@ class CommitConflictError(TransientError):
 
 
 def open_table(catalog, spec: CatalogSpec, key: str, identifier: str, location: str, schema, s3=None):
-    """The table ``identifier`` at ``location``, created when the catalog does not have it.
+    """The table ``identifier`` at ``location``, created when the catalog does not have it (after
+    the checks of ``checked_table``). ``schema``: a pyarrow schema (field ids are assigned)."""
+    table = checked_table(catalog, spec, key, identifier, location, s3)
+    return table if table is not None else create_table(catalog, spec, identifier, location, schema)
 
-    Before anything is written: a catalog entry at another location is a ConfigError naming both
-    (two settings would otherwise share or lose a table), and a location holding anything but this
-    table is refused (locations.py). ``schema``: a pyarrow schema (field ids are assigned)."""
+
+def checked_table(catalog, spec: CatalogSpec, key: str, identifier: str, location: str, s3=None):
+    """The catalog's table ``identifier``, or None when it has none; nothing is written.
+
+    A catalog entry at another location than ``location`` (the setting ``key``) is a ConfigError
+    naming both (two settings would otherwise share or lose a table), and a location holding
+    anything but this table is refused (locations.py)."""
     from pyiceberg.exceptions import NoSuchTableError
 
     location = normalised(location)
-    namespace = identifier.rsplit(".", 1)[0]
     try:
         try:
             table = catalog.load_table(identifier)
@@ -57,10 +63,31 @@ def open_table(catalog, spec: CatalogSpec, key: str, identifier: str, location: 
                 f"set {key} to {table.location()}, or choose another output.namespace"
             )
         check_location(key, location, registered=table is not None, s3=s3)
-        if table is None:
-            _create_namespace(catalog, namespace)
+        return table
+    except (ConfigError, TransientError, OutputError):
+        raise
+    except Exception as exc:
+        raise catalog_failure(spec, f"load table {identifier} from", exc) from None
+
+
+def create_table(catalog, spec: CatalogSpec, identifier: str, location: str, schema):
+    """Register a new format-v2 table ``identifier`` at ``location`` (columns mapped by name)."""
+    from pyiceberg.exceptions import TableAlreadyExistsError
+
+    location = normalised(location)
+    namespace = identifier.rsplit(".", 1)[0]
+    try:
+        _create_namespace(catalog, namespace)
+        try:
             table = catalog.create_table(identifier, schema=schema, location=location, properties=TABLE_PROPERTIES)
-            log.info("created Iceberg table %s at %s", identifier, location)
+        except TableAlreadyExistsError:  # another run created it meanwhile: use that one
+            table = catalog.load_table(identifier)
+            if normalised(table.location()) != location:
+                raise ConfigError(
+                    f"the catalog's table {identifier} was just created at {table.location()}, not at {location}"
+                ) from None
+            return table
+        log.info("created Iceberg table %s at %s", identifier, location)
         if table.metadata.name_mapping() is None:
             # Tasks write plain Parquet without Iceberg field ids; readers map columns by name.
             with table.transaction() as tx:
@@ -69,11 +96,25 @@ def open_table(catalog, spec: CatalogSpec, key: str, identifier: str, location: 
     except (ConfigError, TransientError):
         raise
     except Exception as exc:
-        from lookalike.errors import OutputError
+        raise catalog_failure(spec, f"create table {identifier} in", exc) from None
 
-        if isinstance(exc, OutputError):
-            raise
-        raise catalog_failure(spec, f"open table {identifier} in", exc) from None
+
+def write_hint(table, s3=None) -> None:
+    """Name the table's current metadata file in ``metadata/version-hint.text`` (io/current.py), for
+    readers that have the location alone. The catalog already holds the commit; a hint that cannot
+    be written leaves those readers one snapshot behind, so it is logged, not raised."""
+    from lookalike.io.current import HINT
+    from lookalike.io.storage import StorageError, storage_for
+
+    # The name without ".metadata.json": DuckDB's iceberg_scan appends it, pyiceberg accepts both.
+    name = table.metadata_location.rstrip("/").rpartition("/")[2].removesuffix(".metadata.json")
+    where = f"{table.location().rstrip('/')}/{HINT}"
+    try:
+        storage_for(where, s3).write(where, name.encode("utf-8"))
+    except StorageError as exc:
+        log.warning(
+            "could not write %s (%s); readers that go by location see the previous snapshot", where, exc.message
+        )
 
 
 def _create_namespace(catalog, namespace: str) -> None:

@@ -4,6 +4,7 @@ writes into, moves or deletes what it did not write."""
 from __future__ import annotations
 
 import itertools
+import re
 
 from lookalike.config import S3Config
 from lookalike.errors import OutputError, storage_failure
@@ -11,6 +12,9 @@ from lookalike.io.storage import StorageError, storage_for
 
 # What an Iceberg table's location holds: its data files and its metadata, each under its folder.
 TABLE_FOLDERS = ("data/", "metadata/")
+# What a lookalike run killed before its first commit leaves at a new table's location: its tasks'
+# files in its staging folder (publish/outputs.py, named by runinfo.new_run_id). Not a user's.
+STAGED_BY_A_RUN = re.compile(r"^data/\d{8}T\d{6}Z-[0-9a-f]{8}/[^/]+$")
 
 
 def normalised(location: str) -> str:
@@ -26,8 +30,9 @@ def normalised(location: str) -> str:
 
 def check_location(key: str, location: str, registered: bool, s3: S3Config | None = None) -> None:
     """Refuse ``location`` (the setting ``key``) unless it holds nothing, or only this table's
-    ``data/`` and ``metadata/`` when the catalog already has the table (``registered``). Listing
-    stops at the first foreign file; the message names the location and what is in it."""
+    ``data/`` and ``metadata/`` when the catalog already has the table (``registered``), or what
+    a run killed before the table's first commit staged. Listing stops at the first foreign file;
+    the message names the location and what is in it."""
     storage = storage_for(location, s3)
     try:
         found = _foreign_folders(location, registered)
@@ -58,15 +63,15 @@ def _foreign_folders(location: str, registered: bool) -> list[str]:
     if not os.path.isdir(path):
         return []
     names = sorted(os.listdir(path))
-    return [
-        f"{n}/"
-        for n in names
-        if os.path.isdir(os.path.join(path, n)) and (not registered or f"{n}/" not in TABLE_FOLDERS)
-    ][:3]
+    allowed = TABLE_FOLDERS if registered else ("data/",)  # data/: what its listing holds is checked
+    return [f"{n}/" for n in names if os.path.isdir(os.path.join(path, n)) and f"{n}/" not in allowed][:3]
 
 
 def _foreign(entries, registered: bool):
     for entry in entries:
         key = entry.key.lstrip("/")
-        if not registered or not key.startswith(TABLE_FOLDERS):
-            yield key
+        if registered and key.startswith(TABLE_FOLDERS):
+            continue
+        if STAGED_BY_A_RUN.match(key):
+            continue
+        yield key

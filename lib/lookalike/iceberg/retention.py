@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 
 log = logging.getLogger(__name__)
 
@@ -80,3 +81,45 @@ def can_expire(table) -> bool:
 
 def _expire_snapshots(table, ids: list[int]) -> None:
     table.maintenance.expire_snapshots().by_ids(ids).commit()
+
+
+# A data folder this old that no snapshot references is what a killed run left behind; a younger
+# one may belong to a run still writing, which a cleanup must not pull its files from under.
+ORPHAN_AGE = dt.timedelta(days=2)
+_RUN_FOLDER = re.compile(r"^(\d{8}T\d{6}Z)-[0-9a-f]{8}$")  # runinfo.new_run_id
+
+
+def remove_orphans(table, s3=None, now: dt.datetime | None = None) -> int:
+    """Delete the data folders (``data/<run_id>/``) of runs that started more than ORPHAN_AGE
+    before ``now`` and that no snapshot of the table references: what a killed run wrote and never
+    committed. Only folders named as lookalike names a run are considered. Returns how many went."""
+    from lookalike.io.storage import StorageError, storage_for
+
+    now = now or dt.datetime.now(dt.timezone.utc)
+    data = f"{table.location().rstrip('/')}/data"
+    storage = storage_for(data, s3)
+    try:
+        referenced = {
+            path.rpartition("/")[0].rpartition("/")[2] for s in table.snapshots() for path in referenced_files(table, s)
+        }
+        folders = storage.list_dirs(data)
+    except (StorageError, Exception) as exc:  # costs space only; the next run tries again
+        log.warning("could not look for orphaned files of %s: %s", ".".join(table.name()), exc)
+        return 0
+    removed = 0
+    for folder in folders:
+        name = folder.rstrip("/").rpartition("/")[2]
+        match = _RUN_FOLDER.match(name)
+        if not match or name in referenced:
+            continue
+        started = dt.datetime.strptime(match.group(1), "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.timezone.utc)
+        if now - started < ORPHAN_AGE:
+            continue
+        try:
+            storage.delete_prefix(f"{data}/{name}")
+            removed += 1
+        except StorageError as exc:
+            log.warning("could not delete the orphaned %s/%s: %s", data, name, exc.message)
+    if removed:
+        log.info("%s: deleted %d data folders of runs that never committed", ".".join(table.name()), removed)
+    return removed

@@ -32,6 +32,16 @@ def filesystem(uri: str, s3: S3Config | None = None):
     return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(local_path(uri)))
 
 
+def path_in(uri: str) -> str:
+    """The path of ``uri`` in the file system ``filesystem(uri)`` gives (without making one)."""
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        return f"{bucket}/{key}".rstrip("/")
+    if is_hadoop(uri):
+        return "/" + uri.split("://", 1)[1].partition("/")[2]
+    return os.path.abspath(os.path.expanduser(local_path(uri)))
+
+
 def s3_filesystem(s3: S3Config):
     """pyarrow's S3 file system with the jobs' S3 settings. Credentials come from the AWS default
     chain (environment, shared files, instance or task role), as for boto3."""

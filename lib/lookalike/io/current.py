@@ -1,144 +1,213 @@
-"""Which version of a published table a reader reads: the read side of the version layout.
+"""Which files of a table readers read: the read side of what publish/ commits.
 
-publish/ writes each run's table into ``<dir>/.<name>.versions/<run_id>/`` and switches readers to
-it (publish/layouts.py describes the layout and does the switching); anything that reads a table
-(the tools' io/tables.py, users' Spark jobs through ``lookalike.publish.resolve``) follows the
-switch with :func:`resolve`. It lives here, below publish/, so that readers need nothing that
-writes.
+Every table lookalike publishes is an Apache Iceberg table at its location. After each commit the
+driver writes ``<location>/metadata/version-hint.text`` naming the current metadata file (the
+convention of Iceberg's file-system tables: pyiceberg's ``StaticTable`` and DuckDB's
+``iceberg_scan`` read it), so a reader that has the location alone finds the current snapshot; the
+catalog names the same metadata file for readers that go by name (Athena, Spark, Trino).
 
-    local:    <dir>/<name> -> .<name>.versions/<run_id>   a relative symlink
-    s3, hdfs: <dir>/<name>/_LATEST                         the current version's URI
+Also accepted wherever a table is read, each read as it is and named in the log:
+
+- a table an earlier lookalike published (versions in ``.<name>.versions/``, the current one behind a
+  symbolic link at the location, or named by ``<location>/_LATEST`` on S3 and HDFS); the first run
+  that publishes the table carries it over (publish/outputs.py);
+- a directory of plain Parquet files written by another tool (or by an older lookalike).
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
-import time
+import re
+from dataclasses import dataclass, field
 
 from lookalike.config import S3Config
-from lookalike.errors import OutputError, storage_failure
-from lookalike.io.local import LocalStorage
-from lookalike.io.storage import Storage, StorageError, storage_for
-from lookalike.io.uris import file_uri, is_hadoop, is_s3, local_path, split_s3
+from lookalike.errors import InputError, storage_failure
+from lookalike.io.storage import StorageError, storage_for
+from lookalike.io.uris import file_uri, is_hadoop, is_s3, local_path
 
-LATEST = "_LATEST"
-# Small files only: the pointer, a lock, a summary.
+log = logging.getLogger(__name__)
+
+HINT = "metadata/version-hint.text"
+LATEST = "_LATEST"  # an earlier lookalike's pointer to the current version on S3 and HDFS
+LEGACY_SUMMARY = "_lookalike_summary.json"
+# Snapshot summary properties lookalike writes with each commit.
+SUMMARY_PROPERTY = "lookalike.summary"
+RUN_PROPERTY = "lookalike.run-id"
+# Small files only: the hint, a pointer, a summary.
 _TEXT_MAX_BYTES = 16 * 1024**2
+# Not part of a plain Parquet table (as for Spark and pyarrow.dataset): _SUCCESS, _temporary/, .crc.
+HIDDEN_PREFIXES = (".", "_")
 
 
-def read_text(storage: Storage, uri: str) -> str | None:
+@dataclass(frozen=True)
+class Current:
+    """The current content of a table: its data files (URIs, in path order) and what it is."""
+
+    location: str
+    files: tuple[str, ...]
+    format: str  # "iceberg" | "lookalike-versions" (an earlier lookalike's layout) | "parquet"
+    version: str | None = None  # the snapshot id (iceberg) or the version directory's name
+    snapshot_id: int | None = None
+    summary: dict | None = field(default=None, repr=False)  # the run summary lookalike wrote with it
+    metadata: str | None = None  # iceberg: the current metadata file
+
+
+def file_io_properties(s3: S3Config | None) -> dict[str, str]:
+    """pyiceberg's FileIO settings for tables' files: the S3 endpoint and region lookalike uses, so
+    that metadata and data go to the same place as every other object the jobs touch."""
+    props: dict[str, str] = {"py-io-impl": "pyiceberg.io.pyarrow.PyArrowFileIO"}
+    if s3 is not None and s3.endpoint_url:
+        props["s3.endpoint"] = s3.endpoint_url
+    region = s3.region if s3 is not None else os.environ.get("AWS_REGION", os.environ.get("AWS_DEFAULT_REGION"))
+    if region:
+        props["s3.region"] = region
+    return props
+
+
+def read_text(uri: str, s3: S3Config | None) -> str | None:
     """The small text file at ``uri``; None when there is none."""
     try:
-        return storage.read(uri, _TEXT_MAX_BYTES).decode("utf-8")
+        return storage_for(uri, s3).read(uri, _TEXT_MAX_BYTES).decode("utf-8")
+    except StorageError as exc:
+        if exc.kind in ("not_found", "is_directory"):
+            return None
+        raise storage_failure(InputError, f"cannot read {uri}: {exc.message}", exc) from None
+
+
+def current(path: str, s3: S3Config | None = None) -> Current | None:
+    """What a reader of the table at ``path`` reads now; None when there is no table there."""
+    path = path.rstrip("/") or path
+    found = iceberg_table(path, s3)
+    if found is not None:
+        return found
+    legacy = legacy_version(path, s3)
+    if legacy is not None:
+        where, version = legacy
+        log.info("%s is a table an earlier lookalike published (version %s); reading it as it is", path, version)
+        summary = _json(read_text(f"{where}/{LEGACY_SUMMARY}", s3), where)
+        return Current(path, tuple(_parquet_files(where, s3)), "lookalike-versions", version, None, summary)
+    files = _parquet_files(path, s3)
+    if any(f.rpartition("/")[0].endswith("/metadata") and f.endswith(".metadata.json") for f in files):
+        # An Iceberg table whose hint is missing (its writing failed, or another writer made it).
+        metadata = max((f for f in files if f.endswith(".metadata.json")), key=_metadata_number)
+        log.info("%s has no %s; reading its newest metadata file %s", path, HINT, metadata)
+        return _iceberg(path, metadata, s3)
+    if not files:
+        return None
+    return Current(path, tuple(files), "parquet", summary=_json(read_text(f"{path}/{LEGACY_SUMMARY}", s3), path))
+
+
+def iceberg_table(path: str, s3: S3Config | None = None):
+    """``Current`` of the Iceberg table at ``path`` as its version hint names it; None without one."""
+    hint = read_text(f"{path}/{HINT}", s3)
+    if hint is None or not hint.strip():
+        return None
+    name = hint.strip()
+    if not name.endswith(".metadata.json"):
+        name = f"v{name}.metadata.json" if name.isdigit() else f"{name}.metadata.json"
+    return _iceberg(path, f"{path}/metadata/{name}", s3)
+
+
+def _iceberg(path: str, metadata: str, s3: S3Config | None) -> Current:
+    table = static_table(metadata, s3)
+    snapshot = table.current_snapshot()
+    if snapshot is None:
+        return Current(path, (), "iceberg", metadata=metadata)
+    try:
+        # Every live data file, empty ones too (a scan plan skips files without rows, but an
+        # empty table's one file is what gives its readers the schema).
+        files = sorted(
+            entry.data_file.file_path
+            for manifest in snapshot.manifests(table.io)
+            for entry in manifest.fetch_manifest_entry(table.io, discard_deleted=True)
+        )
+    except Exception as exc:
+        raise _unreadable(path, exc) from None
+    properties = dict(snapshot.summary.additional_properties) if snapshot.summary else {}
+    summary = _json(properties.get(SUMMARY_PROPERTY), metadata)
+    return Current(path, tuple(files), "iceberg", str(snapshot.snapshot_id), snapshot.snapshot_id, summary, metadata)
+
+
+def static_table(metadata: str, s3: S3Config | None = None):
+    """The Iceberg table whose metadata file is ``metadata``, read without a catalog."""
+    from pyiceberg.table import StaticTable
+
+    try:
+        return StaticTable.from_metadata(metadata, properties=file_io_properties(s3))
+    except Exception as exc:
+        raise _unreadable(metadata, exc) from None
+
+
+def _unreadable(where: str, exc: Exception) -> Exception:
+    from lookalike.errors import InputUnavailableError
+    from lookalike.io import arrowfs
+    from lookalike.io.redact import redact
+
+    text = " ".join(str(exc).split())[:300]
+    error = InputUnavailableError if arrowfs.is_transient(text) else InputError
+    return error(f"cannot read the Iceberg table metadata at {where}: {type(exc).__name__}: {redact(text)}")
+
+
+def legacy_version(path: str, s3: S3Config | None = None) -> tuple[str, str] | None:
+    """(directory, version id) of the current version of a table an earlier lookalike published at
+    ``path``, or left beside it when this lookalike carried it over; None when there is none."""
+    if is_s3(path) or is_hadoop(path):
+        text = read_text(f"{path}/{LATEST}", s3)
+        if text is None:
+            text = read_text(_legacy_pointer(path), s3)
+        target = (text or "").strip().rstrip("/")
+        parent, _, name = path.rpartition("/")
+        if target and target.rpartition("/")[0] == f"{parent}/.{name}.versions":
+            return target, target.rpartition("/")[2]
+        return None
+    local = os.path.abspath(os.path.expanduser(local_path(path)))
+    parent, name = os.path.split(local)
+    for link in (local, _legacy_pointer(local)):
+        if os.path.islink(link):
+            target = os.path.realpath(link)
+            if os.path.dirname(target) == os.path.realpath(os.path.join(parent, f".{name}.versions")):
+                shown = file_uri(target) if path.startswith("file://") else target
+                return shown, os.path.basename(target)
+    return None
+
+
+def _legacy_pointer(path: str) -> str:
+    """Where publishing moves an earlier lookalike's pointer when it carries the table over: beside
+    the location, so the location holds the Iceberg table alone and the old version stays findable."""
+    parent, _, name = path.rstrip("/").rpartition("/")
+    return f"{parent}/.{name}.legacy"
+
+
+def _parquet_files(uri: str, s3: S3Config | None) -> list[str]:
+    """The Parquet data files under ``uri`` (or ``uri`` itself when it is a file), in path order."""
+    base = uri.rstrip("/") + "/"
+    try:
+        entries = list(storage_for(uri, s3).list(uri))
     except StorageError as exc:
         if exc.kind == "not_found":
-            return None
-        raise OutputError(f"cannot read {uri}: {exc.message}") from None
+            return []
+        raise storage_failure(InputError, f"cannot list {uri}: {exc.message}", exc) from None
+    if len(entries) == 1 and entries[0].key == uri.rstrip("/").rpartition("/")[2]:
+        return [entries[0].uri]  # uri is the file itself
+    return sorted(
+        e.uri for e in entries if not any(part.startswith(HIDDEN_PREFIXES) for part in e.uri[len(base) :].split("/"))
+    )
 
 
-def checked(what: str, uri: str, operation, *args):
-    """``operation(*args)``, its StorageError an OutputError that says what could not be done."""
+def _metadata_number(uri: str) -> int:
+    """The version a metadata file's name starts with (``00003-<uuid>.metadata.json``, ``v3.metadata.json``)."""
+    digits = re.match(r"v?(\d+)", uri.rpartition("/")[2])
+    return int(digits.group(1)) if digits else -1
+
+
+def _json(text: str | None, where: str) -> dict | None:
+    if not text:
+        return None
     try:
-        return operation(*args)
-    except StorageError as exc:
-        raise storage_failure(OutputError, f"cannot {what} {uri}: {exc.message}", exc) from None
-
-
-class LocalVersions:
-    """A local output: versions are sibling directories, the output path is a symlink to one."""
-
-    def __init__(self, path: str):
-        self.shown = path
-        self.path = os.path.abspath(os.path.expanduser(local_path(path))).rstrip("/")
-        self.parent, self.name = os.path.split(self.path)
-        if not self.name:
-            raise OutputError(f"output path {path!r} has no name; use a directory such as output/embeddings")
-        self.versions = os.path.join(self.parent, f".{self.name}.versions")
-        self.storage: Storage = LocalStorage()
-
-    def version_path(self, version: str) -> str:
-        return os.path.join(self.versions, version)
-
-    def current(self) -> str | None:
-        if not os.path.islink(self.path):
-            return None
-        target = os.path.realpath(self.path)
-        if os.path.dirname(target) != os.path.realpath(self.versions):
-            return None
-        return os.path.basename(target)
-
-    def read_location(self) -> str:
-        if self.current() is None:
-            return self.shown
-        real = os.path.realpath(self.path)
-        return file_uri(real) if self.shown.startswith("file://") else real
-
-    def versions_list(self) -> list[str]:
-        return sorted(os.listdir(self.versions)) if os.path.isdir(self.versions) else []
-
-
-class PointerVersions:
-    """An output on S3 or HDFS: no atomic directory rename there, so a small pointer object
-    ``<path>/_LATEST`` names the current version and is written after the version is complete."""
-
-    def __init__(self, path: str, storage: Storage):
-        self.shown = path
-        self.path = path.rstrip("/")
-        if is_s3(self.path) and not split_s3(self.path)[1]:
-            raise OutputError(f"output {path!r} is a bucket; use a prefix such as s3://bucket/lookalike/embeddings")
-        self.parent, _, self.name = self.path.rpartition("/")
-        self.versions = f"{self.parent}/.{self.name}.versions"
-        self.pointer = f"{self.path}/{LATEST}"
-        self.storage = storage
-
-    def version_path(self, version: str) -> str:
-        return f"{self.versions}/{version}"
-
-    def _pointed(self) -> str | None:
-        text = read_text(self.storage, self.pointer)
-        return text.strip().rstrip("/") if text and text.strip() else None
-
-    def current(self) -> str | None:
-        target = self._pointed()
-        if target is None or target.rpartition("/")[0] != self.versions:
-            return None
-        return target.rpartition("/")[2]
-
-    def read_location(self) -> str:
-        return self._pointed() or self.shown
-
-    def versions_list(self) -> list[str]:
-        return checked("list", self.versions, self.storage.list_dirs, self.versions)
-
-
-def versions_for(path: str, s3: S3Config | None = None) -> LocalVersions | PointerVersions:
-    if is_s3(path) or is_hadoop(path):
-        return PointerVersions(path, storage_for(path, s3))
-    return LocalVersions(path)
-
-
-def resolve(path: str, s3: S3Config | None = None) -> str:
-    """The location readers should read for the current version of the table at ``path``.
-
-    Local outputs resolve to the version directory behind the symlink (so that a read started now
-    keeps one version even if a run publishes meanwhile); S3/HDFS outputs to the URI in
-    ``_LATEST``. A path without a published version (older layout, or missing) is returned as is.
-    """
-    versions = versions_for(path, s3)
-    target = versions.read_location()
-    if target == versions.shown and isinstance(versions, PointerVersions) and is_hadoop(path):
-        # HDFS replaces the pointer in two steps: versions without a pointer means we looked in
-        # between; look again.
-        for _ in range(10):
-            if not versions.versions_list():
-                break
-            time.sleep(0.2)
-            target = versions.read_location()
-            if target != versions.shown:
-                break
-    return target
-
-
-def current_version(path: str, s3: S3Config | None = None) -> str | None:
-    """The version id (the run id of the run that published it) at ``path``; None if none."""
-    return versions_for(path, s3).current()
+        value = json.loads(text)
+    except ValueError:
+        log.warning("the run summary at %s is not valid JSON; ignoring it", where)
+        return None
+    return value if isinstance(value, dict) else None

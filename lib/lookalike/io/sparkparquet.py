@@ -6,10 +6,10 @@ Writing: each task writes one part file with pyarrow (io/partfiles.py: complete 
 retried task replaces its own file), rows sorted by item_id and files covering disjoint id ranges,
 row groups of about ROW_GROUP_BYTES, so that a lookup by id reads one row group.
 
-Reading: local and ``hdfs://`` tables are read by Spark's own Parquet reader (every Spark has it,
-and it is the fastest). An ``s3://`` table is listed on the driver through the storage layer and
-each task reads its files through pyarrow's S3 file system (io/arrowfs.py), with the run's S3
-settings: no Hadoop S3 connector is needed.
+Reading: the driver finds the table's current data files (io/current.py: the Iceberg snapshot's
+files). Local and ``hdfs://`` files are read by Spark's own Parquet reader (every Spark has it,
+and it is the fastest); ``s3://`` files by tasks through pyarrow's S3 file system
+(io/arrowfs.py), with the run's S3 settings: no Hadoop S3 connector is needed.
 """
 
 from __future__ import annotations
@@ -19,9 +19,8 @@ import math
 from lookalike.config import S3Config
 from lookalike.errors import InputError
 from lookalike.io import arrowfs
+from lookalike.io.current import Current, current
 from lookalike.io.partfiles import PartWriter, write_part
-from lookalike.io.storage import storage_for
-from lookalike.io.tables import HIDDEN_PREFIXES
 from lookalike.io.uris import is_s3
 
 # A row group of about this many bytes: one lookup by id reads one, whatever the embedding size.
@@ -29,29 +28,22 @@ ROW_GROUP_BYTES = 32 * 1024**2
 WRITTEN = "partition int, path string, rows long"
 
 
-def data_files(uri: str, s3: S3Config | None) -> list[str]:
-    """The Parquet data files of the table at ``uri``, in path order (through the storage layer)."""
-    base = uri.rstrip("/") + "/"
-    return sorted(
-        entry.uri
-        for entry in storage_for(uri, s3 or S3Config()).list(uri)
-        if not any(part.startswith(HIDDEN_PREFIXES) for part in entry.uri[len(base) :].split("/"))
-    )
-
-
-def read_parquet(spark, uri: str, s3: S3Config | None = None):
-    """The table at ``uri`` as a DataFrame. InputError when an ``s3://`` table has no data file;
-    Spark's AnalysisException for a local or HDFS path it cannot read (as spark.read.parquet)."""
-    if not is_s3(uri):
-        return spark.read.parquet(uri)
+def read_parquet(spark, table: str | Current, s3: S3Config | None = None):
+    """The current content of the table at ``table`` (a location, or what io/current.py found
+    there) as a DataFrame: an Iceberg table's current snapshot, an earlier lookalike's current
+    version, or a directory of plain Parquet files. InputError when there is no data file."""
+    found = table if isinstance(table, Current) else current(table, s3)
+    where = found.location if found is not None else table
+    if found is None or not found.files:
+        raise InputError(f"no table at {where}: it holds no Parquet data file")
+    files = list(found.files)
+    if not any(is_s3(f) for f in files):
+        return spark.read.parquet(*files)
     import pyarrow.parquet as pq
     from pyspark.sql.pandas.types import from_arrow_schema
 
-    files = data_files(uri, s3)
-    if not files:
-        raise InputError(f"no Parquet data files at {uri}")
-    filesystem, where = arrowfs.filesystem(files[0], s3)
-    with filesystem.open_input_file(where) as handle:
+    filesystem, path = arrowfs.filesystem(files[0], s3)
+    with filesystem.open_input_file(path) as handle:
         schema = pq.ParquetFile(handle).schema_arrow
     rows = spark.sparkContext.parallelize([(f,) for f in files], len(files))
     return spark.createDataFrame(rows, "path string").mapInArrow(_read_function(schema, s3), from_arrow_schema(schema))

@@ -23,7 +23,7 @@ from typing import Any
 from lookalike.config import S3Config
 from lookalike.errors import InputError, InputUnavailableError
 from lookalike.io import arrowfs
-from lookalike.io.current import resolve
+from lookalike.io.current import current
 from lookalike.io.redact import redact
 from lookalike.io.storage import StorageError
 
@@ -33,8 +33,6 @@ FILE_THREADS = 8
 # Sampling gives up drawing rows after this many draws beyond the number asked for: a table with
 # barely more items than that is small, and its items are then chosen among all of them.
 EXTRA_DRAWS = 64
-# Not part of a table (as for Spark and pyarrow.dataset): _SUCCESS, _temporary/, .crc files.
-HIDDEN_PREFIXES = (".", "_")
 # (column, op, value) with op "in", "==" or "<=", all of which a row must meet.
 Filters = Sequence[tuple]
 
@@ -56,10 +54,9 @@ def dataset(path: str, s3: S3Config | None = None):
     """A pyarrow dataset over the current version of the table at ``path``."""
     import pyarrow.dataset as ds
 
-    location = resolve(path, s3)
     try:
-        filesystem, where = arrowfs.filesystem(location, s3)
-        return ds.dataset(where, format="parquet", filesystem=filesystem)
+        filesystem, files = _table_files(path, s3)
+        return ds.dataset(files, format="parquet", filesystem=filesystem)
     except FileNotFoundError:
         raise InputError(f"table not found: {path}") from None
     except _errors() as exc:
@@ -91,9 +88,7 @@ class ParquetTable:
 
     def __init__(self, path: str, s3: S3Config | None = None):
         self.path, self.s3 = path, s3
-        location = resolve(path, s3)
-        self.filesystem, where = self._guard(lambda: arrowfs.filesystem(location, s3))
-        self.files = self._guard(lambda: _list_files(self.filesystem, where))
+        self.filesystem, self.files = self._guard(lambda: _table_files(path, s3))
         self._footers: dict[str, Any] = {}
         self._groups: dict[str, list[RowGroup]] = {}
         self.names = (
@@ -287,22 +282,16 @@ class ParquetTable:
             raise _unreadable(self.path, exc, self.s3) from None
 
 
-def _list_files(filesystem, where: str) -> list[str]:
-    """The table's data files in path order: ``where`` itself when it is a file."""
-    from pyarrow import fs
-
-    info = filesystem.get_file_info(where)
-    if info.type == fs.FileType.NotFound:
-        raise FileNotFoundError(where)
-    if info.type == fs.FileType.File:
-        return [where]
-    base = where.rstrip("/") + "/"
-    return sorted(
-        i.path
-        for i in filesystem.get_file_info(fs.FileSelector(where, recursive=True))
-        if i.type == fs.FileType.File
-        and not any(part.startswith(HIDDEN_PREFIXES) for part in i.path[len(base) :].split("/"))
-    )
+def _table_files(path: str, s3: S3Config | None) -> tuple[Any, list[str]]:
+    """(file system, the current data files' paths in it, in path order) of the table at ``path``:
+    an Iceberg table's current snapshot, or the Parquet files of a directory (io/current.py)."""
+    found = current(path, s3)
+    if found is None:
+        raise FileNotFoundError(path)
+    if not found.files:
+        return arrowfs.filesystem(path, s3)[0], []
+    filesystem = arrowfs.filesystem(found.files[0], s3)[0]
+    return filesystem, [arrowfs.path_in(f) for f in found.files]
 
 
 def _text(value):

@@ -175,16 +175,6 @@ def job_main(
             spark.stop()
 
 
-def embeddings_version(cfg: Config) -> str | None:
-    """The published version of output.embeddings that a downstream job reads, for its summary."""
-    from lookalike import publish
-
-    try:
-        return publish.current_version(cfg.output.embeddings, cfg.s3)
-    except Exception:  # only informational
-        return None
-
-
 def release(held: list) -> None:
     """Unpersist the DataFrames and destroy the broadcasts (the driver's copy too) a stage held."""
     for thing in held:

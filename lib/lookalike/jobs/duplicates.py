@@ -11,7 +11,7 @@ import time
 from lookalike import publish
 from lookalike.config import Config
 from lookalike.duplicates import components, pairs, write
-from lookalike.jobs.common import embeddings_version, job_main, release, skipped
+from lookalike.jobs.common import job_main, release, skipped
 from lookalike.neighbours import prepare
 from lookalike.neighbours.inputs import read_embeddings
 from lookalike.publish import lineage
@@ -35,7 +35,9 @@ def run(spark, cfg: Config) -> dict:
     if done:
         return _skipped(cfg, run_id, done, inputs, started)
 
-    embeddings = read_embeddings(spark, publish.resolve(cfg.output.embeddings, cfg.s3), cfg.s3)
+    outputs = publish.OutputSet(spark, cfg.output, ["duplicates"], run_id, cfg.s3).check()
+    source = publish.current(cfg.output.embeddings, cfg.s3)
+    embeddings = read_embeddings(spark, source or cfg.output.embeddings, cfg.s3)
     partitions = prepare.partition_count(spark, embeddings, settings.partitions)
     ordered = prepare.ordered_items(embeddings, partitions).persist(StorageLevel.MEMORY_AND_DISK)
     try:
@@ -56,14 +58,12 @@ def run(spark, cfg: Config) -> dict:
             "partitions": partitions,
             "block_rows": settings.block_rows,
             "embeddings": cfg.output.embeddings,
-            "embeddings_version": embeddings_version(cfg),
+            "embeddings_version": source.version if source else None,
             "duplicates": cfg.output.duplicates,
             "inputs": inputs,
         }
 
-        with publish.OutputSet(
-            spark, {"duplicates": cfg.output.duplicates}, run_id, cfg.output.force_unlock, s3=cfg.s3
-        ) as out:
+        with outputs as out:
             held: list = []  # broadcasts and persisted frames, released whatever happens
             try:
                 found, scored = pairs.find_pairs(
@@ -97,7 +97,11 @@ def run(spark, cfg: Config) -> dict:
                         "versions": library_versions(),
                     }
                 )
-                out.commit({"duplicates": summary})
+                read = source.snapshot_id if source else None
+                out.commit(
+                    {"duplicates": summary},
+                    still_valid=lambda: lineage.snapshot_id(cfg.output.embeddings, cfg.s3) == read,
+                )
             finally:
                 release(held)
     finally:

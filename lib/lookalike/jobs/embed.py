@@ -1,7 +1,7 @@
 """Embed job: images under input.uri -> embeddings and errors tables.
 
-run() reads like the pipeline: resolve the weights, lock the outputs, list the images, plan what
-changed, embed in the workers, check the failures, write and publish both tables in one step.
+run() reads like the pipeline: resolve the weights, check the outputs, list the images, plan what
+changed, embed in the workers, check the failures, write both tables and commit them.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def run(spark, cfg: Config, dry_run: bool = False) -> dict:
     # Which weights, precision and runtime every worker uses: decided once, before any task runs.
     cfg = updated(cfg, model=hardware.resolve(spark, model.resolve(cfg.model, cfg.s3)))
     if dry_run:
-        # What a run would do, for schedulers: no lock, no image fetched, no model, nothing written.
+        # What a run would do, for schedulers: no image fetched, no model, nothing written.
         plan, summary = _planned(spark, cfg, run_id, started)
         plan.release()
         summary.update(dry_run=True, published=False, seconds=round(time.perf_counter() - started, 2))
@@ -57,18 +57,19 @@ def run(spark, cfg: Config, dry_run: bool = False) -> dict:
         )
         print(json.dumps(summary, sort_keys=True, default=str))
         return summary
-    targets = {"embeddings": cfg.output.embeddings, "errors": cfg.output.errors}
-    # Lock before listing: a second run on the same outputs refuses before it costs anything.
-    with OutputSet(spark, targets, run_id, cfg.output.force_unlock, s3=cfg.s3) as outputs:
+    # Check the outputs before listing: a location that is refused costs nothing.
+    with OutputSet(spark, cfg.output, ("embeddings", "errors"), run_id, cfg.s3) as outputs:
         plan, summary = _planned(spark, cfg, run_id, started)
         try:
-            if plan.unchanged:
+            if plan.unchanged and not outputs.legacy:
                 summary.update(published=False, seconds=round(time.perf_counter() - started, 2))
                 log.info(
                     "embed done: nothing changed since version %s; embedded 0 images, outputs left as they are",
                     summary["previous_version"],
                 )
             else:
+                # (An earlier lookalike's tables with nothing changed: committed as Iceberg tables,
+                # every row carried over, nothing embedded.)
                 _embed_and_publish(spark, cfg, plan, outputs, summary, started)
         finally:
             plan.release()
@@ -218,7 +219,13 @@ def _embed_and_publish(spark, cfg: Config, plan, outputs: OutputSet, summary: di
             embed_seconds=round(embed_seconds, 2),
             images_per_second=round(todo / seconds, 2),
         )
-        outputs.commit({"embeddings": summary, "errors": summary})
+        # A run that lost a commit race keeps its result only if the table it started from is
+        # unchanged (a full run's result depends on no previous table).
+        read = plan.previous.location.snapshot_id if plan.carry_over and plan.previous is not None else None
+        outputs.commit(
+            {"embeddings": summary, "errors": summary},
+            still_valid=lambda: read is None or lineage.snapshot_id(cfg.output.embeddings, cfg.s3) == read,
+        )
     finally:
         results.unpersist()
 

@@ -9,7 +9,7 @@ import time
 
 from lookalike import publish
 from lookalike.config import Config, NeighboursConfig
-from lookalike.jobs.common import embeddings_version, job_main, release, skipped
+from lookalike.jobs.common import job_main, release, skipped
 from lookalike.neighbours import arrow, exact, ivf_stage, keys, prepare, watch, write
 from lookalike.neighbours.inputs import (
     candidates_identity,
@@ -51,7 +51,9 @@ def run(spark, cfg: Config) -> dict:
     if done:
         return _skipped(cfg, run_id, done, inputs, started)
 
-    embeddings = read_embeddings(spark, publish.resolve(cfg.output.embeddings, cfg.s3), cfg.s3)
+    outputs = publish.OutputSet(spark, cfg.output, ["neighbours"], run_id, cfg.s3).check()
+    source = publish.current(cfg.output.embeddings, cfg.s3)
+    embeddings = read_embeddings(spark, source or cfg.output.embeddings, cfg.s3)
     candidate_ids = read_candidates(spark, settings.candidates)
     attributes = duplicates = None
     if settings.attributes is not None:
@@ -85,16 +87,14 @@ def run(spark, cfg: Config) -> dict:
             "ok": True,
             **facts,
             "embeddings": cfg.output.embeddings,
-            "embeddings_version": embeddings_version(cfg),
+            "embeddings_version": source.version if source else None,
             "neighbours": cfg.output.neighbours,
             "phase_seconds": phases,
             "inputs": inputs,
         }
         phases["checks"] = time.perf_counter() - mark - phases["read_order_normalise"]
 
-        with publish.OutputSet(
-            spark, {"neighbours": cfg.output.neighbours}, run_id, cfg.output.force_unlock, s3=cfg.s3
-        ) as out:
+        with outputs as out:
             staging = out.staging("neighbours")
             try:
                 if settings.method == "ivf":
@@ -126,7 +126,13 @@ def run(spark, cfg: Config) -> dict:
                 summary.update(scored.summary)
                 summary.update(_totals(cfg, partitions, written, items.queries, started))
                 summary["phase_seconds"] = {name: round(value, 2) for name, value in phases.items()}
-                out.commit({"neighbours": summary})
+                # After a lost commit race, this result is still right while the embeddings are
+                # the snapshot it read (another run then computed the same table).
+                read = source.snapshot_id if source else None
+                out.commit(
+                    {"neighbours": summary},
+                    still_valid=lambda: lineage.snapshot_id(cfg.output.embeddings, cfg.s3) == read,
+                )
             finally:
                 release(held)
                 held.clear()

@@ -3,12 +3,21 @@ the identity of that filter for the unchanged-input check."""
 
 from __future__ import annotations
 
+import logging
+
 from lookalike.config import S3Config
 from lookalike.errors import ConfigError, InputError
+from lookalike.io.current import Current, current
 from lookalike.io.sparkparquet import read_parquet
 from lookalike.publish import lineage
 
+log = logging.getLogger(__name__)
+
 SAMPLE_IDS = 5
+_FORMATS = {
+    "lookalike-versions": "the table an earlier lookalike published (its current version)",
+    "parquet": "a directory of plain Parquet files",
+}
 
 EMBEDDING_COLUMNS = ("item_id", "model", "pooling", "weights", "dim", "embedding")
 
@@ -19,21 +28,25 @@ def _analysis_error():
     return AnalysisException
 
 
-def read_embeddings(spark, path: str, s3: S3Config | None = None):
-    """The embeddings table at ``path`` (a resolved version); InputError naming what is wrong."""
+def read_embeddings(spark, table: str | Current, s3: S3Config | None = None):
+    """The embeddings table at ``table`` (a location, or its content as io/current.py found it);
+    InputError naming what is wrong."""
+    path = table.location if isinstance(table, Current) else table
+    if isinstance(table, Current) and table.format != "iceberg":
+        log.info("reading the embeddings at %s as %s", path, _FORMATS[table.format])
     try:
-        table = read_parquet(spark, path, s3)
+        frame = read_parquet(spark, table, s3)
     except (_analysis_error(), InputError) as exc:
         raise InputError(
             f"cannot read the embeddings table at {path} (run the embed job first?): {str(exc).splitlines()[0]}"
         ) from None
-    missing = [c for c in EMBEDDING_COLUMNS if c not in table.columns]
+    missing = [c for c in EMBEDDING_COLUMNS if c not in frame.columns]
     if missing:
         raise InputError(
             f"{path} is not an embeddings table: it has no column {', '.join(missing)} "
-            f"(it has {', '.join(table.columns)})"
+            f"(it has {', '.join(frame.columns)})"
         )
-    return table
+    return frame
 
 
 def read_candidates(spark, candidates):
@@ -108,11 +121,8 @@ def read_attributes(spark, path: str, columns: tuple[tuple[str, str], ...] = ())
 def read_duplicates(spark, path: str, s3: S3Config | None = None):
     """output.duplicates (its current version) for neighbours.hide_duplicates; InputError saying
     how to make it when it is not there."""
-    from lookalike import publish
-
-    resolved = publish.resolve(path, s3)
     try:
-        table = read_parquet(spark, resolved, s3)
+        table = read_parquet(spark, path, s3)
     except (_analysis_error(), InputError) as exc:
         raise InputError(
             f"neighbours.hide_duplicates needs the near-duplicate groups at output.duplicates = {path}, "
@@ -129,10 +139,9 @@ def read_duplicates(spark, path: str, s3: S3Config | None = None):
 
 
 def published_identity(path: str, s3: S3Config | None = None) -> str | None:
-    """The current version of a table this project publishes (output.duplicates), or None."""
-    from lookalike import publish
-
+    """The current snapshot (or version) of a table this project publishes (output.duplicates), or None."""
     try:
-        return publish.current_version(path, s3)
+        found = current(path, s3)
     except Exception:  # unreadable: recompute rather than skip
         return None
+    return found.version if found is not None else None

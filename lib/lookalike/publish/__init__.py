@@ -1,8 +1,8 @@
-"""Publishing outputs: versioned tables switched in one step, locks, run summaries, lineage."""
+"""Publishing outputs: Iceberg tables committed in one snapshot per table per run, run summaries
+in the snapshots, lineage."""
 
-from lookalike.io.current import current_version, resolve
-from lookalike.publish.layouts import SUMMARY
+from lookalike.io.current import Current, current
+from lookalike.publish.outputs import OutputSet, catalog_spec
 from lookalike.publish.summary import read_summary
-from lookalike.publish.versions import OutputSet
 
-__all__ = ["SUMMARY", "OutputSet", "current_version", "read_summary", "resolve"]
+__all__ = ["Current", "OutputSet", "catalog_spec", "current", "read_summary"]

@@ -9,7 +9,7 @@ import logging
 from collections.abc import Iterable
 
 from lookalike.config import S3Config
-from lookalike.io.current import current_version
+from lookalike.io.current import current
 from lookalike.io.storage import Entry, StorageError, storage_for
 from lookalike.publish.summary import read_summary
 
@@ -30,11 +30,21 @@ def content_id(embeddings) -> str:
 
 def embeddings_identity(path: str, s3: S3Config | None = None) -> str | None:
     """What a job reading the embeddings table at ``path`` records as its input: the content id
-    from the table's summary (the version id for tables written before content ids existed)."""
-    summary = read_summary(path, s3)
-    if summary and summary.get("embeddings_content"):
-        return summary["embeddings_content"]
-    return current_version(path, s3)
+    from the summary of its current snapshot, so that an embed run that changed nothing leaves the
+    jobs downstream nothing to do; else the snapshot (or an earlier lookalike's version) id."""
+    found = current(path, s3)
+    if found is None:
+        return None
+    if found.summary and found.summary.get("embeddings_content"):
+        return found.summary["embeddings_content"]
+    return found.version
+
+
+def snapshot_id(path: str, s3: S3Config | None = None) -> int | None:
+    """The current snapshot id of the Iceberg table at ``path`` (None for any other table), which a
+    job records in its lineage and compares before retrying a commit that lost a race."""
+    found = current(path, s3)
+    return found.snapshot_id if found is not None else None
 
 
 def files_identity(uri: str, s3: S3Config | None = None) -> str | None:

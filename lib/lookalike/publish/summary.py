@@ -1,27 +1,14 @@
-"""The run summary published with each version (``_lookalike_summary.json``): what a run wrote,
-from which inputs, with which settings. The jobs write it through OutputSet.commit."""
+"""The run summary committed with each snapshot (the ``lookalike.summary`` snapshot property): what
+a run wrote, from which inputs, with which settings. The jobs write it through OutputSet.commit."""
 
 from __future__ import annotations
 
-import json
-import logging
-
 from lookalike.config import S3Config
-from lookalike.io.current import read_text, resolve
-from lookalike.io.storage import storage_for
-from lookalike.publish.layouts import SUMMARY
-
-log = logging.getLogger(__name__)
+from lookalike.io.current import current
 
 
 def read_summary(path: str, s3: S3Config | None = None) -> dict | None:
-    """The ``_lookalike_summary.json`` of the current version of ``path``; None when there is none."""
-    where = resolve(path, s3).rstrip("/") + "/" + SUMMARY
-    text = read_text(storage_for(where, s3), where)
-    if text is None:
-        return None
-    try:
-        return json.loads(text)
-    except ValueError:
-        log.warning("%s is not valid JSON; ignoring it", where)
-        return None
+    """The run summary of the current snapshot of the table at ``path`` (of the current version, for
+    a table an earlier lookalike published); None when there is none."""
+    found = current(path, s3)
+    return found.summary if found is not None else None

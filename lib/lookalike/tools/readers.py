@@ -19,7 +19,7 @@ import numpy as np
 
 from lookalike import publish, schemas
 from lookalike.config import S3Config
-from lookalike.errors import SchemaMismatchError
+from lookalike.errors import InputError, SchemaMismatchError
 from lookalike.io import tables
 from lookalike.io.uris import is_hadoop, is_s3, normalise_uri
 
@@ -190,11 +190,12 @@ def _petastorm():
     return petastorm
 
 
-def _dataset_url(path: str, s3: S3Config | None) -> str:
-    location = publish.resolve(path, s3)
-    if is_s3(location) or is_hadoop(location):
-        return location
-    return normalise_uri(location)
+def _dataset_url(path: str, s3: S3Config | None) -> list[str]:
+    """The URLs of the table's current data files (petastorm reads a list of files as one dataset)."""
+    found = publish.current(path, s3)
+    if found is None or not found.files:
+        raise InputError(f"no table at {path}: it holds no Parquet data file")
+    return [f if is_s3(f) or is_hadoop(f) else normalise_uri(f) for f in found.files]
 
 
 def petastorm_reader(path: str, columns: Sequence[str] = DEFAULT_COLUMNS, s3: S3Config | None = None, **options):

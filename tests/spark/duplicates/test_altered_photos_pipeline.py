@@ -7,15 +7,15 @@ from __future__ import annotations
 import importlib.util
 import shutil
 
-import pyarrow.parquet as pq
 import pytest
 
 from lookalike.config import load_config
+from tests.support.outputs import read_output
 from tests.support.paths import ROOT, SAMPLE_DIR
 
 
 def read_groups(path) -> set:
-    return {tuple(r.values()) for r in pq.read_table(path).to_pylist()}
+    return {tuple(r.values()) for r in read_output(path).to_pylist()}
 
 
 def _threshold_bench():

@@ -5,6 +5,8 @@ test_altered_photos_pipeline.py."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -17,6 +19,7 @@ from lookalike.jobs import duplicates as job
 from lookalike.neighbours.topk import normalise
 from tests.support.neighbour_tables import make_ids, publish_embeddings
 from tests.support.neighbours_duplicates import brute_groups, brute_pairs
+from tests.support.outputs import output_files, output_summary, read_output
 from tests.support.tablekit import embeddings_table, write_table
 
 DIM = 48
@@ -24,7 +27,7 @@ THRESHOLD = 0.9
 
 
 def read_groups(path) -> set:
-    return {tuple(r.values()) for r in pq.read_table(path).to_pylist()}
+    return {tuple(r.values()) for r in read_output(path).to_pylist()}
 
 
 # --- the job on planted groups -----------------------------------------------------------------
@@ -76,7 +79,11 @@ def planted_table(spark, tmp_path_factory):
 def config(out, embeddings: str, **duplicates):
     return from_dict(
         {
-            "output": {"embeddings": embeddings, "duplicates": str(out / "duplicates")},
+            "output": {
+                "embeddings": embeddings,
+                "duplicates": str(out / "duplicates"),
+                "catalog": {"uri": str(out / "catalog.db")},
+            },
             "duplicates": {"min_score": THRESHOLD, **duplicates},
         }
     )
@@ -121,13 +128,13 @@ def test_groups_equal_the_connected_components_of_brute_force(planted_table, chu
 
 def test_table_schema_files_and_summary(chunked_run):
     summary, path = chunked_run
-    files = sorted(p for p in path.iterdir() if p.name.endswith(".parquet"))
+    files = [f[len("file://") :] for f in output_files(path)]
     assert len(files) == summary["files"] >= 1
     table = pq.read_table(files[0])
     assert table.schema.equals(schemas.arrow_schema(schemas.DUPLICATES), check_metadata=False)
     ids = [r for f in files for r in pq.read_table(f, columns=["item_id"]).column(0).to_pylist()]
     assert ids == sorted(ids)
-    stored = (path / "_lookalike_summary.json").read_text()
+    stored = json.dumps(output_summary(path))
     for key in (
         "job",
         "run_id",
@@ -151,7 +158,7 @@ def test_one_chunk_rerun_is_identical_then_skipped_and_a_new_threshold_is_not(sp
     assert first["chunks"] == 1 and first["partitions"] == 2
     # Whatever the chunking and partitioning: the same table, group ids included.
     order = [("item_id", "ascending")]
-    assert pq.read_table(out / "duplicates").sort_by(order).equals(pq.read_table(chunked_run[1]).sort_by(order))
+    assert read_output(out / "duplicates").sort_by(order).equals(read_output(chunked_run[1]).sort_by(order))
     again = job.run(spark, config(out, embeddings, broadcast_max_mb=1, partitions=3))  # the same answer
     assert again["skipped"] is True and again["unchanged_since"] == first["run_id"]
     stricter = job.run(spark, config(out, embeddings, min_score=0.99, partitions=2))
@@ -165,7 +172,7 @@ def test_no_pair_above_the_threshold_writes_an_empty_table(spark, tmp_path):
     embeddings = write_table(embeddings_table(ids, [f"file:///x/{i}.jpg" for i in ids], x), tmp_path / "embeddings")
     summary = job.run(spark, config(tmp_path, embeddings, partitions=2))
     assert summary["pairs"] == summary["groups"] == summary["largest_group"] == 0
-    table = pq.read_table(tmp_path / "duplicates")
+    table = read_output(tmp_path / "duplicates")
     assert table.num_rows == 0 and table.schema.equals(schemas.arrow_schema(schemas.DUPLICATES), check_metadata=False)
 
 

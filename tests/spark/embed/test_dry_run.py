@@ -10,10 +10,11 @@ import shutil
 
 import pytest
 
-from lookalike import publish
 from lookalike.config import load_config
+from lookalike.io.current import current
 from lookalike.jobs import embed as embed_job
 from tests.support.faultproxy import FaultProxy
+from tests.support.outputs import published_run
 from tests.support.paths import ROOT, SAMPLE_DIR
 from tests.support.s3 import upload_dir
 
@@ -81,11 +82,11 @@ def test_a_dry_run_counts_what_a_run_would_do_and_fetches_and_writes_nothing(
         "reused": 6,
         "deleted": 1,
     }
-    assert summary["previous_version"] == first["run_id"] and summary["embedded"] == 0
+    assert summary["previous_version"] == str(current(str(out / "emb")).snapshot_id) and summary["embedded"] == 0
     # The bucket was listed; no image was fetched, nothing was written anywhere (no lock either).
     assert dict(proxy.stats.requests) == {"list": proxy.stats.requests["list"]} and proxy.stats.requests["list"] >= 1
     assert snapshot(out) == before
-    assert publish.current_version(str(out / "emb")) == first["run_id"]
+    assert published_run(str(out / "emb")) == first["run_id"]
 
     # What the dry run said is what the run does.
     real = embed_job.run(spark, cfg_for(s3_endpoint, f"s3://{bucket}/catalogue/", out, "input.max_error_fraction=0.5"))

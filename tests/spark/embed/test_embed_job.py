@@ -17,6 +17,7 @@ from lookalike.embed import hardware, images, model
 from lookalike.errors import DuplicateItemIdError
 from lookalike.jobs import embed as embed_job
 from tests.support import toy_model
+from tests.support.outputs import output_files, output_summary, read_output
 from tests.support.paths import ROOT, SAMPLE_DIR
 from tests.support.s3 import upload_dir
 
@@ -65,7 +66,7 @@ def add_bad_files(directory):
 
 
 def read(path):
-    return pq.read_table(path).to_pandas().sort_values("item_id").reset_index(drop=True)
+    return read_output(path).to_pandas().sort_values("item_id").reset_index(drop=True)
 
 
 def direct_embeddings(embedder, directory, item_ids):
@@ -83,7 +84,7 @@ def test_embeddings_in_spark_equal_the_model_called_directly(spark, tmp_path, sm
     assert summary["embedded"] == len(table) == 12 and summary["errors"] == 0
     assert list(table.columns) == schemas.names(schemas.EMBEDDINGS)
     assert (
-        pq.read_schema(str(next((tmp_path / "emb").glob("*.parquet")))).field("embedding").type
+        pq.read_schema(output_files(tmp_path / "emb")[0][len("file://") :]).field("embedding").type
         == schemas.arrow_schema(schemas.EMBEDDINGS).field("embedding").type
     )
 
@@ -183,7 +184,7 @@ def test_main_embeds_a_local_directory_and_prints_the_summary(
     assert "embed done: listed 15, embedded 12, errors 3" in caplog.text
     assert "images/s" in caplog.text
     assert len(read(tmp_path / "emb")) == 12 and len(read(tmp_path / "err")) == 3
-    on_disk = json.loads((tmp_path / "emb" / "_lookalike_summary.json").read_text())
+    on_disk = output_summary(tmp_path / "emb")
     assert on_disk["run_id"] == summary["run_id"]
 
 

@@ -10,15 +10,14 @@ from __future__ import annotations
 from collections import Counter
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 
-from lookalike import publish
 from lookalike.config import load_config
 from lookalike.embed import images, model
 from lookalike.errors import InputError
 from lookalike.jobs import embed as embed_job
 from tests.support.faultproxy import FAULT_KINDS, FaultProxy
+from tests.support.outputs import published_run, read_output
 from tests.support.paths import SAMPLE_DIR
 
 SEED = 6  # model.seed
@@ -102,8 +101,8 @@ def test_embed_job_with_20pct_of_gets_failing_loses_nothing(
     for key in keys:  # ...and each one cost exactly one retry: no task was retried by Spark
         assert stats.attempts[("get", f"{bucket}/{key}")] == 1 + transient[key]
 
-    emb = pq.read_table(publish.resolve(str(tmp_path / "out" / "emb"))).to_pandas().set_index("item_id")
-    err = pq.read_table(publish.resolve(str(tmp_path / "out" / "err"))).to_pandas()
+    emb = read_output(str(tmp_path / "out" / "emb")).to_pandas().set_index("item_id")
+    err = read_output(str(tmp_path / "out" / "err")).to_pandas()
     assert err[["item_id", "error"]].values.tolist() == [["broken/always-503", "fetch_error"]]
     assert "gave up after 4 attempts" in err.loc[0, "message"]
     # The bytes that arrived are the bytes that were stored: same embeddings as the model on the files.
@@ -134,4 +133,4 @@ def test_a_listing_that_keeps_failing_fails_the_job_before_anything_is_written(
     assert "gave up after 3 attempts (s3.max_attempts=3" in message and failed.value.exit_code == 75
     # No table, no version, no lock left behind (the run may have made the empty parent directory).
     assert [p for p in (tmp_path / "out").rglob("*") if not p.is_dir()] == []
-    assert publish.current_version(str(tmp_path / "out" / "emb")) is None
+    assert published_run(str(tmp_path / "out" / "emb")) is None

@@ -9,15 +9,14 @@ import hashlib
 import os
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 
-from lookalike import publish
 from lookalike.config import load_config
 from lookalike.embed import images, listing, model
 from lookalike.errors import TooManyErrorsError
 from lookalike.jobs import embed as embed_job
 from tests.support import corpus
+from tests.support.outputs import read_output
 from tests.support.paths import SAMPLE_DIR
 
 SEED = 5  # model.seed of the Spark runs here
@@ -29,7 +28,7 @@ def reference_embedder(toy_overrides):
 
 
 def read_table(path: str):
-    return pq.read_table(publish.resolve(path)).to_pandas()
+    return read_output(path).to_pandas()
 
 
 def snapshot(root) -> dict:

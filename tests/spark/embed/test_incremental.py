@@ -3,22 +3,26 @@ are embedded; the table equals a full recompute; a model change recomputes every
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
-from lookalike import publish
-from lookalike.config import load_config
+from lookalike import publish, schemas
+from lookalike.config import OutputConfig, load_config
 from lookalike.embed import plan as incremental
 from lookalike.embed.stage import ITEMS
 from lookalike.errors import TooManyErrorsError
+from lookalike.io.current import current
 from lookalike.jobs import embed as embed_job
 from lookalike.publish import lineage
 from lookalike.schemas import names, spark_schema
 from tests.support import plan_oracle as oracle
+from tests.support.outputs import published_run, read_output
 from tests.support.paths import SAMPLE_DIR
 
 FP, WEIGHTS = "fp1", "random-init:seed=3"
@@ -187,7 +191,7 @@ def cfg_for(toy_overrides):
 
 
 def table(spark, path) -> pd.DataFrame:
-    return spark.read.parquet(str(path)).toPandas().sort_values("item_id").reset_index(drop=True)
+    return read_output(path).to_pandas().sort_values("item_id").reset_index(drop=True)
 
 
 def test_incremental_runs_embed_only_what_changed_and_equal_a_full_recompute(spark, tmp_path, cfg_for):
@@ -205,7 +209,8 @@ def test_incremental_runs_embed_only_what_changed_and_equal_a_full_recompute(spa
 
     second = embed_job.run(spark, cfg_for(tmp_path, images))
     assert (second["attempted"], second["embedded"], second["reused"], second["published"]) == (0, 0, 12, False)
-    assert publish.current_version(str(emb)) == first["run_id"]
+    assert published_run(str(emb)) == first["run_id"]
+    first_snapshot = str(current(str(emb)).snapshot_id)
     pd.testing.assert_frame_equal(table(spark, emb), one)
 
     for path in samples[12:17]:  # add 5
@@ -218,7 +223,7 @@ def test_incremental_runs_embed_only_what_changed_and_equal_a_full_recompute(spa
     third = embed_job.run(spark, cfg_for(tmp_path, images))
     assert (third["attempted"], third["embedded"], third["errors"]) == (7, 7, 0)
     assert (third["new"], third["changed"], third["reused"], third["deleted"]) == (5, 2, 9, 1)
-    assert third["previous_version"] == first["run_id"]
+    assert third["previous_version"] == first_snapshot
 
     full = embed_job.run(spark, cfg_for(tmp_path, images, "full", "input.incremental=false"))
     assert full["embedded"] == 16
@@ -273,15 +278,17 @@ def test_failed_images_are_retried_every_run_and_downstream_sees_no_change(spark
     # What a downstream job (neighbours) does: record its inputs, and skip when they are the same.
     inputs = {"embeddings": identity, "settings": "k=10"}
     downstream = str(tmp_path / "out" / "neighbours")
-    with publish.OutputSet(spark, {"neighbours": downstream}, "n-run-1") as outputs:
-        spark.range(3).write.parquet(outputs.staging("neighbours"))
+    output = OutputConfig(embeddings=str(tmp_path / "out" / "emb"), neighbours=downstream)
+    with publish.OutputSet(spark, output, ["neighbours"], "n-run-1") as outputs:
+        empty = schemas.arrow_schema(schemas.NEIGHBOURS).empty_table()
+        pq.write_table(empty, f"{outputs.staging('neighbours')}/part-00000.parquet")
         outputs.commit({"neighbours": {"run_id": "n-run-1", "inputs": inputs}})
     assert lineage.unchanged_since(downstream, inputs)["run_id"] == "n-run-1"
     assert lineage.unchanged_since(downstream, {**inputs, "settings": "k=20"}) is None
 
     second = embed_job.run(spark, cfg_for(tmp_path, images))  # the broken image is tried again
     assert (second["attempted"], second["retried"], second["embedded"], second["errors"]) == (1, 1, 0, 1)
-    assert second["published"] and publish.current_version(str(tmp_path / "out" / "err")) == second["run_id"]
+    assert second["published"] and published_run(str(tmp_path / "out" / "err")) == second["run_id"]
     errors = table(spark, tmp_path / "out" / "err")
     assert list(errors["item_id"]) == ["broken"] and list(errors["run_id"]) == [second["run_id"]]
     # A new version with the same embeddings: the downstream job has nothing to do.
@@ -295,15 +302,21 @@ def test_failed_images_are_retried_every_run_and_downstream_sees_no_change(spark
     new_identity = lineage.embeddings_identity(str(tmp_path / "out" / "emb"))
     assert new_identity != identity
     assert lineage.unchanged_since(downstream, {**inputs, "embeddings": new_identity}) is None
-    assert os.path.islink(tmp_path / "out" / "emb")
+    assert current(str(tmp_path / "out" / "emb")).format == "iceberg"
+
+
+def sample_images(tmp_path, count: int):
+    """A folder of the first ``count`` sample photos."""
+    images = tmp_path / "images"
+    images.mkdir()
+    for path in sorted(SAMPLE_DIR.rglob("*.jpg"))[:count]:
+        shutil.copy(path, images / path.name)
+    return images
 
 
 def test_max_error_fraction_counts_the_images_a_run_tried_not_the_ones_it_reused(spark, tmp_path, cfg_for):
     # Issue 24: a new prefix whose every image fails was hidden by the reused ones (3 of 9 < 50%).
-    images = tmp_path / "images"
-    images.mkdir()
-    for path in sorted(SAMPLE_DIR.rglob("*.jpg"))[:6]:
-        shutil.copy(path, images / path.name)
+    images = sample_images(tmp_path, 6)
     first = embed_job.run(spark, cfg_for(tmp_path, images))
     assert first["embedded"] == 6 and first["error_fraction"] == 0.0
     for name in ("a", "b", "c"):
@@ -321,3 +334,36 @@ def test_max_error_fraction_counts_the_images_a_run_tried_not_the_ones_it_reused
     assert rows[0] == "item_id,uri,error,message" and len(rows) == 4
     assert sorted(r.split(",")[0] for r in rows[1:]) == ["new-a", "new-b", "new-c"]
     assert all(r.split(",")[2] == "decode_error" for r in rows[1:])
+
+
+def as_earlier_release(table_dir, version: str, summary: dict) -> None:
+    """Rewrite an output into the layout earlier releases published: its rows in a version folder
+    beside it with the summary file, and a symbolic link at the output's path."""
+    versions = table_dir.parent / f".{table_dir.name}.versions" / version
+    versions.mkdir(parents=True)
+    for i, uri in enumerate(current(str(table_dir)).files):
+        shutil.copy(uri[len("file://") :], versions / f"part-{i:05d}.parquet")
+    (versions / "_lookalike_summary.json").write_text(json.dumps(summary))
+    shutil.rmtree(table_dir)
+    os.symlink(os.path.join(f".{table_dir.name}.versions", version), table_dir)
+
+
+def test_an_earlier_releases_tables_are_carried_over_without_embedding_anything_again(spark, tmp_path, cfg_for):
+    images = sample_images(tmp_path, 8)
+    first = embed_job.run(spark, cfg_for(tmp_path, images))
+    before = table(spark, tmp_path / "out" / "emb")
+    out = tmp_path / "out"
+    for name in ("emb", "err"):
+        as_earlier_release(out / name, "20260101T000000Z-0ldrun00", {"run_id": "20260101T000000Z-0ldrun00"})
+    (out / "catalog.db").unlink()  # earlier releases had no catalog
+    assert current(str(out / "emb")).format == "lookalike-versions"
+
+    again = embed_job.run(spark, cfg_for(tmp_path, images))
+    # Nothing changed, nothing embedded again, nothing lost: the tables are committed as Iceberg.
+    assert (again["attempted"], again["reused"], again["embedded"]) == (0, first["embedded"], 0)
+    assert again["published"] and current(str(out / "emb")).format == current(str(out / "err")).format == "iceberg"
+    pd.testing.assert_frame_equal(table(spark, out / "emb"), before)
+    assert len(read_output(out / "err")) == 0
+    # The earlier version stays where it was until the user deletes it; its pointer is gone.
+    assert (out / ".emb.versions" / "20260101T000000Z-0ldrun00" / "part-00000.parquet").exists()
+    assert not os.path.lexists(out / ".emb.legacy") and not os.path.islink(out / "emb")

@@ -4,7 +4,6 @@ filter, k >= N-1, and the Parquet layout that makes a point lookup read one row 
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -23,8 +22,9 @@ from tests.support.neighbour_tables import (
     embeddings_dir,
     make_ids,
     publish_embeddings,
-    read_output,
+    read_lists,
 )
+from tests.support.outputs import output_files, output_summary, published_run, read_output
 from tests.support.tablekit import embeddings_table
 
 N = 301  # not a multiple of block_rows below
@@ -50,7 +50,7 @@ def several_chunks(spark, tricky):
     # 0.01 MB / (4*24 + 64) bytes per candidate -> 65 candidates per chunk -> 5 chunks; 4 partitions
     # (auto would make 8), each cut by chunks, and the tables below are partitioned otherwise.
     cfg = config(out, embeddings, k=7, block_rows=16, broadcast_max_mb=0.01, row_group_rows=20, partitions=4)
-    return job.run(spark, cfg), read_output(str(out / "neighbours")), out / "neighbours"
+    return job.run(spark, cfg), read_lists(str(out / "neighbours")), out / "neighbours"
 
 
 def test_job_several_chunks_ties_invalid_vectors_match_brute_force(tricky, several_chunks):
@@ -81,8 +81,8 @@ def test_job_one_chunk_gives_the_identical_table(spark, tricky, several_chunks):
     out = tmp / "one"
     summary = job.run(spark, config(out, embeddings, k=7, block_rows=1000, partitions=3))
     assert summary["chunks"] == 1
-    one = pq.read_table(out / "neighbours").sort_by([("item_id", "ascending"), ("rank", "ascending")])
-    several = pq.read_table(several_chunks[2]).sort_by([("item_id", "ascending"), ("rank", "ascending")])
+    one = read_output(out / "neighbours").sort_by([("item_id", "ascending"), ("rank", "ascending")])
+    several = read_output(several_chunks[2]).sort_by([("item_id", "ascending"), ("rank", "ascending")])
     assert one.equals(several)  # bit-identical scores, whatever the chunking and blocking
 
 
@@ -92,14 +92,14 @@ def test_job_one_sided_scoring_gives_the_identical_table(spark, tricky, several_
     out = tmp / "one-sided"
     summary = job.run(spark, config(out, embeddings, k=7, block_rows=50, symmetric=False, partitions=3))
     assert summary["symmetric"] is False and summary["chunks"] == 1
-    one_sided = pq.read_table(out / "neighbours").sort_by([("item_id", "ascending"), ("rank", "ascending")])
-    several = pq.read_table(several_chunks[2]).sort_by([("item_id", "ascending"), ("rank", "ascending")])
+    one_sided = read_output(out / "neighbours").sort_by([("item_id", "ascending"), ("rank", "ascending")])
+    several = read_output(several_chunks[2]).sort_by([("item_id", "ascending"), ("rank", "ascending")])
     assert one_sided.equals(several)
 
 
 def test_job_output_sorted_and_point_lookup_reads_one_row_group(several_chunks):
     summary, got, path = several_chunks
-    files = sorted(p for p in Path(path).iterdir() if p.name.endswith(".parquet"))
+    files = [Path(f[len("file://") :]) for f in output_files(path)]
     assert len(files) == summary["files"] > 1
     groups = []  # (file, row group, min id, max id)
     for f in files:
@@ -117,9 +117,10 @@ def test_job_output_sorted_and_point_lookup_reads_one_row_group(several_chunks):
         assert len(hits) == 1, f"{item} could be in {hits}"
         # ...and all of its rows really are in that one row group.
         f, g = hits[0]
-        rows = pq.ParquetFile(Path(path) / f).read_row_group(g, columns=["item_id"]).column(0).to_pylist()
+        rows = pq.ParquetFile(next(p for p in files if p.name == f)).read_row_group(g, columns=["item_id"])
+        rows = rows.column(0).to_pylist()
         assert rows.count(item) == len(got[item])
-    summary_file = json.loads((Path(path) / "_lookalike_summary.json").read_text())
+    summary_file = output_summary(path)
     assert summary_file["rows"] == summary["rows"] and summary_file["weights"].startswith("random-init")
 
 
@@ -138,7 +139,7 @@ def test_job_k_at_least_n_minus_1_returns_all_others(spark, tmp_path):
             partitions=3,
         ),
     )
-    got = read_output(str(tmp_path / "neighbours"))
+    got = read_lists(str(tmp_path / "neighbours"))
     assert_matches(got, brute_force(ids, x, 39))
     assert summary["chunks"] > 1
     assert all(len(rows) == 38 for rows in got.values()) and len(got) == 39
@@ -164,7 +165,7 @@ def test_job_candidates_table_and_min_score(spark, tmp_path):
             partitions=3,
         ),
     )
-    got = read_output(str(tmp_path / "neighbours"))
+    got = read_lists(str(tmp_path / "neighbours"))
     want = brute_force(ids, x, 5, candidates=allowed, min_score=0.4)
     assert_matches(got, want)
     assert summary["candidates"] == len(allowed) - 1
@@ -196,7 +197,7 @@ def test_job_symmetric_scoring_with_min_score_and_chunks_matches_brute_force(spa
         ),
     )
     assert summary["symmetric"] is True and summary["chunks"] > 2
-    assert_matches(read_output(str(tmp_path / "neighbours")), brute_force(ids, x, 6, min_score=0.3))
+    assert_matches(read_lists(str(tmp_path / "neighbours")), brute_force(ids, x, 6, min_score=0.3))
 
 
 def test_job_candidates_list_in_config(spark, tmp_path):
@@ -206,7 +207,7 @@ def test_job_candidates_list_in_config(spark, tmp_path):
     summary = job.run(
         spark, config(tmp_path, embeddings_dir(tmp_path, ids, x, parts=1), k=4, candidates=allowed, partitions=2)
     )
-    assert_matches(read_output(str(tmp_path / "neighbours")), brute_force(ids, x, 4, candidates=allowed))
+    assert_matches(read_lists(str(tmp_path / "neighbours")), brute_force(ids, x, 4, candidates=allowed))
     assert summary["candidates"] == 10 and summary["candidates_filter"] == "10 ids"
 
 
@@ -264,7 +265,7 @@ def test_job_min_score_above_every_score_publishes_an_empty_readable_table(spark
         ),
     )
     assert summary["rows"] == 0 and summary["items_without_neighbours"] == 20
-    table = pq.read_table(tmp_path / "neighbours")
+    table = read_output(tmp_path / "neighbours")
     assert table.num_rows == 0
     assert table.schema.equals(schemas.arrow_schema(schemas.NEIGHBOURS), check_metadata=False)
 
@@ -274,8 +275,10 @@ def test_duckdb_point_lookup_scans_one_row_group(several_chunks):
 
     summary, got, path = several_chunks
     item = sorted(got)[len(got) // 2]
+    # The snapshot's files, as DuckDB's iceberg_scan finds them from the version hint.
+    files = ", ".join(f"'{f[len('file://') :]}'" for f in output_files(path))
     plan = duckdb.sql(
-        f"EXPLAIN ANALYZE SELECT rank, neighbour_id FROM read_parquet('{path}/*.parquet') WHERE item_id = '{item}'"
+        f"EXPLAIN ANALYZE SELECT rank, neighbour_id FROM read_parquet([{files}]) WHERE item_id = '{item}'"
     ).fetchall()[0][1]
     scanned = re.search(r"Row Groups Scanned:\s*(\d+)\s*/\s*(\d+)", plan)
     assert scanned, plan
@@ -294,7 +297,6 @@ def test_job_missing_inputs_are_clear_errors(spark, tmp_path):
 
 
 def test_a_rerun_on_unchanged_embeddings_and_settings_skips_and_keeps_the_table(spark, tmp_path):
-    from lookalike import publish
 
     ids = make_ids(40, seed=9)
     vectors = random_vectors(40, 8, seed=9)
@@ -302,11 +304,11 @@ def test_a_rerun_on_unchanged_embeddings_and_settings_skips_and_keeps_the_table(
     cfg = config(tmp_path, embeddings, k=3, partitions=2)
     first = job.run(spark, cfg)
     assert not first.get("skipped") and first["rows"] == 40 * 3
-    version = publish.current_version(cfg.output.neighbours)
+    version = published_run(cfg.output.neighbours)
 
     again = job.run(spark, cfg)
     assert again["skipped"] is True and again["unchanged_since"] == first["run_id"]
-    assert publish.current_version(cfg.output.neighbours) == version
+    assert published_run(cfg.output.neighbours) == version
 
     # Other settings, or new embeddings, recompute.
     assert not job.run(spark, config(tmp_path, embeddings, k=4, partitions=2)).get("skipped")

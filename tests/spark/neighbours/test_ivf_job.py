@@ -9,7 +9,8 @@ import pytest
 from lookalike.jobs import neighbours as job
 from lookalike.neighbours.topk import normalise
 from tests.support.brute_force import brute_force, random_vectors
-from tests.support.neighbour_tables import assert_matches, config, embeddings_dir, make_ids, read_output
+from tests.support.neighbour_tables import assert_matches, config, embeddings_dir, make_ids, read_lists
+from tests.support.outputs import read_output
 
 
 def unit(x):
@@ -38,7 +39,7 @@ def test_ivf_reported_recall_is_the_recall_of_its_table(spark, clustered):
     out = tmp / "two-lists"
     # recall_sample above N: every query is in the sample, so the reported figure must be exact.
     summary = job.run(spark, config(out, embeddings, k=5, method="ivf", nlist=12, nprobe=2, recall_sample=10_000))
-    got = read_output(str(out / "neighbours"))
+    got = read_lists(str(out / "neighbours"))
     want = brute_force(ids, x, 5)
     found = sum(len({n for _, n, _ in got.get(item, [])} & {n for n, _ in rows}) for item, rows in want.items())
     measured = found / sum(len(rows) for rows in want.values())
@@ -62,14 +63,13 @@ def test_ivf_with_candidates_and_min_score_matches_brute_force(spark, clustered)
     summary = job.run(
         spark, config(out, embeddings, k=4, method="ivf", nprobe=1000, candidates=allowed, min_score=0.2, partitions=3)
     )
-    assert_matches(read_output(str(out / "neighbours")), brute_force(ids, x, 4, candidates=allowed, min_score=0.2))
+    assert_matches(read_lists(str(out / "neighbours")), brute_force(ids, x, 4, candidates=allowed, min_score=0.2))
     assert summary["ivf"]["nprobe"] == summary["ivf"]["nlist"] == round(np.sqrt(summary["candidates"]))
 
 
 def test_ivf_probing_every_list_gives_the_exact_jobs_table_bit_for_bit(spark, clustered):
     """Same scores and the same tie-break (smaller id first) as the exact job, across partitions;
     and both are brute force's answer (ties and invalid vectors included)."""
-    import pyarrow.parquet as pq
 
     tmp, ids, x, embeddings = clustered
     exact_out, ivf_out = tmp / "tie-exact", tmp / "tie-ivf"
@@ -77,10 +77,10 @@ def test_ivf_probing_every_list_gives_the_exact_jobs_table_bit_for_bit(spark, cl
     summary = job.run(
         spark, config(ivf_out, embeddings, k=6, method="ivf", nlist=9, nprobe=9, block_rows=16, partitions=5)
     )
-    a = pq.read_table(exact_out / "neighbours").sort_by([("item_id", "ascending"), ("rank", "ascending")])
-    b = pq.read_table(ivf_out / "neighbours").sort_by([("item_id", "ascending"), ("rank", "ascending")])
+    a = read_output(exact_out / "neighbours").sort_by([("item_id", "ascending"), ("rank", "ascending")])
+    b = read_output(ivf_out / "neighbours").sort_by([("item_id", "ascending"), ("rank", "ascending")])
     assert a.equals(b)
-    assert_matches(read_output(str(ivf_out / "neighbours")), brute_force(ids, x, 6))
+    assert_matches(read_lists(str(ivf_out / "neighbours")), brute_force(ids, x, 6))
     assert summary["method"] == "ivf" and summary["ivf"]["nlist"] == 9 and summary["ivf"]["nprobe"] == 9
     assert summary["recall_at_k"] == 1.0 and summary["recall_sample"]["queries"] > 0
     assert summary["invalid"] == 2

@@ -14,7 +14,7 @@ from lookalike.config import from_dict
 from lookalike.errors import ConfigError, InputError
 from lookalike.jobs import neighbours as job
 from tests.support.brute_force import brute_force, random_vectors
-from tests.support.neighbour_tables import assert_matches, embeddings_dir, make_ids, publish_embeddings, read_output
+from tests.support.neighbour_tables import assert_matches, embeddings_dir, make_ids, publish_embeddings, read_lists
 
 N, DIM, K = 300, 8, 7
 IDS = make_ids(N, seed=5)
@@ -94,11 +94,12 @@ def run(spark, tmp, embeddings, name, **neighbours):
                 "embeddings": embeddings,
                 "neighbours": str(out / "neighbours"),
                 "duplicates": str(tmp / "duplicates"),
+                "catalog": {"uri": str(out / "catalog.db")},
             },
             "neighbours": neighbours,
         }
     )
-    return job.run(spark, cfg), read_output(str(out / "neighbours"))
+    return job.run(spark, cfg), read_lists(str(out / "neighbours"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -235,6 +236,7 @@ def test_hide_duplicates_without_the_table_says_how_to_make_it(spark, data, tmp_
                 "embeddings": embeddings,
                 "neighbours": str(tmp_path / "n"),
                 "duplicates": str(tmp_path / "missing"),
+                "catalog": {"uri": str(tmp_path / "catalog.db")},
             },
             "neighbours": {"hide_duplicates": True},
         }

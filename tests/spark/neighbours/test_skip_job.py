@@ -15,7 +15,7 @@ from lookalike.io.storage import fetch
 from lookalike.io.uris import is_s3
 from lookalike.jobs import neighbours as job
 from tests.support.brute_force import brute_force, random_vectors
-from tests.support.neighbour_tables import assert_matches, config, make_ids, publish_embeddings, read_output
+from tests.support.neighbour_tables import assert_matches, config, make_ids, publish_embeddings, read_lists
 
 N, K = 30, 3
 IDS = make_ids(N, seed=11)
@@ -28,7 +28,7 @@ def embeddings(spark, tmp_path):
 
 
 def assert_neighbours(cfg, candidates):
-    assert_matches(read_output(cfg.output.neighbours), brute_force(IDS, VECTORS, K, candidates=candidates))
+    assert_matches(read_lists(cfg.output.neighbours), brute_force(IDS, VECTORS, K, candidates=candidates))
 
 
 @pytest.fixture

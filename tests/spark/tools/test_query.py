@@ -14,11 +14,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 
 from lookalike.jobs import neighbours as neighbours_job
 from tests.support.brute_force import brute_force
+from tests.support.outputs import read_output
 from tests.support.paths import ROOT
 from tests.support.procs import run_script
 from tests.support.s3 import upload_dir
@@ -67,7 +67,7 @@ def sample_tables(spark, tmp_path_factory):
 
 
 def oracle(embeddings: Path, k: int) -> dict:
-    table = pq.read_table(embeddings, columns=["item_id", "embedding"]).to_pydict()
+    table = read_output(embeddings, columns=["item_id", "embedding"]).to_pydict()
     return brute_force(table["item_id"], np.array(table["embedding"], dtype=np.float32), k)
 
 
@@ -81,7 +81,7 @@ def test_neighbours_job_on_sample_random_init_weights(sample_tables):
     assert summary["queries"] == summary["items"] == 60 and summary["invalid"] == 0
     assert summary["rows"] == 60 * 5 and summary["weights"].startswith("random-init")
     got = {}
-    for row in pq.read_table(neighbours).to_pylist():
+    for row in read_output(neighbours).to_pylist():
         got.setdefault(row["item_id"], []).append((row["rank"], row["neighbour_id"]))
     want = oracle(embeddings, 5)
     assert {item: [n for _, n in sorted(rows)] for item, rows in got.items()} == {

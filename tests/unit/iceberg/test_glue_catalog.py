@@ -78,6 +78,6 @@ def test_a_catalog_that_is_down_is_a_transient_error_and_commits_nothing(tmp_pat
             open_catalog(spec, budget), spec, "output.neighbours", "shop.neighbours", str(tmp_path / "t"), SCHEMA
         )
     assert down.value.exit_code == 75
-    assert str(down.value).startswith("cannot open table shop.neighbours in the glue catalog at http://127.0.0.1:")
+    assert str(down.value).startswith("cannot load table shop.neighbours from the glue catalog at http://127.0.0.1:")
     assert "run again later" in str(down.value)
     assert not (tmp_path / "t").exists()
