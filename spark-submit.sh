@@ -68,7 +68,6 @@ python=${LOOKALIKE_PYTHON:-$root/.venv/bin/python}
 "$root/scripts/check-java.sh"
 spark_home=$("$python" -c 'import os, pyspark; print(os.path.dirname(pyspark.__file__))')
 
-export SPARK_LOCAL_IP=${SPARK_LOCAL_IP:-127.0.0.1}
 export PYSPARK_PYTHON=${PYSPARK_PYTHON:-$python}
 export PYSPARK_DRIVER_PYTHON=${PYSPARK_DRIVER_PYTHON:-$python}
 export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
@@ -115,11 +114,25 @@ fi
 if [ -n "$master" ]; then
   submit_args=(--master "$master" "${submit_args[@]}")
 fi
+# A driver for a master on this machine (local mode, or a cluster on the loopback such as `make
+# cluster-up` starts) listens on 127.0.0.1 only. A client-mode driver of a real cluster must be
+# reachable by the executors on other hosts: there Spark's own choice (this host's address) stands.
+case "${master:-local}" in
+  local|local\[*|spark://127.0.0.1:*|spark://localhost:*) export SPARK_LOCAL_IP=${SPARK_LOCAL_IP:-127.0.0.1} ;;
+esac
 # Local mode runs the executors inside the driver JVM: give it room unless told otherwise.
 case " ${submit_args[*]-} " in
   *" --driver-memory "*) ;;
   *) case "${master:-local}" in local*) submit_args=(--driver-memory "${LOOKALIKE_DRIVER_MEMORY:-4g}" "${submit_args[@]}") ;; esac ;;
 esac
+
+# LOOKALIKE_SUBMIT_ECHO=1: print the address the driver binds to and the spark-submit command
+# line instead of running it (what a scheduler's wrapper would run, for checking it).
+if [ "${LOOKALIKE_SUBMIT_ECHO:-}" = 1 ]; then
+  echo "SPARK_LOCAL_IP=${SPARK_LOCAL_IP:-}"
+  echo "spark-submit ${submit_args[*]} $root/jobs/$job.py --config $config_arg ${job_args[*]-}"
+  exit 0
+fi
 
 set +e
 "$spark_home/bin/spark-submit" \

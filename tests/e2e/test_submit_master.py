@@ -8,12 +8,14 @@ envcheck job, the four started at once by one module fixture and each test readi
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import pyspark
 import pytest
 
+from lookalike.jobs import common
 from tests.support.paths import ROOT
 from tests.support.procs import run_script
 
@@ -55,3 +57,29 @@ def test_the_master_given_to_spark_submit_wins_over_the_config(runs, how):
 def test_spark_submit_sh_without_master_uses_the_config_and_python_alone_uses_it_too(runs):
     assert "Spark master local[1] (from spark-submit)" in master_line(runs["spark-submit.sh without --master"])
     assert "Spark master local[1] (spark.master in the config)" in master_line(runs["python alone"])
+
+
+@pytest.mark.parametrize(
+    "master, bound",
+    [
+        ("local[2]", "127.0.0.1"),
+        ("spark://127.0.0.1:7077", "127.0.0.1"),  # make cluster-up's master, on the loopback
+        ("spark://10.0.0.5:7077", ""),  # a real cluster: its executors must reach the driver
+        ("yarn", ""),
+    ],
+)
+def test_the_driver_binds_to_the_loopback_only_where_the_master_is_on_this_machine(master, bound):
+    # Issue 24: 127.0.0.1 for every master made a client-mode driver unreachable from its executors.
+    env = {k: v for k, v in os.environ.items() if k != "SPARK_LOCAL_IP"}
+    result = subprocess.run(
+        [str(ROOT / "spark-submit.sh"), "embed", "--master", master],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**env, "LOOKALIKE_SUBMIT_ECHO": "1"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0] == f"SPARK_LOCAL_IP={bound}"
+    assert f"--master {master} " in result.stdout.splitlines()[1]
+    assert common.on_loopback(master) == bool(bound)  # what a job started by Python decides

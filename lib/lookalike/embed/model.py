@@ -106,9 +106,11 @@ class Embedder:
         # Jobs resolve auto on the executors beforehand; a library user gets this machine's answer.
         cfg = hardware.resolve_here(cfg)
         _warn_if_emulated(cfg)
-        self.config = cfg
+        # The rows keep the run's identity (precision, runtime, fingerprint) whatever this host can do.
         self.precision, self.runtime = cfg.precision, cfg.runtime
         self.fingerprint = fingerprint(cfg)
+        cfg = _runnable_here(cfg)
+        self.config = cfg
         self._s3 = s3 or S3Config()
         self._threads = threads or cfg.threads
         self._model = self._inference = self._compiled = None
@@ -266,6 +268,25 @@ class Embedder:
 
 
 _warned_emulation: list[bool] = []
+
+
+def _runnable_here(cfg: ModelConfig) -> ModelConfig:
+    """``cfg``, computed with Keras where the run chose OpenVINO but this host has none (an executor
+    added after the run, or the table's, decided): said once per worker, and the rows still carry
+    the run's runtime, because the two runtimes agree to within float rounding (tests check it)."""
+    if cfg.runtime != "openvino" or hardware.openvino_installed():
+        return cfg
+    if not _warned_no_openvino:
+        _warned_no_openvino.append(True)
+        log.warning(
+            "model.runtime=openvino but OpenVINO is not installed on host %s: this worker computes with "
+            "Keras (the table keeps runtime=openvino); install openvino there for the faster runtime",
+            os.uname().nodename,
+        )
+    return updated(cfg, runtime="keras")
+
+
+_warned_no_openvino: list = []
 
 
 def _warn_if_emulated(cfg: ModelConfig) -> None:

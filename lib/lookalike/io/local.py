@@ -9,7 +9,7 @@ import stat as statmode
 from collections.abc import Iterator
 
 from lookalike.io.base import AtomicFile, Entry, Storage, StorageError, hidden_name
-from lookalike.io.uris import file_uri, local_path
+from lookalike.io.uris import file_uri, local_path, utf8_name
 
 
 def _path(uri: str) -> str:
@@ -34,7 +34,8 @@ class LocalStorage(Storage):
             dirnames.sort()
             for name in sorted(filenames):
                 path = os.path.join(dirpath, name)
-                key = os.path.relpath(path, root).replace(os.sep, "/")
+                # The uri names the file exactly; the key (and so the item id) must be text.
+                key = utf8_name(os.path.relpath(path, root).replace(os.sep, "/"))
                 try:
                     info = os.stat(path)
                 except FileNotFoundError:

@@ -31,18 +31,32 @@ def local_path(uri: str) -> str:
         rest = uri[len("file://") :]
         if not rest.startswith("/"):  # file://localhost/path
             rest = "/" + rest.partition("/")[2]
-        return unquote(rest)
+        # A byte that is not UTF-8 comes back as the surrogate Python's file functions use.
+        return unquote(rest, errors="surrogateescape")
     return uri
 
 
-# Only what would not survive local_path(): '%' (escapes), controls. Spaces and non-ASCII stay
-# readable in the uri column.
-_URI_UNSAFE = re.compile(r"[%\x00-\x1f\x7f]")
+# Only what would not survive local_path(): '%' (escapes), controls, and the bytes of a file name
+# that are not UTF-8 (which Python holds as lone surrogates, and no table can store). Spaces and
+# non-ASCII letters stay readable in the uri column.
+_URI_UNSAFE = re.compile(r"[%\x00-\x1f\x7f\udc80-\udcff]")
+_NOT_UTF8 = re.compile(r"[\udc80-\udcff]")
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    return f"%{code - 0xDC00 if code >= 0xDC80 else code:02X}"
 
 
 def file_uri(path: str) -> str:
     """The file:// URI of an absolute local path; local_path(file_uri(p)) == p for any name."""
-    return "file://" + _URI_UNSAFE.sub(lambda m: f"%{ord(m.group()):02X}", path)
+    return "file://" + _URI_UNSAFE.sub(lambda m: _escape(m.group()), path)
+
+
+def utf8_name(name: str) -> str:
+    """A file name's text with each byte that is not UTF-8 written as %XX (E9 for a Latin-1 é):
+    valid UTF-8 for keys and item ids, stable from run to run, and the byte is still readable."""
+    return _NOT_UTF8.sub(lambda m: _escape(m.group()), name)
 
 
 def normalise_uri(uri: str) -> str:

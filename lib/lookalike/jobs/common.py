@@ -69,6 +69,12 @@ def parse_args(argv: list[str], description: str, dry_run: bool = False) -> argp
     return parser.parse_args(argv)
 
 
+def on_loopback(master: str) -> bool:
+    """Whether a driver for ``master`` serves this machine only: local mode, or a standalone master
+    on the loopback (``make cluster-up``). Its driver then binds to 127.0.0.1."""
+    return master.startswith("local") or master.startswith(("spark://127.0.0.1:", "spark://localhost:"))
+
+
 def build_session(cfg: Config, app_suffix: str = ""):
     """The one place a SparkSession is created: library code only ever receives one.
 
@@ -77,13 +83,16 @@ def build_session(cfg: Config, app_suffix: str = ""):
     Spark application; spark.master from the config applies when the job starts Spark itself
     (``python jobs/embed.py``). ./spark-submit.sh passes the config's spark.master as --master
     when it is given none, so both ways of starting a job agree."""
-    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    submitted = submitted_master()
+    master = submitted or cfg.spark.master
+    if on_loopback(master):
+        # Nothing outside this machine needs the driver; a cluster's client-mode driver is
+        # left on Spark's own choice, this host's address, which its executors can reach.
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from pyspark.sql import SparkSession
 
     builder = SparkSession.builder.appName(cfg.spark.app_name + app_suffix)
-    submitted = submitted_master()
-    master = submitted or cfg.spark.master
     if submitted is None:
         builder = builder.master(cfg.spark.master)
     elif submitted != cfg.spark.master and cfg.spark.master != SparkConfig.model_fields["master"].default:
@@ -98,7 +107,7 @@ def build_session(cfg: Config, app_suffix: str = ""):
         "spark.sql.execution.arrow.pyspark.enabled": "true",
         "spark.sql.session.timeZone": "UTC",
         "spark.ui.showConsoleProgress": "false",
-        "spark.driver.host": os.environ.get("SPARK_LOCAL_IP", "127.0.0.1") if master.startswith("local") else None,
+        "spark.driver.host": os.environ.get("SPARK_LOCAL_IP", "127.0.0.1") if on_loopback(master) else None,
     }
     for key, value in {**defaults, **{k: str(v) for k, v in cfg.spark.conf.items()}}.items():
         if value is not None:

@@ -17,7 +17,8 @@ from lookalike.embed import hardware, listing, manifest, model
 from lookalike.embed import plan as incremental
 from lookalike.embed import weights as model_weights
 from lookalike.embed.stage import Phases, embed_items, split_results
-from lookalike.errors import InputError, TooManyErrorsError
+from lookalike.errors import InputError, LookalikeError, TooManyErrorsError
+from lookalike.io.current import current
 from lookalike.io.sparkparquet import read_parquet, write_sorted
 from lookalike.jobs.common import job_main
 from lookalike.progress import Progress, StageWatcher
@@ -44,10 +45,12 @@ def run(spark, cfg: Config, dry_run: bool = False) -> dict:
     started = time.perf_counter()
     run_id = new_run_id()
     # Which weights, precision and runtime every worker uses: decided once, before any task runs.
-    cfg = updated(cfg, model=hardware.resolve(spark, model.resolve(cfg.model, cfg.s3)))
+    requested = {"precision": cfg.model.precision, "runtime": cfg.model.runtime}
+    cfg = updated(cfg, model=hardware.resolve(spark, _kept_choice(cfg, requested)))
     if dry_run:
         # What a run would do, for schedulers: no image fetched, no model, nothing written.
         plan, summary = _planned(spark, cfg, run_id, started)
+        summary["requested"] = requested
         plan.release()
         summary.update(dry_run=True, published=False, seconds=round(time.perf_counter() - started, 2))
         log.info(
@@ -60,6 +63,7 @@ def run(spark, cfg: Config, dry_run: bool = False) -> dict:
     # Check the outputs before listing: a location that is refused costs nothing.
     with OutputSet(spark, cfg.output, ("embeddings", "errors"), run_id, cfg.s3) as outputs:
         plan, summary = _planned(spark, cfg, run_id, started)
+        summary["requested"] = requested  # what the settings said, beside what auto resolved to
         try:
             if plan.unchanged and not outputs.legacy:
                 summary.update(published=False, seconds=round(time.perf_counter() - started, 2))
@@ -75,6 +79,29 @@ def run(spark, cfg: Config, dry_run: bool = False) -> dict:
             plan.release()
     print(json.dumps(summary, sort_keys=True, default=str))
     return summary
+
+
+def _kept_choice(cfg: Config, requested: dict):
+    """The model settings with the weights resolved and, in an incremental run whose settings still
+    say ``auto``, the precision and runtime the published table was computed with: which executors
+    answered this run's probe must not decide to re-embed the whole catalogue."""
+    resolved = model.resolve(cfg.model, cfg.s3)
+    if not cfg.input.incremental or "auto" not in requested.values():
+        return resolved
+    try:
+        found = current(cfg.output.embeddings, cfg.s3)
+    except LookalikeError:
+        return resolved  # the plan reports an unreadable table
+    summary = (found.summary if found is not None else None) or {}
+    if summary.get("requested") != requested or not summary.get("precision") or not summary.get("runtime"):
+        return resolved
+    kept = {k: summary[k] for k in ("precision", "runtime") if requested[k] == "auto"}
+    log.info(
+        "model.precision/runtime=auto: keeping %s, what %s was computed with (set them explicitly to change)",
+        ", ".join(f"{k}={v}" for k, v in sorted(kept.items())),
+        cfg.output.embeddings,
+    )
+    return updated(resolved, **kept)
 
 
 def _planned(spark, cfg: Config, run_id: str, started: float):

@@ -211,3 +211,19 @@ def test_a_link_that_leaves_input_uri_is_refused_unless_follow_links(spark, tmp_
     assert "planted" not in read_table(str(out / "emb"))["item_id"].tolist()
     summary, out = run("input.follow_links=true")
     assert summary["embedded"] == 5 and summary["errors"] == 0
+
+
+def test_a_file_name_that_is_not_utf8_is_embedded_under_a_stable_id(spark, tmp_path, toy_overrides):
+    # Issue 24: such a name became a false not_found ("deleted after listing?") and alone failed the run.
+    shop = tmp_path / "shop"
+    shop.mkdir()
+    sample = sorted(SAMPLE_DIR.rglob("*.jpg"))[0]
+    with open(os.path.join(os.fsencode(str(shop)), b"caf\xe9.jpg"), "wb") as handle:
+        handle.write(sample.read_bytes())
+    settings = [f"input.uri={shop}", *toy_overrides, "input.incremental=true"]
+    cfg = load_config(None, [*settings, f"output.embeddings={tmp_path}/emb", f"output.errors={tmp_path}/err"])
+    summary = embed_job.run(spark, cfg)
+    assert (summary["listed"], summary["embedded"], summary["errors"]) == (1, 1, 0)
+    row = read_table(str(tmp_path / "emb")).iloc[0]
+    assert row["item_id"] == "caf%E9" and row["uri"].endswith("/caf%E9.jpg")
+    assert embed_job.run(spark, cfg)["reused"] == 1  # the same id in the next run

@@ -86,3 +86,20 @@ def test_openvino_with_gpu_tasks_is_a_config_error(tmp_path):
     path.write_text("spark:\n  conf:\n    spark.task.resource.gpu.amount: 1\nmodel:\n  runtime: openvino\n")
     with pytest.raises(ConfigError, match="CPU runtime, but spark.task.resource.gpu.amount"):
         load_config(str(path))
+
+
+def test_a_worker_without_openvino_computes_with_keras_and_keeps_the_runs_identity(monkeypatch, caplog):
+    # Issue 24: an executor added after the run chose OpenVINO must not fail, nor change the table.
+    import logging
+
+    from lookalike.embed import model
+
+    monkeypatch.setattr(hardware, "openvino_installed", lambda: False)
+    monkeypatch.setattr(model, "_warned_no_openvino", [])
+    chosen = ModelConfig(precision="bfloat16", runtime="openvino")
+    with caplog.at_level(logging.WARNING, logger="lookalike.embed.model"):
+        here = model._runnable_here(chosen)
+    assert (here.runtime, here.precision) == ("keras", "bfloat16")
+    assert "computes with Keras (the table keeps runtime=openvino)" in caplog.text
+    monkeypatch.setattr(hardware, "openvino_installed", lambda: True)
+    assert model._runnable_here(chosen) is chosen

@@ -24,6 +24,19 @@ def test_local_file_uris_round_trip_any_name(tmp_path, name):
     assert storage.fetch(uri, S3Config(), 100) == b"data"
 
 
+def test_a_file_name_that_is_not_utf8_is_listed_under_text_and_fetched_from_its_exact_bytes(tmp_path):
+    # Issue 24: a Latin-1 name was listed, then "not found (deleted after listing?)" when fetched.
+    raw = os.path.join(os.fsencode(str(tmp_path)), b"caf\xe9 100%.jpg")
+    with open(raw, "wb") as handle:
+        handle.write(b"data")
+    (entry,) = storage.storage_for(str(tmp_path), S3Config()).list(str(tmp_path))
+    assert entry.key == "caf%E9 100%.jpg"  # text a table can hold; the byte stays readable
+    entry.key.encode("utf-8")
+    entry.uri.encode("utf-8")
+    assert os.fsencode(uris.local_path(entry.uri)) == raw
+    assert storage.fetch(entry.uri, S3Config(), 100) == b"data"
+
+
 def test_s3_uris_keep_hash_question_mark_and_percent_in_the_key():
     assert uris.split_s3("s3://bkt/dir/odd #1?&%25 100%.jpg") == ("bkt", "dir/odd #1?&%25 100%.jpg")
     assert uris.split_s3("s3://bkt") == ("bkt", "")
