@@ -500,3 +500,19 @@ def test_a_worker_that_finds_the_ir_cached_never_imports_keras_and_embeds_the_sa
         )
         is None
     )
+
+
+def test_when_the_converters_modules_change_no_conversion_runs(monkeypatch):
+    # Issue 24: the guard did nothing, silently, when the modules it patches were renamed.
+    from lookalike.errors import ConfigError
+
+    monkeypatch.setattr(telemetry, "USERS", ("json",))  # a release whose converter binds nothing as tm
+    converted = []
+    with pytest.raises(ConfigError, match="could not be kept from sending usage data"):
+        with telemetry.without_telemetry():
+            converted.append(True)
+    assert converted == []
+    monkeypatch.setattr(telemetry, "_telemetry_installed", lambda: False)  # nothing to send with
+    with telemetry.without_telemetry():
+        converted.append(True)
+    assert converted == [True]

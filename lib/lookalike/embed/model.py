@@ -15,6 +15,7 @@ import hashlib
 import logging
 import os
 import random
+import sys
 import threading
 import time
 
@@ -79,8 +80,31 @@ def pin_task_gpu() -> str | None:
     address = task_gpu()
     if address is not None and "CUDA_VISIBLE_DEVICES" not in os.environ:
         os.environ["CUDA_VISIBLE_DEVICES"] = address
+        _pinned["gpu"] = address
         log.info("pid %d uses GPU %s (assigned by Spark)", os.getpid(), address)
     return address
+
+
+_pinned: dict = {}
+
+
+def check_task_gpu() -> None:
+    """Say so when this worker computes on another GPU than Spark gave the running task: CUDA
+    cannot move a process to another GPU once it started, so a Python worker that Spark reuses for
+    a task of another GPU stays on its first. Executors with one GPU each never see this."""
+    address = task_gpu()
+    pinned = _pinned.get("gpu")
+    if address is None or pinned is None or address == pinned or _pinned.get("warned"):
+        return
+    _pinned["warned"] = True
+    log.warning(
+        "pid %d computes on GPU %s, but Spark gave this task GPU %s: a reused Python worker cannot "
+        "change GPU, so two tasks may share one. Give each executor one GPU "
+        "(spark.executor.resource.gpu.amount=1, docs/cluster.md) or set spark.python.worker.reuse=false",
+        os.getpid(),
+        pinned,
+        address,
+    )
 
 
 def _configure_threads(threads: int) -> None:
@@ -207,14 +231,16 @@ class Embedder:
         backbone = backbones.get(cfg.name)
         if is_random_init(cfg):
             # Same seed, same weights, in every process: tests and random-init runs are reproducible.
-            # Keras seeds Python's and NumPy's global generators too: the caller gets theirs back.
-            python_state, numpy_state = random.getstate(), np.random.get_state()
+            # Keras seeds Python's, NumPy's and TensorFlow's global generators too: the caller gets
+            # theirs back (TensorFlow's global seed; its op counter restarts, as after any set_seed).
+            python_state, numpy_state, tf_seed = random.getstate(), np.random.get_state(), _tf_global_seed()
             try:
                 keras.utils.set_random_seed(cfg.seed)
                 return Embedder._build_trunk(keras, cfg, s3, backbone)
             finally:
                 random.setstate(python_state)
                 np.random.set_state(numpy_state)
+                _restore_tf_global_seed(tf_seed)
         return Embedder._build_trunk(keras, cfg, s3, backbone)
 
     @staticmethod
@@ -268,6 +294,18 @@ class Embedder:
 
 
 _warned_emulation: list[bool] = []
+
+
+def _tf_global_seed() -> int | None:
+    """TensorFlow's global seed (None when unset or not imported): what keras.utils.set_random_seed replaces."""
+    tf = sys.modules.get("tensorflow")
+    return tf.compat.v1.get_seed(None)[0] if tf is not None else None
+
+
+def _restore_tf_global_seed(seed: int | None) -> None:
+    tf = sys.modules.get("tensorflow")
+    if tf is not None:
+        tf.random.set_seed(seed)
 
 
 def _runnable_here(cfg: ModelConfig) -> ModelConfig:
@@ -362,6 +400,7 @@ def get_embedder(cfg: ModelConfig, s3: S3Config | None = None, threads: int = 0)
     key = (cfg, s3, threads)
     with _cache_lock:
         embedder = _cache.get(key)
+        check_task_gpu()
         if embedder is None:
             if not _cache:
                 pin_task_gpu()

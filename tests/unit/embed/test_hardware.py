@@ -2,6 +2,8 @@
 CPU flags and GPUs injected here. (Asking the real executors of a local SparkSession is tested in
 tests/spark/embed/test_hardware_resolve.py.)"""
 
+import os
+
 import pytest
 
 from lookalike.config import ConfigError, ModelConfig, load_config, updated
@@ -103,3 +105,25 @@ def test_a_worker_without_openvino_computes_with_keras_and_keeps_the_runs_identi
     assert "computes with Keras (the table keeps runtime=openvino)" in caplog.text
     monkeypatch.setattr(hardware, "openvino_installed", lambda: True)
     assert model._runnable_here(chosen) is chosen
+
+
+def test_a_reused_worker_given_a_task_of_another_gpu_says_it_cannot_move(monkeypatch, caplog):
+    # Issue 24: a reused Python worker stayed on its first task's GPU, silently.
+    import logging
+
+    from lookalike.embed import model
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # recorded, so that the test leaves it as it was
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    monkeypatch.setattr(model, "_pinned", {})
+    gpu = {"address": "1"}
+    monkeypatch.setattr(model, "task_gpu", lambda: gpu["address"])
+    assert model.pin_task_gpu() == "1"
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "1"
+    with caplog.at_level(logging.WARNING, logger="lookalike.embed.model"):
+        model.check_task_gpu()  # the same GPU: nothing to say
+        assert caplog.text == ""
+        gpu["address"] = "0"
+        model.check_task_gpu()
+        model.check_task_gpu()
+    assert caplog.text.count("computes on GPU 1, but Spark gave this task GPU 0") == 1
