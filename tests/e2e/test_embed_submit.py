@@ -121,7 +121,11 @@ def test_a_run_killed_while_it_writes_blocks_nothing_and_the_next_run_commits(tm
 
     from lookalike.io.current import current
 
-    args = embed_args(tmp_path, toy_overrides, f"input.uri={SAMPLE_DIR}", "input.partition_size=2")
+    images = tmp_path / "images"
+    images.mkdir()
+    for path in sorted(SAMPLE_DIR.rglob("*.jpg"))[:8]:
+        (images / path.name).write_bytes(path.read_bytes())
+    args = embed_args(tmp_path, toy_overrides, f"input.uri={images}", "input.partition_size=2")
     data = tmp_path / "out" / "emb" / "data"
     with open(tmp_path / "killed.log", "w") as log:
         proc = subprocess.Popen(

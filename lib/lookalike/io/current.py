@@ -52,6 +52,8 @@ class Current:
     snapshot_id: int | None = None
     summary: dict | None = field(default=None, repr=False)  # the run summary lookalike wrote with it
     metadata: str | None = None  # iceberg: the current metadata file
+    # iceberg: file -> (lowest, highest) item_id, from the manifests (what a point lookup prunes by)
+    id_bounds: dict = field(default_factory=dict, repr=False, compare=False)
 
 
 def file_io_properties(s3: S3Config | None) -> dict[str, str]:
@@ -99,6 +101,22 @@ def current(path: str, s3: S3Config | None = None) -> Current | None:
     return Current(path, tuple(files), "parquet", summary=_json(read_text(f"{path}/{LEGACY_SUMMARY}", s3), path))
 
 
+def table_files(path: str, s3: S3Config | None = None) -> tuple:
+    """(pyarrow file system, the current data files' paths in it in path order, their item_id
+    bounds) of the table at ``path``, for readers without Spark (io/tables.py). FileNotFoundError
+    when there is no table."""
+    from lookalike.io import arrowfs
+
+    found = current(path, s3)
+    if found is None:
+        raise FileNotFoundError(path)
+    if not found.files:
+        return arrowfs.filesystem(path, s3)[0], [], {}
+    filesystem = arrowfs.filesystem(found.files[0], s3)[0]
+    bounds = {arrowfs.path_in(f): b for f, b in found.id_bounds.items()}
+    return filesystem, [arrowfs.path_in(f) for f in found.files], bounds
+
+
 def iceberg_table(path: str, s3: S3Config | None = None):
     """``Current`` of the Iceberg table at ``path`` as its version hint names it; None without one."""
     hint = read_text(f"{path}/{HINT}", s3)
@@ -118,16 +136,39 @@ def _iceberg(path: str, metadata: str, s3: S3Config | None) -> Current:
     try:
         # Every live data file, empty ones too (a scan plan skips files without rows, but an
         # empty table's one file is what gives its readers the schema).
-        files = sorted(
-            entry.data_file.file_path
+        entries = [
+            entry.data_file
             for manifest in snapshot.manifests(table.io)
             for entry in manifest.fetch_manifest_entry(table.io, discard_deleted=True)
-        )
+        ]
     except Exception as exc:
         raise _unreadable(path, exc) from None
+    files = sorted(f.file_path for f in entries)
     properties = dict(snapshot.summary.additional_properties) if snapshot.summary else {}
     summary = _json(properties.get(SUMMARY_PROPERTY), metadata)
-    return Current(path, tuple(files), "iceberg", str(snapshot.snapshot_id), snapshot.snapshot_id, summary, metadata)
+    bounds = _id_bounds(table, entries)
+    return Current(
+        path, tuple(files), "iceberg", str(snapshot.snapshot_id), snapshot.snapshot_id, summary, metadata, bounds
+    )
+
+
+def _id_bounds(table, data_files) -> dict:
+    """file -> (lowest, highest) item_id as the manifests hold them (a string bound may be cut
+    short: the lower one to a prefix, the upper one rounded up, so both still bracket the ids)."""
+    try:
+        field_id = table.schema().find_field("item_id").field_id
+    except ValueError:
+        return {}
+    bounds = {}
+    for data_file in data_files:
+        low = (data_file.lower_bounds or {}).get(field_id)
+        high = (data_file.upper_bounds or {}).get(field_id)
+        if low is not None and high is not None:
+            bounds[data_file.file_path] = (
+                bytes(low).decode("utf-8", "replace"),
+                bytes(high).decode("utf-8", "replace"),
+            )
+    return bounds
 
 
 def static_table(metadata: str, s3: S3Config | None = None):
@@ -194,6 +235,10 @@ def _parquet_files(uri: str, s3: S3Config | None) -> list[str]:
     return sorted(
         e.uri for e in entries if not any(part.startswith(HIDDEN_PREFIXES) for part in e.uri[len(base) :].split("/"))
     )
+
+
+def _text(bound) -> str:
+    return bytes(bound).decode("utf-8", "replace")
 
 
 def _metadata_number(uri: str) -> int:

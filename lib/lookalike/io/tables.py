@@ -23,7 +23,7 @@ from typing import Any
 from lookalike.config import S3Config
 from lookalike.errors import InputError, InputUnavailableError
 from lookalike.io import arrowfs
-from lookalike.io.current import current
+from lookalike.io.current import table_files
 from lookalike.io.redact import redact
 from lookalike.io.storage import StorageError
 
@@ -55,7 +55,7 @@ def dataset(path: str, s3: S3Config | None = None):
     import pyarrow.dataset as ds
 
     try:
-        filesystem, files = _table_files(path, s3)
+        filesystem, files, _ = table_files(path, s3)
         return ds.dataset(files, format="parquet", filesystem=filesystem)
     except FileNotFoundError:
         raise InputError(f"table not found: {path}") from None
@@ -88,7 +88,7 @@ class ParquetTable:
 
     def __init__(self, path: str, s3: S3Config | None = None):
         self.path, self.s3 = path, s3
-        self.filesystem, self.files = self._guard(lambda: _table_files(path, s3))
+        self.filesystem, self.files, self.id_bounds = self._guard(lambda: table_files(path, s3))
         self._footers: dict[str, Any] = {}
         self._groups: dict[str, list[RowGroup]] = {}
         self.names = (
@@ -107,27 +107,32 @@ class ParquetTable:
     def groups(self, key: str = "item_id") -> list[RowGroup]:
         """Every row group with its row count and its statistics of ``key``, from the footers."""
         if key not in self._groups:
-            self.require([key])
-            unread = [f for f in self.files if f not in self._footers]
-            footers = self._guard(lambda: _in_parallel(lambda f: _read_footer(self.filesystem, f), unread))
-            self._footers.update(zip(unread, footers, strict=True))
-            groups, start = [], 0
-            for path in self.files:
-                metadata = self.footer(path)
-                column = next((j for j in range(metadata.num_columns) if metadata.schema.column(j).path == key), None)
-                for index in range(metadata.num_row_groups):
-                    group = metadata.row_group(index)
-                    stats = group.column(column).statistics if column is not None else None
-                    bounds = {}
-                    if stats is not None and stats.has_min_max:
-                        bounds = {"low": _text(stats.min), "high": _text(stats.max)}
-                        if None in bounds.values():
-                            bounds = {}
-                    nulls = stats.null_count if stats is not None and stats.has_null_count else None
-                    groups.append(RowGroup(path, index, group.num_rows, start, nulls=nulls, **bounds))
-                    start += group.num_rows
-            self._groups[key] = groups
+            self._groups[key] = self._file_groups(self.files, key)
         return self._groups[key]
+
+    def _file_groups(self, files: list[str], key: str) -> list[RowGroup]:
+        """The row groups of ``files`` (footers read in parallel, once), positions counted from
+        the first of them."""
+        self.require([key])
+        unread = [f for f in files if f not in self._footers]
+        footers = self._guard(lambda: _in_parallel(lambda f: _read_footer(self.filesystem, f), unread))
+        self._footers.update(zip(unread, footers, strict=True))
+        groups, start = [], 0
+        for path in files:
+            metadata = self.footer(path)
+            column = next((j for j in range(metadata.num_columns) if metadata.schema.column(j).path == key), None)
+            for index in range(metadata.num_row_groups):
+                group = metadata.row_group(index)
+                stats = group.column(column).statistics if column is not None else None
+                bounds = {}
+                if stats is not None and stats.has_min_max:
+                    bounds = {"low": _text(stats.min), "high": _text(stats.max)}
+                    if None in bounds.values():
+                        bounds = {}
+                nulls = stats.null_count if stats is not None and stats.has_null_count else None
+                groups.append(RowGroup(path, index, group.num_rows, start, nulls=nulls, **bounds))
+                start += group.num_rows
+        return groups
 
     def read(self, columns: list[str], groups: list[RowGroup] | None = None, filters: Filters = ()):
         """The given columns of the rows that meet ``filters``, as a pyarrow Table, reading only
@@ -174,10 +179,18 @@ class ParquetTable:
             yield batch
 
     def lookup(self, key: str, values: Iterable, columns: list[str], filters: Filters = ()):
-        """The rows whose ``key`` is one of ``values``, from the row groups whose statistics allow it."""
+        """The rows whose ``key`` is one of ``values``, from the row groups whose statistics allow
+        it; for an Iceberg table's item_id, only in the files whose bounds in the manifests allow it
+        (the other files' footers are never read)."""
         self.require(columns)
         wanted = sorted(set(values))
-        groups = [g for g in self.groups(key) if g.may_hold(wanted)]
+        if key == "item_id" and self.id_bounds and key not in self._groups:
+            bounds = self.id_bounds
+            files = [f for f in self.files if f not in bounds or RowGroup("", 0, 0, 0, *bounds[f]).may_hold(wanted)]
+            candidates = self._file_groups(files, key)
+        else:
+            candidates = self.groups(key)
+        groups = [g for g in candidates if g.may_hold(wanted)]
         return self.read(columns, groups, [(key, "in", wanted), *filters])
 
     def first(self, column: str):
@@ -280,18 +293,6 @@ class ParquetTable:
             raise InputError(f"table not found: {self.path}") from None
         except _errors() as exc:
             raise _unreadable(self.path, exc, self.s3) from None
-
-
-def _table_files(path: str, s3: S3Config | None) -> tuple[Any, list[str]]:
-    """(file system, the current data files' paths in it, in path order) of the table at ``path``:
-    an Iceberg table's current snapshot, or the Parquet files of a directory (io/current.py)."""
-    found = current(path, s3)
-    if found is None:
-        raise FileNotFoundError(path)
-    if not found.files:
-        return arrowfs.filesystem(path, s3)[0], []
-    filesystem = arrowfs.filesystem(found.files[0], s3)[0]
-    return filesystem, [arrowfs.path_in(f) for f in found.files]
 
 
 def _text(value):

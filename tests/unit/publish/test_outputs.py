@@ -217,3 +217,31 @@ def test_what_a_run_killed_before_the_first_commit_staged_does_not_block_the_nex
     with pytest.raises(OutputError, match=r"data/exports/part-00000.parquet"):
         with publish.OutputSet(None, other, ["neighbours"], run_id()):
             raise AssertionError("the run must not start")
+
+
+def test_a_point_lookup_reads_the_footer_of_the_one_file_the_manifests_allow(output, monkeypatch):
+    # Issue 23: the tools plan a lookup through the table's metadata: files pruned by their item_id
+    # bounds in the manifests, then row groups by the footers.
+    from lookalike.io import tables
+
+    with publish.OutputSet(None, output, ["neighbours"], run_id()) as out:
+        for part in range(5):
+            ids = {f"item-{part}-{i:03d}": 0.5 for i in range(20)}
+            pq.write_table(rows(ids), os.path.join(out.staging("neighbours"), f"part-{part:05d}.parquet"))
+        out.commit({"neighbours": {}})
+    footers = []
+    real = tables._read_footer
+    monkeypatch.setattr(tables, "_read_footer", lambda fs, path: footers.append(path) or real(fs, path))
+    table = tables.ParquetTable(output.neighbours)
+    assert len(table.files) == 5 and len(table.id_bounds) == 5
+    found = table.lookup("item_id", ["item-3-007"], ["item_id", "neighbour_id"])
+    assert found.to_pylist() == [{"item_id": "item-3-007", "neighbour_id": "n-item-3-007"}]
+    # The first file's (for the column names) and the one that holds the id: not all five.
+    assert sorted(os.path.basename(p) for p in set(footers)) == ["part-00000.parquet", "part-00003.parquet"]
+    # The same answer a full read gives (the oracle), for ids in, between and outside the files.
+    every = read_output(output.neighbours).to_pylist()
+    for wanted in (["item-0-000", "item-4-019"], ["item-2-5"], ["zzz", "aaa"]):
+        got = tables.ParquetTable(output.neighbours).lookup("item_id", wanted, ["item_id", "neighbour_id"])
+        assert got.to_pylist() == [
+            {"item_id": r["item_id"], "neighbour_id": r["neighbour_id"]} for r in every if r["item_id"] in wanted
+        ]
