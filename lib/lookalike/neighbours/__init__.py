@@ -9,6 +9,7 @@ arrow.py      Arrow helpers both scorers share (vectors from bytes, PARTIAL rows
 watch.py      Spark actions under a progress watcher
 
 The numpy kernel, without Spark: topk.py (topk_block, topk_pair, merge), on canonical.py (the
-canonical score and order) and pool.py (the float32 selection); ivf.py (k-means, lists, groups).
-lookalike.jobs.neighbours runs them in this order.
+canonical score and order) and pool.py (the float32 selection); ivf.py (k-means, lists, groups);
+incremental.py (previous lists brought up to date with the changed items: issue 25's core, not
+yet used by the job). lookalike.jobs.neighbours runs them in this order.
 """

@@ -1,0 +1,89 @@
+"""neighbours/incremental.refresh against brute force: the previous lists of an old catalogue,
+brought up to date after items were changed, added and deleted, equal the lists computed from
+scratch on the new catalogue, and only rows that lost more than their reserve are scored again."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lookalike.neighbours.incremental import EMPTY, refresh
+
+
+def normalised(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def brute_force(vectors: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every item's best ``depth`` others, ties by position: the oracle."""
+    n = len(vectors)
+    scores = vectors @ vectors.T
+    np.fill_diagonal(scores, -np.inf)
+    out_n = np.full((n, depth), EMPTY, np.int64)
+    out_s = np.full((n, depth), -np.inf, np.float32)
+    for row in range(n):
+        order = np.lexsort((np.arange(n), -scores[row]))[: min(depth, n - 1)]
+        out_n[row, : len(order)], out_s[row, : len(order)] = order, scores[row][order]
+    return out_n, out_s
+
+
+@pytest.mark.parametrize("seed, changed_share, deleted, added", [(0, 0.05, 2, 3), (1, 0.2, 5, 0), (2, 0.0, 0, 4)])
+def test_refreshed_lists_equal_brute_force_on_the_new_catalogue(seed, changed_share, deleted, added):
+    rng = np.random.default_rng(seed)
+    k, reserve, n_old, dim = 5, 3, 80, 6
+    old = normalised(rng.normal(size=(n_old, dim)))
+    previous_n, previous_s = brute_force(old, k + reserve)
+
+    # The new catalogue: some items deleted, some changed, some added (at the end of the order).
+    keep = np.ones(n_old, bool)
+    keep[rng.choice(n_old, deleted, replace=False)] = False
+    position = np.cumsum(keep) - 1  # old position -> new position, for the kept items
+    new = old[keep].copy()
+    changed = np.zeros(len(new), bool)
+    changed[rng.random(len(new)) < changed_share] = True
+    new[changed] = normalised(rng.normal(size=(int(changed.sum()), dim)))
+    new = np.vstack([new, normalised(rng.normal(size=(added, dim)))])
+    changed = np.concatenate([changed, np.ones(added, bool)])
+
+    # The previous lists in the new positions: deleted neighbours EMPTY (their scores stay).
+    n = len(new)
+    lists_n = np.full((n, k + reserve), EMPTY, np.int64)
+    lists_s = np.full((n, k + reserve), -np.inf, np.float32)
+    mapped = np.where(keep[previous_n], position[previous_n], EMPTY)
+    lists_n[: int(keep.sum())], lists_s[: int(keep.sum())] = mapped[keep], previous_s[keep]
+
+    got = refresh(lists_n, lists_s, changed, new, k, k + reserve)
+    want_n, want_s = brute_force(new, k + reserve)
+    for row in range(n):
+        exact = got.neighbours[row] != EMPTY
+        assert exact.sum() >= k, row
+        # Every entry it kept is the brute-force entry at that rank.
+        np.testing.assert_array_equal(got.neighbours[row][exact], want_n[row][: exact.sum()])
+        np.testing.assert_allclose(got.scores[row][exact], want_s[row][: exact.sum()], atol=1e-6)
+    # Changed and new rows were scored again; of the others only those that lost too much.
+    assert got.rescored[changed].all()
+    assert got.rescored[~changed].mean() < 0.25  # the point: most lists are updated, not recomputed
+
+
+def test_nothing_changed_scores_nothing_and_keeps_every_list():
+    rng = np.random.default_rng(3)
+    vectors = normalised(rng.normal(size=(30, 4)))
+    lists_n, lists_s = brute_force(vectors, 7)
+    got = refresh(lists_n, lists_s, np.zeros(30, bool), vectors, 5, 7)
+    assert not got.rescored.any()
+    np.testing.assert_array_equal(got.neighbours, lists_n)
+
+
+def test_a_list_that_lost_more_than_its_reserve_is_scored_again():
+    rng = np.random.default_rng(4)
+    vectors = normalised(rng.normal(size=(40, 4)))
+    lists_n, lists_s = brute_force(vectors, 6)  # k 5 + reserve 1
+    # Item 0's three best neighbours change into vectors far from it: its list keeps 3 of 6.
+    changed = np.zeros(40, bool)
+    changed[lists_n[0][:3]] = True
+    moved = vectors.copy()
+    moved[changed] = -vectors[0]
+    got = refresh(lists_n, lists_s, changed, moved, 5, 6)
+    assert got.rescored[0]
+    want_n, _ = brute_force(moved, 6)
+    np.testing.assert_array_equal(got.neighbours[0][:5], want_n[0][:5])
