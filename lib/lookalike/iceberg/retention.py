@@ -103,7 +103,7 @@ def remove_orphans(table, s3=None, now: dt.datetime | None = None) -> int:
             path.rpartition("/")[0].rpartition("/")[2] for s in table.snapshots() for path in referenced_files(table, s)
         }
         folders = storage.list_dirs(data)
-    except (StorageError, Exception) as exc:  # costs space only; the next run tries again
+    except Exception as exc:  # storage or metadata: costs space only; the next run tries again
         log.warning("could not look for orphaned files of %s: %s", ".".join(table.name()), exc)
         return 0
     removed = 0

@@ -25,11 +25,10 @@ from lookalike.io.uris import is_hadoop, is_s3, local_path, split_s3
 def filesystem(uri: str, s3: S3Config | None = None):
     """(pyarrow FileSystem, path in it) for reading the file or directory at ``uri``."""
     if is_s3(uri):
-        bucket, key = split_s3(uri)
-        return s3_filesystem(s3 or S3Config()), f"{bucket}/{key}".rstrip("/")
+        return s3_filesystem(s3 or S3Config()), path_in(uri)
     if is_hadoop(uri):
         return pafs.FileSystem.from_uri(uri)
-    return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(local_path(uri)))
+    return pafs.LocalFileSystem(), path_in(uri)
 
 
 def path_in(uri: str) -> str:

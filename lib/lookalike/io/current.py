@@ -197,7 +197,7 @@ def legacy_version(path: str, s3: S3Config | None = None) -> tuple[str, str] | N
     if is_s3(path) or is_hadoop(path):
         text = read_text(f"{path}/{LATEST}", s3)
         if text is None:
-            text = read_text(_legacy_pointer(path), s3)
+            text = read_text(legacy_pointer(path), s3)
         target = (text or "").strip().rstrip("/")
         parent, _, name = path.rpartition("/")
         if target and target.rpartition("/")[0] == f"{parent}/.{name}.versions":
@@ -205,7 +205,7 @@ def legacy_version(path: str, s3: S3Config | None = None) -> tuple[str, str] | N
         return None
     local = os.path.abspath(os.path.expanduser(local_path(path)))
     parent, name = os.path.split(local)
-    for link in (local, _legacy_pointer(local)):
+    for link in (local, legacy_pointer(local)):
         if os.path.islink(link):
             target = os.path.realpath(link)
             if os.path.dirname(target) == os.path.realpath(os.path.join(parent, f".{name}.versions")):
@@ -214,11 +214,11 @@ def legacy_version(path: str, s3: S3Config | None = None) -> tuple[str, str] | N
     return None
 
 
-def _legacy_pointer(path: str) -> str:
+def legacy_pointer(path: str) -> str:
     """Where publishing moves an earlier lookalike's pointer when it carries the table over: beside
     the location, so the location holds the Iceberg table alone and the old version stays findable."""
-    parent, _, name = path.rstrip("/").rpartition("/")
-    return f"{parent}/.{name}.legacy"
+    parent, separator, name = path.rstrip("/").rpartition("/")
+    return f"{parent}{separator}.{name}.legacy"
 
 
 def _parquet_files(uri: str, s3: S3Config | None) -> list[str]:

@@ -30,13 +30,13 @@ def run(spark, cfg: Config) -> dict:
     run_id = new_run_id()
     settings = cfg.duplicates
     # Only the embeddings and the threshold decide the groups; chunking and blocking do not.
-    inputs = {"embeddings": lineage.embeddings_identity(cfg.output.embeddings, cfg.s3), "min_score": settings.min_score}
+    source = publish.current(cfg.output.embeddings, cfg.s3)  # the snapshot both checked and read
+    inputs = {"embeddings": lineage.identity_of(source), "min_score": settings.min_score}
     done = lineage.unchanged_since(cfg.output.duplicates, inputs, cfg.s3)
     if done:
         return _skipped(cfg, run_id, done, inputs, started)
 
     outputs = publish.OutputSet(spark, cfg.output, ["duplicates"], run_id, cfg.s3).check()
-    source = publish.current(cfg.output.embeddings, cfg.s3)
     embeddings = read_embeddings(spark, source or cfg.output.embeddings, cfg.s3)
     partitions = prepare.partition_count(spark, embeddings, settings.partitions)
     ordered = prepare.ordered_items(embeddings, partitions).persist(StorageLevel.MEMORY_AND_DISK)

@@ -44,13 +44,13 @@ def counts_reused(plan) -> int:
 def run(spark, cfg: Config, dry_run: bool = False) -> dict:
     started = time.perf_counter()
     run_id = new_run_id()
-    # Which weights, precision and runtime every worker uses: decided once, before any task runs.
+    # What the settings said, beside what auto resolves to (both go into the summary).
     requested = {"precision": cfg.model.precision, "runtime": cfg.model.runtime}
+    # Which weights, precision and runtime every worker uses: decided once, before any task runs.
     cfg = updated(cfg, model=hardware.resolve(spark, _kept_choice(cfg, requested)))
     if dry_run:
         # What a run would do, for schedulers: no image fetched, no model, nothing written.
-        plan, summary = _planned(spark, cfg, run_id, started)
-        summary["requested"] = requested
+        plan, summary = _planned(spark, cfg, run_id, started, requested)
         plan.release()
         summary.update(dry_run=True, published=False, seconds=round(time.perf_counter() - started, 2))
         log.info(
@@ -62,8 +62,7 @@ def run(spark, cfg: Config, dry_run: bool = False) -> dict:
         return summary
     # Check the outputs before listing: a location that is refused costs nothing.
     with OutputSet(spark, cfg.output, ("embeddings", "errors"), run_id, cfg.s3) as outputs:
-        plan, summary = _planned(spark, cfg, run_id, started)
-        summary["requested"] = requested  # what the settings said, beside what auto resolved to
+        plan, summary = _planned(spark, cfg, run_id, started, requested)
         try:
             if plan.unchanged and not outputs.legacy:
                 summary.update(published=False, seconds=round(time.perf_counter() - started, 2))
@@ -104,7 +103,7 @@ def _kept_choice(cfg: Config, requested: dict):
     return updated(resolved, **kept)
 
 
-def _planned(spark, cfg: Config, run_id: str, started: float):
+def _planned(spark, cfg: Config, run_id: str, started: float, requested: dict):
     """List, plan and count: (plan, summary so far)."""
     items, source = _listed_items(spark, cfg)
     try:
@@ -114,7 +113,7 @@ def _planned(spark, cfg: Config, run_id: str, started: float):
     if plan.listed == 0:
         plan.release()
         raise InputError(f"no images in {source} match input.pattern={cfg.input.pattern!r}")
-    return plan, _summary(cfg, run_id, plan, previous, weights)
+    return plan, {**_summary(cfg, run_id, plan, previous, weights), "requested": requested}
 
 
 def _listed_items(spark, cfg: Config):

@@ -37,8 +37,9 @@ def run(spark, cfg: Config) -> dict:
     # changes the answer changed since the published table was computed, that table is already
     # the answer. Identified before anything is read: a file replaced meanwhile then makes the
     # next run recompute rather than skip.
+    source = publish.current(cfg.output.embeddings, cfg.s3)  # the snapshot both checked and read
     inputs = {
-        "embeddings": lineage.embeddings_identity(cfg.output.embeddings, cfg.s3),
+        "embeddings": lineage.identity_of(source),
         "result_settings": settings.result_fingerprint(),
         "candidates": candidates_identity(settings.candidates, cfg.s3),
     }
@@ -52,7 +53,6 @@ def run(spark, cfg: Config) -> dict:
         return _skipped(cfg, run_id, done, inputs, started)
 
     outputs = publish.OutputSet(spark, cfg.output, ["neighbours"], run_id, cfg.s3).check()
-    source = publish.current(cfg.output.embeddings, cfg.s3)
     embeddings = read_embeddings(spark, source or cfg.output.embeddings, cfg.s3)
     candidate_ids = read_candidates(spark, settings.candidates)
     attributes = duplicates = None

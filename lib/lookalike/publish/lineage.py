@@ -9,7 +9,7 @@ import logging
 from collections.abc import Iterable
 
 from lookalike.config import S3Config
-from lookalike.io.current import current
+from lookalike.io.current import Current, current
 from lookalike.io.storage import Entry, StorageError, storage_for
 from lookalike.publish.summary import read_summary
 
@@ -32,7 +32,11 @@ def embeddings_identity(path: str, s3: S3Config | None = None) -> str | None:
     """What a job reading the embeddings table at ``path`` records as its input: the content id
     from the summary of its current snapshot, so that an embed run that changed nothing leaves the
     jobs downstream nothing to do; else the snapshot (or an earlier lookalike's version) id."""
-    found = current(path, s3)
+    return identity_of(current(path, s3))
+
+
+def identity_of(found: Current | None) -> str | None:
+    """``embeddings_identity`` of a table already found (io/current.py), read no second time."""
     if found is None:
         return None
     if found.summary and found.summary.get("embeddings_content"):

@@ -24,7 +24,14 @@ from lookalike.config import OutputConfig, S3Config
 from lookalike.errors import ConfigError, OutputError, storage_failure
 from lookalike.iceberg import catalogs, commit, retention
 from lookalike.iceberg.locations import check_location, normalised
-from lookalike.io.current import HIDDEN_PREFIXES, LATEST, RUN_PROPERTY, SUMMARY_PROPERTY, legacy_version
+from lookalike.io.current import (
+    HIDDEN_PREFIXES,
+    LATEST,
+    RUN_PROPERTY,
+    SUMMARY_PROPERTY,
+    legacy_pointer,
+    legacy_version,
+)
 from lookalike.io.storage import StorageError, storage_for
 from lookalike.io.uris import is_hadoop, is_s3, local_path
 
@@ -119,13 +126,11 @@ class OutputSet:
         stays where it is, readable until this run commits the table in its place."""
         location = self.locations[name]
         pointer = f"{location.rstrip('/')}/{LATEST}"
-        parent, _, base = location.rstrip("/").rpartition("/")
-        aside = f"{parent}/.{base}.legacy"
         if is_s3(location) or is_hadoop(location):
             storage = storage_for(location, self.s3)
             try:
                 if storage.exists(pointer):
-                    storage.write(aside, storage.read(pointer, 1 << 20))
+                    storage.write(legacy_pointer(location), storage.read(pointer, 1 << 20))
                     storage.delete(pointer)
             except StorageError as exc:
                 raise storage_failure(
@@ -134,7 +139,7 @@ class OutputSet:
         else:
             path = os.path.abspath(os.path.expanduser(local_path(location))).rstrip("/")
             if os.path.islink(path):
-                os.replace(path, os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.legacy"))
+                os.replace(path, legacy_pointer(path))
         self.legacy[name] = legacy
         log.warning(
             "output.%s: %s is a table an earlier lookalike published (version %s); this run carries it over "
@@ -206,11 +211,9 @@ class OutputSet:
         retention.expire(table, self.output.keep_days)
         retention.remove_orphans(table, self.s3)
         if name in self.legacy:
-            location = self.locations[name].rstrip("/")
-            parent, _, base = location.rpartition("/")
-            aside = f"{parent}/.{base}.legacy"
+            aside = legacy_pointer(self.locations[name])
             try:
-                storage_for(aside, self.s3).delete(aside if "://" in aside else os.path.abspath(aside))
+                storage_for(aside, self.s3).delete(aside)
             except (StorageError, OSError) as exc:
                 log.warning("could not remove %s: %s", aside, exc)
 
