@@ -164,7 +164,8 @@ def last_json(text: str) -> dict:
 
 def check(result: dict, what: str) -> None:
     if result["returncode"] != 0:
-        sys.exit(f"{what} failed (exit {result['returncode']}):\n{result['stderr'][-4000:]}")
+        output = result["stdout"][-2000:] + result["stderr"][-4000:]
+        sys.exit(f"{what} failed (exit {result['returncode']}):\n{output}")
 
 
 # ---------------------------------------------------------------------------------------------

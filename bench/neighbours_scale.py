@@ -76,7 +76,8 @@ def write_table(directory: Path, x: np.ndarray) -> list[str]:
     return ids
 
 
-def run_job(embeddings: Path, output: Path, k: int, driver_memory: str, **settings) -> dict:
+def run_job(embeddings: Path, output: Path, k: int, driver_memory: str, sets: tuple = (), **settings) -> dict:
+    """The neighbours job through ./spark-submit.sh; ``sets``: more ``--set key=value`` overrides."""
     command = [
         str(ROOT / "spark-submit.sh"),
         "neighbours",
@@ -93,10 +94,13 @@ def run_job(embeddings: Path, output: Path, k: int, driver_memory: str, **settin
     ]
     for key, value in settings.items():
         command += ["--set", f"neighbours.{key}={value}"]
+    for item in sets:
+        command += ["--set", item]
     result = measure(command, timeout=6 * 3600)
     check(result, f"the neighbours job ({settings})")
     summary = last_json(result["stdout"])
     return {
+        "summary": summary,
         "seconds": result["seconds"],
         "peak_rss_mb": result["peak_rss_mb"],
         "settings": settings,

@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 class Column(NamedTuple):
     name: str
-    type: str  # string | int | long | float | double | boolean | timestamp | array<float>
+    type: str  # string | int | long | float | double | boolean | timestamp | array<float> | array<string>
     nullable: bool
     doc: str
 
@@ -89,6 +89,41 @@ DUPLICATES = [
 
 TABLES = {"embeddings": EMBEDDINGS, "errors": ERRORS, "neighbours": NEIGHBOURS, "duplicates": DUPLICATES}
 
+# neighbours.incremental's own state, beside the published table (docs/scheduled-runs.md): each
+# item's list k + reserve deep, and what its item was when the list was made.
+NEIGHBOUR_LISTS = [
+    Column("item_id", "string", False, "The query item."),
+    Column(
+        "fingerprint",
+        "long",
+        False,
+        "Hash of the item's normalised vector, rule codes and candidacy: a different value next run "
+        "means the item changed.",
+    ),
+    Column("neighbour_ids", "array<string>", False, "Its best neighbours, best first (may be empty)."),
+    Column("scores", "array<float>", False, "Their cosines."),
+    Column(
+        "bound_score",
+        "float",
+        True,
+        "Null when the list holds every allowed candidate; else a missing candidate ranks after "
+        "(bound_score, bound_id).",
+    ),
+    Column("bound_id", "string", True, "See bound_score."),
+]
+
+# duplicates.incremental's own state, beside the published table: every valid item with its
+# fingerprint (as in NEIGHBOUR_LISTS) and its pairs with items of a larger id (each pair once).
+DUPLICATE_PAIRS = [
+    Column("item_id", "string", False, "An item."),
+    Column("fingerprint", "long", False, "Hash of the item's normalised vector: a different value means it changed."),
+    Column("partner_ids", "array<string>", False, "Items of a larger id with cosine >= min_score (may be empty)."),
+    Column("scores", "array<float>", False, "Their cosines."),
+]
+
+# Tables lookalike writes for itself; committed like the others, not part of the product's schema.
+INTERNAL_TABLES = {"neighbours_lists": NEIGHBOUR_LISTS, "duplicates_pairs": DUPLICATE_PAIRS}
+
 
 def spark_schema(columns: list[Column]):
     from pyspark.sql import types as T
@@ -102,6 +137,7 @@ def spark_schema(columns: list[Column]):
         "boolean": T.BooleanType(),
         "timestamp": T.TimestampType(),
         "array<float>": T.ArrayType(T.FloatType(), False),
+        "array<string>": T.ArrayType(T.StringType(), False),
     }
     return T.StructType([T.StructField(c.name, simple[c.type], c.nullable) for c in columns])
 
@@ -119,6 +155,7 @@ def arrow_schema(columns: list[Column]):
         "timestamp": pa.timestamp("us", tz="UTC"),
         # Spark writes Parquet lists with non-null "element" items; match it so schemas compare equal.
         "array<float>": pa.list_(pa.field("element", pa.float32(), nullable=False)),
+        "array<string>": pa.list_(pa.field("element", pa.string(), nullable=False)),
     }
     return pa.schema([pa.field(c.name, simple[c.type], c.nullable) for c in columns])
 

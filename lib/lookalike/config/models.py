@@ -240,6 +240,20 @@ class NeighboursConfig(Settings):
         "variants, product family); applied inside the top-k, so lists stay k long. A null value "
         "excludes nothing.",
     )
+    incremental: bool = setting(
+        False,
+        "Exact: bring the previous run's lists up to date, scoring only the new and changed items against "
+        "all items (and all items against them) instead of every pair. Keeps its own table beside "
+        "`output.neighbours` (`_lists`); runs in full when there is none, when a result setting changed, "
+        "or when so much changed that a full run is cheaper. See [scheduled runs](scheduled-runs.md).",
+    )
+    reserve: int = setting(
+        10,
+        "Incremental: neighbours kept per item beyond k, so that a list that loses some to changed or "
+        "deleted items is still exact; one that loses more is scored again.",
+        "0 or a number of neighbours",
+        ge=0,
+    )
     hide_duplicates: bool = setting(
         False,
         "Keep at most one member (the best-scored) of each near-duplicate group of `output.duplicates` "
@@ -322,6 +336,13 @@ class DuplicatesConfig(Settings):
     partitions: int = setting(
         0, "Item partitions for finding pairs (0 = automatic, as `neighbours.partitions`).", AUTO_OR_POSITIVE, ge=0
     )
+    incremental: bool = setting(
+        False,
+        "Find only the pairs of new and changed items (against every item), keep the other pairs from the "
+        "previous run (its own table beside `output.duplicates`, `_pairs`), and recompute the groups "
+        "from all pairs; a full run when there is none, `min_score` changed or much changed. See "
+        "[scheduled runs](scheduled-runs.md).",
+    )
 
 
 class Config(Settings):
@@ -355,6 +376,8 @@ class Config(Settings):
 # Keys added to a section after outputs recorded its fingerprint, with their defaults.
 ADDED_LATER: dict[str, dict[str, Any]] = {
     "input": {"follow_links": False},
+    "neighbours": {"incremental": False, "reserve": 10},
+    "duplicates": {"incremental": False},
     "output": {
         "catalog": {"type": "sql", "uri": None, "endpoint_url": None, "region": None, "warehouse": None},
         "namespace": "lookalike",

@@ -59,6 +59,18 @@ class OutputConfig(Settings):
         False, "Ignored: kept so that older configs still load (runs take no locks; the catalog decides)."
     )
 
+    @property
+    def neighbours_lists(self) -> str:
+        """neighbours.incremental's state: each item's list k + reserve deep, beside the published
+        table (schemas.NEIGHBOUR_LISTS)."""
+        return self.neighbours.rstrip("/") + "_lists"
+
+    @property
+    def duplicates_pairs(self) -> str:
+        """duplicates.incremental's state: each item's pairs, beside the published table
+        (schemas.DUPLICATE_PAIRS)."""
+        return self.duplicates.rstrip("/") + "_pairs"
+
     @field_validator("namespace")
     @classmethod
     def _namespace_name(cls, value: str) -> str:
@@ -70,7 +82,7 @@ class OutputConfig(Settings):
     @model_validator(mode="after")
     def _separate_locations(self) -> OutputConfig:
         # A table published over another, or inside it, would replace or corrupt it on the next run.
-        tables = ("embeddings", "errors", "neighbours", "duplicates")
+        tables = ("embeddings", "errors", "neighbours", "duplicates", "neighbours_lists", "duplicates_pairs")
         where = {name: _location(getattr(self, name)) for name in tables}
         for i, first in enumerate(tables):
             for second in tables[i + 1 :]:

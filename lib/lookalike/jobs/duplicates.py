@@ -1,6 +1,8 @@
 """Duplicates job: output.embeddings -> output.duplicates, the groups of near-duplicate items (every
 pair with cosine >= duplicates.min_score, joined into connected components). The stages live in
-lookalike.duplicates; reading, ordering and checking the embeddings is the neighbours job's."""
+lookalike.duplicates; reading, ordering and checking the embeddings is the neighbours job's. With
+duplicates.incremental, only the pairs of new and changed items are scored (``incremental``)
+and the groups recomputed from every pair, as a full run would."""
 
 from __future__ import annotations
 
@@ -10,9 +12,10 @@ import time
 
 from lookalike import publish
 from lookalike.config import Config
-from lookalike.duplicates import components, pairs, write
+from lookalike.duplicates import components, incremental, pairs, write
 from lookalike.jobs.common import job_main, release, skipped
 from lookalike.neighbours import prepare
+from lookalike.neighbours.incremental_stage import read_state
 from lookalike.neighbours.inputs import read_embeddings
 from lookalike.publish import lineage
 from lookalike.runinfo import library_versions, new_run_id
@@ -36,7 +39,10 @@ def run(spark, cfg: Config) -> dict:
     if done:
         return _skipped(cfg, run_id, done, inputs, started)
 
-    outputs = publish.OutputSet(spark, cfg.output, ["duplicates"], run_id, cfg.s3).check()
+    names = ["duplicates", "duplicates_pairs"] if settings.incremental else ["duplicates"]
+    outputs = publish.OutputSet(spark, cfg.output, names, run_id, cfg.s3).check()
+    # The stored pairs as they are now, read before anything is written: this run's own replace them.
+    previous = publish.current(cfg.output.duplicates_pairs, cfg.s3) if settings.incremental else None
     embeddings = read_embeddings(spark, source or cfg.output.embeddings, cfg.s3)
     partitions = prepare.partition_count(spark, embeddings, settings.partitions)
     ordered = prepare.ordered_items(embeddings, partitions).persist(StorageLevel.MEMORY_AND_DISK)
@@ -66,9 +72,23 @@ def run(spark, cfg: Config) -> dict:
         with outputs as out:
             held: list = []  # broadcasts and persisted frames, released whatever happens
             try:
-                found, scored = pairs.find_pairs(
-                    spark, run_id, items, settings.min_score, settings.block_rows, settings.broadcast_max_mb, held
-                )
+                state = None
+                if settings.incremental:
+                    found, scored, state = incremental.find_pairs(
+                        spark,
+                        run_id,
+                        items,
+                        settings,
+                        held,
+                        previous,
+                        read_state(spark, previous, cfg.s3),
+                        out.staging("duplicates_pairs"),
+                        cfg.s3,
+                    )
+                else:
+                    found, scored = pairs.find_pairs(
+                        spark, run_id, items, settings.min_score, settings.block_rows, settings.broadcast_max_mb, held
+                    )
                 phases.update(scored.pop("phase_seconds"))
                 summary.update(scored)
                 mark = time.perf_counter()
@@ -98,8 +118,11 @@ def run(spark, cfg: Config) -> dict:
                     }
                 )
                 read = source.snapshot_id if source else None
+                summaries = {"duplicates": summary}
+                if state is not None:
+                    summaries["duplicates_pairs"] = {**state, "run_id": run_id, "inputs": inputs}
                 out.commit(
-                    {"duplicates": summary},
+                    summaries,
                     still_valid=lambda: lineage.snapshot_id(cfg.output.embeddings, cfg.s3) == read,
                 )
             finally:

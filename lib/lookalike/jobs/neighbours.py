@@ -10,7 +10,7 @@ import time
 from lookalike import publish
 from lookalike.config import Config, NeighboursConfig
 from lookalike.jobs.common import job_main, release, skipped
-from lookalike.neighbours import arrow, exact, ivf_stage, keys, prepare, watch, write
+from lookalike.neighbours import arrow, exact, incremental_stage, ivf_stage, keys, prepare, watch, write
 from lookalike.neighbours.inputs import (
     candidates_identity,
     published_identity,
@@ -52,7 +52,13 @@ def run(spark, cfg: Config) -> dict:
     if done:
         return _skipped(cfg, run_id, done, inputs, started)
 
-    outputs = publish.OutputSet(spark, cfg.output, ["neighbours"], run_id, cfg.s3).check()
+    incremental = settings.incremental and settings.method == "exact"
+    if settings.incremental and not incremental:
+        log.info("neighbours.incremental applies to exact search: this IVF run scores every item")
+    names = ["neighbours", "neighbours_lists"] if incremental else ["neighbours"]
+    outputs = publish.OutputSet(spark, cfg.output, names, run_id, cfg.s3).check()
+    # The lists as they are now, read before anything is written: this run's own replace them.
+    previous = publish.current(cfg.output.neighbours_lists, cfg.s3) if incremental else None
     embeddings = read_embeddings(spark, source or cfg.output.embeddings, cfg.s3)
     candidate_ids = read_candidates(spark, settings.candidates)
     attributes = duplicates = None
@@ -97,7 +103,21 @@ def run(spark, cfg: Config) -> dict:
         with outputs as out:
             staging = out.staging("neighbours")
             try:
-                if settings.method == "ivf":
+                if incremental:
+                    scored = incremental_stage.search(
+                        spark,
+                        run_id,
+                        items,
+                        settings,
+                        held,
+                        previous,
+                        incremental_stage.read_state(spark, previous, cfg.s3),
+                        settings.result_fingerprint(),
+                        out.staging("neighbours_lists"),
+                        staging,
+                        cfg.s3,
+                    )
+                elif settings.method == "ivf":
                     scored = ivf_stage.search(spark, run_id, items, settings, held)
                 else:
                     scored = exact.search(spark, run_id, items, settings, held, staging, cfg.s3)
@@ -129,8 +149,11 @@ def run(spark, cfg: Config) -> dict:
                 # After a lost commit race, this result is still right while the embeddings are
                 # the snapshot it read (another run then computed the same table).
                 read = source.snapshot_id if source else None
+                summaries = {"neighbours": summary}
+                if scored.state is not None:
+                    summaries["neighbours_lists"] = {**scored.state, "run_id": run_id, "inputs": inputs}
                 out.commit(
-                    {"neighbours": summary},
+                    summaries,
                     still_valid=lambda: lineage.snapshot_id(cfg.output.embeddings, cfg.s3) == read,
                 )
             finally:
@@ -204,7 +227,9 @@ def _totals(cfg: Config, partitions: int, written: list, n_queries: int, started
 
 def _log_done(summary: dict, settings: NeighboursConfig) -> None:
     how = (
-        f"{summary['chunks']} chunk(s)"
+        f"{summary['mode']}: {summary['scored_pairs']} pairs scored, {summary['rows_rescored']} lists scored in full"
+        if "mode" in summary
+        else f"{summary['chunks']} chunk(s)"
         if settings.method == "exact"
         else f"IVF {summary['ivf']['nlist']} lists, nprobe {summary['ivf']['nprobe']}, "
         f"recall@{settings.k} {summary['recall_at_k']}"

@@ -136,14 +136,15 @@ class Pack:
         from pyspark.sql import functions as F
 
         group = F.col("codes")[0]
-        return frame.filter((group >= self.low) & (group < self.high))
+        # Codes are hashes (keys._numbered): NULL (no group) may fall inside a pack's range.
+        return frame.filter((group >= self.low) & (group < self.high) & (group != rules.NULL))
 
 
 def group_packs(codes: np.ndarray, counts: np.ndarray, chunk_rows: int) -> list[Pack]:
     """Consecutive ``same`` codes packed into as few chunks as whole groups allow: a pack holds at
     most ``chunk_rows`` candidates, except a group larger than that, which is a pack of its own
     (``candidate_chunks`` then cuts it into pieces). ``codes`` ascending, with each's candidate
-    count; the codes are numbered densely (keys._numbered), so a pack is a range of them."""
+    count; a pack is the range of codes from its first to the next pack's first."""
     packs: list[Pack] = []
     low, rows = None, 0
     for code, count in zip(codes.tolist(), counts.tolist(), strict=True):

@@ -221,12 +221,18 @@ def score_symmetric(queries, chunk_bc, bounds_bc, k: int, block_rows: int, min_s
 
 
 def search(
-    spark, run_id: str, items: Prepared, settings: NeighboursConfig, held: list, directory: str, s3: S3Config | None
+    spark,
+    run_id: str,
+    items: Prepared,
+    settings: NeighboursConfig,
+    held: list,
+    directory: str | None,
+    s3: S3Config | None,
 ) -> Scored:
     """Every query against every candidate, one broadcast chunk of candidates at a time: PARTIAL
-    rows to merge, or, when one chunk held every candidate (and no symmetry), the WRITTEN rows of
-    the table the tasks wrote under ``directory`` themselves. The broadcasts and persisted frames
-    go into ``held``, for the caller to release once the table is written."""
+    rows to merge, or, when one chunk held every candidate (and no symmetry) and ``directory`` is
+    given, the WRITTEN rows of the table the tasks wrote there themselves. The broadcasts and
+    persisted frames go into ``held``, for the caller to release once the table is written."""
     from pyspark import StorageLevel
 
     # With hide_duplicates the lists are scored deeper and cut to k by the writer.
@@ -234,7 +240,7 @@ def search(
     ordered, dim, partitions, layout = items.ordered, items.dim, items.partitions, items.layout
     n_queries, n_candidates = items.queries, items.candidates
     chunk_rows = rows_per_chunk(settings.broadcast_max_mb, dim)
-    valid = queries(ordered)
+    valid = queries(ordered) if items.query_rows is None else items.query_rows
     if layout.same and n_candidates > chunk_rows:
         packs, grouped = grouped_candidate_chunks(ordered, chunk_rows, dim, layout)
         # A group larger than a chunk is cut into pieces; every other pack is one chunk.
@@ -260,7 +266,13 @@ def search(
     sc = spark.sparkContext
     # When the queries are the candidates, score(a, b) = score(b, a): each block serves both.
     # Rules make the pairs one-sided (a query may get a candidate that may not get it back).
-    symmetric = settings.symmetric and n_candidates == n_queries and partitions > 1 and not layout.active
+    symmetric = (
+        settings.symmetric
+        and items.query_rows is None
+        and n_candidates == n_queries
+        and partitions > 1
+        and not layout.active
+    )
     out = Scored(
         summary={"chunks": n_chunks, "chunk_rows": chunk_rows, "symmetric": symmetric},
         phases={"collect_broadcast": 0.0, "score": 0.0},
@@ -290,7 +302,7 @@ def search(
             chunk.nbytes / 2**20,
         )
         del chunk
-        if n_chunks == 1 and not symmetric and packs is None:
+        if n_chunks == 1 and not symmetric and packs is None and directory is not None:
             # Already in the output's partitioning and order: rank and write in the same tasks.
             scorer = _score_function(chunk_bc, k, block_rows, min_score, dim, layout)
             out.written = watch.collect(

@@ -1,6 +1,6 @@
 """The rule codes of every item (lookalike.neighbours.rules): neighbours.same and
 neighbours.exclude_same from the attributes table, hide_duplicates from the duplicates table's
-group_id, each value numbered in Spark and attached to the embeddings as one array<bigint>
+group_id, each value hashed in Spark and attached to the embeddings as one array<bigint>
 column ``codes`` that travels with the vector through ordering, chunks and IVF routing."""
 
 from __future__ import annotations
@@ -18,18 +18,17 @@ def layout_for(settings: NeighboursConfig) -> rules.Layout:
     return rules.Layout(same=settings.same is not None, width=width)
 
 
-def _numbered(spark, frame, column: str, name: str):
-    """(item_id, ``name`` long): the values of ``column`` numbered 0.. (as strings, so 1 and "1"
-    are one value); NULL stays NULL. zipWithIndex numbers them without one partition holding
-    every distinct value."""
+def _numbered(frame, column: str, name: str):
+    """(item_id, ``name`` long): a 64-bit hash of each value of ``column`` (as a string, so 1 and
+    "1" are one value); NULL stays NULL. A hash, not a dense number, so that a value keeps its code
+    from run to run and an item's fingerprint (neighbours.incremental) changes only when its own
+    value does; two values sharing a hash would take 2**32 distinct values to be likely at all."""
     from pyspark.sql import functions as F
 
-    rows = frame.select("item_id", F.col(column).cast("string").alias("value"))
-    values = rows.select("value").where("value IS NOT NULL").distinct()
-    numbered = spark.createDataFrame(
-        values.rdd.zipWithIndex().map(lambda pair: (pair[0][0], pair[1])), "value string, code long"
-    )
-    return rows.join(numbered, "value", "left").select("item_id", F.col("code").alias(name))
+    value = F.col(column).cast("string")
+    code = F.xxhash64(value)
+    code = F.when(code == rules.NULL, F.lit(rules.NULL - 1).cast("long")).otherwise(code)
+    return frame.select("item_id", F.when(value.isNotNull(), code).alias(name))
 
 
 def attach(spark, embeddings, settings: NeighboursConfig, attributes=None, duplicates=None):
@@ -39,12 +38,12 @@ def attach(spark, embeddings, settings: NeighboursConfig, attributes=None, dupli
 
     parts = []
     if settings.same:
-        parts.append(_numbered(spark, attributes, settings.same, "code_same"))
+        parts.append(_numbered(attributes, settings.same, "code_same"))
     if settings.exclude_same:
-        parts.append(_numbered(spark, attributes, settings.exclude_same, "code_exclude"))
+        parts.append(_numbered(attributes, settings.exclude_same, "code_exclude"))
     if settings.hide_duplicates:
         groups = duplicates.select(F.col("item_id").cast("string").alias("item_id"), "group_id")
-        parts.append(_numbered(spark, groups, "group_id", "code_group"))
+        parts.append(_numbered(groups, "group_id", "code_group"))
     if not parts:
         return embeddings
     names = [c for part in parts for c in part.columns if c != "item_id"]

@@ -53,6 +53,9 @@ class Prepared:
     layout: rules.Layout = rules.Layout()  # what the ``codes`` column holds
     depth: int = 0  # neighbours scored per item before the writer's cut to k (0: k)
     hide: Any = None  # broadcast write.HiddenGroups (neighbours.hide_duplicates), or None
+    # PREPARED rows of the queries, when only some valid items are (neighbours.incremental); None:
+    # every valid item. ``queries`` counts them.
+    query_rows: Any = None
 
 
 def partition_count(spark, embeddings, configured: int) -> int:

@@ -27,6 +27,7 @@ class Scored:
     written: list | None = None  # WRITTEN rows as dicts
     summary: dict = field(default_factory=dict)
     phases: dict = field(default_factory=dict)  # seconds per phase
+    state: dict | None = None  # neighbours.incremental: the summary its lists table is committed with
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,55 @@ def _whole_items(batches) -> Iterator:
         yield held
 
 
-def _write_function(directory: str, k: int, s3: S3Config | None, row_group_rows: int, hide_bc=None):
+def lists_to_neighbours(table, k: int, hide: HiddenGroups | None = None):
+    """Tables of NEIGHBOUR_LISTS rows (one per item, lists best first, sorted by item) ->
+    NEIGHBOURS rows: each list's first k, or with ``hide`` its first ``hide.depth`` kept one per
+    near-duplicate group, then cut to k, as ``rank_items`` does."""
+    import pyarrow as pa
+
+    schema = schemas.arrow_schema(schemas.NEIGHBOURS)
+    lists = table.column("neighbour_ids").combine_chunks()
+    lengths = lists.value_lengths().fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+    rows = np.repeat(np.arange(table.num_rows), lengths)
+    if not len(rows):
+        return schema.empty_table()
+    slots = np.arange(len(rows)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    neighbour_ids = lists.flatten()
+    scores = table.column("scores").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    keep = slots < (k if hide is None else hide.depth)
+    if hide is not None:
+        at = np.flatnonzero(keep)
+        groups = hide.group_of(neighbour_ids.take(pa.array(at)).to_numpy(zero_copy_only=False))
+        keep[at] = _one_per_group(rows[at], groups, k)
+    rows, scores, neighbour_ids = rows[keep], scores[keep], neighbour_ids.filter(pa.array(keep))
+    slots = np.arange(len(rows)) - np.searchsorted(rows, rows, side="left")
+    items = table.column("item_id").combine_chunks().take(pa.array(rows))
+    return pa.table(
+        [items, pa.array(slots + 1, pa.int32()), neighbour_ids, pa.array(scores, pa.float32())], schema=schema
+    )
+
+
+def _batch_tables(batches) -> Iterator:
+    import pyarrow as pa
+
+    for batch in batches:
+        if batch.num_rows:
+            yield pa.Table.from_batches([batch])
+
+
+def _write_function(
+    directory: str,
+    k: int,
+    s3: S3Config | None,
+    row_group_rows: int,
+    hide_bc=None,
+    tables=_whole_items,
+    rank=rank_items,
+):
+    """The task that ranks and writes: ``tables`` cuts the task's batches into tables of whole
+    items, ``rank`` turns each into NEIGHBOURS rows (PARTIAL rows by default; lists with
+    ``write_lists``)."""
+
     def write(batches):
         import pyarrow as pa
         from pyspark import TaskContext
@@ -134,8 +183,8 @@ def _write_function(directory: str, k: int, s3: S3Config | None, row_group_rows:
         seen = {"items": 0, "first": None, "last": None}
 
         def ranked_tables():
-            for table in _whole_items(batches):
-                ranked = rank_items(table, k, None if hide_bc is None else hide_bc.value)
+            for table in tables(batches):
+                ranked = rank(table, k, None if hide_bc is None else hide_bc.value)
                 if ranked.num_rows:
                     column = ranked.column("item_id")
                     seen["first"] = seen["first"] if seen["first"] is not None else column[0].as_py()
@@ -207,6 +256,14 @@ def merge_and_write(
     ``partitions`` disjoint, sorted id ranges; returns WRITTEN rows."""
     merged = partials.repartitionByRange(partitions, "item_id").sortWithinPartitions("item_id")
     return write_ranked(merged, directory, k, s3, row_group_rows, hide_bc)
+
+
+def write_lists(lists, partitions: int, directory: str, k: int, s3: S3Config | None, row_group_rows: int, hide_bc=None):
+    """NEIGHBOUR_LISTS rows in any order (neighbours.incremental's state) -> the published table,
+    as ``merge_and_write`` writes it; returns WRITTEN rows."""
+    ordered = lists.repartitionByRange(partitions, "item_id").sortWithinPartitions("item_id")
+    writer = _write_function(directory, k, s3, row_group_rows, hide_bc, tables=_batch_tables, rank=lists_to_neighbours)
+    return ordered.mapInArrow(writer, WRITTEN)
 
 
 def write_empty(directory: str, s3: S3Config | None) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lookalike.neighbours.incremental import EMPTY, refresh
+from lookalike.neighbours.incremental import EMPTY, Bound, full_list, merge_list, refresh
 
 
 def normalised(x: np.ndarray) -> np.ndarray:
@@ -87,3 +87,69 @@ def test_a_list_that_lost_more_than_its_reserve_is_scored_again():
     assert got.rescored[0]
     want_n, _ = brute_force(moved, 6)
     np.testing.assert_array_equal(got.neighbours[0][:5], want_n[0][:5])
+
+
+def test_merge_keeps_a_tie_with_the_bound_only_where_its_id_comes_first():
+    # The previous list (depth 2) held a and m; anything it did not hold ranks after (0.5, "m").
+    bound = Bound(0.5, "m")
+    kept = [("a", 0.9), ("m", 0.5)]
+    # A changed item tied with the bound but with a smaller id ranks before m: certain.
+    before = merge_list(kept, [("c", 0.5)], bound, depth=2, needed=2)
+    assert before is not None and before.neighbours == ["a", "c"] and before.bound == Bound(0.5, "c")
+    # One with a larger id might rank after an unchanged item the list never held: cut.
+    after = merge_list(kept, [("z", 0.5)], bound, depth=2, needed=2)
+    assert after is not None and after.neighbours == ["a", "m"]
+    # With m deleted, a and c are all that is certain: fewer than needed, so score it again.
+    assert merge_list([("a", 0.9)], [("z", 0.5)], bound, depth=2, needed=2) is None
+    assert merge_list([("a", 0.9)], [("c", 0.5)], bound, depth=2, needed=2).neighbours == ["a", "c"]
+
+
+def test_a_list_that_held_every_candidate_takes_new_entries_at_any_score():
+    complete = merge_list([("a", 0.2)], [("b", -0.7), ("c", 0.4)], None, depth=5, needed=3)
+    assert complete is not None and complete.neighbours == ["c", "a", "b"] and complete.bound is None
+    # Cut to depth, it gets a bound: what it dropped ranks after its last entry.
+    cut = merge_list([("a", 0.2)], [("b", -0.7), ("c", 0.4)], None, depth=2, needed=2)
+    assert cut is not None and cut.neighbours == ["c", "a"] and cut.bound == Bound(np.float32(0.2), "a")
+    assert full_list(["x", "y"], [0.5, 0.1], depth=2).bound == Bound(np.float32(0.1), "y")
+    assert full_list(["x"], [0.5], depth=2).bound is None
+
+
+def test_day_after_day_with_bounds_carried_the_lists_stay_those_of_brute_force():
+    # Lists cut short on one day keep their bound for the next (a shorter list is not one that
+    # held every candidate): several days of churn, reserves small enough to run out.
+    rng = np.random.default_rng(9)
+    k, depth, dim = 4, 6, 5
+    vectors = rng.normal(size=(120, dim))
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    lists_n, lists_s = brute_force(vectors, depth)
+    bounds = (lists_s[:, -1].copy(), lists_n[:, -1].copy())
+    rescored_unchanged = 0
+    for _ in range(6):
+        n = len(vectors)
+        keep = np.ones(n, bool)
+        keep[rng.choice(n, 6, replace=False)] = False
+        position = np.cumsum(keep) - 1
+        new = vectors[keep].copy()
+        changed = np.zeros(len(new), bool)
+        changed[rng.choice(len(new), 3, replace=False)] = True
+        new[changed] = rng.normal(size=(3, dim))
+        new = np.vstack([new, rng.normal(size=(5, dim))])
+        new /= np.linalg.norm(new, axis=1, keepdims=True)
+        changed = np.concatenate([changed, np.ones(5, bool)])
+        at = np.where(lists_n != EMPTY, lists_n, 0)
+        moved = np.where((lists_n != EMPTY) & keep[at], position[at], EMPTY)
+        previous_n = np.vstack([moved[keep], np.full((5, depth), EMPTY, np.int64)])
+        previous_s = np.vstack([lists_s[keep], np.full((5, depth), -np.inf, np.float32)])
+        at = np.where(bounds[1] != EMPTY, bounds[1], 0)
+        bound_p = np.where((bounds[1] != EMPTY) & keep[at], position[at], EMPTY)
+        carried = (
+            np.concatenate([bounds[0][keep], np.full(5, -np.inf, np.float32)]),
+            np.concatenate([bound_p[keep], np.full(5, EMPTY, np.int64)]),
+        )
+        got = refresh(previous_n, previous_s, changed, new, k, depth, carried)
+        want_n, _ = brute_force(new, depth)
+        np.testing.assert_array_equal(got.neighbours[:, :k], want_n[:, :k])
+        rescored_unchanged += int((got.rescored & ~changed).sum())
+        vectors, lists_n, lists_s = new, got.neighbours, got.scores
+        bounds = (got.bound_scores, got.bound_positions)
+    assert rescored_unchanged > 0  # the reserves did run out on some days

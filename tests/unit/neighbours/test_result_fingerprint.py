@@ -29,6 +29,8 @@ OTHER_VALUE = {
     "same": "category",
     "exclude_same": "family",
     "hide_duplicates": True,
+    "incremental": True,
+    "reserve": 3,
 }
 
 
