@@ -6,6 +6,10 @@ a full run on the same embeddings, measured side by side in one invocation.
     and 0.5% deleted items; day 1 incremental, and a full run (incremental off, a fresh output) on
     day 1's embeddings. Wall time of each, the pairs scored, and whether the two day-1 tables
     are equal (ids and ranks of every item, scores to 1e-6).
+(1b) The duplicates job the same way (duplicates.incremental), on N random unit vectors with
+    planted near-duplicate groups (bench/neighbours.py's planted_table): day 0 incremental (full,
+    writes the pairs), day 1 after the same churn (some new items near-copies of existing ones)
+    incremental and, beside it, a full run; wall time and whether the two tables are equal.
 (2) The numeric core alone (lookalike.neighbours.incremental.refresh, the same merge rule the job
     applies per item), 30 simulated days at N = 50,000 (d = 128) with 1% daily churn (new,
     changed and deleted items in equal parts): lists scored again per day, and equality with
@@ -35,7 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "lib"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from neighbours import write_embeddings  # noqa: E402  (bench/neighbours.py)
+from neighbours import check, last_json, measure, planted_table, write_embeddings  # noqa: E402  (bench/neighbours.py)
 from neighbours_scale import clustered  # noqa: E402
 from neighbours_scale import run_job as scale_run_job  # noqa: E402
 
@@ -141,6 +145,90 @@ def job_section(args, workdir: Path, report: dict) -> None:
         "pairs_ratio": round(inc["scored_pairs"] / full["scored_pairs"], 4),
         "equal": tables_equal(workdir / "incremental", workdir / "full"),
     }
+
+
+def run_duplicates(embeddings: Path, output: Path, catalog: Path, driver_memory: str, incremental: bool) -> dict:
+    command = [
+        str(ROOT / "spark-submit.sh"),
+        "duplicates",
+        "--config",
+        str(ROOT / "conf" / "local.yaml"),
+        "--set",
+        f"output.embeddings={embeddings}",
+        "--set",
+        f"output.duplicates={output}",
+        "--set",
+        f"output.catalog.uri={catalog}",
+        "--set",
+        f"duplicates.incremental={str(incremental).lower()}",
+        "--driver-memory",
+        driver_memory,
+    ]
+    result = measure(command, timeout=6 * 3600)
+    check(result, f"the duplicates job (incremental {incremental})")
+    summary = last_json(result["stdout"])
+    return {
+        "seconds": result["seconds"],
+        "peak_rss_mb": result["peak_rss_mb"],
+        "mode": summary.get("mode", "full (incremental off)"),
+        "scored_pairs": summary.get("scored_pairs"),
+        "pairs": summary.get("pairs"),
+        "groups": summary.get("groups"),
+        "phase_seconds": summary.get("phase_seconds"),
+    }
+
+
+def duplicates_section(args, workdir: Path, report: dict) -> None:
+    import pyarrow.parquet as pq
+
+    print(f"duplicates: writing {args.n} x {args.dim} vectors with planted groups ...", flush=True)
+    planted_table(workdir / "dup0", args.n, args.dim, planted=2000)
+    table = pq.read_table(workdir / "dup0", columns=["item_id", "embedding"])
+    ids = table.column("item_id").to_pylist()
+    x = np.asarray(table.column("embedding").combine_chunks().flatten()).reshape(len(ids), args.dim)
+    ids1, x1, changes = churned(ids, x, seed=2)
+    # Some of the new items are near-copies of kept ones: new pairs, groups that grow.
+    rng = np.random.default_rng(4)
+    fresh = len(ids1) - changes["new"]
+    for row in range(fresh, fresh + changes["new"] // 10):
+        copy = x1[rng.integers(fresh)] + 0.02 * rng.standard_normal(args.dim).astype(np.float32)
+        x1[row] = copy / np.linalg.norm(copy)
+    write_embeddings(workdir / "dup1", ids1, x1, "random-unit-vectors-planted-duplicates", files=8)
+    del x, x1
+    runs = {}
+    print("duplicates day 0: the incremental job's first run (full, writes the pairs) ...", flush=True)
+    runs["day0_first"] = run_duplicates(
+        workdir / "dup0", workdir / "dup-inc", workdir / "dup.db", args.driver_memory, True
+    )
+    print(f"duplicates day 1: incremental after {changes} ...", flush=True)
+    runs["day1_incremental"] = run_duplicates(
+        workdir / "dup1", workdir / "dup-inc", workdir / "dup.db", args.driver_memory, True
+    )
+    print("duplicates day 1: a full run on the same embeddings ...", flush=True)
+    runs["day1_full"] = run_duplicates(
+        workdir / "dup1", workdir / "dup-full", workdir / "dup-full.db", args.driver_memory, False
+    )
+    inc, full = read_rows(workdir / "dup-inc"), read_rows(workdir / "dup-full")
+    report["duplicates"] = {
+        "n": args.n,
+        "dim": args.dim,
+        "changes": changes,
+        "runs": runs,
+        "time_ratio": round(runs["day1_incremental"]["seconds"] / runs["day1_full"]["seconds"], 3),
+        "tables_equal": inc.equals(full),
+        "rows": inc.num_rows,
+    }
+
+
+def read_rows(location: Path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from lookalike.io.current import current
+
+    found = current(str(location))
+    table = pa.concat_tables([pq.read_table(f.replace("file://", "")) for f in found.files])
+    return table.sort_by([(name, "ascending") for name in table.column_names])
 
 
 def days_section(args, report: dict) -> None:
@@ -277,7 +365,7 @@ def main(argv=None) -> int:
     parser.add_argument("--days", type=int, default=30)
     parser.add_argument("--days-n", type=int, default=50_000)
     parser.add_argument("--driver-memory", default="12g")
-    parser.add_argument("--skip", default="", help="comma-separated: job,days")
+    parser.add_argument("--skip", default="", help="comma-separated: job,duplicates,days")
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "neighbours_incremental.json"))
     args = parser.parse_args(argv)
@@ -286,6 +374,8 @@ def main(argv=None) -> int:
     report: dict = {"cpu": cpu_model(), "cpus": os.cpu_count(), "load_average_start": os.getloadavg()}
     if "job" not in skip:
         job_section(args, workdir, report)
+    if "duplicates" not in skip:
+        duplicates_section(args, workdir, report)
     if "days" not in skip:
         days_section(args, report)
     extrapolate(report)
@@ -305,6 +395,15 @@ def print_table(report: dict) -> None:
         for name, run in job["runs"].items():
             print(f"| {name} | {run['mode']} | {run['seconds']} | {run['scored_pairs']:,} | {run['rows_rescored']} |")
         print(f"incremental / full: time {job['time_ratio']}, pairs {job['pairs_ratio']}; tables: {job['equal']}")
+    dup = report.get("duplicates")
+    if dup:
+        print(f"\nduplicates, N = {dup['n']:,}; day 1: {dup['changes']}")
+        print("| run | mode | wall s | pairs scored | pairs | groups |")
+        print("| --- | --- | ---: | ---: | ---: | ---: |")
+        for name, run in dup["runs"].items():
+            cells = [name, run["mode"], run["seconds"], run["scored_pairs"], run["pairs"], run["groups"]]
+            print("| " + " | ".join(str(c) for c in cells) + " |")
+        print(f"incremental / full: time {dup['time_ratio']}; tables equal: {dup['tables_equal']} ({dup['rows']} rows)")
     days = report.get("days")
     if days:
         cut = [d["cut_and_rescored"] for d in days["per_day"]]
