@@ -29,7 +29,7 @@ from lookalike.io.current import Current
 from lookalike.neighbours import exact, watch
 from lookalike.neighbours.changed_pass import changed_chunks
 from lookalike.neighbours.chunks import queries, rows_per_chunk
-from lookalike.neighbours.incremental_stage import Plan, changes, fingerprints
+from lookalike.neighbours.incremental_stage import STATE_ROWS_PER_FILE, Plan, changes, fingerprints
 from lookalike.neighbours.prepare import Prepared, candidate_offsets
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,6 @@ log = logging.getLogger(__name__)
 # A pair by its ids, item_i < item_j (Python's code point order is Spark's UTF-8 byte order).
 ID_PAIRS = "item_i string, item_j string, score float"
 POSITIONS = "item_id string, position long"
-STATE_ROWS_PER_FILE = 2_000_000
 
 
 def plan(previous: Current | None, stored, fps, min_score: float) -> tuple[Plan, set]:

@@ -92,7 +92,7 @@ def read_state(spark, previous: Current | None, s3: S3Config | None):
         return None
 
 
-def plan(spark, previous: Current | None, previous_rows, fps, depth: int, result_settings: str) -> tuple[Plan, set]:
+def plan(previous: Current | None, previous_rows, fps, depth: int, result_settings: str) -> tuple[Plan, set]:
     """(the plan, the stale item ids: new, changed and deleted) from the previous lists table."""
     summary = (previous.summary or {}) if previous is not None else {}
     if previous is None or previous_rows is None:
@@ -191,7 +191,7 @@ def search(
     needed = items.depth or settings.k
     fps = fingerprints(items.ordered).persist(StorageLevel.MEMORY_AND_DISK)
     held.append(fps)
-    decided, stale = plan(spark, previous, previous_rows, fps, depth, result_settings)
+    decided, stale = plan(previous, previous_rows, fps, depth, result_settings)
     phases = {"plan": time.perf_counter() - started}
     pairs = 0
     if decided.full_reason:
