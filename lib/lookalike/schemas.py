@@ -121,8 +121,19 @@ DUPLICATE_PAIRS = [
     Column("scores", "array<float>", False, "Their cosines."),
 ]
 
+# neighbours.incremental with method ivf: the lists' centroids, kept so that later runs put new
+# items in the same lists (and reported on when they drift).
+IVF_CENTROIDS = [
+    Column("list", "int", False, "The list's number (0 .. nlist - 1)."),
+    Column("centroid", "array<float>", False, "Its unit centroid (spherical k-means)."),
+]
+
 # Tables lookalike writes for itself; committed like the others, not part of the product's schema.
-INTERNAL_TABLES = {"neighbours_lists": NEIGHBOUR_LISTS, "duplicates_pairs": DUPLICATE_PAIRS}
+INTERNAL_TABLES = {
+    "neighbours_lists": NEIGHBOUR_LISTS,
+    "neighbours_centroids": IVF_CENTROIDS,
+    "duplicates_pairs": DUPLICATE_PAIRS,
+}
 
 
 def spark_schema(columns: list[Column]):

@@ -242,10 +242,12 @@ class NeighboursConfig(Settings):
     )
     incremental: bool = setting(
         False,
-        "Exact: bring the previous run's lists up to date, scoring only the new and changed items against "
+        "Bring the previous run's lists up to date, scoring only the new and changed items against "
         "all items (and all items against them) instead of every pair. Keeps its own table beside "
-        "`output.neighbours` (`_lists`); runs in full when there is none, when a result setting changed, "
-        "or when so much changed that a full run is cheaper. See [scheduled runs](scheduled-runs.md).",
+        "`output.neighbours` (`_lists`, and with IVF the lists' centroids, `_centroids`); runs in full "
+        "when there is none, when a result setting changed, when so much changed that a full run is "
+        "cheaper, or (IVF) when the sampled recall shows the lists have drifted. "
+        "See [scheduled runs](scheduled-runs.md).",
     )
     reserve: int = setting(
         10,

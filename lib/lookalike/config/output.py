@@ -66,6 +66,12 @@ class OutputConfig(Settings):
         return self.neighbours.rstrip("/") + "_lists"
 
     @property
+    def neighbours_centroids(self) -> str:
+        """neighbours.incremental with method ivf: the centroids of its lists, beside the published
+        table (schemas.IVF_CENTROIDS)."""
+        return self.neighbours.rstrip("/") + "_centroids"
+
+    @property
     def duplicates_pairs(self) -> str:
         """duplicates.incremental's state: each item's pairs, beside the published table
         (schemas.DUPLICATE_PAIRS)."""
@@ -82,7 +88,15 @@ class OutputConfig(Settings):
     @model_validator(mode="after")
     def _separate_locations(self) -> OutputConfig:
         # A table published over another, or inside it, would replace or corrupt it on the next run.
-        tables = ("embeddings", "errors", "neighbours", "duplicates", "neighbours_lists", "duplicates_pairs")
+        tables = (
+            "embeddings",
+            "errors",
+            "neighbours",
+            "duplicates",
+            "neighbours_lists",
+            "neighbours_centroids",
+            "duplicates_pairs",
+        )
         where = {name: _location(getattr(self, name)) for name in tables}
         for i, first in enumerate(tables):
             for second in tables[i + 1 :]:

@@ -29,7 +29,7 @@ from lookalike.io.current import Current
 from lookalike.neighbours import exact, watch
 from lookalike.neighbours.changed_pass import changed_chunks
 from lookalike.neighbours.chunks import queries, rows_per_chunk
-from lookalike.neighbours.incremental_stage import STATE_ROWS_PER_FILE, Plan, changes, fingerprints
+from lookalike.neighbours.incremental_stage import Plan, changes, fingerprints, state_rows_per_file
 from lookalike.neighbours.prepare import Prepared, candidate_offsets
 
 log = logging.getLogger(__name__)
@@ -143,7 +143,7 @@ def _stream(spark, run_id: str, items: Prepared, settings: DuplicatesConfig, hel
 
     sc = spark.sparkContext
     chunk_rows = rows_per_chunk(settings.broadcast_max_mb, items.dim)
-    chunks = changed_chunks(items.ordered, stale_bc, items.dim, items.layout, chunk_rows)
+    chunks = changed_chunks(items.ordered, stale_bc.value, items.dim, items.layout, chunk_rows)
     passes, scored = [], 0
     for number, chunk in enumerate(chunks, 1):
         chunk_bc = sc.broadcast(chunk)
@@ -190,7 +190,8 @@ def _write_state(fps, found, n_items: int, directory: str, s3: S3Config | None) 
         F.coalesce(F.col("p.score"), F.array().cast("array<float>")).alias("scores"),
     )
     schema = schemas.arrow_schema(schemas.DUPLICATE_PAIRS)
-    write_sorted(state, n_items, directory, schema, s3, STATE_ROWS_PER_FILE)
+    parallelism = fps.sparkSession.sparkContext.defaultParallelism
+    write_sorted(state, n_items, directory, schema, s3, state_rows_per_file(n_items, parallelism))
 
 
 def find_pairs(

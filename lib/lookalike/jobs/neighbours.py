@@ -10,7 +10,17 @@ import time
 from lookalike import publish
 from lookalike.config import Config, NeighboursConfig
 from lookalike.jobs.common import job_main, release, skipped
-from lookalike.neighbours import arrow, exact, incremental_stage, ivf_stage, keys, prepare, watch, write
+from lookalike.neighbours import (
+    arrow,
+    exact,
+    incremental_ivf,
+    incremental_stage,
+    ivf_stage,
+    keys,
+    prepare,
+    watch,
+    write,
+)
 from lookalike.neighbours.inputs import (
     candidates_identity,
     published_identity,
@@ -52,13 +62,14 @@ def run(spark, cfg: Config) -> dict:
     if done:
         return _skipped(cfg, run_id, done, inputs, started)
 
-    incremental = settings.incremental and settings.method == "exact"
-    if settings.incremental and not incremental:
-        log.info("neighbours.incremental applies to exact search: this IVF run scores every item")
-    names = ["neighbours", "neighbours_lists"] if incremental else ["neighbours"]
+    incremental = settings.incremental
+    # With IVF, the lists' centroids are kept too, so that later runs use the same lists.
+    kept_centroids = incremental and settings.method == "ivf"
+    names = ["neighbours", "neighbours_lists", "neighbours_centroids"][: 1 + incremental + kept_centroids]
     outputs = publish.OutputSet(spark, cfg.output, names, run_id, cfg.s3).check()
     # The lists as they are now, read before anything is written: this run's own replace them.
     previous = publish.current(cfg.output.neighbours_lists, cfg.s3) if incremental else None
+    centroids = publish.current(cfg.output.neighbours_centroids, cfg.s3) if kept_centroids else None
     embeddings = read_embeddings(spark, source or cfg.output.embeddings, cfg.s3)
     candidate_ids = read_candidates(spark, settings.candidates)
     attributes = duplicates = None
@@ -116,6 +127,12 @@ def run(spark, cfg: Config) -> dict:
                         out.staging("neighbours_lists"),
                         staging,
                         cfg.s3,
+                        incremental_ivf.read_kept(
+                            spark, centroids, (previous.summary if previous else None) or {}, cfg.s3
+                        )
+                        if kept_centroids
+                        else None,
+                        out.staging("neighbours_centroids") if kept_centroids else None,
                     )
                 elif settings.method == "ivf":
                     scored = ivf_stage.search(spark, run_id, items, settings, held)
@@ -152,6 +169,8 @@ def run(spark, cfg: Config) -> dict:
                 summaries = {"neighbours": summary}
                 if scored.state is not None:
                     summaries["neighbours_lists"] = {**scored.state, "run_id": run_id, "inputs": inputs}
+                if kept_centroids:
+                    summaries["neighbours_centroids"] = {"run_id": run_id, "nlist": len(scored.centroids)}
                 out.commit(
                     summaries,
                     still_valid=lambda: lineage.snapshot_id(cfg.output.embeddings, cfg.s3) == read,

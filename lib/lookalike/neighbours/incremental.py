@@ -72,10 +72,11 @@ def merge_list(
         entries = entries[:cut]
         if len(entries) < needed:
             return None
-    if len(entries) > depth:
+    if len(entries) > depth or (bound is None and len(entries) == depth):
         entries = entries[:depth]
         # Candidates dropped here rank after the last one kept; the old bound, further down, is
-        # no longer the first place an unknown candidate may sit.
+        # no longer the first place an unknown candidate may sit. A list that held every
+        # candidate and is now full may not hold them all any more: ``new`` stops at ``depth``.
         bound = Bound(-entries[-1][0], entries[-1][1])
     return Merged([n for _, n in entries], [np.float32(-s) for s, _ in entries], bound)
 

@@ -8,8 +8,9 @@ list k + reserve deep) brought up to date with what changed in the embeddings, s
 2. One pass over every item against a broadcast chunk of the changed ones (``stream_function``):
    each item's best among the changed candidates (its new entries), and each changed item's best
    among every candidate (its own list, merged from every task's partial list).
-3. Per item (incremental.merge_list): the kept entries minus the stale ones, plus the new ones,
-   cut at the old list's bound. A list that lost more than its reserve is scored again by another
+3. Per item (incremental.merge_list's rule, applied to whole Arrow tables by
+   incremental_merge.merge_table): the kept entries minus the stale ones, plus the new ones, cut
+   at the old list's bound. A list that lost more than its reserve is scored again by another
    such pass with those items as the chunk.
 4. The lists table and the published table (its first k, hide_duplicates applied) are written
    from the same lists, so the published table equals a full recompute's.
@@ -17,7 +18,6 @@ list k + reserve deep) brought up to date with what changed in the embeddings, s
 
 from __future__ import annotations
 
-import itertools
 import logging
 import time
 from dataclasses import dataclass, replace
@@ -25,9 +25,10 @@ from dataclasses import dataclass, replace
 from lookalike import schemas
 from lookalike.config import NeighboursConfig, S3Config
 from lookalike.io.current import Current
-from lookalike.neighbours import exact, watch
-from lookalike.neighbours.changed_pass import LISTS, append_list, arrow_schema, lists_function, own_lists, stream
-from lookalike.neighbours.incremental import Bound, merge_list
+from lookalike.neighbours import exact, incremental_ivf, ivf_stage, watch
+from lookalike.neighbours.changed_pass import LISTS, lists_function, own_lists, stream
+from lookalike.neighbours.incremental_ivf import KeptLists
+from lookalike.neighbours.incremental_merge import CURRENT, ENTRIES, KEPT, MERGED, NEW, OWN, merge_table
 from lookalike.neighbours.prepare import Prepared
 from lookalike.neighbours.write import Scored, _whole_items, write_lists
 
@@ -36,15 +37,15 @@ log = logging.getLogger(__name__)
 # Above this share of items changed (new, changed or deleted), a full run is cheaper: incremental
 # work is about 2 x changed x N pairs plus the merge, a full (symmetric) run about N^2 / 2.
 FULL_SHARE = 0.2
-# What the merge step reads, one row per item and source: its previous list (with its bound), its
-# new entries among the changed candidates, and its current fingerprint.
-KEPT, NEW, CURRENT = 0, 1, 2
-ENTRIES = (
-    "item_id string, kind int, fingerprint long, neighbour_ids array<string>, scores array<float>, "
-    "bound_score float, bound_id string"
-)
-MERGED = LISTS + ", rescore boolean"
 STATE_ROWS_PER_FILE = 2_000_000
+# ... and at least this many, so that a small state is not cut into many small files.
+STATE_MIN_ROWS_PER_FILE = 50_000
+
+
+def state_rows_per_file(rows: int, parallelism: int) -> int:
+    """Rows per file of a state table: a file per task slot (each file is written by its own
+    task, so one file would leave every core but one idle), within the two limits above."""
+    return max(STATE_MIN_ROWS_PER_FILE, min(STATE_ROWS_PER_FILE, -(-rows // max(1, parallelism))))
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,7 @@ def plan(previous: Current | None, previous_rows, fps, depth: int, result_settin
 def changes(previous_rows, fps) -> tuple[Plan, set]:
     """New, changed and deleted items: ``fps`` against the fingerprints of ``previous_rows`` (a
     state table with item_id and fingerprint); a full plan when more than FULL_SHARE changed."""
+    from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
     before = previous_rows.select("item_id", F.col("fingerprint").alias("before"))
@@ -118,53 +120,74 @@ def changes(previous_rows, fps) -> tuple[Plan, set]:
         .when(F.col("fingerprint") != F.col("before"), "changed")
         .alias("change"),
     )
-    stale = status.filter(F.col("change").isNotNull())
-    counts = dict(stale.groupBy("change").count().collect())
-    items = fps.count()
-    counted = {name: int(counts.get(name, 0)) for name in ("new", "changed", "deleted")}
-    share = sum(counted.values()) / max(items, 1)
-    if share > FULL_SHARE:
-        why = f"{share:.0%} of the items changed (a full run is cheaper above {FULL_SHARE:.0%})"
-        return Plan(why, **counted), set()
-    ids = {row.item_id for row in stale.select("item_id").toLocalIterator()}
-    return Plan(None, **counted), ids
+    # The join once (kept for the second job), counted by change (None: unchanged); then the ids,
+    # every partition at once (toLocalIterator would run one job per partition, one at a time).
+    status = status.persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        counts = {change: int(n) for change, n in status.groupBy("change").count().collect()}
+        items = sum(n for change, n in counts.items() if change != "deleted")
+        counted = {name: counts.get(name, 0) for name in ("new", "changed", "deleted")}
+        share = sum(counted.values()) / max(items, 1)
+        if share > FULL_SHARE:
+            why = f"{share:.0%} of the items changed (a full run is cheaper above {FULL_SHARE:.0%})"
+            return Plan(why, **counted), set()
+        ids = {row.item_id for row in status.filter(F.col("change").isNotNull()).select("item_id").collect()}
+        return Plan(None, **counted), ids
+    finally:
+        status.unpersist()
 
 
 def _merge_function(stale_bc, depth: int, needed: int):
-    """ENTRIES rows sorted by item -> MERGED rows: each current item's merged list, or a row to
-    score again (changed, new, or cut below ``needed``); deleted items vanish."""
+    """ENTRIES rows sorted by item -> MERGED rows (``incremental_merge.merge_table``)."""
 
     def merge(batches):
         import pyarrow as pa
 
-        stale = stale_bc.value
-        names = [f.split()[0] for f in MERGED.split(", ")]
+        stale = pa.array(sorted(stale_bc.value), pa.string())
         for table in _whole_items(batches):
-            columns = table.to_pydict()
-            out: dict = {name: [] for name in names}
-            rows = range(table.num_rows)
-            for item, group in itertools.groupby(rows, key=columns["item_id"].__getitem__):
-                kept: list = []
-                new: list = []
-                bound, current = None, False
-                for i in group:
-                    kind = columns["kind"][i]
-                    entries = zip(columns["neighbour_ids"][i] or (), columns["scores"][i] or (), strict=True)
-                    if kind == CURRENT:
-                        current = True
-                    elif kind == NEW:
-                        new.extend(entries)
-                    else:
-                        kept.extend((n, s) for n, s in entries if n not in stale)
-                        if columns["bound_id"][i] is not None:
-                            bound = Bound(columns["bound_score"][i], columns["bound_id"][i])
-                if not current:
-                    continue  # deleted, or no longer valid
-                merged = None if item in stale else merge_list(kept, new, bound, depth, needed)
-                append_list(out, item, merged)
-            yield pa.RecordBatch.from_pydict(out, schema=arrow_schema(MERGED))
+            yield merge_table(table, stale, depth, needed)
 
     return merge
+
+
+STATE_COLUMNS = ("item_id", "fingerprint", "neighbour_ids", "scores", "bound_score", "bound_id")
+
+
+def _with_fingerprints(fps, lists, only: set | None = None):
+    """NEIGHBOUR_LISTS rows: LISTS rows joined to the items' fingerprints (``only``: these items),
+    with an empty list for an item that has no neighbour."""
+    from pyspark.sql import functions as F
+
+    if only is not None:
+        wanted = fps.sparkSession.createDataFrame([(item,) for item in sorted(only)], "item_id string")
+        fps = fps.join(F.broadcast(wanted), "item_id")
+    return fps.join(lists, "item_id", "left").select(
+        "item_id",
+        "fingerprint",
+        F.coalesce("neighbour_ids", F.array().cast("array<string>")).alias("neighbour_ids"),
+        F.coalesce("scores", F.array().cast("array<float>")).alias("scores"),
+        "bound_score",
+        "bound_id",
+    )
+
+
+def _entries(frame, kind: int):
+    """ENTRIES rows of one kind from ``frame``: the columns it has, NULL for the others (the merge
+    reads fingerprints from CURRENT rows only, bounds from KEPT rows only)."""
+    from pyspark.sql import functions as F
+
+    have = set(frame.columns)
+    columns = [(name, ddl) for name, ddl in (field.split() for field in ENTRIES.split(", "))]
+    return frame.select(
+        *(
+            F.lit(kind).alias(name)
+            if name == "kind"
+            else F.col(name)
+            if name in have
+            else F.lit(None).cast(ddl).alias(name)
+            for name, ddl in columns
+        )
+    )
 
 
 def search(
@@ -179,11 +202,14 @@ def search(
     lists_directory: str,
     directory: str,
     s3: S3Config | None,
+    kept: KeptLists | None = None,
+    centroids_directory: str | None = None,
 ) -> Scored:
     """The published table written under ``directory`` and the lists under ``lists_directory``;
-    ``previous``/``previous_rows``: the lists table as it was (None if there is none)."""
+    ``previous``/``previous_rows``: the lists table as it was (None if there is none). With
+    method ivf, ``kept``: the previous run's centroids (incremental_ivf), and this run's are
+    written under ``centroids_directory``."""
     from pyspark import StorageLevel
-    from pyspark.sql import functions as F
 
     sc = spark.sparkContext
     started = time.perf_counter()
@@ -192,14 +218,29 @@ def search(
     fps = fingerprints(items.ordered).persist(StorageLevel.MEMORY_AND_DISK)
     held.append(fps)
     decided, stale = plan(previous, previous_rows, fps, depth, result_settings)
+    method_ivf = settings.method == "ivf"
+    probed, ivf_summary = None, {}
+    if method_ivf and not decided.full_reason:
+        decided, probed, ivf_summary = incremental_ivf.check(spark, items, settings, held, decided, kept, depth)
+    centroids = None if kept is None else kept.centroids
+    trained_recall = None if kept is None else kept.trained_recall
     phases = {"plan": time.perf_counter() - started}
     pairs = 0
     if decided.full_reason:
         log.info("neighbours: full run (%s)", decided.full_reason)
-        scored = exact.search(spark, run_id, replace(items, depth=depth, hide=None), settings, held, None, None)
+        deep = replace(items, depth=depth, hide=None)
+        if method_ivf:
+            scored = ivf_stage.search(spark, run_id, deep, settings, held)
+            centroids, trained_recall = scored.centroids, scored.summary.get("recall_at_k")
+            ivf_summary = {key: scored.summary[key] for key in ("ivf", "recall_at_k", "recall_sample")}
+            # What IVF scores: each query against the candidates of nprobe of nlist lists, about.
+            nlist, nprobe = scored.summary["ivf"]["nlist"], scored.summary["ivf"]["nprobe"]
+            pairs = round(items.queries * items.candidates * nprobe / nlist)
+        else:
+            scored = exact.search(spark, run_id, deep, settings, held, None, None)
+            pairs = items.queries * items.candidates
         ordered = scored.partials.repartitionByRange(items.partitions, "item_id").sortWithinPartitions("item_id")
-        lists = ordered.mapInArrow(lists_function(depth), LISTS)
-        pairs = items.queries * items.candidates
+        state = _with_fingerprints(fps, ordered.mapInArrow(lists_function(depth), LISTS))
         rescored = items.queries
     else:
         log.info(
@@ -211,79 +252,37 @@ def search(
         mark = time.perf_counter()
         stale_bc = sc.broadcast(frozenset(stale))
         held.append(stale_bc)
-        entries = [
-            previous_rows.select(
-                "item_id",
-                F.lit(KEPT).alias("kind"),
-                F.lit(None).cast("long").alias("fingerprint"),
-                "neighbour_ids",
-                "scores",
-                "bound_score",
-                "bound_id",
-            ),
-            fps.select(
-                "item_id",
-                F.lit(CURRENT).alias("kind"),
-                "fingerprint",
-                F.lit(None).cast("array<string>").alias("neighbour_ids"),
-                F.lit(None).cast("array<float>").alias("scores"),
-                F.lit(None).cast("float").alias("bound_score"),
-                F.lit(None).cast("string").alias("bound_id"),
-            ),
-        ]
-        streamed, pairs = stream(spark, run_id, items, settings, held, stale, depth, True, "changed items")
-        own = None
+
+        union = _entries(previous_rows, KEPT).union(_entries(fps, CURRENT))
+        streamed, pairs = stream(spark, run_id, items, settings, held, stale, depth, True, "changed items", probed)
         if streamed is not None:
-            entries.append(
-                streamed.filter("NOT own").select(
-                    "item_id",
-                    F.lit(NEW).alias("kind"),
-                    F.lit(None).cast("long").alias("fingerprint"),
-                    "neighbour_ids",
-                    "scores",
-                    F.lit(None).cast("float").alias("bound_score"),
-                    F.lit(None).cast("string").alias("bound_id"),
-                )
-            )
-            own = own_lists(streamed, items.partitions, depth)
+            # Every item's new entries, and the changed items' partial own lists, all merged per
+            # item in the one shuffle below.
+            union = union.union(_entries(streamed.filter("NOT own"), NEW)).union(_entries(streamed.filter("own"), OWN))
         phases["score_changed"] = time.perf_counter() - mark
         mark = time.perf_counter()
-        union = entries[0]
-        for more in entries[1:]:
-            union = union.union(more)
         merged = (
-            union.repartitionByRange(items.partitions, "item_id")
+            # Hashed, not ranged: any partitioning that keeps an item's rows together will do,
+            # and a range costs a sampling pass over every list first.
+            union.repartition(items.partitions, "item_id")
             .sortWithinPartitions("item_id")
             .mapInArrow(_merge_function(stale_bc, depth, needed), MERGED)
             .persist(StorageLevel.MEMORY_AND_DISK)
         )
         held.append(merged)
-        # Changed and new items were scored in the pass above; the others here lost too much.
-        again = {r.item_id for r in merged.filter("rescore").select("item_id").toLocalIterator()} - stale
+        # Lists that lost more than their reserve.
+        again = {r.item_id for r in merged.filter("rescore").select("item_id").collect()}
         phases["merge"] = time.perf_counter() - mark
-        lists = merged.filter("NOT rescore").drop("rescore")
-        if own is not None:
-            lists = lists.unionByName(own)
+        state = merged.filter("NOT rescore").select(*STATE_COLUMNS)
         rescored = decided.new + decided.changed + len(again)
         if again:
             mark = time.perf_counter()
-            cut, more = stream(spark, run_id, items, settings, held, again, depth, False, "lists cut short")
+            cut, more = stream(spark, run_id, items, settings, held, again, depth, False, "lists cut short", probed)
             pairs += more
-            lists = lists.unionByName(own_lists(cut, items.partitions, depth))
+            state = state.unionByName(_with_fingerprints(fps, own_lists(cut, items.partitions, depth), again))
             phases["rescore"] = time.perf_counter() - mark
     mark = time.perf_counter()
-    state = (
-        fps.join(lists, "item_id", "left")
-        .select(
-            "item_id",
-            "fingerprint",
-            F.coalesce("neighbour_ids", F.array().cast("array<string>")).alias("neighbour_ids"),
-            F.coalesce("scores", F.array().cast("array<float>")).alias("scores"),
-            "bound_score",
-            "bound_id",
-        )
-        .persist(StorageLevel.MEMORY_AND_DISK)
-    )
+    state = state.persist(StorageLevel.MEMORY_AND_DISK)
     held.append(state)
     from lookalike.io.sparkparquet import write_sorted
 
@@ -294,7 +293,7 @@ def search(
         lists_directory,
         schemas.arrow_schema(schemas.NEIGHBOUR_LISTS),
         s3,
-        STATE_ROWS_PER_FILE,
+        state_rows_per_file(n_items, sc.defaultParallelism),
     )
     written = watch.collect(
         spark,
@@ -303,8 +302,14 @@ def search(
         n_items,
         write_lists(state, items.partitions, directory, settings.k, s3, settings.row_group_rows, items.hide),
     )
+    lists_summary = {"result_settings": result_settings, "depth": depth, "items": n_items, "mode": decided.mode}
+    if method_ivf and centroids is not None and centroids_directory is not None:
+        incremental_ivf.write_centroids(centroids_directory, centroids, s3)
+        nprobe = ivf_summary["ivf"]["nprobe"]
+        lists_summary.update({"nlist": len(centroids), "nprobe": nprobe, "trained_recall": trained_recall})
     phases["write"] = time.perf_counter() - mark
     summary = {
+        **ivf_summary,
         "mode": decided.mode,
         "mode_reason": decided.full_reason or "lists kept from the previous run",
         "new_items": decided.new,
@@ -318,5 +323,6 @@ def search(
         written=written,
         summary=summary,
         phases=phases,
-        state={"result_settings": result_settings, "depth": depth, "items": n_items, "mode": decided.mode},
+        state=lists_summary,
+        centroids=centroids,
     )

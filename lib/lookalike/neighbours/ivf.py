@@ -62,6 +62,13 @@ def nearest(vectors: np.ndarray, centroids: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
+def assignment(vectors: np.ndarray, centroids: np.ndarray, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
+    """(the ``nprobe`` lists each unit vector probes as a query, best first; the list it belongs
+    to as a candidate: the first of them), as the search routes them."""
+    probes = nearest(vectors, centroids, nprobe)
+    return probes, probes[:, 0]
+
+
 def train(sample: np.ndarray, nlist: int, iterations: int = KMEANS_ITERATIONS, seed: int = 0) -> np.ndarray:
     """Spherical k-means: (nlist, d) unit float32 centroids of the unit rows of ``sample``.
 

@@ -225,16 +225,26 @@ def sample_queries(ordered, n_queries: int, size: int, seed: int, layout: rules.
 
 
 def exact_for_sample(
-    ordered, offsets_bc, sample_bc, k: int, min_score: float | None, dim: int, layout: rules.Layout = rules.NO_RULES
+    ordered,
+    offsets_bc,
+    sample_bc,
+    k: int,
+    min_score: float | None,
+    dim: int,
+    layout: rules.Layout = rules.NO_RULES,
+    probed: tuple | None = None,
 ) -> np.ndarray:
     """(sample, k) global indices of the exact top-k of each sampled query over every candidate:
-    the sample is broadcast and the candidates scanned where they are, so no N x N work."""
+    the sample is broadcast and the candidates scanned where they are, so no N x N work.
+    ``probed`` (centroids, nprobe): over the candidates of the lists each query probes instead,
+    which is what an IVF search with those lists finds."""
 
     def scan(batches):
         import pyarrow as pa
 
         ids, column, sample_codes = sample_bc.value
         queries = arrow.vectors(column, dim)
+        probes = None if probed is None else ivf.assignment(queries, *probed)[0]
         for batch, usable, index in _with_indices(offsets_bc, batches):
             cand = np.flatnonzero(usable)
             if not len(cand):
@@ -243,6 +253,8 @@ def exact_for_sample(
             vectors = arrow.vectors(batch.column(batch.schema.get_field_index("vector")), dim)[cand]
             codes = rules.codes_of(batch.column(batch.schema.get_field_index("codes")), layout)
             mask = rules.make(layout, sample_codes, None if codes is None else codes[cand])
+            if probes is not None:
+                mask = rules.with_probes(mask, probes, ivf.assignment(vectors, *probed)[1])
             scores, found = topk.topk_block(
                 queries, vectors, k, self_index=topk.self_positions(ids, cand_ids), min_score=min_score, rules=mask
             )
@@ -392,4 +404,5 @@ def search(spark, run_id: str, items: Prepared, settings: NeighboursConfig, held
         **stats,
     }
     out.partials = scored
+    out.centroids = centroids
     return out

@@ -38,17 +38,22 @@ NO_RULES = Layout()
 
 @dataclass(frozen=True)
 class Rules:
-    """Codes of a block of queries and of the candidates they are scored against."""
+    """Codes of a block of queries and of the candidates they are scored against; with
+    ``probes``, also IVF's rule (``with_probes``)."""
 
     query: np.ndarray  # (b, width) int64
     candidate: np.ndarray  # (m, width) int64
     same: bool
+    probes: np.ndarray | None = None  # (b, nprobe): the lists each query probes
+    lists: np.ndarray | None = None  # (m,): each candidate's list
 
     def rows(self, index) -> Rules:
-        return Rules(self.query[index], self.candidate, self.same)
+        probes = None if self.probes is None else self.probes[index]
+        return Rules(self.query[index], self.candidate, self.same, probes, self.lists)
 
     def columns(self, index) -> Rules:
-        return Rules(self.query, self.candidate[index], self.same)
+        lists = None if self.lists is None else self.lists[index]
+        return Rules(self.query, self.candidate[index], self.same, self.probes, lists)
 
     def mask(self, scores: np.ndarray, first: int = 0) -> None:
         """Scores of the pairs the rules forbid -> -inf, in place; ``scores`` (b, w) is against
@@ -62,6 +67,21 @@ class Rules:
             else:
                 banned = (q == c) & (q != NULL)
             scores[banned] = -np.inf
+        if self.probes is not None and self.lists is not None:
+            lists = self.lists[first : first + width][None, :]
+            probed = self.probes[:, :1] == lists
+            for j in range(1, self.probes.shape[1]):
+                probed |= self.probes[:, j : j + 1] == lists
+            scores[~probed] = -np.inf
+
+
+def with_probes(rules: Rules | None, probes: np.ndarray, lists: np.ndarray) -> Rules:
+    """``rules`` (None: none) plus IVF's: a query only gets candidates of the lists it probes.
+    What an IVF search returns, as a mask, so that the exact kernel computes it for any subset of
+    queries and candidates (neighbours.incremental with method ivf)."""
+    if rules is None:
+        rules = Rules(np.zeros((len(probes), 0), np.int64), np.zeros((len(lists), 0), np.int64), False)
+    return Rules(rules.query, rules.candidate, rules.same, np.asarray(probes), np.asarray(lists))
 
 
 def make(layout: Layout, query_codes: np.ndarray | None, candidate_codes: np.ndarray | None) -> Rules | None:

@@ -28,6 +28,7 @@ class Scored:
     summary: dict = field(default_factory=dict)
     phases: dict = field(default_factory=dict)  # seconds per phase
     state: dict | None = None  # neighbours.incremental: the summary its lists table is committed with
+    centroids: Any = None  # method ivf: the (nlist, d) centroids the lists were made with
 
 
 @dataclass(frozen=True)

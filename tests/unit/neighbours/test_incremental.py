@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lookalike.neighbours.incremental import EMPTY, Bound, full_list, merge_list, refresh
+from lookalike.neighbours.incremental import EMPTY, Bound, Merged, full_list, merge_list, refresh
 
 
 def normalised(x: np.ndarray) -> np.ndarray:
@@ -153,3 +153,14 @@ def test_day_after_day_with_bounds_carried_the_lists_stay_those_of_brute_force()
         vectors, lists_n, lists_s = new, got.neighbours, got.scores
         bounds = (got.bound_scores, got.bound_positions)
     assert rescored_unchanged > 0  # the reserves did run out on some days
+
+
+def test_a_list_that_held_every_candidate_and_fills_up_gets_a_bound():
+    # No candidate before (alone in its `same` group, say); the changed items offer their best
+    # `depth` of more: the list is full, and an item the new entries left out ranks after its
+    # last entry, so that entry is its bound (without one, a later deletion would leave a gap).
+    new = [("a", 0.9), ("b", 0.8), ("c", 0.7)]
+    merged = merge_list([], new, None, depth=3, needed=1)
+    assert merged == Merged(["a", "b", "c"], [np.float32(0.9), np.float32(0.8), np.float32(0.7)], Bound(0.7, "c"))
+    # One fewer than the depth: every candidate there was, no bound.
+    assert merge_list([], new[:2], None, depth=3, needed=1).bound is None

@@ -62,3 +62,28 @@ def test_rules_need_an_attributes_table():
         validate(from_dict({"neighbours": {"same": "category"}}))
     with pytest.raises(ConfigError, match="no neighbour at all"):
         validate(from_dict({"neighbours": {"attributes": "a.csv", "same": "c", "exclude_same": "c"}}))
+
+
+def test_probed_lists_mask_inside_the_kernel_gives_the_ivf_top_k_with_other_rules():
+    """IVF as a rule (neighbours.incremental with method ivf): a candidate only where its list is
+    among the query's nprobe probed lists, combined with exclude_same, equals brute force."""
+    from lookalike.neighbours import ivf
+
+    rng = np.random.default_rng(4)
+    unit, _ = normalise(rng.standard_normal((400, 16)))
+    centroids = ivf.train(unit, 12, seed=1)
+    probes = ivf.nearest(unit, centroids, 3)
+    lists = probes[:, 0]
+    family = rng.integers(0, 20, 400)
+    mask = rules.with_probes(rules.Rules(family[:50, None], family[:, None], same=False), probes[:50], lists)
+    _, found = topk.topk_block(unit[:50], unit, 6, self_index=np.arange(50), rules=mask, sub_block=96)
+    alone = rules.with_probes(None, probes[:50], lists)
+    _, found_alone = topk.topk_block(unit[:50], unit, 6, self_index=np.arange(50), rules=alone, sub_block=96)
+    wide = unit.astype(np.float64)
+    for q in range(50):
+        probed = set(probes[q].tolist())
+        pool = sorted((-np.float32(wide[q] @ wide[j]), j) for j in range(400) if j != q and lists[j] in probed)
+        assert found_alone[q].tolist() == [j for _, j in pool[:6]]
+        assert found[q].tolist() == [j for _, j in pool if family[j] != family[q]][:6]
+    # The rows and columns of a mask slice both sides consistently.
+    assert rules.with_probes(None, probes[:50], lists).rows(np.arange(5)).probes.shape == (5, 3)
