@@ -287,9 +287,9 @@ def days_section(args, report: dict) -> None:
         x, lists_n, lists_s = new_x, got.neighbours, got.scores
         bound_s, bound_p = got.bound_scores, got.bound_positions
     want_n, want_s = _brute(x, depth)
-    # refresh scores with plain float32 matmuls of varying shapes (the job rescores canonically in
-    # float64), so two near-equal scores may swap: count the rows whose top k differ, and those
-    # among them where the scores at the differing ranks agree to 1e-6.
+    # Both score in float64 rounded to float32 (the job's canonical score): the lists should be
+    # identical; count the rows whose top k differ anyway, and those among them where the scores
+    # at the differing ranks agree to 1e-6.
     differ = np.flatnonzero((lists_n[:, :k] != want_n[:, :k]).any(axis=1))
     near_ties = [row for row in differ if np.allclose(lists_s[row, :k], want_s[row, :k], atol=1e-6)]
     report["days"] = {
@@ -310,8 +310,9 @@ def _brute(x: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]:
     n = len(x)
     out_n = np.full((n, depth), EMPTY, np.int64)
     out_s = np.full((n, depth), -np.inf, np.float32)
+    wide = x.astype(np.float64)
     for start in range(0, n, 1024):
-        scores = x[start : start + 1024] @ x.T
+        scores = (wide[start : start + 1024] @ wide.T).astype(np.float32)
         scores[np.arange(len(scores)), np.arange(start, start + len(scores))] = -np.inf
         part = np.argpartition(-scores, depth, axis=1)[:, : depth + 1]
         for r in range(len(scores)):

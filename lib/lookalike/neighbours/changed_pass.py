@@ -276,16 +276,14 @@ def lists_function(depth: int):
     return lists
 
 
-def append_list(out: dict, item: str, lists: Merged | None) -> None:
-    """One LISTS (or MERGED) row into ``out``'s columns; None: a row to score again."""
+def append_list(out: dict, item: str, lists: Merged) -> None:
+    """One LISTS row into ``out``'s columns."""
     out["item_id"].append(item)
-    out["neighbour_ids"].append([] if lists is None else lists.neighbours)
-    out["scores"].append([] if lists is None else lists.scores)
-    bound = None if lists is None else lists.bound
+    out["neighbour_ids"].append(lists.neighbours)
+    out["scores"].append(lists.scores)
+    bound = lists.bound
     out["bound_score"].append(None if bound is None else float(bound.score))
     out["bound_id"].append(None if bound is None else bound.neighbour)
-    if "rescore" in out:
-        out["rescore"].append(lists is None)
 
 
 def arrow_schema(ddl: str):

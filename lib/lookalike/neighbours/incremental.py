@@ -123,8 +123,10 @@ def refresh(
     out_s = np.full((n, depth), -np.inf, dtype=np.float32)
     moved = np.flatnonzero(changed)
     # Scores of the changed items against every item: their own rows, and every other row's new
-    # candidates (the same matrix, read by columns).
-    block = vectors[moved] @ vectors.T if len(moved) else np.zeros((0, n), np.float32)
+    # candidates (the same matrix, read by columns). Products in float64, rounded to float32: the
+    # job's canonical score (topk), so that near-ties order as a full run orders them.
+    wide = np.asarray(vectors, dtype=np.float64)
+    block = (wide[moved] @ wide.T).astype(np.float32) if len(moved) else np.zeros((0, n), np.float32)
     rescore = changed.copy()
     out_bound_s = np.full(n, -np.inf, dtype=np.float32)
     out_bound_p = np.full(n, EMPTY, dtype=np.int64)
@@ -156,7 +158,7 @@ def refresh(
         if merged.bound is not None:
             out_bound_s[row], out_bound_p[row] = merged.bound.score, merged.bound.neighbour
     for row in np.flatnonzero(rescore):
-        row_scores = vectors[row] @ vectors.T
+        row_scores = (wide[row] @ wide.T).astype(np.float32)
         row_scores[row] = -np.inf
         order = np.lexsort((np.arange(n), -row_scores))[: min(depth, n - 1)]
         made = full_list(order.tolist(), row_scores[order].tolist(), depth)

@@ -7,13 +7,17 @@ list k + reserve deep) brought up to date with what changed in the embeddings, s
    run, which also writes the lists).
 2. One pass over every item against a broadcast chunk of the changed ones (``stream_function``):
    each item's best among the changed candidates (its new entries), and each changed item's best
-   among every candidate (its own list, merged from every task's partial list).
-3. Per item (incremental.merge_list's rule, applied to whole Arrow tables by
-   incremental_merge.merge_table): the kept entries minus the stale ones, plus the new ones, cut
-   at the old list's bound. A list that lost more than its reserve is scored again by another
-   such pass with those items as the chunk.
+   among this task's candidates (a partial own list).
+3. One shuffle brings every item's rows together, and per item (incremental.merge_list's rule,
+   applied to whole Arrow tables by incremental_merge.merge_table): the kept entries minus the
+   stale ones, plus the new ones, cut at the old list's bound; a changed item's list from its
+   partial ones. A list that lost more than its reserve is scored again by another such pass
+   with those items as the chunk.
 4. The lists table and the published table (its first k, hide_duplicates applied) are written
    from the same lists, so the published table equals a full recompute's.
+
+With method ivf the same steps run with IVF's rule in the kernel and the centroids of the
+previous run (incremental_ivf), and a full run trains them again.
 """
 
 from __future__ import annotations
