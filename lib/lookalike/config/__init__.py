@@ -16,6 +16,7 @@ from lookalike.config.loading import (
 )
 from lookalike.config.models import (
     DEFAULT_IMAGE_PATTERN,
+    NEIGHBOURS_AUTO_NPROBE_KEYS,
     NEIGHBOURS_IVF_RESULT_KEYS,
     NEIGHBOURS_RESULT_KEYS,
     NEIGHBOURS_RULE_KEYS,
@@ -33,6 +34,7 @@ from lookalike.errors import ConfigError
 
 __all__ = [
     "DEFAULT_IMAGE_PATTERN",
+    "NEIGHBOURS_AUTO_NPROBE_KEYS",
     "NEIGHBOURS_IVF_RESULT_KEYS",
     "NEIGHBOURS_RESULT_KEYS",
     "NEIGHBOURS_RULE_KEYS",

@@ -57,6 +57,12 @@ def _validate_neighbour_rules(settings: NeighboursConfig) -> None:
                 f"config key 'neighbours.{key}': {column!r} is not an attribute column; name a column such "
                 f"as category or product family of neighbours.attributes, or set it to null"
             )
+    if settings.method == "ivf" and settings.nprobe == 0 and settings.recall_sample == 0:
+        raise ConfigError(
+            "config key 'neighbours.nprobe' is 0 (chosen to reach neighbours.target_recall), which needs "
+            "queries to measure recall on, but neighbours.recall_sample is 0; set recall_sample "
+            "(default 1000) or a fixed nprobe"
+        )
     if settings.same is not None and settings.same == settings.exclude_same:
         raise ConfigError(
             f"config keys 'neighbours.same' and 'neighbours.exclude_same' both name {settings.same!r}: that "

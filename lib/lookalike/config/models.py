@@ -207,7 +207,22 @@ class NeighboursConfig(Settings):
     nlist: int = setting(
         0, "IVF: number of lists (0 = about sqrt(N)).", "0 (auto, about sqrt(N)) or a positive integer", ge=0
     )
-    nprobe: int = setting(8, "IVF: lists scanned per query.", POSITIVE, ge=1)
+    nprobe: int = setting(
+        0,
+        "IVF: lists scanned per query; 0: the fewest that reach `target_recall` on the recall sample, "
+        "chosen before the search from the sample's exact neighbours.",
+        "0 (chosen from target_recall) or a positive integer",
+        ge=0,
+    )
+    target_recall: float = setting(
+        0.95,
+        "IVF with nprobe 0: the recall@k to reach on the recall sample. nprobe is raised until it does, "
+        "up to a quarter of the lists (beyond that exact search costs little more); the summary reports "
+        "the nprobe chosen and the recall, or that the target was not reached.",
+        "a share in (0, 1]",
+        gt=0,
+        le=1,
+    )
     recall_sample: int = setting(
         1000,
         "IVF: queries sampled to measure recall@k against exact search, reported in the run summary (0 = off).",
@@ -277,6 +292,8 @@ class NeighboursConfig(Settings):
         unchanged-input skip. A candidates table counts as "a table": its content is identified
         apart (neighbours.inputs.candidates_identity)."""
         keys = NEIGHBOURS_RESULT_KEYS + (NEIGHBOURS_IVF_RESULT_KEYS if self.method == "ivf" else ())
+        if self.method == "ivf" and self.nprobe == 0:
+            keys += NEIGHBOURS_AUTO_NPROBE_KEYS
         values = {key: getattr(self, key) for key in keys}
         if isinstance(self.candidates, list):
             # The job reads the list as a set of string ids.
@@ -301,6 +318,8 @@ NEIGHBOURS_RESULT_KEYS = ("k", "min_score", "method", "candidates") + NEIGHBOURS
 # IVF's answer depends on its lists; exact search ignores these keys. partitions is here because
 # Spark draws the seeded k-means training sample partition by partition.
 NEIGHBOURS_IVF_RESULT_KEYS = ("nlist", "nprobe", "seed", "partitions")
+# With nprobe 0 the sample and the target choose nprobe, so they decide the table too.
+NEIGHBOURS_AUTO_NPROBE_KEYS = ("target_recall", "recall_sample")
 
 
 class DuplicatesConfig(Settings):
@@ -378,7 +397,7 @@ class Config(Settings):
 # Keys added to a section after outputs recorded its fingerprint, with their defaults.
 ADDED_LATER: dict[str, dict[str, Any]] = {
     "input": {"follow_links": False},
-    "neighbours": {"incremental": False, "reserve": 10},
+    "neighbours": {"incremental": False, "reserve": 10, "target_recall": 0.95},
     "duplicates": {"incremental": False},
     "output": {
         "catalog": {"type": "sql", "uri": None, "endpoint_url": None, "region": None, "warehouse": None},

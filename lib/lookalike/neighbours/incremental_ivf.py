@@ -20,7 +20,7 @@ import numpy as np
 from lookalike import schemas
 from lookalike.config import NeighboursConfig, S3Config
 from lookalike.io.current import Current
-from lookalike.neighbours import arrow, ivf, ivf_stage
+from lookalike.neighbours import arrow, ivf, ivf_recall
 from lookalike.neighbours.prepare import Prepared, candidate_offsets
 
 log = logging.getLogger(__name__)
@@ -85,15 +85,15 @@ def sampled_recall(
     if not settings.recall_sample:
         return None, 0
     sc = spark.sparkContext
-    ids, vectors, codes = ivf_stage.sample_queries(
+    ids, vectors, codes = ivf_recall.sample_queries(
         items.ordered, items.queries, settings.recall_sample, settings.seed, items.layout
     )
     offsets_bc = sc.broadcast(candidate_offsets(items.ordered))
     sample_bc = sc.broadcast((ids, vectors, codes))
     held.extend([offsets_bc, sample_bc])
     args = (items.ordered, offsets_bc, sample_bc, k, settings.min_score, items.dim, items.layout)
-    exact = ivf_stage.exact_for_sample(*args)
-    found = ivf_stage.exact_for_sample(*args, probed=(kept.centroids, kept.nprobe))
+    exact = ivf_recall.exact_for_sample(*args)
+    found = ivf_recall.exact_for_sample(*args, probed=(kept.centroids, kept.nprobe))
     recall = ivf.recall(
         {q: set(row[row >= 0].tolist()) for q, row in zip(ids, found, strict=True)},
         {q: set(row[row >= 0].tolist()) for q, row in zip(ids, exact, strict=True)},

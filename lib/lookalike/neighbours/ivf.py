@@ -69,6 +69,41 @@ def assignment(vectors: np.ndarray, centroids: np.ndarray, nprobe: int) -> tuple
     return probes, probes[:, 0]
 
 
+@dataclass(frozen=True)
+class Chosen:
+    """nprobe chosen for a target recall: the recall@k it gives on the sample, and whether that
+    reaches the target (it may not within ``cap`` lists)."""
+
+    nprobe: int
+    recall: float | None
+    target_met: bool
+
+
+def recall_by_nprobe(query_probes: np.ndarray, neighbour_lists: list[np.ndarray]) -> np.ndarray:
+    """(nlist + 1,) recall@k of IVF on a sample at every nprobe (index p: probing p lists).
+    ``query_probes`` (sample, nlist): every list by each sampled query's ranking, best first;
+    ``neighbour_lists[q]``: the lists of query q's exact top k. IVF rescores the candidates of the
+    probed lists exactly, so an exact neighbour is found exactly when its list is probed: at
+    nprobe p, when the list's rank for that query is below p."""
+    nlist = query_probes.shape[1]
+    rank = np.empty_like(query_probes)
+    rank[np.arange(len(query_probes))[:, None], query_probes] = np.arange(nlist)
+    ranks = np.concatenate([rank[q, lists] for q, lists in enumerate(neighbour_lists)] or [np.zeros(0, np.int64)])
+    if not len(ranks):
+        return np.full(nlist + 1, np.nan)
+    found = np.concatenate([[0], np.cumsum(np.bincount(ranks, minlength=nlist))])
+    return found / len(ranks)
+
+
+def choose_nprobe(recalls: np.ndarray, target: float, cap: int) -> Chosen:
+    """The fewest lists (1 .. cap) whose sampled recall reaches ``target``; else ``cap``."""
+    if np.isnan(recalls).all():
+        return Chosen(max(1, cap), None, False)
+    reached = np.flatnonzero(recalls[1 : cap + 1] >= target - 1e-12)
+    nprobe = int(reached[0]) + 1 if len(reached) else cap
+    return Chosen(nprobe, float(recalls[nprobe]), bool(len(reached)))
+
+
 def train(sample: np.ndarray, nlist: int, iterations: int = KMEANS_ITERATIONS, seed: int = 0) -> np.ndarray:
     """Spherical k-means: (nlist, d) unit float32 centroids of the unit rows of ``sample``.
 

@@ -10,7 +10,7 @@ lookalike.neighbours.ivf.
    one of its ``nprobe`` lists. A shuffle on the group id (the join on list ids) brings each
    group's candidates and then its queries together, sorted, and ``score`` scans them per list
    with ``topk.topk_block``: PARTIAL rows, merged per item by ``write.merge_and_write``.
-6. ``exact_for_sample``: the exact top-k of sampled queries (the sample broadcast, candidates
+6. ``ivf_recall.exact_for_sample``: the exact top-k of sampled queries (the sample broadcast, candidates
    scanned in place) to measure recall.
 
 ``search`` runs these steps in order and reports the lists' statistics and the recall.
@@ -26,7 +26,8 @@ import numpy as np
 
 from lookalike.config import NeighboursConfig
 from lookalike.neighbours import arrow, ivf, rules, topk, watch
-from lookalike.neighbours.prepare import USABLE, Prepared, candidate_offsets
+from lookalike.neighbours.ivf_recall import exact_for_sample, found_for_sample, sample_queries
+from lookalike.neighbours.prepare import USABLE, Prepared, candidate_offsets, with_candidate_indices
 from lookalike.neighbours.write import Scored
 
 log = logging.getLogger(__name__)
@@ -48,19 +49,6 @@ def training_sample(ordered, n_candidates: int, size: int, dim: int, seed: int) 
     if len(vectors) < min(size, n_candidates) // 2:
         raise RuntimeError(f"the k-means sample came back with {len(vectors)} of {size} vectors")
     return vectors
-
-
-def _with_indices(offsets_bc, batches):
-    """(batch, global candidate index of each row or -1) for rows of ordered.filter('valid')."""
-    from pyspark import TaskContext
-
-    seen = int(offsets_bc.value[TaskContext.get().partitionId()])
-    for batch in batches:
-        usable = batch.column(batch.schema.get_field_index("is_candidate")).to_numpy(zero_copy_only=False)
-        index = np.full(batch.num_rows, -1, dtype=np.int64)
-        index[usable] = seen + np.arange(int(usable.sum()))
-        seen += int(usable.sum())
-        yield batch, usable, index
 
 
 def list_sizes(ordered, centroids_bc, nlist: int, dim: int) -> np.ndarray:
@@ -88,7 +76,7 @@ def route(ordered, centroids_bc, plan_bc, offsets_bc, nprobe: int, dim: int):
         import pyarrow as pa
 
         the_plan = plan_bc.value
-        for batch, usable, index in _with_indices(offsets_bc, batches):
+        for batch, usable, index in with_candidate_indices(offsets_bc, batches):
             if batch.num_rows == 0:
                 continue
             column = batch.column(batch.schema.get_field_index("vector"))
@@ -208,95 +196,6 @@ def score(
 
 
 # --------------------------------------------------------------------------------------------
-# Recall against exact search on a sample of queries
-
-
-def sample_queries(ordered, n_queries: int, size: int, seed: int, layout: rules.Layout = rules.NO_RULES):
-    """(ids, vectors, rule codes or None) of about ``size`` valid items, reproducibly."""
-    rows = ordered.filter("valid").select("item_id", "vector", "codes")
-    if size < n_queries:
-        rows = rows.sample(False, min(1.0, 1.2 * size / n_queries), seed=seed)
-    table = arrow.to_arrow(rows).slice(0, size)
-    return (
-        np.array(table.column("item_id").to_pylist(), dtype=object),
-        table.column("vector").combine_chunks(),
-        rules.codes_of(table.column("codes").combine_chunks(), layout),
-    )
-
-
-def exact_for_sample(
-    ordered,
-    offsets_bc,
-    sample_bc,
-    k: int,
-    min_score: float | None,
-    dim: int,
-    layout: rules.Layout = rules.NO_RULES,
-    probed: tuple | None = None,
-) -> np.ndarray:
-    """(sample, k) global indices of the exact top-k of each sampled query over every candidate:
-    the sample is broadcast and the candidates scanned where they are, so no N x N work.
-    ``probed`` (centroids, nprobe): over the candidates of the lists each query probes instead,
-    which is what an IVF search with those lists finds."""
-
-    def scan(batches):
-        import pyarrow as pa
-
-        ids, column, sample_codes = sample_bc.value
-        queries = arrow.vectors(column, dim)
-        probes = None if probed is None else ivf.assignment(queries, *probed)[0]
-        for batch, usable, index in _with_indices(offsets_bc, batches):
-            cand = np.flatnonzero(usable)
-            if not len(cand):
-                continue
-            cand_ids = batch.column(batch.schema.get_field_index("item_id")).to_numpy(zero_copy_only=False)[cand]
-            vectors = arrow.vectors(batch.column(batch.schema.get_field_index("vector")), dim)[cand]
-            codes = rules.codes_of(batch.column(batch.schema.get_field_index("codes")), layout)
-            mask = rules.make(layout, sample_codes, None if codes is None else codes[cand])
-            if probes is not None:
-                mask = rules.with_probes(mask, probes, ivf.assignment(vectors, *probed)[1])
-            scores, found = topk.topk_block(
-                queries, vectors, k, self_index=topk.self_positions(ids, cand_ids), min_score=min_score, rules=mask
-            )
-            present = found != topk.EMPTY_ID
-            rows = np.nonzero(present)[0]
-            yield pa.RecordBatch.from_arrays(
-                [pa.array(rows, pa.int64()), pa.array(index[cand][found[present]]), pa.array(scores[present])],
-                names=["query", "neighbour_index", "score"],
-            )
-
-    parts = arrow.to_arrow(
-        ordered.filter("valid")
-        .select("item_id", "is_candidate", "vector", "codes")
-        .mapInArrow(scan, "query long, neighbour_index long, score float")
-    )
-    n = len(sample_bc.value[0])
-    _, best = topk.keep_best(
-        parts.column("query").to_numpy(),
-        parts.column("neighbour_index").to_numpy(),
-        parts.column("score").to_numpy(),
-        n,
-        k,
-    )
-    return best
-
-
-def found_for_sample(partials, ids: np.ndarray, k: int) -> dict:
-    """{query id: set of global indices} of the IVF top-k of the sampled queries."""
-    from pyspark.sql import functions as F
-
-    wanted = partials.sparkSession.createDataFrame([(str(i),) for i in ids], "item_id string")
-    table = arrow.to_arrow(partials.join(F.broadcast(wanted), "item_id"))
-    if table.num_rows == 0:
-        return {}
-    items, codes = np.unique(table.column("item_id").to_numpy(zero_copy_only=False), return_inverse=True)
-    _, best = topk.keep_best(
-        codes, table.column("neighbour_index").to_numpy(), table.column("score").to_numpy(), len(items), k
-    )
-    return {item: set(row[row != topk.EMPTY_ID].tolist()) for item, row in zip(items, best, strict=True)}
-
-
-# --------------------------------------------------------------------------------------------
 # The strategy
 
 
@@ -315,7 +214,7 @@ def search(spark, run_id: str, items: Prepared, settings: NeighboursConfig, held
     phases = out.phases
     nlist = min(settings.nlist or ivf.auto_nlist(n_candidates), n_candidates)
     nprobe = min(settings.nprobe, nlist)
-    if nprobe < settings.nprobe:
+    if settings.nprobe and nprobe < settings.nprobe:
         log.info(
             "neighbours.nprobe=%d is more than the %d lists: every list is probed (exact search)",
             settings.nprobe,
@@ -340,6 +239,35 @@ def search(spark, run_id: str, items: Prepared, settings: NeighboursConfig, held
     centroids_bc = sc.broadcast(centroids)
     held.append(centroids_bc)
     phases["ivf_train"] = time.perf_counter() - mark
+
+    # The recall sample's exact neighbours, before the search: with nprobe 0 where they sit in the
+    # lists chooses nprobe, and the recall is measured against them after the search either way.
+    sampled = None
+    chosen = None
+    if settings.recall_sample:
+        mark = time.perf_counter()
+        ids, vectors, sample_codes = sample_queries(ordered, n_queries, settings.recall_sample, settings.seed, layout)
+        sample_bc = sc.broadcast((ids, vectors, sample_codes))
+        held.append(sample_bc)
+        exact, exact_lists = exact_for_sample(
+            ordered, offsets_bc, sample_bc, k, min_score, dim, layout, lists_of=centroids
+        )
+        sampled = (ids, exact)
+        if not settings.nprobe:
+            ranking = ivf.nearest(arrow.vectors(vectors, dim), centroids, nlist)
+            recalls = ivf.recall_by_nprobe(ranking, [row[row >= 0] for row in exact_lists])
+            chosen = ivf.choose_nprobe(recalls, settings.target_recall, max(1, nlist // 4))
+            nprobe = chosen.nprobe
+            log.info(
+                "IVF: nprobe %d for recall@%d %s on %d sampled queries (target %.3f%s)",
+                nprobe,
+                k,
+                "n/a" if chosen.recall is None else f"{chosen.recall:.4f}",
+                len(ids),
+                settings.target_recall,
+                "" if chosen.target_met else f", not reached within {max(1, nlist // 4)} of {nlist} lists",
+            )
+        phases["recall_sample"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
     sizes = list_sizes(ordered, centroids_bc, nlist, dim)
@@ -375,15 +303,12 @@ def search(spark, run_id: str, items: Prepared, settings: NeighboursConfig, held
     stats["partial_rows_per_query"] = round(routed_rows / max(1, n_queries), 2)
 
     recall = None
-    if settings.recall_sample:
+    if sampled is not None:
         mark = time.perf_counter()
-        ids, vectors, sample_codes = sample_queries(ordered, n_queries, settings.recall_sample, settings.seed, layout)
-        sample_bc = sc.broadcast((ids, vectors, sample_codes))
-        held.append(sample_bc)
-        exact = exact_for_sample(ordered, offsets_bc, sample_bc, k, min_score, dim, layout)
+        ids, exact = sampled
         found = found_for_sample(scored, ids, k)
         recall = ivf.recall(found, {q: set(row[row >= 0].tolist()) for q, row in zip(ids, exact, strict=True)})
-        phases["recall_sample"] = time.perf_counter() - mark
+        phases["recall_sample"] += time.perf_counter() - mark
         log.info(
             "IVF: recall@%d = %s on %d sampled queries (against exact search)",
             k,
@@ -399,6 +324,17 @@ def search(spark, run_id: str, items: Prepared, settings: NeighboursConfig, held
     out.summary["ivf"] = {
         "nlist": nlist,
         "nprobe": nprobe,
+        # How nprobe was set: pinned, or chosen for target_recall (with the sample's recall there).
+        "nprobe_from": "neighbours.nprobe" if settings.nprobe else "target_recall",
+        **(
+            {}
+            if chosen is None
+            else {
+                "target_recall": settings.target_recall,
+                "target_met": chosen.target_met,
+                "sampled_recall_at_chosen_nprobe": None if chosen.recall is None else round(chosen.recall, 4),
+            }
+        ),
         "trained_on": int(min(size, n_candidates)),
         "kmeans_iterations": ivf.KMEANS_ITERATIONS,
         **stats,

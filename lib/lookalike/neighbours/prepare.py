@@ -334,3 +334,16 @@ def candidate_offsets(ordered) -> np.ndarray:
     counts = dict(flags.mapInArrow(_count_true, "partition int, rows long").collect())
     n = ordered.rdd.getNumPartitions()
     return np.concatenate([[0], np.cumsum([counts.get(p, 0) for p in range(n)])]).astype(np.int64)
+
+
+def with_candidate_indices(offsets_bc, batches):
+    """(batch, global candidate index of each row or -1) for rows of ordered.filter('valid')."""
+    from pyspark import TaskContext
+
+    seen = int(offsets_bc.value[TaskContext.get().partitionId()])
+    for batch in batches:
+        usable = batch.column(batch.schema.get_field_index("is_candidate")).to_numpy(zero_copy_only=False)
+        index = np.full(batch.num_rows, -1, dtype=np.int64)
+        index[usable] = seen + np.arange(int(usable.sum()))
+        seen += int(usable.sum())
+        yield batch, usable, index

@@ -56,6 +56,28 @@ def test_ivf_reported_recall_is_the_recall_of_its_table(spark, clustered):
     assert summary["ivf"]["lists"] == 12 and sum(1 for _ in summary["ivf"]["list_size"]) == 5
 
 
+def test_nprobe_0_chooses_the_fewest_lists_that_reach_target_recall(spark, clustered):
+    """neighbours.nprobe 0 (the default): nprobe is chosen before the search from where the sampled
+    queries' exact neighbours sit in the lists. With every query sampled the recall predicted there
+    is the recall of the table, and one list fewer (same seed: same lists) falls short."""
+    tmp, ids, x, embeddings = clustered
+    settings = {"k": 5, "method": "ivf", "nlist": 12, "recall_sample": 10_000}
+    summary = job.run(spark, config(tmp / "auto", embeddings, target_recall=0.9, **settings))
+    chosen = summary["ivf"]
+    assert chosen["nprobe_from"] == "target_recall" and chosen["target_met"] is True
+    assert summary["recall_at_k"] >= 0.9
+    assert chosen["sampled_recall_at_chosen_nprobe"] == pytest.approx(summary["recall_at_k"], abs=1e-4)
+    assert 1 < chosen["nprobe"] <= 12 // 4
+    fewer = job.run(spark, config(tmp / "fewer", embeddings, nprobe=chosen["nprobe"] - 1, **settings))
+    assert fewer["ivf"]["nprobe_from"] == "neighbours.nprobe" and fewer["recall_at_k"] < 0.9
+    # A target no nprobe up to a quarter of the lists reaches (vectors without clusters): the best
+    # there, reported as such.
+    spread = embeddings_dir(tmp / "spread", make_ids(N, seed=4), random_vectors(N, 16, seed=8))
+    unreachable = job.run(spark, config(tmp / "unreachable", spread, target_recall=1.0, **settings))
+    assert unreachable["ivf"]["target_met"] is False and unreachable["ivf"]["nprobe"] == 12 // 4
+    assert unreachable["recall_at_k"] < 1.0
+
+
 def test_ivf_with_candidates_and_min_score_matches_brute_force(spark, clustered):
     tmp, ids, x, embeddings = clustered
     out = tmp / "filtered"

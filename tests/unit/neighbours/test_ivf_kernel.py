@@ -114,3 +114,36 @@ def test_score_group_with_many_exact_ties_takes_the_listwise_path_and_agrees():
     for q in range(n):
         allowed = [j for j in range(n) if lists[j] in probes[q] and j != q]
         assert best_i[q].tolist() == sorted(allowed, key=lambda j: (-np.float32(wide[q] @ wide[j]), j))[:k]
+
+
+def test_recall_at_every_nprobe_from_the_exact_neighbours_lists_equals_ivf_by_brute_force():
+    """nprobe chosen for neighbours.target_recall: the recall predicted for every nprobe from where
+    the sample's exact neighbours sit equals the recall of an IVF search (brute force over the
+    probed lists) at that nprobe; the fewest lists reaching the target are chosen."""
+    from lookalike.neighbours.topk import normalise
+
+    rng = np.random.default_rng(9)
+    centres = rng.standard_normal((10, 12))
+    unit, _ = normalise(centres[rng.integers(0, 10, 500)] + 0.6 * rng.standard_normal((500, 12)))
+    nlist, k = 16, 5
+    centroids = ivf.train(unit, nlist, seed=2)
+    lists = ivf.nearest(unit, centroids, 1)[:, 0]
+    sample = rng.choice(500, 60, replace=False)
+    scores = unit[sample].astype(np.float64) @ unit.astype(np.float64).T
+    scores[np.arange(60), sample] = -np.inf
+    exact = [np.argsort(-row, kind="stable")[:k] for row in scores]
+    ranking = ivf.nearest(unit[sample], centroids, nlist)
+    predicted = ivf.recall_by_nprobe(ranking, [lists[e] for e in exact])
+    assert predicted[0] == 0 and predicted[nlist] == 1
+    for p in range(1, nlist + 1):
+        found = 0
+        for q, row in enumerate(scores):
+            allowed = np.isin(lists, ranking[q, :p])
+            best = np.argsort(-np.where(allowed, row, -np.inf), kind="stable")[:k]
+            found += len(set(best.tolist()) & set(exact[q].tolist()))
+        assert predicted[p] == pytest.approx(found / (60 * k)), p
+    chosen = ivf.choose_nprobe(predicted, 0.9, cap=nlist // 4)
+    reached = [p for p in range(1, nlist // 4 + 1) if predicted[p] >= 0.9]
+    assert chosen.nprobe == (reached[0] if reached else nlist // 4)
+    assert chosen.target_met == bool(reached) and chosen.recall == predicted[chosen.nprobe]
+    assert ivf.choose_nprobe(predicted, 1.0, cap=2) == ivf.Chosen(2, predicted[2], predicted[2] >= 1.0)

@@ -7,7 +7,13 @@ from __future__ import annotations
 
 import pytest
 
-from lookalike.config import NEIGHBOURS_IVF_RESULT_KEYS, NEIGHBOURS_RESULT_KEYS, NeighboursConfig, updated
+from lookalike.config import (
+    NEIGHBOURS_AUTO_NPROBE_KEYS,
+    NEIGHBOURS_IVF_RESULT_KEYS,
+    NEIGHBOURS_RESULT_KEYS,
+    NeighboursConfig,
+    updated,
+)
 
 # One other value for every neighbours key: a key added to NeighboursConfig fails the test below
 # until it is put on one side or the other of NEIGHBOURS_RESULT_KEYS.
@@ -31,17 +37,20 @@ OTHER_VALUE = {
     "hide_duplicates": True,
     "incremental": True,
     "reserve": 3,
+    "target_recall": 0.9,
 }
 
 
-@pytest.mark.parametrize("method", ["exact", "ivf"])
-def test_result_fingerprint_counts_exactly_the_result_keys(method):
-    base = NeighboursConfig(method=method)
+@pytest.mark.parametrize("method,nprobe", [("exact", 0), ("ivf", 0), ("ivf", 8)])
+def test_result_fingerprint_counts_exactly_the_result_keys(method, nprobe):
+    base = NeighboursConfig(method=method, nprobe=nprobe)
     assert set(OTHER_VALUE) == set(NeighboursConfig.model_fields)
     for key, value in OTHER_VALUE.items():
         if key == "method":
             value = "exact" if method == "ivf" else "ivf"
-        counts = key in NEIGHBOURS_RESULT_KEYS or (method == "ivf" and key in NEIGHBOURS_IVF_RESULT_KEYS)
+        # With nprobe 0 (chosen from target_recall on the recall sample) those two decide too.
+        chosen = method == "ivf" and nprobe == 0 and key in NEIGHBOURS_AUTO_NPROBE_KEYS
+        counts = key in NEIGHBOURS_RESULT_KEYS or (method == "ivf" and key in NEIGHBOURS_IVF_RESULT_KEYS) or chosen
         changed = updated(base, **{key: value}).result_fingerprint() != base.result_fingerprint()
         assert changed == counts, key
 
