@@ -13,7 +13,7 @@ import numpy as np
 from lookalike.neighbours import arrow, rules, topk, watch
 from lookalike.neighbours.chunks import rows_per_chunk
 from lookalike.neighbours.incremental import Merged, full_list
-from lookalike.neighbours.prepare import Prepared, candidate_offsets
+from lookalike.neighbours.prepare import Prepared
 from lookalike.neighbours.write import _whole_items, rank_items
 
 LISTS = "item_id string, neighbour_ids array<string>, scores array<float>, bound_score float, bound_id string"
@@ -330,15 +330,15 @@ def stream(
     depth: int,
     new_entries: bool,
     label: str,
+    bounds_bc,
     probed: tuple | None = None,
 ):
     """STREAMED rows of one pass per chunk of ``ids`` over every item (persisted), and the pairs
-    it scored. ``probed``: (centroids, nprobe) of an IVF search, scored with its rule."""
+    it scored. ``bounds_bc``: the broadcast ``prepare.candidate_offsets``; ``probed``:
+    (centroids, nprobe) of an IVF search, scored with its rule."""
     from pyspark import StorageLevel
 
     sc = spark.sparkContext
-    bounds_bc = sc.broadcast(candidate_offsets(items.ordered))
-    held.append(bounds_bc)
     chunks = changed_chunks(
         items.ordered, ids, items.dim, items.layout, rows_per_chunk(settings.broadcast_max_mb, items.dim)
     )

@@ -20,8 +20,8 @@ import numpy as np
 from lookalike import schemas
 from lookalike.config import NeighboursConfig, S3Config
 from lookalike.io.current import Current
-from lookalike.neighbours import arrow, ivf, ivf_recall
-from lookalike.neighbours.prepare import Prepared, candidate_offsets
+from lookalike.neighbours import arrow, ivf_recall
+from lookalike.neighbours.prepare import Prepared
 
 log = logging.getLogger(__name__)
 
@@ -78,35 +78,36 @@ def write_centroids(directory: str, centroids: np.ndarray, s3: S3Config | None) 
 
 
 def sampled_recall(
-    spark, items: Prepared, settings: NeighboursConfig, held: list, kept: KeptLists, k: int
+    spark, items: Prepared, settings: NeighboursConfig, held: list, kept: KeptLists, k: int, offsets_bc
 ) -> tuple[float | None, int]:
     """(recall@k of IVF with the kept lists against exact search, on neighbours.recall_sample
-    queries; the queries sampled). (None, 0) when recall_sample is 0."""
+    queries; the queries sampled). (None, 0) when recall_sample is 0. One scan: IVF finds an
+    exact neighbour exactly when its list is probed (ivf.recall_by_nprobe), so the exact
+    neighbours' lists give IVF's recall without running it."""
     if not settings.recall_sample:
         return None, 0
-    sc = spark.sparkContext
     ids, vectors, codes = ivf_recall.sample_queries(
         items.ordered, items.queries, settings.recall_sample, settings.seed, items.layout
     )
-    offsets_bc = sc.broadcast(candidate_offsets(items.ordered))
-    sample_bc = sc.broadcast((ids, vectors, codes))
-    held.extend([offsets_bc, sample_bc])
-    args = (items.ordered, offsets_bc, sample_bc, k, settings.min_score, items.dim, items.layout)
-    exact = ivf_recall.exact_for_sample(*args)
-    found = ivf_recall.exact_for_sample(*args, probed=(kept.centroids, kept.nprobe))
-    recall = ivf.recall(
-        {q: set(row[row >= 0].tolist()) for q, row in zip(ids, found, strict=True)},
-        {q: set(row[row >= 0].tolist()) for q, row in zip(ids, exact, strict=True)},
+    sample_bc = spark.sparkContext.broadcast((ids, vectors, codes))
+    held.append(sample_bc)
+    _, lists = ivf_recall.exact_for_sample(
+        items.ordered, offsets_bc, sample_bc, k, settings.min_score, items.dim, items.layout, kept.centroids
     )
-    return recall, len(ids)
+    recalls = ivf_recall.recall_by_nprobe(vectors, items.dim, kept.centroids, lists)
+    recall = recalls[min(kept.nprobe, len(kept.centroids))]
+    return (None if np.isnan(recall) else float(recall)), len(ids)
 
 
-def check(spark, items: Prepared, settings: NeighboursConfig, held: list, decided, kept: KeptLists | None, k: int):
+def check(
+    spark, items: Prepared, settings: NeighboursConfig, held: list, decided, kept: KeptLists | None, k: int, offsets_bc
+):
     """(the plan, (centroids, nprobe) to score with or None, summary entries) of an incremental
-    IVF run: a full one (retraining) when no lists were kept or they drifted."""
+    IVF run: a full one (retraining) when no lists were kept or they drifted. ``offsets_bc``:
+    the broadcast ``prepare.candidate_offsets``."""
     if kept is None:
         return replace(decided, full_reason="no IVF centroids kept with the previous lists"), None, {}
-    recall, sampled = sampled_recall(spark, items, settings, held, kept, k)
+    recall, sampled = sampled_recall(spark, items, settings, held, kept, k, offsets_bc)
     summary = {
         "recall_at_k": None if recall is None else round(recall, 4),
         "recall_sample": {"queries": sampled, "k": k, "recall_at_k": None if recall is None else round(recall, 4)},

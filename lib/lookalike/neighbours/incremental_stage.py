@@ -33,7 +33,7 @@ from lookalike.neighbours import exact, incremental_ivf, ivf_stage, watch
 from lookalike.neighbours.changed_pass import LISTS, lists_function, own_lists, stream
 from lookalike.neighbours.incremental_ivf import KeptLists
 from lookalike.neighbours.incremental_merge import CURRENT, ENTRIES, KEPT, MERGED, NEW, OWN, merge_table
-from lookalike.neighbours.prepare import Prepared
+from lookalike.neighbours.prepare import Prepared, candidate_offsets
 from lookalike.neighbours.write import Scored, _whole_items, write_lists
 
 log = logging.getLogger(__name__)
@@ -224,8 +224,15 @@ def search(
     decided, stale = plan(previous, previous_rows, fps, depth, result_settings)
     method_ivf = settings.method == "ivf"
     probed, ivf_summary = None, {}
+    offsets_bc = None
+    if not decided.full_reason:
+        # Each candidate's global index (its rank by id), for every pass below.
+        offsets_bc = sc.broadcast(candidate_offsets(items.ordered))
+        held.append(offsets_bc)
     if method_ivf and not decided.full_reason:
-        decided, probed, ivf_summary = incremental_ivf.check(spark, items, settings, held, decided, kept, depth)
+        decided, probed, ivf_summary = incremental_ivf.check(
+            spark, items, settings, held, decided, kept, depth, offsets_bc
+        )
     centroids = None if kept is None else kept.centroids
     trained_recall = None if kept is None else kept.trained_recall
     phases = {"plan": time.perf_counter() - started}
@@ -258,7 +265,8 @@ def search(
         held.append(stale_bc)
 
         union = _entries(previous_rows, KEPT).union(_entries(fps, CURRENT))
-        streamed, pairs = stream(spark, run_id, items, settings, held, stale, depth, True, "changed items", probed)
+        passing = (spark, run_id, items, settings, held)
+        streamed, pairs = stream(*passing, stale, depth, True, "changed items", offsets_bc, probed)
         if streamed is not None:
             # Every item's new entries, and the changed items' partial own lists, all merged per
             # item in the one shuffle below.
@@ -281,7 +289,7 @@ def search(
         rescored = decided.new + decided.changed + len(again)
         if again:
             mark = time.perf_counter()
-            cut, more = stream(spark, run_id, items, settings, held, again, depth, False, "lists cut short", probed)
+            cut, more = stream(*passing, again, depth, False, "lists cut short", offsets_bc, probed)
             pairs += more
             state = state.unionByName(_with_fingerprints(fps, own_lists(cut, items.partitions, depth), again))
             phases["rescore"] = time.perf_counter() - mark

@@ -32,22 +32,18 @@ def exact_for_sample(
     k: int,
     min_score: float | None,
     dim: int,
-    layout: rules.Layout = rules.NO_RULES,
-    probed: tuple | None = None,
-    lists_of: np.ndarray | None = None,
-):
-    """(sample, k) global indices of the exact top-k of each sampled query over every candidate:
-    the sample is broadcast and the candidates scanned where they are, so no N x N work.
-    ``probed`` (centroids, nprobe): over the candidates of the lists each query probes instead,
-    which is what an IVF search with those lists finds. With centroids ``lists_of``, also the
-    list of each neighbour found: (indices, lists), -1 where none."""
+    layout: rules.Layout,
+    centroids: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(sample, k) global indices of the exact top-k of each sampled query over every candidate,
+    and the list (nearest of ``centroids``) of each of those neighbours; -1 where none. The sample
+    is broadcast and the candidates scanned where they are, so no N x N work."""
 
     def scan(batches):
         import pyarrow as pa
 
         ids, column, sample_codes = sample_bc.value
         queries = arrow.vectors(column, dim)
-        probes = None if probed is None else ivf.assignment(queries, *probed)[0]
         for batch, usable, index in with_candidate_indices(offsets_bc, batches):
             cand = np.flatnonzero(usable)
             if not len(cand):
@@ -56,16 +52,12 @@ def exact_for_sample(
             vectors = arrow.vectors(batch.column(batch.schema.get_field_index("vector")), dim)[cand]
             codes = rules.codes_of(batch.column(batch.schema.get_field_index("codes")), layout)
             mask = rules.make(layout, sample_codes, None if codes is None else codes[cand])
-            if probes is not None:
-                mask = rules.with_probes(mask, probes, ivf.assignment(vectors, *probed)[1])
             scores, found = topk.topk_block(
                 queries, vectors, k, self_index=topk.self_positions(ids, cand_ids), min_score=min_score, rules=mask
             )
             present = found != topk.EMPTY_ID
             rows = np.nonzero(present)[0]
-            lists = np.full(int(present.sum()), -1, np.int32)
-            if lists_of is not None:
-                lists = ivf.nearest(vectors[found[present]], lists_of, 1)[:, 0]
+            lists = ivf.nearest(vectors[found[present]], centroids, 1)[:, 0]
             yield pa.RecordBatch.from_arrays(
                 [
                     pa.array(rows, pa.int64()),
@@ -89,10 +81,15 @@ def exact_for_sample(
         n,
         k,
     )
-    if lists_of is None:
-        return best
     list_of = dict(zip(parts.column("neighbour_index").to_pylist(), parts.column("list").to_pylist(), strict=True))
     return best, np.vectorize(lambda i: list_of.get(i, -1), otypes=[np.int64])(best)
+
+
+def recall_by_nprobe(vectors, dim: int, centroids: np.ndarray, exact_lists: np.ndarray) -> np.ndarray:
+    """The sample's recall@k at every nprobe (ivf.recall_by_nprobe), from its queries' packed
+    ``vectors`` and the lists of their exact neighbours (``exact_for_sample``)."""
+    ranking = ivf.nearest(arrow.vectors(vectors, dim), centroids, len(centroids))
+    return ivf.recall_by_nprobe(ranking, [row[row >= 0] for row in exact_lists])
 
 
 def found_for_sample(partials, ids: np.ndarray, k: int) -> dict:

@@ -26,7 +26,7 @@ import numpy as np
 
 from lookalike.config import NeighboursConfig
 from lookalike.neighbours import arrow, ivf, rules, topk, watch
-from lookalike.neighbours.ivf_recall import exact_for_sample, found_for_sample, sample_queries
+from lookalike.neighbours.ivf_recall import exact_for_sample, found_for_sample, recall_by_nprobe, sample_queries
 from lookalike.neighbours.prepare import USABLE, Prepared, candidate_offsets, with_candidate_indices
 from lookalike.neighbours.write import Scored
 
@@ -249,13 +249,10 @@ def search(spark, run_id: str, items: Prepared, settings: NeighboursConfig, held
         ids, vectors, sample_codes = sample_queries(ordered, n_queries, settings.recall_sample, settings.seed, layout)
         sample_bc = sc.broadcast((ids, vectors, sample_codes))
         held.append(sample_bc)
-        exact, exact_lists = exact_for_sample(
-            ordered, offsets_bc, sample_bc, k, min_score, dim, layout, lists_of=centroids
-        )
+        exact, exact_lists = exact_for_sample(ordered, offsets_bc, sample_bc, k, min_score, dim, layout, centroids)
         sampled = (ids, exact)
         if not settings.nprobe:
-            ranking = ivf.nearest(arrow.vectors(vectors, dim), centroids, nlist)
-            recalls = ivf.recall_by_nprobe(ranking, [row[row >= 0] for row in exact_lists])
+            recalls = recall_by_nprobe(vectors, dim, centroids, exact_lists)
             chosen = ivf.choose_nprobe(recalls, settings.target_recall, max(1, nlist // 4))
             nprobe = chosen.nprobe
             log.info(
