@@ -38,12 +38,14 @@ setup(
         # release that accepts pyarrow 14 (the Spark 3.5 compat environment); lookalike/iceberg/
         # uses only what 0.8.1 and 0.12 both offer.
         "pyiceberg[sql-sqlite,glue]>=0.8.1,<0.13",
+        # neighbours.method: ivf trains its lists with FAISS's k-means (the driver).
+        "faiss-cpu>=1.8",
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-xdist>=3.5", "moto[server]>=5", "coverage>=7"],
         "lint": ["ruff>=0.15", "mypy>=1.18", "types-PyYAML"],
         "query": ["duckdb>=1.0"],
-        "bench": ["faiss-cpu>=1.8", "psutil>=5"],
+        "bench": ["psutil>=5"],
         "notebook": ["nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6", "matplotlib>=3.8"],
         "petastorm": ["petastorm==0.13.1"],
         "cluster": ["venv-pack>=0.2"],

@@ -3,8 +3,14 @@
 (1) N = 200,000 (d = 512, k = 10): the exact job and the IVF job on the same table, wall time,
     peak memory and recall@k of IVF against the exact job's own table (every item, not a sample),
     next to the recall the IVF job measured itself on its sampled queries.
-(2) N = 1,000,000: the IVF job alone (exact would take hours on two cores): wall time, peak
-    memory, its sampled recall@k, and recall@k on 1,000 queries checked here by brute force.
+(2) N = 1,000,000: the IVF job (exact would take hours on two cores): wall time, peak memory,
+    its sampled recall@k, and recall@k on 1,000 queries checked here by brute force.
+
+Next to each IVF job, FAISS alone in one fresh process (``IndexIVFFlat``, all cores): the same
+nlist and the nprobe the job chose (or was given), trained on as many vectors as the job's
+k-means, then every item added and searched as a query for k + 1 (itself dropped); its wall time
+includes reading the table and writing the lists, as the job's does. Its recall@k is checked on
+the same brute-force sample.
 
 The vectors are synthetic *clustered* unit vectors, not uniform noise: catalogue embeddings come
 in families of similar products, and IVF relies on that structure (on uniform random vectors the
@@ -17,7 +23,7 @@ Prints a table and writes JSON to bench/results/neighbours_scale.json. Per-core 
 README's extrapolation are in the JSON (queries per core-second).
 
     .venv/bin/python bench/neighbours_scale.py [--n 200000] [--big-n 1000000] [--nprobe N]
-                                               [--skip exact,ivf,big] [--uniform]
+                                               [--skip exact,ivf,big,faiss] [--uniform]
 """
 
 from __future__ import annotations
@@ -94,6 +100,9 @@ def run_job(embeddings: Path, output: Path, k: int, driver_memory: str, sets: tu
     ]
     for key, value in settings.items():
         command += ["--set", f"neighbours.{key}={value}"]
+    if not any(item.startswith("output.catalog.uri=") for item in sets):
+        # Each output its own catalog: lookalike.neighbours is registered at one location per catalog.
+        sets = (*sets, f"output.catalog.uri={output.parent / (output.name + '-catalog.db')}")
     for item in sets:
         command += ["--set", item]
     result = measure(command, timeout=6 * 3600)
@@ -112,10 +121,74 @@ def run_job(embeddings: Path, output: Path, k: int, driver_memory: str, sets: tu
     }
 
 
+FAISS_IVF_SCRIPT = r"""
+import sys, time, json
+started = time.perf_counter()
+import numpy as np, pyarrow as pa, pyarrow.parquet as pq, faiss
+source, target, k, nlist, nprobe, train_size = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:7])
+table = pq.read_table(source, columns=["item_id", "embedding"])
+ids = table.column("item_id").to_numpy(zero_copy_only=False)
+column = table.column("embedding").combine_chunks()
+x = np.ascontiguousarray(column.values.to_numpy().reshape(len(column), -1), dtype=np.float32)
+faiss.normalize_L2(x)
+mark = [time.perf_counter()]
+phases = {"read": mark[0] - started}
+def phase(name):
+    now = time.perf_counter()
+    phases[name] = now - mark[0]
+    mark[0] = now
+quantizer = faiss.IndexFlatIP(x.shape[1])
+index = faiss.IndexIVFFlat(quantizer, x.shape[1], nlist, faiss.METRIC_INNER_PRODUCT)
+sample = x[np.sort(np.random.default_rng(0).choice(len(x), min(len(x), train_size), replace=False))]
+index.train(sample)
+phase("train")
+index.add(x)
+phase("add")
+index.nprobe = nprobe
+scores, found = index.search(x, k + 1)
+phase("search")
+# Drop each item itself (or the last hit when the item is not among its own k+1, e.g. duplicates).
+own = found == np.arange(len(x))[:, None]
+own[~own.any(axis=1), -1] = True
+found = found[~own].reshape(len(x), k)
+scores = scores[~own].reshape(len(x), k)
+order = np.argsort(ids, kind="stable")
+present = found[order].ravel() >= 0
+out = pa.table({"item_id": pa.array(np.repeat(ids[order], k)[present], pa.string()),
+                "neighbour_id": pa.array(ids[found[order].ravel()[present]], pa.string()),
+                "score": pa.array(scores[order].ravel()[present], pa.float32())})
+pq.write_table(out, target, row_group_size=65536)
+phase("write")
+print(json.dumps({"phases": phases, "threads": faiss.omp_get_max_threads()}))
+"""
+
+
+def run_faiss_ivf(embeddings: Path, output: Path, k: int, ivf: dict) -> dict:
+    """FAISS alone with the job's nlist, nprobe and training-sample size (FAISS_IVF_SCRIPT)."""
+    settings = [str(k), str(ivf["nlist"]), str(ivf["nprobe"]), str(ivf["trained_on"])]
+    result = measure([sys.executable, "-c", FAISS_IVF_SCRIPT, str(embeddings), str(output), *settings])
+    check(result, "FAISS IndexIVFFlat")
+    out = last_json(result["stdout"])
+    return {
+        "method": "faiss",
+        "seconds": result["seconds"],
+        "peak_rss_mb": result["peak_rss_mb"],
+        "phase_seconds": {key: round(v, 2) for key, v in out["phases"].items()},
+        "threads": out["threads"],
+        "nlist": ivf["nlist"],
+        "nprobe": ivf["nprobe"],
+    }
+
+
 def neighbour_sets(path: Path, items=None) -> dict:
     import pyarrow.dataset as ds
 
-    dataset = ds.dataset(str(path), format="parquet")
+    if path.is_dir():  # a published table: its current data files (not the Iceberg metadata beside them)
+        from lookalike.io.current import current
+
+        dataset = ds.dataset([f.replace("file://", "") for f in current(str(path)).files], format="parquet")
+    else:
+        dataset = ds.dataset(str(path), format="parquet")
     table = dataset.to_table(
         columns=["item_id", "neighbour_id"], filter=None if items is None else ds.field("item_id").isin(list(items))
     )
@@ -158,7 +231,7 @@ def main(argv=None) -> int:
     parser.add_argument("--check-queries", type=int, default=1000)
     parser.add_argument("--driver-memory", default="12g")
     parser.add_argument("--uniform", action="store_true", help="uniform random vectors instead of clustered")
-    parser.add_argument("--skip", default="", help="comma-separated: exact,ivf,big")
+    parser.add_argument("--skip", default="", help="comma-separated: exact,ivf,big,faiss")
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "neighbours_scale.json"))
     args = parser.parse_args(argv)
@@ -203,6 +276,15 @@ def main(argv=None) -> int:
                 )
                 run["speedup_vs_exact"] = round(exact["seconds"] / run["seconds"], 2)
             report["runs"].append(run)
+            if "faiss" not in skip:
+                print(f"FAISS IndexIVFFlat alone, N={args.n}, nprobe={run['ivf']['nprobe']} ...", flush=True)
+                faiss_run = {"n": args.n, **run_faiss_ivf(table, workdir / "faiss.parquet", args.k, run["ivf"])}
+                if exact:
+                    faiss_run["recall_all_items"] = round(
+                        recall_between(neighbour_sets(workdir / "faiss.parquet"), neighbour_sets(workdir / "exact")), 4
+                    )
+                run["vs_faiss"] = round(run["seconds"] / faiss_run["seconds"], 2)
+                report["runs"].append(faiss_run)
     if "big" not in skip:
         print(f"writing {args.big_n} x {args.dim} {report['data']} unit vectors ...", flush=True)
         x = clustered(args.big_n, args.dim, seed=1, uniform=args.uniform)
@@ -220,6 +302,14 @@ def main(argv=None) -> int:
         run["brute_force_check_seconds"] = round(time.perf_counter() - started, 1)
         run["recall_checked_queries"] = round(recall_between(neighbour_sets(workdir / "ivf-big", truth), truth), 4)
         report["runs"].append(run)
+        if "faiss" not in skip:
+            print(f"FAISS IndexIVFFlat alone, N={args.big_n}, nprobe={run['ivf']['nprobe']} ...", flush=True)
+            faiss_run = {"n": args.big_n, **run_faiss_ivf(table, workdir / "faiss-big.parquet", args.k, run["ivf"])}
+            faiss_run["recall_checked_queries"] = round(
+                recall_between(neighbour_sets(workdir / "faiss-big.parquet", truth), truth), 4
+            )
+            run["vs_faiss"] = round(run["seconds"] / faiss_run["seconds"], 2)
+            report["runs"].append(faiss_run)
     report["load_average_end"] = os.getloadavg()
     for run in report["runs"]:
         run["queries_per_core_second"] = round(run["n"] / (run["seconds"] * cpus), 1)
@@ -236,26 +326,29 @@ def print_table(report: dict) -> None:
     )
     print(
         f"{'method':28s} {'N':>9s} {'wall s':>8s} {'peak MB':>8s} {'vs exact':>9s} {'recall (job)':>13s} "
-        f"{'recall (check)':>15s} {'q/core-s':>9s}"
+        f"{'recall (check)':>15s} {'q/core-s':>9s} {'vs FAISS':>9s}"
     )
     for run in report["runs"]:
-        name = (
-            "exact" if run["method"] == "exact" else (f"ivf nlist={run['ivf']['nlist']} nprobe={run['ivf']['nprobe']}")
-        )
+        if run["method"] == "faiss":
+            name = f"faiss nlist={run['nlist']} nprobe={run['nprobe']}"
+        elif run["method"] == "exact":
+            name = "exact"
+        else:
+            name = f"ivf nlist={run['ivf']['nlist']} nprobe={run['ivf']['nprobe']}"
         sampled = (run.get("recall_sample") or {}).get("recall_at_k")
         checked = run.get("recall_all_items", run.get("recall_checked_queries"))
         speed = f"{1 / run['speedup_vs_exact']:.3f}x" if run.get("speedup_vs_exact") else ""
         print(
             f"{name:28s} {run['n']:>9d} {run['seconds']:>8.1f} {run['peak_rss_mb']:>8.0f} {speed:>9s} "
             f"{'' if sampled is None else f'{sampled:.4f}':>13s} {'' if checked is None else f'{checked:.4f}':>15s} "
-            f"{run['queries_per_core_second']:>9.1f}"
+            f"{run['queries_per_core_second']:>9.1f} {run.get('vs_faiss', '')!s:>9s}"
         )
         print(f"    phases (s): {run.get('phase_seconds')}")
         if run.get("ivf"):
             i = run["ivf"]
             print(
-                f"    lists: {i['list_size']}, split {i['lists_split']}, groups {i['groups']} "
-                f"({i['group_candidates']}), partial rows per query {i['partial_rows_per_query']}"
+                f"    lists: {i['list_size']}, {i['chunks']} chunk(s) of {i['chunk_rows']}, {i['tasks']} tasks of "
+                f"{i['task_queries']} queries, partial rows per query {i['partial_rows_per_query']}"
             )
 
 

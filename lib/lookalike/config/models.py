@@ -216,9 +216,10 @@ class NeighboursConfig(Settings):
     )
     target_recall: float = setting(
         0.95,
-        "IVF with nprobe 0: the recall@k to reach on the recall sample. nprobe is raised until it does, "
-        "up to a quarter of the lists (beyond that exact search costs little more); the summary reports "
-        "the nprobe chosen and the recall, or that the target was not reached.",
+        "IVF with nprobe 0: the recall@k to reach, judged on the recall sample with 95% confidence. "
+        "nprobe is raised until the sampled recall's lower bound reaches it, up to a quarter of the lists "
+        "(beyond that exact search costs little more); the summary reports the nprobe chosen, the recall "
+        "and its bound, or that the target was not reached.",
         "a share in (0, 1]",
         gt=0,
         le=1,

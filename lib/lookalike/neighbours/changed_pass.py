@@ -180,7 +180,7 @@ def _rules_pass(
 
 def _probes(vectors: np.ndarray, probed: tuple | None) -> tuple:
     """(the lists each vector probes, its own list) under IVF's ``probed`` (centroids, nprobe), as
-    the IVF search routes them (ivf_stage.route); (None, None) without IVF."""
+    the IVF search assigns them (ivf_stage.assign); (None, None) without IVF."""
     if probed is None:
         return None, None
     from lookalike.neighbours import ivf

@@ -1,13 +1,11 @@
-"""Approximate top-k by inverted lists (IVF), in plain numpy: what ``ivf_stage`` runs in Spark.
+"""Approximate top-k by inverted lists (IVF): what ``ivf_stage`` runs in Spark. k-means is FAISS's;
+the scan and its exact rescoring are numpy, as in ``topk``.
 
 Exact search costs 2·N²·d: 10^20 FLOPs at 100M items of 512 floats. IVF clusters the candidates
 into ``nlist`` lists around k-means centroids and scores each query only against the members of
-its ``nprobe`` nearest lists, about N·nprobe/nlist candidates instead of N.
-
-Lists are packed into *groups*, the unit of work of one Spark task: a group holds whole lists (or
-parts of a list too large for one task) and every query that probes one of them. Lists are packed
-in the order of a coarse clustering of their centroids, so the lists a query probes tend to share
-a group and the query is shipped to few groups.
+its ``nprobe`` nearest lists, about N·nprobe/nlist candidates instead of N. A Spark task scans one
+broadcast chunk of candidates, stored by list (``GroupCandidates``), for a batch of queries: each
+list of the chunk meets every query of the batch that probes it in one matrix product.
 
 What is found is scored exactly as ``topk`` does (float64-rescored, canonical order), so an IVF
 table differs from the exact one only where a true neighbour sat in a list that was not probed:
@@ -23,9 +21,6 @@ import numpy as np
 
 from lookalike.neighbours import topk
 
-# Lists bigger than this many times the mean are cut into parts spread over groups: a list's
-# cost grows with its size times the queries that probe it, and big lists attract more probes.
-SPLIT_FACTOR = 4
 # k-means: iterations on the driver, and training points per list (FAISS warns under 39).
 KMEANS_ITERATIONS = 12
 TRAIN_PER_LIST = 64
@@ -69,135 +64,108 @@ def assignment(vectors: np.ndarray, centroids: np.ndarray, nprobe: int) -> tuple
     return probes, probes[:, 0]
 
 
+# One-sided 95%: nprobe is chosen so that the recall of the whole catalogue reaches the target with
+# that confidence, not just the sample's (the fewest lists that pass on one sample are, more often
+# than not, lists that the sample flatters).
+CONFIDENCE_Z = 1.645
+
+
 @dataclass(frozen=True)
 class Chosen:
-    """nprobe chosen for a target recall: the recall@k it gives on the sample, and whether that
-    reaches the target (it may not within ``cap`` lists)."""
+    """nprobe chosen for a target recall: the recall@k it gives on the sample, the lower
+    confidence bound of that estimate, and whether that bound reaches the target (it may not
+    within ``cap`` lists)."""
 
     nprobe: int
     recall: float | None
     target_met: bool
-
-
-def recall_by_nprobe(query_probes: np.ndarray, neighbour_lists: list[np.ndarray]) -> np.ndarray:
-    """(nlist + 1,) recall@k of IVF on a sample at every nprobe (index p: probing p lists).
-    ``query_probes`` (sample, nlist): every list by each sampled query's ranking, best first;
-    ``neighbour_lists[q]``: the lists of query q's exact top k. IVF rescores the candidates of the
-    probed lists exactly, so an exact neighbour is found exactly when its list is probed: at
-    nprobe p, when the list's rank for that query is below p."""
-    nlist = query_probes.shape[1]
-    rank = np.empty_like(query_probes)
-    rank[np.arange(len(query_probes))[:, None], query_probes] = np.arange(nlist)
-    ranks = np.concatenate([rank[q, lists] for q, lists in enumerate(neighbour_lists)] or [np.zeros(0, np.int64)])
-    if not len(ranks):
-        return np.full(nlist + 1, np.nan)
-    found = np.concatenate([[0], np.cumsum(np.bincount(ranks, minlength=nlist))])
-    return found / len(ranks)
-
-
-def choose_nprobe(recalls: np.ndarray, target: float, cap: int) -> Chosen:
-    """The fewest lists (1 .. cap) whose sampled recall reaches ``target``; else ``cap``."""
-    if np.isnan(recalls).all():
-        return Chosen(max(1, cap), None, False)
-    reached = np.flatnonzero(recalls[1 : cap + 1] >= target - 1e-12)
-    nprobe = int(reached[0]) + 1 if len(reached) else cap
-    return Chosen(nprobe, float(recalls[nprobe]), bool(len(reached)))
-
-
-def train(sample: np.ndarray, nlist: int, iterations: int = KMEANS_ITERATIONS, seed: int = 0) -> np.ndarray:
-    """Spherical k-means: (nlist, d) unit float32 centroids of the unit rows of ``sample``.
-
-    Deterministic for a given sample and seed. An empty list is re-seeded with the point that its
-    own centroid fits worst, so every list ends up with members of the sample."""
-    sample = np.ascontiguousarray(sample, dtype=np.float32)
-    if len(sample) < nlist:
-        raise ValueError(f"cannot train {nlist} lists on {len(sample)} vectors")
-    rng = np.random.default_rng(seed)
-    centroids = sample[np.sort(rng.choice(len(sample), nlist, replace=False))].copy()
-    for _ in range(iterations):
-        assigned = nearest(sample, centroids, 1)[:, 0]
-        counts = np.bincount(assigned, minlength=nlist)
-        order = np.argsort(assigned, kind="stable")
-        sums = np.zeros(centroids.shape, dtype=np.float64)
-        filled = np.flatnonzero(counts)
-        sums[filled] = np.add.reduceat(sample[order], (np.cumsum(counts) - counts)[filled], axis=0)
-        empty = np.flatnonzero(counts == 0)
-        if len(empty):
-            fit = np.einsum("ij,ij->i", sample, centroids[assigned])
-            worst = np.argsort(fit, kind="stable")[: len(empty)]
-            sums[empty] = sample[worst]
-        norms = np.linalg.norm(sums, axis=1, keepdims=True)
-        centroids = (sums / np.where(norms > 0, norms, 1)).astype(np.float32)
-    return centroids
-
-
-# --------------------------------------------------------------------------------------------
-# Packing lists into groups
+    lower_bound: float | None = None
 
 
 @dataclass(frozen=True)
-class Plan:
-    """Where every list lives: list L has ``parts[L]`` parts (a candidate with global index i is in
-    part i % parts[L]) and part p of list L is in group ``part_group[part_start[L] + p]``."""
+class SampledRecall:
+    """IVF's recall@k on a sample of queries at every nprobe (index p: probing p lists), and the
+    standard error of each as an estimate of the recall over every query."""
 
-    parts: np.ndarray  # (nlist,) int32, >= 1
-    part_start: np.ndarray  # (nlist + 1,) int64
-    part_group: np.ndarray  # (total parts,) int32
-    groups: int
-    group_rows: np.ndarray  # (groups,) expected candidates per group (from the list sizes)
+    recall: np.ndarray  # (nlist + 1,)
+    error: np.ndarray  # (nlist + 1,)
 
-    def candidate_groups(self, lists: np.ndarray, indices: np.ndarray) -> np.ndarray:
-        part = indices % self.parts[lists]
-        return self.part_group[self.part_start[lists] + part]
-
-    def route(self, probes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(query rows, groups): every group holding a part of a probed list, once per query."""
-        n, nprobe = probes.shape
-        flat = probes.ravel()
-        counts = self.parts[flat].astype(np.int64)
-        rows = np.repeat(np.repeat(np.arange(n, dtype=np.int64), nprobe), counts)
-        # The k-th part of each probed list, for k = 0 .. parts - 1.
-        within = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
-        groups = self.part_group[np.repeat(self.part_start[flat], counts) + within].astype(np.int64)
-        pairs = np.unique(rows * self.groups + groups)
-        return pairs // self.groups, (pairs % self.groups).astype(np.int32)
+    def __getitem__(self, nprobe: int) -> float:
+        return float(self.recall[nprobe])
 
 
-def plan(list_sizes: np.ndarray, centroids: np.ndarray, group_rows: int, seed: int = 0) -> Plan:
-    """Cut lists above SPLIT_FACTOR x the mean into parts, then pack parts into groups of about
-    ``group_rows`` candidates, in the order of a coarse clustering of the centroids."""
-    list_sizes = np.asarray(list_sizes, dtype=np.int64)
-    nlist = len(list_sizes)
-    mean = max(1.0, list_sizes.sum() / max(1, nlist))
-    limit = max(1, int(math.ceil(SPLIT_FACTOR * mean)))
-    parts = np.maximum(1, -(-list_sizes // limit)).astype(np.int32)
-    part_start = np.concatenate([[0], np.cumsum(parts)]).astype(np.int64)
-    total = max(1, int(list_sizes.sum()))
-    n_coarse = max(1, min(nlist, math.ceil(total / max(1, group_rows))))
-    coarse = (
-        nearest(centroids, train(centroids, n_coarse, iterations=5, seed=seed), 1)[:, 0]
-        if n_coarse > 1
-        else np.zeros(nlist, dtype=np.int32)
+def recall_by_nprobe(
+    query_probes: np.ndarray, neighbour_lists: list[np.ndarray], population: int | None = None
+) -> SampledRecall:
+    """IVF's recall@k on a sample at every nprobe. ``query_probes`` (sample, nlist): every list by
+    each sampled query's ranking, best first; ``neighbour_lists[q]``: the lists of query q's exact
+    top k; ``population``: the queries the sample was drawn from (finite-population correction;
+    None: many). IVF rescores the candidates of the probed lists exactly, so an exact neighbour
+    is found exactly when its list is probed: at nprobe p, when the list's rank for that query is
+    below p. The recall is a ratio (found / wanted, summed over the queries); its standard error
+    is the ratio estimator's, from the spread of the queries' own recalls."""
+    n, nlist = query_probes.shape
+    rank = np.empty_like(query_probes)
+    rank[np.arange(n)[:, None], query_probes] = np.arange(nlist)
+    wanted = np.array([len(lists) for lists in neighbour_lists], dtype=np.float64)
+    if not wanted.sum():
+        return SampledRecall(np.full(nlist + 1, np.nan), np.full(nlist + 1, np.nan))
+    # found[q, p]: query q's exact neighbours whose list ranks below p.
+    queries = np.repeat(np.arange(n), wanted.astype(np.int64))
+    ranks = np.concatenate([rank[q, lists] for q, lists in enumerate(neighbour_lists)])
+    found = np.zeros((n, nlist + 1), dtype=np.int32)
+    np.add.at(found, (queries, ranks + 1), 1)
+    found = np.cumsum(found, axis=1)
+    recall = found.sum(axis=0) / wanted.sum()
+    if n < 2:
+        return SampledRecall(recall, np.zeros(nlist + 1))
+    residual = found - recall[None, :] * wanted[:, None]
+    variance = (residual**2).sum(axis=0) / (n * (n - 1)) / wanted.mean() ** 2
+    if population is not None:
+        variance *= max(0.0, 1 - n / max(population, n))
+    return SampledRecall(recall, np.sqrt(variance))
+
+
+def choose_nprobe(sampled: SampledRecall, target: float, cap: int) -> Chosen:
+    """The fewest lists (1 .. cap) whose recall reaches ``target`` at the lower bound of a
+    one-sided 95% confidence interval; else ``cap``."""
+    recalls = sampled.recall
+    if np.isnan(recalls).all():
+        return Chosen(max(1, cap), None, False)
+    lower = recalls - CONFIDENCE_Z * sampled.error
+    reached = np.flatnonzero(lower[1 : cap + 1] >= target - 1e-12)
+    nprobe = int(reached[0]) + 1 if len(reached) else cap
+    return Chosen(nprobe, float(recalls[nprobe]), bool(len(reached)), float(lower[nprobe]))
+
+
+def train(sample: np.ndarray, nlist: int, iterations: int = KMEANS_ITERATIONS, seed: int = 0) -> np.ndarray:
+    """Spherical k-means (FAISS): (nlist, d) unit float32 centroids of the unit rows of ``sample``.
+
+    Deterministic for a given sample and seed, whatever the number of threads. FAISS re-seeds an
+    empty list by splitting a large one, so every list ends up with members of the sample. The
+    sample is already drawn to size (``train_size``), so FAISS is told not to subsample it."""
+    import faiss
+
+    sample = np.ascontiguousarray(sample, dtype=np.float32)
+    if len(sample) < nlist:
+        raise ValueError(f"cannot train {nlist} lists on {len(sample)} vectors")
+    kmeans = faiss.Kmeans(
+        sample.shape[1],
+        nlist,
+        niter=iterations,
+        seed=seed,
+        spherical=True,
+        verbose=False,
+        min_points_per_centroid=1,
+        max_points_per_centroid=max(1, -(-len(sample) // nlist)),
     )
-    part_group = np.empty(int(part_start[-1]), dtype=np.int32)
-    rows_per_group: list[int] = []
-    current = 0
-    for lst in np.lexsort((np.arange(nlist), coarse)):
-        share = list_sizes[lst] / parts[lst]
-        for p in range(parts[lst]):
-            if rows_per_group and rows_per_group[-1] + share > group_rows and rows_per_group[-1] > 0:
-                current += 1
-            if current == len(rows_per_group):
-                rows_per_group.append(0)
-            part_group[part_start[lst] + p] = current
-            rows_per_group[current] += int(round(share))
-    return Plan(parts, part_start, part_group, len(rows_per_group), np.array(rows_per_group, dtype=np.int64))
+    kmeans.train(sample)
+    return np.ascontiguousarray(kmeans.centroids, dtype=np.float32)
 
 
-def skew(list_sizes: np.ndarray, the_plan: Plan) -> dict:
-    """How uneven the lists and groups are: what to look at when some tasks run much longer."""
+def list_stats(list_sizes: np.ndarray) -> dict:
+    """How uneven the lists are: a query's cost grows with the size of the lists it probes."""
     sizes = np.asarray(list_sizes)
-    rows = the_plan.group_rows
     return {
         "lists": int(len(sizes)),
         "empty_lists": int((sizes == 0).sum()),
@@ -209,9 +177,6 @@ def skew(list_sizes: np.ndarray, the_plan: Plan) -> dict:
             "max": int(sizes.max()),
         },
         "largest_list_vs_mean": round(float(sizes.max() / max(sizes.mean(), 1e-9)), 2),
-        "lists_split": int((the_plan.parts > 1).sum()),
-        "groups": int(the_plan.groups),
-        "group_candidates": {"min": int(rows.min()), "max": int(rows.max()), "mean": round(float(rows.mean()), 1)},
     }
 
 
@@ -280,8 +245,18 @@ def score_group(
     floor = np.float32(-np.inf if min_score is None else min_score - eps)
     rows_all, cols_all, scores_all = [], [], []
     dropped = np.full(b, -np.inf, dtype=np.float32)  # best float32 score a list left out, per query
-    for j, list_id in enumerate(group.lists):
-        probing = np.flatnonzero((probes == list_id).any(axis=1))
+    # The queries of each list, from one sort of the probes (a query probes a list at most once;
+    # the stable sort keeps each list's queries in row order).
+    flat = probes.ravel()
+    by_list = np.argsort(flat, kind="stable")
+    probed = flat[by_list]
+    query_of = by_list // probes.shape[1]
+    starts = np.searchsorted(probed, group.lists, side="left")
+    stops = np.searchsorted(probed, group.lists, side="right")
+    for j in range(len(group.lists)):
+        if starts[j] == stops[j]:
+            continue
+        probing = query_of[starts[j] : stops[j]]
         lo, hi = int(group.bounds[j]), int(group.bounds[j + 1])
         for first in range(0, len(probing), block_rows):
             rows = probing[first : first + block_rows]

@@ -85,11 +85,14 @@ def exact_for_sample(
     return best, np.vectorize(lambda i: list_of.get(i, -1), otypes=[np.int64])(best)
 
 
-def recall_by_nprobe(vectors, dim: int, centroids: np.ndarray, exact_lists: np.ndarray) -> np.ndarray:
+def recall_by_nprobe(
+    vectors, dim: int, centroids: np.ndarray, exact_lists: np.ndarray, population: int | None = None
+) -> ivf.SampledRecall:
     """The sample's recall@k at every nprobe (ivf.recall_by_nprobe), from its queries' packed
-    ``vectors`` and the lists of their exact neighbours (``exact_for_sample``)."""
+    ``vectors`` and the lists of their exact neighbours (``exact_for_sample``); ``population``:
+    the queries it was drawn from."""
     ranking = ivf.nearest(arrow.vectors(vectors, dim), centroids, len(centroids))
-    return ivf.recall_by_nprobe(ranking, [row[row >= 0] for row in exact_lists])
+    return ivf.recall_by_nprobe(ranking, [row[row >= 0] for row in exact_lists], population)
 
 
 def found_for_sample(partials, ids: np.ndarray, k: int) -> dict:

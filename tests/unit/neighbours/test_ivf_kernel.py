@@ -1,5 +1,5 @@
-"""IVF's numpy core (lookalike.neighbours.ivf) against brute force: nearest lists, k-means, the plan
-that splits large lists, scoring a group of candidates, recall. The Spark job is tested in the
+"""IVF's numpy core (lookalike.neighbours.ivf) against brute force: nearest lists, k-means, the lists'
+statistics, scoring a group of candidates, recall. The Spark job is tested in the
 Spark tier."""
 
 from __future__ import annotations
@@ -53,23 +53,11 @@ def test_kmeans_never_leaves_a_list_empty():
     assert (sizes > 0).sum() >= 10
 
 
-def test_plan_splits_large_lists_and_routes_queries_to_every_part():
-    sizes = np.array([10, 10, 400, 10, 0, 10, 10, 10])
-    centroids = unit(np.random.default_rng(0).standard_normal((8, 4)))
-    plan = ivf.plan(sizes, centroids, group_rows=100)
-    mean = sizes.sum() / len(sizes)
-    assert plan.parts[2] == int(np.ceil(400 / np.ceil(ivf.SPLIT_FACTOR * mean))) > 1
-    assert (plan.parts[[0, 1, 3, 4, 5, 6, 7]] == 1).all()
-    assert plan.part_group.max() == plan.groups - 1 and plan.group_rows.sum() == pytest.approx(sizes.sum(), abs=8)
-    # Candidates of list 2 spread over its parts' groups by index.
-    indices = np.arange(400)
-    groups = plan.candidate_groups(np.full(400, 2), indices)
-    parts_groups = set(plan.part_group[plan.part_start[2] : plan.part_start[3]].tolist())
-    assert set(groups.tolist()) == parts_groups
-    # A query probing lists 2 and 5 goes to every group holding a part of either, once each.
-    rows, routed = plan.route(np.array([[2, 5], [0, 0]]))
-    assert sorted(routed[rows == 0].tolist()) == sorted(parts_groups | {int(plan.part_group[plan.part_start[5]])})
-    assert routed[rows == 1].tolist() == [plan.part_group[plan.part_start[0]]]
+def test_list_stats_say_how_uneven_the_lists_are():
+    stats = ivf.list_stats(np.array([10, 10, 400, 10, 0, 10, 10, 10]))
+    assert stats["lists"] == 8 and stats["empty_lists"] == 1
+    assert stats["list_size"] == {"min": 0, "median": 10.0, "mean": 57.5, "p99": pytest.approx(372.7), "max": 400}
+    assert stats["largest_list_vs_mean"] == round(400 / 57.5, 2)
 
 
 def test_score_group_equals_brute_force_over_the_probed_lists():
@@ -143,7 +131,35 @@ def test_recall_at_every_nprobe_from_the_exact_neighbours_lists_equals_ivf_by_br
             found += len(set(best.tolist()) & set(exact[q].tolist()))
         assert predicted[p] == pytest.approx(found / (60 * k)), p
     chosen = ivf.choose_nprobe(predicted, 0.9, cap=nlist // 4)
-    reached = [p for p in range(1, nlist // 4 + 1) if predicted[p] >= 0.9]
+    lower = [predicted[p] - ivf.CONFIDENCE_Z * predicted.error[p] for p in range(nlist + 1)]
+    reached = [p for p in range(1, nlist // 4 + 1) if lower[p] >= 0.9]
     assert chosen.nprobe == (reached[0] if reached else nlist // 4)
     assert chosen.target_met == bool(reached) and chosen.recall == predicted[chosen.nprobe]
-    assert ivf.choose_nprobe(predicted, 1.0, cap=2) == ivf.Chosen(2, predicted[2], predicted[2] >= 1.0)
+    assert chosen.lower_bound == pytest.approx(lower[chosen.nprobe]) and chosen.lower_bound < chosen.recall
+    capped = ivf.choose_nprobe(predicted, 1.0, cap=2)
+    assert (capped.nprobe, capped.recall, capped.target_met) == (2, predicted[2], False)
+
+
+def test_the_recall_error_is_the_ratio_estimators_and_vanishes_when_every_query_is_sampled():
+    # Three queries with 2, 2 and 1 exact neighbours, over 3 lists ranked differently by each.
+    ranking = np.array([[0, 1, 2], [1, 2, 0], [2, 0, 1]])
+    neighbour_lists = [np.array([0, 1]), np.array([1, 0]), np.array([0])]
+    sampled = ivf.recall_by_nprobe(ranking, neighbour_lists)
+    # Neighbours found per query when probing 0..3 lists.
+    found = np.array([[0, 1, 2, 2], [0, 1, 1, 2], [0, 0, 1, 1]], dtype=np.float64)
+    wanted = np.array([2, 2, 1], dtype=np.float64)
+    recall = found.sum(axis=0) / wanted.sum()
+    np.testing.assert_allclose(sampled.recall, recall)
+    by_hand = np.array(
+        [
+            np.sqrt(sum((found[q, p] - recall[p] * wanted[q]) ** 2 for q in range(3)) / (3 * 2)) / wanted.mean()
+            for p in range(4)
+        ]
+    )
+    np.testing.assert_allclose(sampled.error, by_hand)
+    assert sampled.error[1] > 0
+    # The whole population sampled: no sampling error; half of it: sqrt(1 - 1/2) of the error.
+    np.testing.assert_allclose(ivf.recall_by_nprobe(ranking, neighbour_lists, population=3).error, 0)
+    np.testing.assert_allclose(
+        ivf.recall_by_nprobe(ranking, neighbour_lists, population=6).error, np.sqrt(0.5) * by_hand
+    )
