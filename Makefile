@@ -29,13 +29,14 @@ help:
 setup: $(VENV)/.installed-$(subst /,_,$(subst $(comma),_,$(EXTRAS)))
 
 comma := ,
-$(VENV)/.installed-%: setup.py constraints.txt
+$(VENV)/.installed-%: setup.py constraints.txt requirements-nodeps.txt
 	@scripts/check-java.sh
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "lookalike needs Python 3.10+, found " + sys.version.split()[0])'
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade "pip>=24" wheel "setuptools<81"
 	@echo "Installing lookalike and pinned dependencies (first time: pyspark builds from source, 1-2 min)..."
 	$(PY) -m pip install -q -c constraints.txt -e ".[$(EXTRAS)]"
+	$(PY) -m pip install -q --no-deps -c constraints.txt -r requirements-nodeps.txt
 	@touch $@
 
 demo: setup

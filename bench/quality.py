@@ -17,9 +17,20 @@ Every figure must agree within TOLERANCE; a row that does not prints FAIL and th
     .venv/bin/python bench/quality.py --configs vgg16-random-avg --limit 100   # a quick check
     .venv/bin/python bench/quality.py --configs efficientnet_lite0:avg:imagenet:500 --split train
 
+Catalogue adaptation (neighbours.center, neighbours.augment; the direct pass computes it again in
+numpy): ``:center`` and/or ``:augment=M`` after a configuration; configurations that differ only
+in these share one embed run (pipeline and direct):
+
+    .venv/bin/python bench/quality.py --configs lite0-avg,lite0-avg:center,lite0-avg:augment=2
+
 A configuration is a name from CONFIGS or ``backbone:pooling:weights[:limit]``. ``--limit N`` (or a
 configuration's own limit) takes a stratified subset: the first N // labels photos of every label,
 sorted by path. Writes bench/results/quality.json.
+
+A KerasHub preset (docs/backbones.md) is ``keras_hub:avg:imagenet`` with ``--preset DIR`` (and, for
+DINOv2, ``--image-size 224``); its pooling is the family's own, whatever the configuration says:
+
+    .venv/bin/python bench/quality.py --configs keras_hub:avg:imagenet --preset /models/clip_vit_base_patch16
 """
 
 from __future__ import annotations
@@ -58,6 +69,14 @@ class Setup:
     # the executors, and the figures would depend on the machine.
     precision: str = "float32"
     runtime: str = "keras"
+    # Catalogue adaptation (neighbours.center, neighbours.augment), in the job and the direct pass.
+    center: bool = False
+    augment: int = 0
+
+    @property
+    def embedding(self) -> tuple:
+        """What decides the embeddings: setups that differ only in post-processing share one embed run."""
+        return (self.backbone, self.pooling, self.weights, self.limit, self.precision, self.runtime)
 
 
 CONFIGS = {
@@ -65,6 +84,9 @@ CONFIGS = {
     for s in (
         Setup("lite0-avg", "efficientnet_lite0", "avg", "imagenet"),
         Setup("lite0-max", "efficientnet_lite0", "max", "imagenet"),
+        # The larger Lite models (240 and 260 px; their own pip packages; not run by default).
+        Setup("lite1-avg", "efficientnet_lite1", "avg", "imagenet"),
+        Setup("lite2-avg", "efficientnet_lite2", "avg", "imagenet"),
         # The floor: untrained convolutions. ~10 images/s per pass here, so a subset.
         Setup("vgg16-random-avg", "vgg16", "avg", "none", 1000),
         # What model.precision=auto chooses on CPUs with bfloat16 units (not run by default).
@@ -75,9 +97,15 @@ DEFAULT_CONFIGS = ("lite0-avg", "lite0-max", "vgg16-random-avg")
 
 
 def parse_setup(text: str) -> Setup:
+    # Post-processing anywhere after the name: lite0-avg:center, efficientnet_lite0:avg:imagenet:augment=2.
+    parts = text.split(":")
+    post = [p for p in parts[1:] if p == "center" or p.startswith("augment=")]
+    if post:
+        base = parse_setup(":".join(p for p in parts if p not in post))
+        augment = max([int(p.split("=", 1)[1]) for p in post if p.startswith("augment=")] or [0])
+        return replace(base, name=text.replace(":", "-").replace("=", ""), center="center" in post, augment=augment)
     if text in CONFIGS:
         return CONFIGS[text]
-    parts = text.split(":")
     if len(parts) not in (3, 4, 5):
         raise SystemExit(
             f"--configs: {text!r} is neither one of {', '.join(CONFIGS)} nor "
@@ -184,6 +212,8 @@ def last_json(stdout: str) -> dict:
 def overrides(setup: Setup, input_uri: str, out: str) -> list[str]:
     return [
         f"input.uri={input_uri}",
+        # A --limit subset is a tree of symlinks into the data set.
+        "input.follow_links=true",
         f"model.name={setup.backbone}",
         f"model.weights={setup.weights}",
         f"model.pooling={setup.pooling}",
@@ -191,21 +221,32 @@ def overrides(setup: Setup, input_uri: str, out: str) -> list[str]:
         f"model.runtime={setup.runtime}",
         f"output.embeddings={out}/emb",
         f"output.errors={out}/err",
+        # Where it is by default (beside the embeddings), also when they are an earlier setup's.
+        f"output.catalog.uri={out}/catalog.db",
         f"neighbours.k={max(KS)}",
         f"output.neighbours={out}/nb",
+        f"neighbours.center={str(setup.center).lower()}",
+        f"neighbours.augment={setup.augment}",
     ]
 
 
-def run_pipeline(setup: Setup, sets: list[str], labels_csv: str, out: str) -> dict:
+def run_pipeline(setup: Setup, sets: list[str], labels_csv: str, out: str, embedded: dict | None = None) -> dict:
+    """``embedded``: an earlier setup's pipeline result with the same embeddings (its table is in
+    ``sets``): the embed job is not run again."""
     submit = [os.path.join(ROOT, "spark-submit.sh")]
     args = ["--config", CONFIG_FILE]
     for s in sets:
         args += ["--set", s]
-    embed_s, embed_out = run_logged(submit + ["embed"] + args, os.path.join(out, "embed.log"))
-    summary = last_json(embed_out)
-    print(f"  pipeline: embed job {embed_s:.1f}s", flush=True)
+    if embedded is None:
+        embed_s, embed_out = run_logged(submit + ["embed"] + args, os.path.join(out, "embed.log"))
+        summary = last_json(embed_out)
+        print(f"  pipeline: embed job {embed_s:.1f}s", flush=True)
+    else:
+        embed_s, summary = embedded["seconds"]["embed_job"], embedded["embed_summary"]
+        print("  pipeline: the embeddings of an earlier configuration (same model settings)", flush=True)
     neighbours_s, _ = run_logged(submit + ["neighbours"] + args, os.path.join(out, "neighbours.log"))
     print(f"  pipeline: neighbours job {neighbours_s:.1f}s", flush=True)
+    emb = next(s.split("=", 1)[1] for s in sets if s.startswith("output.embeddings="))
     lookalike = os.path.join(os.path.dirname(sys.executable), "lookalike")
     if not os.path.exists(lookalike):
         lookalike = os.path.join(ROOT, ".venv", "bin", "lookalike")
@@ -220,7 +261,7 @@ def run_pipeline(setup: Setup, sets: list[str], labels_csv: str, out: str) -> di
                 "--neighbours",
                 f"{out}/nb",
                 "--embeddings",
-                f"{out}/emb",
+                emb,
                 "--labels",
                 labels_csv,
                 "-k",
@@ -236,6 +277,7 @@ def run_pipeline(setup: Setup, sets: list[str], labels_csv: str, out: str) -> di
     print(f"  pipeline: lookalike evaluate x{len(KS)} {evaluate_s:.1f}s", flush=True)
     return {
         "by_k": by_k,
+        "embeddings": emb,
         "embed_summary": summary,
         "seconds": {"embed_job": embed_s, "neighbours_job": neighbours_s, "evaluate": evaluate_s},
     }
@@ -262,7 +304,9 @@ def embed_direct(cfg, paths: list[str]) -> tuple[np.ndarray, str, dict]:
         batch = []
         for path in paths[start : start + step]:
             with open(path, "rb") as handle:
-                pixels, _ = images.decode(handle.read(), cfg.input.max_pixels, embedder.input_size)
+                pixels, _ = images.decode(
+                    handle.read(), cfg.input.max_pixels, embedder.input_size, embedder.interpolation
+                )
             batch.append(pixels)
         t1 = time.perf_counter()
         # uint8 RGB -> the model with its preprocessing layer: embedder.inference_model.predict_on_batch
@@ -304,6 +348,24 @@ def brute_force_topk(vectors: np.ndarray, k: int, block: int = 1024) -> tuple[np
     return top_i, top_s
 
 
+def adapted(vectors: np.ndarray, setup: Setup) -> np.ndarray:
+    """The vectors the job scores with neighbours.center / neighbours.augment, written again here:
+    unit rows minus their mean (float32), renormalised; then each plus its m nearest (self
+    excluded, ties by index) weighted by max(score, 0), renormalised."""
+    unit = unit_rows(vectors)
+    if setup.center:
+        mean = unit.astype(np.float64).mean(axis=0).astype(np.float32)
+        unit = unit_rows(unit.astype(np.float64) - mean.astype(np.float64))
+    if setup.augment:
+        top, scores = brute_force_topk(unit, setup.augment)
+        weights = np.maximum(scores.astype(np.float64), 0.0)
+        total = unit.astype(np.float64).copy()
+        for r in range(setup.augment):
+            total += weights[:, r, None] * unit[top[:, r]].astype(np.float64)
+        unit = unit_rows(total)
+    return unit
+
+
 def metrics(top: np.ndarray, labels: np.ndarray, k: int) -> dict:
     """The definitions of docs/querying.md, written again in numpy: macro averages over queries
     whose label has another item, for the first k columns of ``top``."""
@@ -330,17 +392,29 @@ def metrics(top: np.ndarray, labels: np.ndarray, k: int) -> dict:
     return result
 
 
-def run_direct(cfg, ids: list[str], paths: list[str], labels: np.ndarray, label_of: dict) -> dict:
+def run_direct(
+    cfg,
+    ids: list[str],
+    paths: list[str],
+    labels: np.ndarray,
+    label_of: dict,
+    setup: Setup,
+    embedded: dict | None = None,
+) -> dict:
+    """``embedded``: an earlier setup's direct result with the same embeddings (not computed again)."""
     from lookalike.tools import evaluate
 
-    vectors, used, seconds = embed_direct(cfg, paths)
-    print(
-        f"  direct: model load {seconds['load']:.1f}s, decode {seconds['decode']:.1f}s, "
-        f"model {seconds['model']:.1f}s ({len(paths) / max(seconds['model'], 1e-9):.1f} images/s)",
-        flush=True,
-    )
+    if embedded is None:
+        vectors, used, seconds = embed_direct(cfg, paths)
+        print(
+            f"  direct: model load {seconds['load']:.1f}s, decode {seconds['decode']:.1f}s, "
+            f"model {seconds['model']:.1f}s ({len(paths) / max(seconds['model'], 1e-9):.1f} images/s)",
+            flush=True,
+        )
+    else:
+        vectors, used, seconds = embedded["vectors"], embedded["used"], dict(embedded["seconds"])
     started = time.perf_counter()
-    top, scores = brute_force_topk(vectors, max(KS))
+    top, scores = brute_force_topk(adapted(vectors, setup), max(KS))
     seconds["topk"] = time.perf_counter() - started
     by_k, module_diff = {}, 0.0
     for k in KS:
@@ -383,10 +457,11 @@ def compare(setup: Setup, pipeline: dict, direct: dict, ids: list[str], out: str
         for k in KS
         for name in ("precision_at_k", "recall_at_k", "map_at_k", "chance")
     }
-    emb = tables.read_table(f"{out}/emb", ["item_id", "embedding", "weights"])
+    emb_path = pipeline["embeddings"]
+    emb = tables.read_table(emb_path, ["item_id", "embedding", "weights"])
     # What the job's rows say it computed with, against what the direct pass used.
     described = tables.read_table(
-        f"{out}/emb", [c for c in ("weights", "precision", "runtime") if c in tables.dataset(f"{out}/emb").schema.names]
+        emb_path, [c for c in ("weights", "precision", "runtime") if c in tables.dataset(emb_path).schema.names]
     )
     job_used = {c: sorted(set(described.column(c).to_pylist())) for c in described.column_names}
     direct_used = dict(zip(("weights", "precision", "runtime"), direct["used"], strict=False))
@@ -408,7 +483,7 @@ def compare(setup: Setup, pipeline: dict, direct: dict, ids: list[str], out: str
     for item, rank, neighbour in zip(nb["item_id"], nb["rank"], nb["neighbour_id"], strict=False):
         job_top[position[item], rank - 1] = position[neighbour]
     # The neighbours job alone: the brute force on the job's own embeddings.
-    own_top, _ = brute_force_topk(pipe_vectors, max(KS))
+    own_top, _ = brute_force_topk(adapted(pipe_vectors, setup), max(KS))
     return {
         "metric_diffs": diffs,
         "max_diff": max(diffs.values()),
@@ -473,9 +548,20 @@ def run_setup(setup: Setup, args, every_row: list[dict], work: str) -> dict:
     )
 
     sets = overrides(setup, input_uri, out)
-    pipeline = run_pipeline(setup, sets, labels_csv, out)
+    if setup.backbone == "keras_hub":
+        if not args.preset:
+            raise SystemExit("--configs keras_hub:...: give the preset with --preset DIR (or s3://...)")
+        sets += [f"model.preset={args.preset}"] + ([f"model.image_size={args.image_size}"] if args.image_size else [])
+    # Setups that differ only in post-processing share the first one's embeddings (both passes).
+    earlier = args.embedded.get(setup.embedding)
+    if earlier is not None:
+        sets = [
+            f"output.embeddings={earlier[0]['embeddings']}" if s.startswith("output.embeddings=") else s for s in sets
+        ]
+    pipeline = run_pipeline(setup, sets, labels_csv, out, earlier[0] if earlier else None)
     cfg = load_config(CONFIG_FILE, sets)
-    direct = run_direct(cfg, ids, paths, labels, label_of)
+    direct = run_direct(cfg, ids, paths, labels, label_of, setup, earlier[1] if earlier else None)
+    args.embedded.setdefault(setup.embedding, (pipeline, direct))
     check = compare(setup, pipeline, direct, ids, out)
     job_top = check.pop("job_top")
     # This process imported lookalike once, at the start; the jobs import it afresh each time.
@@ -608,11 +694,14 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--split", default="all", help="train, validation, test or all (default)")
     parser.add_argument("--keep", metavar="DIR", help="keep the tables, logs and inputs in DIR (must not exist)")
     parser.add_argument("--out", default=os.path.join(RESULTS, "quality.json"), help="where the JSON goes")
+    parser.add_argument("--preset", help="keras_hub configurations: the KerasHub preset (directory or s3://)")
+    parser.add_argument("--image-size", type=int, help="keras_hub DINOv2 presets: model.image_size")
     args = parser.parse_args(argv)
     args.data = os.path.abspath(args.data)
     setups = [parse_setup(c.strip()) for c in args.configs.split(",") if c.strip()]
     every_row = read_labels(args.data)
     args.code_digest = code_digest()
+    args.embedded = {}
     from lookalike.embed import backbones, images, model  # noqa: F401 (the code the digest describes)
 
     if args.keep:

@@ -60,7 +60,7 @@ python=$("$python" -c 'import os, sys; print(os.path.realpath(sys.executable))')
 "$python" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "lookalike needs Python 3.10+, found " + sys.version.split()[0])'
 
 hash_of() { "$python" -c 'import hashlib, sys; h = hashlib.sha256(); [h.update(open(p, "rb").read()) for p in sys.argv[1:]]; print(h.hexdigest()[:16])' "$@"; }
-deps_stamp="$(hash_of "$constraints" "$root/setup.py")-$("$python" -c 'import sys; print(sys.version.split()[0])')-$(printf '%s\n' "$python" "${extras[@]+"${extras[@]}"}" | "$python" -c 'import hashlib, sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest()[:8])')"
+deps_stamp="$(hash_of "$constraints" "$root/setup.py" "$root/requirements-nodeps.txt")-$("$python" -c 'import sys; print(sys.version.split()[0])')-$(printf '%s\n' "$python" "${extras[@]+"${extras[@]}"}" | "$python" -c 'import hashlib, sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest()[:8])')"
 sources=$(cd "$root" && find lib -name '*.py' -not -path '*/__pycache__/*' | LC_ALL=C sort)
 archive_stamp="$deps_stamp-$(cd "$root" && hash_of $sources)-level$level"
 
@@ -90,6 +90,7 @@ rm -rf "$work/dist" "$root/build/lib" "$root"/build/bdist.*
 wheel=$(ls "$work/dist"/lookalike-*.whl)
 if [ "$fresh" = 1 ]; then
   "$venv/bin/python" -m pip install -q -c "$constraints" "$wheel" "${extras[@]+"${extras[@]}"}"
+  "$venv/bin/python" -m pip install -q --no-deps -c "$constraints" -r "$root/requirements-nodeps.txt"
   "$venv/bin/python" -m pip uninstall -q -y pyspark py4j
   echo "$deps_stamp" > "$work/deps.stamp"
 else

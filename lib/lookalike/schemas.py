@@ -87,7 +87,24 @@ DUPLICATES = [
     Column("max_score", "float", False, "The item's highest cosine to another member of its group."),
 ]
 
+# The hybrid job's table: the neighbours' columns, its score the blend of behaviour and pictures.
+HYBRID = [
+    c if c.name != "score" else c._replace(doc="hybrid.alpha x behaviour cosine + (1 - alpha) x visual cosine.")
+    for c in NEIGHBOURS
+] + [
+    Column(
+        "source",
+        "string",
+        False,
+        "What the pair's score comes from: `behaviour` (most of it from co-interaction), `visual` (most "
+        "of it from the pictures, or either item has no interactions) or `blend` (docs/hybrid.md).",
+    ),
+]
+
 TABLES = {"embeddings": EMBEDDINGS, "errors": ERRORS, "neighbours": NEIGHBOURS, "duplicates": DUPLICATES}
+
+# Tables of optional stages, documented in their own page (docs/hybrid.md shows HYBRID).
+STAGE_TABLES = {"hybrid": HYBRID}
 
 # neighbours.incremental's own state, beside the published table (docs/scheduled-runs.md): each
 # item's list k + reserve deep, and what its item was when the list was made.

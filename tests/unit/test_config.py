@@ -17,7 +17,7 @@ def test_shipped_local_config_is_valid_and_points_at_the_sample():
     cfg = load_config(str(ROOT / "conf" / "local.yaml"), require=("input.uri",))
     assert cfg.input.uri == "samples/clothing"
     assert cfg.spark.master == "local[*]"
-    assert cfg.model.weights == "imagenet" and cfg.model.on_missing_weights == "efficientnet_lite0"
+    assert cfg.model.weights == "imagenet" and cfg.model.on_missing_weights == "efficientnet_lite2"
 
 
 def test_defaults_match_the_documented_contract():

@@ -37,9 +37,10 @@ ALLOWED: dict[str, set[str]] = {
     "embed": BOTTOM | {"io", "publish"},
     "neighbours": BOTTOM | {"io", "publish"},
     "duplicates": BOTTOM | {"io", "publish", "neighbours"},
-    "tools": BOTTOM | {"io", "publish", "embed", "neighbours", "duplicates"},
+    "hybrid": BOTTOM | {"io", "publish", "neighbours"},  # behaviour blended with pictures
+    "tools": BOTTOM | {"io", "publish", "embed", "neighbours", "duplicates", "hybrid"},
     "readers": {"tools"},  # the stable public path of tools.readers
-    "jobs": BOTTOM | {"lookalike", "io", "publish", "embed", "neighbours", "duplicates", "tools"},
+    "jobs": BOTTOM | {"lookalike", "io", "publish", "embed", "neighbours", "duplicates", "hybrid", "tools"},
 }
 
 

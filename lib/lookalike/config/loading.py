@@ -63,6 +63,12 @@ def _validate_neighbour_rules(settings: NeighboursConfig) -> None:
             "queries to measure recall on, but neighbours.recall_sample is 0; set recall_sample "
             "(default 1000) or a fixed nprobe"
         )
+    if settings.augment and settings.incremental:
+        raise ConfigError(
+            f"config key 'neighbours.augment' ({settings.augment}) cannot be combined with "
+            "neighbours.incremental: an augmented vector changes whenever its neighbours do, so every "
+            "run would be a full one; set neighbours.augment=0 or neighbours.incremental=false"
+        )
     if settings.same is not None and settings.same == settings.exclude_same:
         raise ConfigError(
             f"config keys 'neighbours.same' and 'neighbours.exclude_same' both name {settings.same!r}: that "
@@ -88,18 +94,19 @@ def _validate_runtime(cfg: Config) -> None:
 
 
 def _validate_model(model: ModelConfig) -> None:
+    _validate_keras_hub(model)
     weights = model.weights
     if weights not in ("imagenet", "none") and not (
         weights.startswith("s3://") or weights.endswith((".h5", ".pth")) or os.path.exists(_local(weights))
     ):
         raise ConfigError(
             f"config key 'model.weights': {weights!r} is neither 'imagenet', 'none', an s3:// URI "
-            f"nor an existing weights file (.h5, or .pth for efficientnet_lite0)"
+            f"nor an existing weights file (.h5, or .pth for efficientnet_lite0/1/2)"
         )
-    if weights.endswith(".pth") and model.name != "efficientnet_lite0":
+    if weights.endswith(".pth") and not model.name.startswith("efficientnet_lite"):
         raise ConfigError(
             f"config key 'model.weights': {weights!r} is a PyTorch checkpoint, which only "
-            f"model.name=efficientnet_lite0 reads; {model.name} takes Keras .h5 weights"
+            f"model.name=efficientnet_lite0/1/2 reads; {model.name} takes Keras .h5 weights"
         )
     if model.name == "keras_file":
         if not model.file:
@@ -123,6 +130,26 @@ def _validate_model(model: ModelConfig) -> None:
                     f"config key 'model.{key}' applies to model.name=keras_file only; {model.name} "
                     f"has its own (see docs/backbones.md). Remove it, or set model.name=keras_file"
                 )
+
+
+def _validate_keras_hub(model: ModelConfig) -> None:
+    if model.name != "keras_hub":
+        for key in ("preset", "image_size"):
+            if getattr(model, key) is not None:
+                raise ConfigError(
+                    f"config key 'model.{key}' applies to model.name=keras_hub only; remove it, or set "
+                    f"model.name=keras_hub"
+                )
+    elif not model.preset:
+        raise ConfigError(
+            "model.name=keras_hub needs model.preset: a saved KerasHub preset directory or s3:// prefix, "
+            "e.g. --set model.preset=s3://bucket/models/clip_vit_base_patch16 (docs/backbones.md)"
+        )
+    elif model.weights != "imagenet":
+        raise ConfigError(
+            "config key 'model.weights' does not apply to model.name=keras_hub: the preset holds its "
+            "weights (model.weights_md5 checks them); remove model.weights"
+        )
 
 
 def _local(path: str) -> str:

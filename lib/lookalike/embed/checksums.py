@@ -1,6 +1,6 @@
 """The md5 of a local weights file, computed once per file version in a process.
 
-Below weights.py and efficientnet_lite0.py, which both check files against published md5s.
+Below weights.py and efficientnet_lite.py, which both check files against published md5s.
 """
 
 from __future__ import annotations

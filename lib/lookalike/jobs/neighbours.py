@@ -11,6 +11,8 @@ from lookalike import publish
 from lookalike.config import Config, NeighboursConfig
 from lookalike.jobs.common import job_main, release, skipped
 from lookalike.neighbours import (
+    adapt,
+    adapt_stage,
     arrow,
     exact,
     incremental_ivf,
@@ -96,7 +98,7 @@ def run(spark, cfg: Config) -> dict:
             facts["candidates"],
             facts["dim"],
             keys.layout_for(settings),
-            *_hidden(spark, ordered, settings, facts, held),
+            *hidden_groups(spark, ordered, settings, facts, held),
         )
         summary = {
             "job": "neighbours",
@@ -110,6 +112,11 @@ def run(spark, cfg: Config) -> dict:
             "inputs": inputs,
         }
         phases["checks"] = time.perf_counter() - mark - phases["read_order_normalise"]
+        items, adapted, adapt_phases, mean = adapt_stage.adapt_items(
+            spark, run_id, items, settings, held, cfg.s3, _stored_mean(previous, settings, facts["dim"])
+        )
+        summary.update(adapted)
+        phases.update(adapt_phases)
 
         with outputs as out:
             staging = out.staging("neighbours")
@@ -169,6 +176,9 @@ def run(spark, cfg: Config) -> dict:
                 summaries = {"neighbours": summary}
                 if scored.state is not None:
                     summaries["neighbours_lists"] = {**scored.state, "run_id": run_id, "inputs": inputs}
+                    if mean is not None:
+                        # The mean these lists were scored with, for the next incremental run.
+                        summaries["neighbours_lists"]["center"] = adapt.encode(mean)
                 if kept_centroids:
                     summaries["neighbours_centroids"] = {"run_id": run_id, "nlist": len(scored.centroids)}
                 out.commit(
@@ -186,7 +196,19 @@ def run(spark, cfg: Config) -> dict:
     return summary
 
 
-def _hidden(spark, ordered, settings: NeighboursConfig, facts: dict, held: list) -> tuple:
+def _stored_mean(previous, settings: NeighboursConfig, dim: int):
+    """The catalogue mean an incremental run with neighbours.center reuses: the one stored with the
+    previous lists when they were made with this run's result settings, else None (computed
+    afresh: every centred vector then changes, and the lists are scored in full)."""
+    if not (settings.incremental and settings.center) or previous is None:
+        return None
+    stored = previous.summary or {}
+    if stored.get("result_settings") != settings.result_fingerprint() or "center" not in stored:
+        return None
+    return adapt.decode(stored["center"], dim)
+
+
+def hidden_groups(spark, ordered, settings: NeighboursConfig, facts: dict, held: list) -> tuple:
     """(depth, broadcast write.HiddenGroups) for hide_duplicates, else (0, None). The group of every
     candidate in one goes to the writers, which keep one member per group."""
     import numpy as np

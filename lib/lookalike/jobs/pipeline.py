@@ -1,6 +1,7 @@
-"""Pipeline job: embed, then near-duplicate groups (when duplicates.enabled), then neighbours, in one
-Spark application (one session, one config). The groups come before the neighbours because
-neighbours.hide_duplicates reads them: this run's, not the previous run's."""
+"""Pipeline job: embed, then near-duplicate groups (when duplicates.enabled), then neighbours, then
+the hybrid table (when hybrid.interactions is set), in one Spark application (one session, one
+config). The groups come before the neighbours because neighbours.hide_duplicates reads them: this
+run's, not the previous run's."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import logging
 from typing import Any
 
 from lookalike.config import Config
-from lookalike.jobs import duplicates, embed, neighbours
+from lookalike.jobs import duplicates, embed, hybrid, neighbours
 from lookalike.jobs.common import job_main
 
 log = logging.getLogger(__name__)
@@ -23,8 +24,12 @@ def run(spark, cfg: Config) -> dict:
     if cfg.duplicates.enabled:
         summary["duplicates"] = duplicates.run(spark, cfg)
     summary["neighbours"] = ranked = neighbours.run(spark, cfg)
+    if cfg.hybrid.interactions is not None:
+        summary["hybrid"] = hybrid.run(spark, cfg)
     summary["ok"] = all(
-        bool(summary[stage].get("ok", True)) for stage in ("embed", "duplicates", "neighbours") if stage in summary
+        bool(summary[stage].get("ok", True))
+        for stage in ("embed", "duplicates", "neighbours", "hybrid")
+        if stage in summary
     )
     log.info(
         "pipeline done: %d images embedded, %d errors, neighbours written to %s",
@@ -40,6 +45,7 @@ def run(spark, cfg: Config) -> dict:
                 "embed_run_id": embedded.get("run_id"),
                 "neighbours_run_id": ranked.get("run_id"),
                 "duplicates_run_id": summary.get("duplicates", {}).get("run_id"),
+                "hybrid_run_id": summary.get("hybrid", {}).get("run_id"),
             },
             sort_keys=True,
         )

@@ -190,7 +190,7 @@ class OutputSet:
                     self.spec,
                     identifier(self.output, name),
                     self.locations[name],
-                    schemas.arrow_schema({**schemas.TABLES, **schemas.INTERNAL_TABLES}[name]),
+                    schemas.arrow_schema({**schemas.TABLES, **schemas.STAGE_TABLES, **schemas.INTERNAL_TABLES}[name]),
                 )
                 self.tables[name] = table
             summary = (summaries or {}).get(name, {})

@@ -20,7 +20,10 @@ if TYPE_CHECKING:
 SUBCOMMANDS = {
     "similar": ("lookalike.tools.query", "print one item's recommendations from the neighbour table"),
     "report": ("lookalike.tools.report", "write a self-contained HTML page of items and their neighbours"),
-    "evaluate": ("lookalike.tools.evaluate", "precision/recall/mAP@k of the neighbour table against labels"),
+    "evaluate": (
+        "lookalike.tools.evaluate",
+        "precision/recall/mAP@k of the neighbour table against labels, or recall@k of held-out co-interactions",
+    ),
 }
 
 

@@ -249,9 +249,19 @@ def add_arguments(parser) -> None:
     parser.add_argument("--neighbours", required=True, metavar="PATH", help="the neighbour table (Parquet)")
     parser.add_argument(
         "--labels",
-        required=True,
         metavar="CSV",
-        help="CSV with columns item_id,label or path,label (path: relative to input.uri)",
+        help="CSV with columns item_id,label or path,label (path: relative to input.uri); or --interactions",
+    )
+    parser.add_argument(
+        "--interactions",
+        metavar="HELD_OUT",
+        help="instead of labels: held-out interactions (user_id, item_id; Parquet, CSV or Iceberg): recall@k and "
+        "hit rate of their co-interactions (docs/hybrid.md)",
+    )
+    parser.add_argument(
+        "--train",
+        metavar="TABLE",
+        help="with --interactions: the interactions the table was computed from; items without any are cold",
     )
     parser.add_argument("-k", type=int, default=10, help="evaluate the top k neighbours (default 10)")
     parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON to PATH")
@@ -278,7 +288,13 @@ def command(args) -> int:
         raise InputError(
             f"--json {args.json} is a directory; give the name of the file to write, e.g. {args.json}/quality.json"
         )
+    if bool(args.labels) == bool(args.interactions):
+        raise InputError(
+            "give either --labels CSV (same-label neighbours) or --interactions HELD_OUT (co-interactions)"
+        )
     s3 = load_settings(args).s3
+    if args.interactions:
+        return _co_interactions(args, s3)
     labels = load_labels(args.labels, args.id_regex, s3)
     neighbours = tables.open_table(args.neighbours, s3)
     neighbours.require(["item_id", "rank", "neighbour_id"], "a neighbour table")
@@ -305,16 +321,40 @@ def command(args) -> int:
             "note: the embeddings were computed with random-init weights; these figures say nothing "
             "about recommendation quality (use model.weights=imagenet)"
         )
-    if args.json:
-        directory = os.path.dirname(os.path.abspath(args.json))
-        os.makedirs(directory, exist_ok=True)
-        temporary = args.json + ".tmp"
-        try:
-            with open(temporary, "w", encoding="utf-8") as handle:
-                json.dump(result, handle, indent=2, sort_keys=True)
-            os.replace(temporary, args.json)  # never a half-written file
-        except OSError as exc:
-            if os.path.exists(temporary):
-                os.remove(temporary)
-            raise OutputError(f"cannot write --json {args.json}: {exc.strerror or exc}") from None
+    _write_json(args.json, result)
     return 0
+
+
+def _co_interactions(args, s3) -> int:
+    """``--interactions``: the neighbour table against held-out co-interactions (hybrid.heldout)."""
+    from lookalike.hybrid import heldout
+    from lookalike.io import tables
+
+    train = heldout.read_pairs(args.train, s3) if args.train else None
+    tally = heldout.CoTally(heldout.read_pairs(args.interactions, s3), args.k, train)
+    neighbours = tables.open_table(args.neighbours, s3)
+    neighbours.require(["item_id", "rank", "neighbour_id"], "a neighbour table")
+    for query_ids, sizes, neighbour_ids, _ in tables.iter_ranked_lists(
+        neighbours, args.k, columns=["item_id", "rank", "neighbour_id"]
+    ):
+        tally.add(query_ids, sizes, neighbour_ids)
+    result = tally.result()
+    result.update(neighbours_table=args.neighbours, interactions=args.interactions, train=args.train)
+    print(heldout.format_table(result))
+    _write_json(args.json, result)
+    return 0
+
+
+def _write_json(path: str | None, result: dict) -> None:
+    if not path:
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    temporary = path + ".tmp"
+    try:
+        with open(temporary, "w", encoding="utf-8") as handle:
+            json.dump(result, handle, indent=2, sort_keys=True)
+        os.replace(temporary, path)  # never a half-written file
+    except OSError as exc:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise OutputError(f"cannot write --json {path}: {exc.strerror or exc}") from None

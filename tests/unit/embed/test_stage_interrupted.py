@@ -18,6 +18,7 @@ BATCH = 4
 
 class FailingEmbedder:
     input_size = (8, 8)
+    interpolation = "bilinear"
 
     def embed(self, pixels):
         raise RuntimeError("the model failed")
@@ -28,7 +29,7 @@ def test_an_interrupted_task_cancels_the_fetches_it_queued(monkeypatch):
     calls: list[str] = []
     lock = threading.Lock()
 
-    def load(uri, cfg, input_size):
+    def load(uri, cfg, input_size, interpolation):
         with lock:
             calls.append(uri)
             number = len(calls)

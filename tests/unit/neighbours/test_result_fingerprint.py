@@ -38,6 +38,8 @@ OTHER_VALUE = {
     "incremental": True,
     "reserve": 3,
     "target_recall": 0.9,
+    "center": True,
+    "augment": 2,
 }
 
 
@@ -63,3 +65,18 @@ def test_result_fingerprint_of_candidates():
     assert fingerprint([1, 2]) == fingerprint(["2", "1"])  # the job reads ids as strings
     # A table counts by its content (candidates_identity), not by where it is.
     assert fingerprint("s3://x/likes.csv") == fingerprint("/data/likes.csv") != fingerprint(None)
+
+
+def test_center_and_augment_off_leave_the_fingerprint_of_older_tables():
+    """Off, the two keys are left out: a table published before they existed still skips."""
+    import hashlib
+    import json
+
+    base = NeighboursConfig()
+    values = {key: getattr(base, key) for key in NEIGHBOURS_RESULT_KEYS}
+    for key in ("attributes", "same", "exclude_same", "hide_duplicates", "center", "augment"):
+        del values[key]
+    before = hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
+    assert base.result_fingerprint() == before
+    assert updated(base, center=True).result_fingerprint() != before
+    assert updated(base, augment=1).result_fingerprint() != updated(base, augment=2).result_fingerprint()
