@@ -286,11 +286,10 @@ def _side(family: str, inner: dict, converter: dict, cfg: ModelConfig, source: s
     return int(side)
 
 
-def build(keras, cfg: ModelConfig, s3: S3Config):
-    """(image tower on float 0..255 RGB -> embedding, preset md5, the Preset)."""
+def build(keras, cfg: ModelConfig, preset: Preset):
+    """The image tower of ``preset`` (as :func:`read` gives it) on float 0..255 RGB -> embedding."""
     import keras_hub
 
-    preset = read(cfg, s3)
     side = preset.input_size[1]
     overrides: dict = {"dtype": keras.config.dtype_policy().name}
     if preset.family == "dinov2" and _tower_side("dinov2", preset.config.get("config") or {}) != side:
@@ -318,7 +317,7 @@ def build(keras, cfg: ModelConfig, s3: S3Config):
         embedding = backbone.get_vision_embeddings(x)
     trunk = keras.Model(pixels, keras.layers.Activation("linear", dtype="float32", name="embedding")(embedding))
     log.info("keras_hub preset %s: %s (%s), %d px, %s", cfg.preset, preset.class_name, preset.family, side, preset.md5)
-    return trunk, preset.md5, preset
+    return trunk
 
 
 def _with_dtype(node, dtype: str):
@@ -353,9 +352,8 @@ def embedding_dim(preset: Preset) -> int:
     return int(inner["hidden_dim"])
 
 
-def describe(cfg: ModelConfig, s3: S3Config) -> tuple[str, tuple[int, int], str, str, int]:
+def describe(cfg: ModelConfig, preset: Preset) -> tuple[str, tuple[int, int], str, str, int]:
     """(preprocessing mode, input size, interpolation, weights tag, dim) without building the model:
     what the embed stage needs to run a cached OpenVINO IR. The preprocessing is inside the model,
     so its input is plain 0..255 pixels ("raw")."""
-    preset = read(cfg, s3)
     return "raw", preset.input_size, preset.interpolation, weights_tag(cfg, preset.md5), embedding_dim(preset)

@@ -139,8 +139,10 @@ class Embedder:
         self._threads = threads or cfg.threads
         self._model = self._inference = self._compiled = None
         self.fixed_batch = False
-        # How the workers resize: a KerasHub preset's image converter says; the CNNs were bilinear.
-        self.interpolation = kerashub.read(cfg, self._s3).interpolation if cfg.name == "keras_hub" else "bilinear"
+        # A KerasHub preset is fetched and read (its md5 over every file) once per Embedder: its
+        # image converter says how the workers resize (the CNNs were bilinear).
+        self._preset = kerashub.read(cfg, self._s3) if cfg.name == "keras_hub" else None
+        self.interpolation = self._preset.interpolation if self._preset else "bilinear"
         if cfg.runtime == "openvino" and cfg.name != "keras_file":
             self._compiled = self._cached_openvino(cfg)
         if self._compiled is None:
@@ -152,8 +154,8 @@ class Embedder:
         from lookalike.embed.openvino import runtime as openvino_runtime
         from lookalike.embed.weights import local_file
 
-        if cfg.name == "keras_hub":
-            self.preprocessing, self.input_size, _, self.weights_tag, self.dim = kerashub.describe(cfg, self._s3)
+        if self._preset is not None:
+            self.preprocessing, self.input_size, _, self.weights_tag, self.dim = kerashub.describe(cfg, self._preset)
         else:
             backbone = backbones.get(cfg.name)
             self.preprocessing, self.input_size = backbone.preprocessing, backbone.input_size
@@ -189,7 +191,7 @@ class Embedder:
         if cfg.precision != "float32" and cfg.runtime == "keras":
             keras.config.set_dtype_policy(f"mixed_{cfg.precision}")
         try:
-            trunk, md5, self.preprocessing, self.input_size = self._build(keras, cfg, self._s3)
+            trunk, md5, self.preprocessing, self.input_size = self._build(keras, cfg, self._s3, self._preset)
             inference = _with_preprocessing(trunk, self.preprocessing, self.input_size)
         finally:
             keras.config.set_dtype_policy(previous_policy)
@@ -229,13 +231,13 @@ class Embedder:
         return self._inference
 
     @staticmethod
-    def _build(keras, cfg: ModelConfig, s3: S3Config):
+    def _build(keras, cfg: ModelConfig, s3: S3Config, preset: kerashub.Preset | None = None):
         """(trunk on preprocessed input, md5 of the file loaded, preprocessing, input size)."""
         if cfg.name == "keras_file":
             return _load_keras_file(keras, cfg, s3)
         if cfg.name == "keras_hub":
-            trunk, md5, preset = kerashub.build(keras, cfg, s3)
-            return trunk, md5, "raw", preset.input_size
+            preset = preset or kerashub.read(cfg, s3)
+            return kerashub.build(keras, cfg, preset), preset.md5, "raw", preset.input_size
         backbone = backbones.get(cfg.name)
         if is_random_init(cfg):
             # Same seed, same weights, in every process: tests and random-init runs are reproducible.
