@@ -37,6 +37,7 @@ import pytest
 from lookalike.config import load_config
 from lookalike.jobs import neighbours as neighbours_job
 from tests.support.brute_force import brute_force, random_vectors
+from tests.support.env import JVM_OPTIONS
 from tests.support.neighbour_tables import assert_matches, embeddings_dir, make_ids, read_lists
 from tests.support.net import free_port
 from tests.support.outputs import read_output
@@ -89,6 +90,9 @@ PER_APP = [
     "spark.scheduler.minRegisteredResourcesRatio=1",
     "--conf",
     "spark.scheduler.maxRegisteredResourcesWaitingTime=600s",
+    # Short-lived executors, as the drivers (tests/support/env.py): the JIT's C2 tier is not worth it.
+    "--conf",
+    f"spark.executor.extraJavaOptions={JVM_OPTIONS}",
 ]
 
 

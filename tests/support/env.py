@@ -23,11 +23,21 @@ TEST_ENV = {
     "PYSPARK_DRIVER_PYTHON": sys.executable,
 }
 
+# The JVMs of the tests (the session's gateway, every spark-submit they start, the standalone
+# cluster's executors through spark.executor.extraJavaOptions) live seconds to minutes and run
+# little hot JVM code: the C2 compiler's warm-up costs them more CPU than it saves (measured:
+# four test files, two processes, 242 s -> 181-208 s; one envcheck
+# application 11.6 -> 7.8 CPU-s). Only the JIT tier changes; no result depends on it.
+JVM_OPTIONS = "-XX:TieredStopAtLevel=1"
+
 # Credentials a developer's shell may carry must not reach the tests' fake endpoints.
 DROPPED = ("AWS_PROFILE", "AWS_SESSION_TOKEN")
 
 
 def apply() -> None:
     os.environ.update(TEST_ENV)
+    opts = os.environ.get("SPARK_SUBMIT_OPTS", "")
+    if "TieredStopAtLevel" not in opts:
+        os.environ["SPARK_SUBMIT_OPTS"] = f"{opts} {JVM_OPTIONS}".strip()
     for name in DROPPED:
         os.environ.pop(name, None)
