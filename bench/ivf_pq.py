@@ -53,7 +53,6 @@ import argparse
 import json
 import os
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -65,6 +64,7 @@ sys.path.insert(0, str(ROOT / "lib"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from neighbours_scale import clustered  # noqa: E402  (bench/neighbours_scale.py)
+from tools_scale import cpu_model  # noqa: E402  (bench/tools_scale.py)
 
 from lookalike.neighbours.ivf import train, train_size  # noqa: E402
 
@@ -73,14 +73,6 @@ TARGET = 0.95
 ADD_ROWS = 65_536
 RESCORE_ROWS = 512
 POOL = 64  # ground truth: float32 candidates per query kept for the float64 rescoring
-
-
-def cpu_model() -> str:
-    try:
-        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("Model name")), "?")
 
 
 def ground_truth(x: np.ndarray, queries: np.ndarray, k: int, block: int = 65_536) -> np.ndarray:

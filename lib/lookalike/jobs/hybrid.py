@@ -20,14 +20,11 @@ from lookalike.hybrid import als, factors, interactions, sources
 from lookalike.io.storage import storage_for
 from lookalike.io.uris import is_hadoop, is_s3, local_path
 from lookalike.jobs.common import job_main, release, skipped
-from lookalike.jobs.neighbours import hidden_groups
-from lookalike.neighbours import exact, ivf_stage, keys, prepare, watch, write
+from lookalike.jobs.neighbours import ordered_items, prepared_items
+from lookalike.neighbours import exact, ivf_stage, prepare, watch, write
 from lookalike.neighbours.inputs import (
     candidates_identity,
     published_identity,
-    read_attributes,
-    read_candidates,
-    read_duplicates,
     read_embeddings,
 )
 from lookalike.publish import lineage
@@ -139,33 +136,13 @@ def _search_and_write(
 ) -> dict:
     """The neighbours stages on the blended vectors, then the source pass; commits output.hybrid
     with the summary (``details`` and the counts) and returns it."""
-    from pyspark import StorageLevel
-
     settings = cfg.neighbours
     phases = details["phase_seconds"]
     mark = time.perf_counter()
-    candidate_ids = read_candidates(spark, settings.candidates)
-    attributes = duplicates = None
-    if settings.attributes is not None:
-        named = tuple((key, getattr(settings, key)) for key in ("same", "exclude_same") if getattr(settings, key))
-        attributes = read_attributes(spark, settings.attributes, named)
-    if settings.hide_duplicates:
-        duplicates = read_duplicates(spark, cfg.output.duplicates, cfg.s3)
-    partitions = prepare.partition_count(spark, blended, settings.partitions)
-    keyed = keys.attach(spark, blended.drop("factor", "warm"), settings, attributes, duplicates)
-    ordered = prepare.ordered_items(keyed, partitions, candidate_ids).persist(StorageLevel.MEMORY_AND_DISK)
-    held.append(ordered)
-    facts = prepare.validate(prepare.inspect(ordered), ordered, candidate_ids, cfg.output.embeddings)
-    facts.update(keys.counts(spark, ordered, settings, attributes, settings.attributes, duplicates))
-    items = prepare.Prepared(
-        ordered,
-        partitions,
-        facts["queries"],
-        facts["candidates"],
-        facts["dim"],
-        keys.layout_for(settings),
-        *hidden_groups(spark, ordered, settings, facts, held),
-    )
+    ordering = ordered_items(spark, cfg, blended.drop("factor", "warm"))
+    held.append(ordering.ordered)
+    items, facts = prepared_items(spark, cfg, ordering, prepare.inspect(ordering.ordered), held)
+    partitions = items.partitions
     phases["prepare"] = time.perf_counter() - mark
     summary = {"job": "hybrid", "run_id": run_id, "ok": True, **facts, "hybrid": cfg.output.hybrid}
     with outputs as out:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass
+from typing import Any
 
 from lookalike import publish
 from lookalike.config import Config, NeighboursConfig
@@ -40,7 +42,6 @@ REQUIRED = ("output.embeddings", "output.neighbours")
 
 
 def run(spark, cfg: Config) -> dict:
-    from pyspark import StorageLevel
 
     started = time.perf_counter()
     run_id = new_run_id()
@@ -73,33 +74,15 @@ def run(spark, cfg: Config) -> dict:
     previous = publish.current(cfg.output.neighbours_lists, cfg.s3) if incremental else None
     centroids = publish.current(cfg.output.neighbours_centroids, cfg.s3) if kept_centroids else None
     embeddings = read_embeddings(spark, source or cfg.output.embeddings, cfg.s3)
-    candidate_ids = read_candidates(spark, settings.candidates)
-    attributes = duplicates = None
-    if settings.attributes is not None:
-        named = tuple((key, getattr(settings, key)) for key in ("same", "exclude_same") if getattr(settings, key))
-        attributes = read_attributes(spark, settings.attributes, named)
-    if settings.hide_duplicates:
-        duplicates = read_duplicates(spark, cfg.output.duplicates, cfg.s3)
-    partitions = prepare.partition_count(spark, embeddings, settings.partitions)
-    embeddings = keys.attach(spark, embeddings, settings, attributes, duplicates)
-    ordered = prepare.ordered_items(embeddings, partitions, candidate_ids).persist(StorageLevel.MEMORY_AND_DISK)
+    ordering = ordered_items(spark, cfg, embeddings)
+    ordered, partitions = ordering.ordered, ordering.partitions
     held: list = []  # broadcasts and persisted frames, released whatever happens
     try:
         mark = time.perf_counter()
         seen = prepare.inspect(ordered)
         # prepare: the unchanged-input check, reading the footers, planning (before any vector moves).
         phases = {"prepare": mark - started, "read_order_normalise": time.perf_counter() - mark}
-        facts = prepare.validate(seen, ordered, candidate_ids, cfg.output.embeddings)
-        facts.update(keys.counts(spark, ordered, settings, attributes, settings.attributes, duplicates))
-        items = prepare.Prepared(
-            ordered,
-            partitions,
-            facts["queries"],
-            facts["candidates"],
-            facts["dim"],
-            keys.layout_for(settings),
-            *hidden_groups(spark, ordered, settings, facts, held),
-        )
+        items, facts = prepared_items(spark, cfg, ordering, seen, held)
         summary = {
             "job": "neighbours",
             "run_id": run_id,
@@ -206,6 +189,55 @@ def _stored_mean(previous, settings: NeighboursConfig, dim: int):
     if stored.get("result_settings") != settings.result_fingerprint() or "center" not in stored:
         return None
     return adapt.decode(stored["center"], dim)
+
+
+@dataclass(frozen=True)
+class Ordering:
+    """The items ordered for the search (persisted) and the rules' inputs they were keyed with."""
+
+    ordered: Any
+    partitions: int
+    candidate_ids: Any
+    attributes: Any
+    duplicates: Any
+
+
+def ordered_items(spark, cfg: Config, embeddings) -> Ordering:
+    """Read what the rules need (candidates, attributes, the duplicates table), key the embeddings
+    with it and order them into the search's partitions (persisted: the caller unpersists)."""
+    from pyspark import StorageLevel
+
+    settings = cfg.neighbours
+    candidate_ids = read_candidates(spark, settings.candidates)
+    attributes = duplicates = None
+    if settings.attributes is not None:
+        named = tuple((key, getattr(settings, key)) for key in ("same", "exclude_same") if getattr(settings, key))
+        attributes = read_attributes(spark, settings.attributes, named)
+    if settings.hide_duplicates:
+        duplicates = read_duplicates(spark, cfg.output.duplicates, cfg.s3)
+    partitions = prepare.partition_count(spark, embeddings, settings.partitions)
+    keyed = keys.attach(spark, embeddings, settings, attributes, duplicates)
+    ordered = prepare.ordered_items(keyed, partitions, candidate_ids).persist(StorageLevel.MEMORY_AND_DISK)
+    return Ordering(ordered, partitions, candidate_ids, attributes, duplicates)
+
+
+def prepared_items(spark, cfg: Config, ordering: Ordering, seen, held: list) -> tuple[prepare.Prepared, dict]:
+    """The checked facts of the ordered items (``seen``: ``prepare.inspect`` of them) and what the
+    search stages take; broadcasts go into ``held``."""
+    settings = cfg.neighbours
+    ordered = ordering.ordered
+    facts = prepare.validate(seen, ordered, ordering.candidate_ids, cfg.output.embeddings)
+    facts.update(keys.counts(spark, ordered, settings, ordering.attributes, settings.attributes, ordering.duplicates))
+    items = prepare.Prepared(
+        ordered,
+        ordering.partitions,
+        facts["queries"],
+        facts["candidates"],
+        facts["dim"],
+        keys.layout_for(settings),
+        *hidden_groups(spark, ordered, settings, facts, held),
+    )
+    return items, facts
 
 
 def hidden_groups(spark, ordered, settings: NeighboursConfig, facts: dict, held: list) -> tuple:
