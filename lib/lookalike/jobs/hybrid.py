@@ -48,6 +48,10 @@ def run(spark, cfg: Config) -> dict:
         )
     if settings.incremental:
         log.info("neighbours.incremental does not apply to the hybrid table: every list is computed")
+    # Said, not refused: a pipeline's config sets them for its picture neighbours.
+    for key in ("center", "augment"):
+        if getattr(settings, key):
+            log.info("neighbours.%s does not apply to the hybrid table: it would move the scores off the blend", key)
     source = publish.current(cfg.output.embeddings, cfg.s3)
     inputs = {
         "embeddings": lineage.identity_of(source),

@@ -6,6 +6,8 @@ runs the stage when hybrid.interactions is set."""
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -102,9 +104,10 @@ def _direct_factors(spark, good) -> dict:
     return {items[r["id"]]: np.array(r["features"]) for r in model.itemFactors.collect()}
 
 
-def test_factors_equal_mllib_als_and_scores_equal_the_numpy_blend(spark, data):
+def test_factors_equal_mllib_als_and_scores_equal_the_numpy_blend(spark, data, caplog):
     tmp, embeddings, visual, good, _, clean = data
-    cfg, out = _config(tmp, embeddings, clean, "clean", alpha=0.4)
+    # center and augment are for the picture neighbours: said, and left out of the blend's scores.
+    cfg, out = _config(tmp, embeddings, clean, "clean", alpha=0.4, center=True, augment=2)
     usable = spark.createDataFrame(good, "user_id string, item_id string, weight double")
     ours = {r["item_id"]: np.array(r["factor"]) for r in als.item_factors(spark, usable, cfg.hybrid).collect()}
     direct = _direct_factors(spark, good)
@@ -112,7 +115,10 @@ def test_factors_equal_mllib_als_and_scores_equal_the_numpy_blend(spark, data):
     for item in direct:
         np.testing.assert_allclose(ours[item], direct[item], rtol=1e-4, atol=1e-5)
 
-    summary = job.run(spark, cfg)
+    with caplog.at_level(logging.INFO, logger="lookalike.jobs.hybrid"):
+        summary = job.run(spark, cfg)
+    said = [r.getMessage() for r in caplog.records if "does not apply to the hybrid table" in r.getMessage()]
+    assert [m.split()[0] for m in said] == ["neighbours.center", "neighbours.augment"]
     assert summary["warm_items"] == 40 and summary["cold_items"] == 8
     assert summary["interactions"]["usable_pairs"] == len(good) and summary["ridge"]["warm_items_used"] == 40
 
