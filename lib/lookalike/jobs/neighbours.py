@@ -42,7 +42,6 @@ REQUIRED = ("output.embeddings", "output.neighbours")
 
 
 def run(spark, cfg: Config) -> dict:
-
     started = time.perf_counter()
     run_id = new_run_id()
     settings = cfg.neighbours
