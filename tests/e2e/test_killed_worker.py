@@ -36,7 +36,7 @@ HOOKS = ROOT / "tests" / "e2e" / "hooks"
 CRASHING_WORKER = ["--conf", "spark.python.use.daemon=false", "--conf", "spark.python.worker.module=crashing_worker"]
 
 
-# Both runs: the same images, model and batches, so the same floats.
+# Small batches and tasks: several tasks per run, so that one fails while the others go on.
 BATCHES = ["model.batch_size=2", "input.partition_size=4"]
 
 
@@ -111,6 +111,7 @@ def test_a_killed_python_worker_is_retried_and_the_tables_equal_an_undisturbed_r
     assert len(b) == b["item_id"].nunique() == 12  # the retried task's rows are there once
     ignore = ["embedding", "run_id", "embedded_at"]
     pd.testing.assert_frame_equal(a.drop(columns=ignore), b.drop(columns=ignore))
-    # Same batches in both runs, so the retried task must give the very same floats.
-    assert all(np.array_equal(x, y) for x, y in zip(a["embedding"], b["embedding"], strict=False))
+    # The session and the application may split the images into other batches, which may take
+    # other CPU kernels (AVX2 ones do): the values must agree to float32 round-off.
+    np.testing.assert_allclose(np.stack(a["embedding"]), np.stack(b["embedding"]), rtol=0, atol=1e-5)
     assert len(read(tmp_path / "hit" / "err")) == 0
