@@ -14,7 +14,7 @@ driver-side state).
 Slow by nature. The archive holds TensorFlow: the first build in a checkout makes a virtualenv
 (~2 min from the pip cache), later runs only rebuild the wheel and repack (~1 min) when lib/
 changed; it is kept in build/test-env/. Each application that uses it unpacks it once per executor
-(~2 GB, 31,000 files: most of such an application's time on 2 cores), hence one such application.
+(~2 GB, 22,000 files: most of such an application's time on 2 cores), hence one such application.
 The four applications are submitted at once, each limited to one 1-core executor per worker, and
 each test waits for its own: their JVM and executor start-ups overlap.
 """
@@ -337,6 +337,10 @@ def test_executors_run_only_the_archives_python_and_this_code(cluster_runs):
         assert Path(info["prefix"]) == environment
         assert Path(info["lookalike_file"]).is_relative_to(environment / "lib")  # the wheel, not lib/
         assert info["code"] == summary["driver"]["code"]  # built from this checkout
+        # The C/C++ headers packages ship for building extensions stay out (scripts/package-env.sh).
+        site = next((environment / "lib").glob("python3*/site-packages"))
+        assert (site / "tensorflow" / "__init__.py").is_file() and (site / "pyarrow" / "__init__.py").is_file()
+        assert not [d for d in ("tensorflow", "pyarrow", "openvino") if (site / d / "include").exists()]
     assert summary["driver"]["executable"] != executors[0]["executable"]
 
 

@@ -151,6 +151,7 @@ def test_table_schema_files_and_summary(chunked_run):
         assert f'"{key}"' in stored and key in summary
 
 
+@pytest.mark.version_independent
 def test_one_chunk_rerun_is_identical_then_skipped_and_a_new_threshold_is_not(spark, planted_table, chunked_run):
     tmp, ids, x, _, embeddings = planted_table
     out = tmp / "one-chunk"
@@ -176,6 +177,7 @@ def test_no_pair_above_the_threshold_writes_an_empty_table(spark, tmp_path):
     assert table.num_rows == 0 and table.schema.equals(schemas.arrow_schema(schemas.DUPLICATES), check_metadata=False)
 
 
+@pytest.mark.version_independent
 def test_missing_embeddings_is_a_clear_error(spark, tmp_path):
     with pytest.raises(InputError, match="cannot read the embeddings table at .*nowhere.*run the embed job first"):
         job.run(spark, config(tmp_path, str(tmp_path / "nowhere")))

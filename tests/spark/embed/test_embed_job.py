@@ -142,6 +142,7 @@ def test_bad_files_become_error_rows_and_the_rest_is_embedded(spark, tmp_path, s
     assert summary["errors_by_kind"] == {"empty": 1, "decode_error": 2}
 
 
+@pytest.mark.version_independent
 def test_duplicate_item_ids_fail_before_any_work(spark, tmp_path, small_dir, make_cfg):
     first = next(small_dir.rglob("*.jpg"))
     first.with_suffix(".png").write_bytes(first.read_bytes())
@@ -213,6 +214,7 @@ def test_main_embeds_from_s3(spark, tmp_path, small_dir, s3, bucket, s3_endpoint
     np.testing.assert_allclose(table["embedding"][0], expected, atol=1e-5)
 
 
+@pytest.mark.version_independent
 def test_main_config_mistake_is_one_clear_line_and_exit_2(spark, caplog, capsys):
     """In the session; tests/e2e/test_embed_submit.py proves the same through ./spark-submit.sh."""
     status = embed_job.main(["--config", LOCAL_YAML, "--set", "model.pooling=mean"], spark=spark)
@@ -223,6 +225,7 @@ def test_main_config_mistake_is_one_clear_line_and_exit_2(spark, caplog, capsys)
     assert capsys.readouterr().out == ""  # no summary: nothing ran
 
 
+@pytest.mark.version_independent
 def test_a_manifest_replaces_listing_and_only_its_keys_are_embedded(spark, tmp_path, small_dir, make_cfg):
     keys = sorted(p.relative_to(small_dir).as_posix() for p in small_dir.rglob("*.jpg"))[:5]
     manifest = tmp_path / "manifest.csv"

@@ -111,6 +111,7 @@ def test_plan_embeds_new_changed_and_failed_items_and_drops_deleted_ones(spark):
     assert plan.carry_over and not plan.unchanged
 
 
+@pytest.mark.version_independent
 def test_plan_with_nothing_changed_is_unchanged_and_a_moved_key_is_re_embedded(spark):
     prev = previous(("a", "1"), ("b", "1"))
     assert planned(spark, items(("a", "1"), ("b", "1")), prev, failed=[]).unchanged
@@ -123,6 +124,7 @@ def test_plan_with_nothing_changed_is_unchanged_and_a_moved_key_is_re_embedded(s
     assert gone.counts["stale_errors"] == 1 and not gone.unchanged
 
 
+@pytest.mark.version_independent
 @pytest.mark.parametrize("fp,weights", [("fp2", WEIGHTS), (FP, "file:w.h5@md5:abc")])
 def test_plan_recomputes_everything_when_the_model_or_weights_changed(spark, fp, weights):
     plan = planned(spark, items(("a", "1"), ("b", "1")), previous(("a", "1"), ("b", "1")), fp=fp, weights=weights)
@@ -130,6 +132,7 @@ def test_plan_recomputes_everything_when_the_model_or_weights_changed(spark, fp,
     assert f"-> {fp}" in plan.reason
 
 
+@pytest.mark.version_independent
 def test_plan_recomputes_ids_that_appear_twice_in_the_previous_table_and_rows_of_another_model(spark):
     plan = planned(spark, items(("a", "1"), ("b", "1")), previous(("a", "1"), ("a", "1"), ("b", "1")))
     assert plan.counts["changed"] == 1 and plan.counts["reused"] == 1
@@ -137,6 +140,7 @@ def test_plan_recomputes_ids_that_appear_twice_in_the_previous_table_and_rows_of
     assert planned(spark, items(("a", "1"), ("b", "1")), mixed).counts["changed"] == 1
 
 
+@pytest.mark.version_independent
 def test_without_a_previous_table_the_plan_is_a_full_run(spark):
     plan = planned(spark, items(("a", "1")), None)
     assert not plan.carry_over and "no previous" in plan.reason
@@ -264,6 +268,7 @@ def test_incremental_runs_embed_only_what_changed_and_equal_a_full_recompute(spa
     assert set(table(spark, emb)["pooling"]) == {"max"}
 
 
+@pytest.mark.version_independent
 def test_failed_images_are_retried_every_run_and_downstream_sees_no_change(spark, tmp_path, cfg_for):
     images = tmp_path / "images"
     images.mkdir()
@@ -314,6 +319,7 @@ def sample_images(tmp_path, count: int):
     return images
 
 
+@pytest.mark.version_independent
 def test_max_error_fraction_counts_the_images_a_run_tried_not_the_ones_it_reused(spark, tmp_path, cfg_for):
     # Issue 24: a new prefix whose every image fails was hidden by the reused ones (3 of 9 < 50%).
     images = sample_images(tmp_path, 6)

@@ -86,6 +86,7 @@ def test_parallel_s3_listing_equals_the_driver_listing(spark, nested_bucket, s3_
     assert not frame.is_cached
 
 
+@pytest.mark.version_independent
 @pytest.mark.parametrize(
     "limit, value, tasks",
     [
@@ -110,6 +111,7 @@ def test_discovery_limits_change_the_tasks_never_the_keys(
     frame.unpersist()
 
 
+@pytest.mark.version_independent
 def test_parallel_listing_finds_duplicate_ids_across_prefixes(spark, s3, bucket, s3_endpoint, monkeypatch):
     monkeypatch.setattr(listing, "SMALL_INPUT_KEYS", 2)
     put_many(s3, bucket, ["in/a/sku-1_front.jpg", "in/b/sku-1_back.jpg", "in/b/sku-2_front.jpg", "in/c/x.jpg"])
@@ -122,6 +124,7 @@ def test_parallel_listing_finds_duplicate_ids_across_prefixes(spark, s3, bucket,
         listing.list_items(spark, cfg, S3Config(endpoint_url=s3_endpoint))
 
 
+@pytest.mark.version_independent
 def test_small_s3_and_local_inputs_are_listed_on_the_driver(
     spark, s3, bucket, s3_endpoint, tmp_path, monkeypatch, caplog
 ):
@@ -146,6 +149,7 @@ def test_small_s3_and_local_inputs_are_listed_on_the_driver(
     assert prefixes_listed_in_parallel(caplog) == 0
 
 
+@pytest.mark.version_independent
 def test_list_items_errors_are_input_errors(spark, s3_endpoint, tmp_path):
     with pytest.raises(InputError, match="no such directory"):
         listing.list_items(spark, InputConfig(uri=str(tmp_path / "nope")), S3Config())
@@ -153,6 +157,7 @@ def test_list_items_errors_are_input_errors(spark, s3_endpoint, tmp_path):
         listing.list_items(spark, InputConfig(uri="s3://no-such-bucket-here/x"), S3Config(endpoint_url=s3_endpoint))
 
 
+@pytest.mark.version_independent
 def test_a_prefix_a_task_cannot_list_fails_the_listing_with_one_clear_error(spark):
     # Discovery worked; then S3 went away before the tasks listed their prefixes.
     dead = S3Config(endpoint_url=f"http://127.0.0.1:{free_port()}", max_attempts=1)

@@ -102,6 +102,7 @@ def test_similar_json_matches_brute_force_random_init_weights(sample_tables):
     np.testing.assert_allclose([n["score"] for n in printed["neighbours"]], [s for _, s in want[item][:3]], atol=1e-5)
 
 
+@pytest.mark.version_independent
 def test_similar_table_and_csv_formats_random_init_weights(sample_tables):
     embeddings, neighbours, _ = sample_tables
     want = oracle(embeddings, 5)
@@ -121,6 +122,7 @@ def test_similar_table_and_csv_formats_random_init_weights(sample_tables):
     ]
 
 
+@pytest.mark.version_independent
 def test_similar_unknown_id_exits_2_with_a_clear_message(sample_tables):
     _, neighbours, _ = sample_tables
     result = similar("no/such-item", "--neighbours", str(neighbours))
