@@ -75,9 +75,11 @@ python=$("$python" -c 'import os, sys; print(os.path.realpath(sys.executable))')
 "$python" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "lookalike needs Python 3.10+, found " + sys.version.split()[0])'
 
 hash_of() { "$python" -c 'import hashlib, sys; h = hashlib.sha256(); [h.update(open(p, "rb").read()) for p in sys.argv[1:]]; print(h.hexdigest()[:16])' "$@"; }
-deps_stamp="$(hash_of "$constraints" "$root/setup.py" "$root/requirements-nodeps.txt")-$("$python" -c 'import sys; print(sys.version.split()[0])')-$(printf '%s\n' "$python" "${extras[@]+"${extras[@]}"}" | "$python" -c 'import hashlib, sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest()[:8])')"
+# A short hash of the arguments, one per line.
+hash_lines() { printf '%s\n' "$@" | "$python" -c 'import hashlib, sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest()[:8])'; }
+deps_stamp="$(hash_of "$constraints" "$root/setup.py" "$root/requirements-nodeps.txt")-$("$python" -c 'import sys; print(sys.version.split()[0])')-$(hash_lines "$python" "${extras[@]+"${extras[@]}"}")"
 sources=$(cd "$root" && find lib -name '*.py' -not -path '*/__pycache__/*' | LC_ALL=C sort)
-archive_stamp="$deps_stamp-$(cd "$root" && hash_of $sources)-level$level-$(printf '%s\n' "${EXCLUDED[@]}" | "$python" -c 'import hashlib, sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest()[:8])')"
+archive_stamp="$deps_stamp-$(cd "$root" && hash_of $sources)-level$level-$(hash_lines "${EXCLUDED[@]}")"
 
 venv="$work/venv"
 started=$(date +%s)

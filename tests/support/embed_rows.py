@@ -1,6 +1,7 @@
 """Embeddings tables made by hand (rows in the embed job's schema) and the check that a reader
 returned exactly their content: shared by the readers tests (tests/unit/tools, tests/spark/tools)
-and petastorm's (compat environment)."""
+and petastorm's (compat environment). Also the check that two embed runs over the same images
+agree (``assert_embeddings_agree``)."""
 
 from __future__ import annotations
 
@@ -68,3 +69,11 @@ def assert_same_embeddings(got_ids, got_embeddings, path) -> None:
     assert got.keys() == expected.keys()
     for item_id, vector in expected.items():
         np.testing.assert_array_equal(got[item_id], np.asarray(vector, dtype=np.float32))
+
+
+def assert_embeddings_agree(got, want) -> None:
+    """Two runs' embeddings of the same images, in the same row order, agree to float32 round-off.
+    Not bit for bit: runs may split the images into other batches, and on some CPUs (AVX2 ones)
+    TensorFlow's float32 kernels depend on the batch size (1e-10..4e-9 apart on values ~0.05);
+    another image's vector is ~1e-2 away."""
+    np.testing.assert_allclose(np.stack(list(got)), np.stack(list(want)), rtol=0, atol=1e-5)

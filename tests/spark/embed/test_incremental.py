@@ -22,6 +22,7 @@ from lookalike.jobs import embed as embed_job
 from lookalike.publish import lineage
 from lookalike.schemas import names, spark_schema
 from tests.support import plan_oracle as oracle
+from tests.support.embed_rows import assert_embeddings_agree
 from tests.support.outputs import published_run, read_output
 from tests.support.paths import SAMPLE_DIR
 
@@ -247,8 +248,7 @@ def test_incremental_runs_embed_only_what_changed_and_equal_a_full_recompute(spa
         "model_fingerprint",
     ]
     pd.testing.assert_frame_equal(got[same], want[same])
-    # Other batches may take other CPU kernels; the values must agree to float32 round-off.
-    np.testing.assert_allclose(np.stack(got["embedding"]), np.stack(want["embedding"]), rtol=0, atol=1e-5)
+    assert_embeddings_agree(got["embedding"], want["embedding"])
     assert third["embeddings_content"] == full["embeddings_content"]
 
     # Carried-over rows are the previous rows, bit for bit, with the run that computed them.

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import uuid
 
-import numpy as np
 import pytest
 
 from lookalike.config import S3Config, load_config
 from lookalike.iceberg.catalogs import CatalogSpec, open_catalog
 from lookalike.jobs import pipeline
+from tests.support.embed_rows import assert_embeddings_agree
 from tests.support.outputs import read_output
 from tests.support.paths import SAMPLE_DIR
 
@@ -86,9 +86,7 @@ def test_the_pipeline_on_s3_from_a_plain_local_spark_equals_the_local_run(
         if table == "embeddings":
             assert remote["uri"].str.startswith(f"s3://{bucket}/shop/").all()
             assert remote["item_id"].tolist() == local["item_id"].tolist()
-            # The runs may split the images into other batches, which may take other CPU kernels
-            # (AVX2 ones do): the values must agree to float32 round-off.
-            np.testing.assert_allclose(np.stack(remote["embedding"]), np.stack(local["embedding"]), rtol=0, atol=1e-5)
+            assert_embeddings_agree(remote["embedding"], local["embedding"])
         else:
             assert remote[["item_id", "rank", "neighbour_id"]].equals(local[["item_id", "rank", "neighbour_id"]])
     # Written by the tasks: sorted by item_id within each file, and no Spark bookkeeping files.
