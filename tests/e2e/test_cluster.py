@@ -37,6 +37,7 @@ import pytest
 from lookalike.config import load_config
 from lookalike.jobs import neighbours as neighbours_job
 from tests.support.brute_force import brute_force, random_vectors
+from tests.support.embed_rows import assert_embeddings_agree
 from tests.support.env import JVM_OPTIONS
 from tests.support.neighbour_tables import assert_matches, embeddings_dir, make_ids, read_lists
 from tests.support.net import free_port
@@ -376,10 +377,7 @@ def test_job_on_the_cluster_equals_the_local_run(cluster_runs, spark):
     assert len(local) == IMAGES and list(remote.index) == list(local.index)
     for column in ("uri", "source_version", "weights", "dim", "model_fingerprint"):
         assert remote[column].tolist() == local[column].tolist(), column
-    for item_id in local.index:
-        np.testing.assert_allclose(
-            remote.at[item_id, "embedding"], local.at[item_id, "embedding"], rtol=0, atol=1e-5, err_msg=item_id
-        )
+    assert_embeddings_agree(remote["embedding"], local["embedding"])  # rows in item_id order, both
     assert not np.allclose(np.stack(local["embedding"].iloc[:2]), np.stack(local["embedding"].iloc[1:3]))
     if (out / "local" / "neighbours").exists():
         columns = ["item_id", "rank", "neighbour_id"]
